@@ -1,0 +1,937 @@
+//! One simulated client: a tokio task that connects (and reconnects), subscribes, publishes on
+//! its schedule, answers the broker, and records everything it sees.
+//!
+//! The task owns its [`Connection`] state machine and does the I/O around it: it writes what
+//! the machine queued, reads what the broker sent, and sleeps until the earliest of the next
+//! scheduled publish, the machine's next deadline (keepalive, ack timeouts) and the next phase
+//! boundary. Records go into its recorder shard, under one lock per batch of work.
+//!
+//! Every loop is bounded: publishing ends at the window's end, reconnecting ends with the run,
+//! and the engine aborts tasks that outlive their shutdown grace.
+
+pub mod backoff;
+mod io;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock as _, MonotonicClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use ntex_bytes::{BufMut, BytePages, ByteString, Bytes, BytesMut};
+use tokio::sync::{Notify, watch};
+
+use crate::clock::Clock;
+use crate::metrics::ledger::Seen;
+use crate::metrics::{LoadError, Metric, ReceiverLedger, Recorder, Shard, Timing};
+use crate::mqtt::codec::{ConnectSpec, QoS, Will, qos_from_u8};
+use crate::mqtt::inflight::{Kind, Token};
+use crate::mqtt::state::{Connection, Event, Fault, Options};
+use crate::mqtt::transport::{self, ConnectFailure, Endpoint, Stream};
+use crate::pacer::{Pacer, Rate};
+use crate::payload::{HEADER_LEN, Header};
+use crate::plan::{GroupAssignment, PayloadSpec, RateSpec};
+use crate::template::{Template, Vars};
+use backoff::Backoff;
+use io::{IoEvent, poll_io};
+
+/// Where the run is; every client watches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Connecting and subscribing; nothing is published.
+    Ramp,
+    /// Publishers send on schedule within `[start, until)`.
+    Publish { start_ns: u64, until_ns: u64 },
+    /// Disconnect: client `j` of a group's share leaves at `at_ns + j / disconnect_rate`.
+    Finish { at_ns: u64 },
+    /// Stop now (the controller is gone, or the run hit its limit).
+    Abort,
+}
+
+/// Counts down to zero and wakes whoever waits for it.
+#[derive(Debug, Default)]
+pub struct Countdown {
+    left: AtomicUsize,
+    notify: Notify,
+}
+
+impl Countdown {
+    pub fn new(n: usize) -> Countdown {
+        Countdown { left: AtomicUsize::new(n), notify: Notify::new() }
+    }
+
+    pub fn done(&self) {
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.notify.notify_one();
+        }
+    }
+
+    pub fn left(&self) -> usize {
+        self.left.load(Ordering::Acquire)
+    }
+
+    pub async fn wait(&self) {
+        while self.left() > 0 {
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// What every client of an agent shares.
+pub struct Shared {
+    pub clock: Clock,
+    pub rec: Arc<Recorder>,
+    pub endpoints: Vec<Endpoint>,
+    pub sources: Vec<IpAddr>,
+    pub run_tag: u32,
+    pub agent: u32,
+    pub phase: watch::Receiver<Phase>,
+    /// Clients whose first connection attempt has not finished yet.
+    pub ready: Countdown,
+    /// Publishers that have not yet fixed their final sent count.
+    pub publishers: Countdown,
+    /// When ramp-up started (connect schedules count from here), ns.
+    pub start_ns: u64,
+}
+
+/// Where a subscriber's deliveries are accounted.
+pub enum Receiver {
+    Own(ReceiverLedger),
+    /// Members of one shared subscription account together.
+    Shared(Arc<Mutex<ReceiverLedger>>),
+}
+
+/// What the publish side of a group needs per message.
+pub struct PayloadPlan {
+    pub len: u32,
+    pub measured: bool,
+    /// Bytes after the header (filler or text), or the whole raw payload.
+    pub body: Bytes,
+}
+
+impl PayloadPlan {
+    pub fn from_spec(p: &PayloadSpec) -> PayloadPlan {
+        match p {
+            PayloadSpec::Size(n) => PayloadPlan {
+                len: *n,
+                measured: true,
+                body: Bytes::from(vec![b'x'; (*n as usize).saturating_sub(HEADER_LEN)]),
+            },
+            PayloadSpec::Text(t) => PayloadPlan {
+                len: (HEADER_LEN + t.len()) as u32,
+                measured: true,
+                body: Bytes::copy_from_slice(t.as_bytes()),
+            },
+            PayloadSpec::Raw(t) => PayloadPlan {
+                len: t.len() as u32,
+                measured: false,
+                body: Bytes::copy_from_slice(t.as_bytes()),
+            },
+        }
+    }
+
+    #[inline]
+    pub fn write(&self, h: &Header, out: &mut BytePages) {
+        if self.measured {
+            out.put_slice(&h.to_bytes());
+        }
+        out.put_slice(&self.body);
+    }
+}
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, MonotonicClock, NoOpMiddleware<std::time::Instant>>;
+
+/// What the clients of one group share.
+pub struct GroupRuntime {
+    pub a: GroupAssignment,
+    pub index: usize,
+    client_id: Template,
+    topic: Option<Template>,
+    filters: Vec<Template>,
+    will_topic: Option<Template>,
+    pub_qos: QoS,
+    sub_qos: QoS,
+    payload: Option<PayloadPlan>,
+    rate: Option<Rate>,
+    opts: Options,
+    reconnect_limiter: Option<Limiter>,
+    /// Shared-subscription ledgers by the rendered filter list.
+    pub shared: std::collections::HashMap<Vec<String>, Arc<Mutex<ReceiverLedger>>>,
+    /// Final sent count of each of this agent's publishers, by local index.
+    pub sent: Box<[AtomicU64]>,
+}
+
+impl GroupRuntime {
+    /// Builds the runtime of a validated group.
+    pub fn new(a: GroupAssignment, index: usize, run_tag: u32, agent: u32) -> GroupRuntime {
+        let s = &a.spec;
+        let t = |x: &str| Template::parse(x).expect("validated");
+        let reconnect_limiter = s.reconnect.enabled.then(|| {
+            let share = (a.count as f64 / s.clients.max(1) as f64).max(1e-9);
+            let per_sec = (s.reconnect.max_rate * share).max(0.001);
+            let quota = Quota::with_period(Duration::from_secs_f64(1.0 / per_sec))
+                .unwrap_or_else(|| Quota::per_second(std::num::NonZeroU32::MAX));
+            RateLimiter::direct_with_clock(quota, MonotonicClock)
+        });
+        let filters: Vec<Template> =
+            s.subscribe.iter().flat_map(|x| x.filters.iter()).map(|f| t(f)).collect();
+        let mut shared = std::collections::HashMap::new();
+        if let Some(sub) = &s.subscribe {
+            let is_shared = sub.filters.iter().any(|f| f.starts_with("$share/"));
+            if is_shared {
+                for i in a.first..a.first + a.count {
+                    let vars = Vars { group: &s.name, index: i, agent, run_tag };
+                    let key: Vec<String> = filters.iter().map(|f| f.render(&vars)).collect();
+                    shared.entry(key).or_insert_with(|| Arc::new(Mutex::new(ReceiverLedger::new())));
+                }
+            }
+        }
+        GroupRuntime {
+            index,
+            client_id: t(&s.client_id),
+            topic: s.publish.as_ref().map(|p| t(&p.topic)),
+            filters,
+            will_topic: s.will.as_ref().map(|w| t(&w.topic)),
+            pub_qos: s.publish.as_ref().and_then(|p| qos_from_u8(p.qos)).unwrap_or(QoS::AtMostOnce),
+            sub_qos: s.subscribe.as_ref().and_then(|x| qos_from_u8(x.qos)).unwrap_or(QoS::AtMostOnce),
+            payload: s.publish.as_ref().map(|p| PayloadPlan::from_spec(&p.payload)),
+            rate: s.publish.as_ref().map(|p| match p.rate {
+                RateSpec::IntervalMs(ms) => {
+                    Rate::PerClientInterval { interval_ns: (ms * 1e6).round() as u64 }
+                }
+                RateSpec::GroupPerSec(r) => Rate::GroupTotal { per_sec: r, clients: s.clients },
+            }),
+            opts: Options {
+                protocol: s.protocol,
+                keepalive_secs: s.keepalive_secs,
+                max_inflight: s.max_inflight,
+                connect_timeout_ns: s.connect_timeout_ms * 1_000_000,
+                ack_timeout_ns: s.ack_timeout_ms * 1_000_000,
+                max_inbound_packet: 0,
+            },
+            reconnect_limiter,
+            shared,
+            sent: (0..a.count).map(|_| AtomicU64::new(0)).collect(),
+            a,
+        }
+    }
+
+    pub fn vars(&self, index: u32, sh: &Shared) -> Vars<'_> {
+        Vars { group: &self.a.spec.name, index, agent: sh.agent, run_tag: sh.run_tag }
+    }
+
+    /// The group's publish topic for client `index`, if it publishes.
+    pub fn topic_of(&self, index: u32, sh: &Shared) -> Option<String> {
+        self.topic.as_ref().map(|t| t.render(&self.vars(index, sh)))
+    }
+
+    /// The rendered filters of client `index`.
+    pub fn filters_of(&self, index: u32, sh: &Shared) -> Vec<String> {
+        self.filters.iter().map(|f| f.render(&self.vars(index, sh))).collect()
+    }
+
+    pub fn publish_qos(&self) -> u8 {
+        u8::from(self.pub_qos)
+    }
+
+    pub fn subscribe_qos(&self) -> u8 {
+        u8::from(self.sub_qos)
+    }
+
+    fn local_rate(&self, per_sec: f64) -> f64 {
+        per_sec * self.a.count as f64 / self.a.spec.clients.max(1) as f64
+    }
+
+    /// When local client `local` makes its first attempt: the ramp spreads this agent's share
+    /// of the group evenly at its share of the group's connect rate.
+    fn first_attempt_ns(&self, local: u32, start_ns: u64) -> u64 {
+        let rate = self.local_rate(self.a.spec.connect_rate).max(1e-9);
+        start_ns + (local as f64 / rate * 1e9) as u64
+    }
+
+    fn disconnect_at_ns(&self, local: u32, at_ns: u64) -> u64 {
+        let rate = self.local_rate(self.a.spec.disconnect_rate).max(1e-9);
+        at_ns + (local as f64 / rate * 1e9) as u64
+    }
+}
+
+/// What a client hands back when it ends.
+pub struct Outcome {
+    pub group: usize,
+    pub index: u32,
+    /// Its own ledger, when it subscribed with plain filters.
+    pub ledger: Option<ReceiverLedger>,
+    /// Its rendered filters and the QoS granted for each (absent when never granted).
+    pub filters: Vec<(String, Option<u8>)>,
+}
+
+enum Wake {
+    Io(std::io::Result<IoEvent>),
+    Timer,
+    /// The phase changed (false: the engine is gone).
+    Phase(bool),
+}
+
+/// How a connection ended.
+enum End {
+    /// Finished or aborted: leave.
+    Stop,
+    /// Lost or failed: retry if the group reconnects.
+    Retry,
+}
+
+pub struct Client {
+    g: Arc<GroupRuntime>,
+    sh: Arc<Shared>,
+    index: u32,
+    local: u32,
+    key: usize,
+    conn: Connection,
+    spec: ConnectSpec,
+    endpoint: usize,
+    source: Option<IpAddr>,
+    topic: Option<ByteString>,
+    stream: u32,
+    pacer: Option<Pacer>,
+    publish_fixed: bool,
+    filters: Vec<(ByteString, QoS)>,
+    granted: Vec<Option<u8>>,
+    receiver: Option<Receiver>,
+    subscribed: bool,
+    ready_signalled: bool,
+    backoff: Backoff,
+    rng: fastrand::Rng,
+    phase_rx: watch::Receiver<Phase>,
+}
+
+impl Client {
+    pub fn new(g: Arc<GroupRuntime>, sh: Arc<Shared>, local: u32) -> Client {
+        let index = g.a.first + local;
+        let global = g.a.client_base + index;
+        let s = &g.a.spec;
+        let vars = g.vars(index, &sh);
+        let spec = ConnectSpec {
+            client_id: ByteString::from(g.client_id.render(&vars)),
+            keepalive_secs: s.keepalive_secs,
+            clean_start: s.clean_start,
+            session_expiry_secs: s.session_expiry_secs,
+            username: s.username.as_deref().map(ByteString::from),
+            password: s.password.as_ref().map(|p| Bytes::copy_from_slice(p.as_bytes())),
+            will: s.will.as_ref().map(|w| Will {
+                topic: ByteString::from(g.will_topic.as_ref().expect("will has a topic").render(&vars)),
+                payload: Bytes::copy_from_slice(w.payload.as_bytes()),
+                qos: qos_from_u8(w.qos).unwrap_or(QoS::AtMostOnce),
+                retain: w.retain,
+                delay_secs: w.delay_secs,
+            }),
+            receive_max: u16::MAX,
+        };
+        let filters: Vec<(ByteString, QoS)> =
+            g.filters_of(index, &sh).into_iter().map(|f| (ByteString::from(f), g.sub_qos)).collect();
+        let receiver = (!filters.is_empty()).then(|| {
+            let key: Vec<String> = filters.iter().map(|(f, _)| f.to_string()).collect();
+            match g.shared.get(&key) {
+                Some(l) => Receiver::Shared(l.clone()),
+                None => Receiver::Own(ReceiverLedger::new()),
+            }
+        });
+        let nsrc = sh.sources.len();
+        Client {
+            conn: Connection::new(g.opts.clone()),
+            endpoint: global as usize % sh.endpoints.len(),
+            source: (nsrc > 0).then(|| sh.sources[global as usize % nsrc]),
+            topic: g.topic_of(index, &sh).map(ByteString::from),
+            stream: g.a.stream_base + index,
+            pacer: None,
+            publish_fixed: g.topic.is_none(),
+            granted: vec![None; filters.len()],
+            filters,
+            receiver,
+            subscribed: false,
+            ready_signalled: false,
+            backoff: Backoff::new(s.reconnect.min_backoff_ms, s.reconnect.max_backoff_ms),
+            rng: fastrand::Rng::with_seed(((sh.run_tag as u64) << 32) ^ global as u64),
+            phase_rx: sh.phase.clone(),
+            key: global as usize,
+            spec,
+            index,
+            local,
+            g,
+            sh,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.sh.clock.now_ns()
+    }
+
+    fn signal_ready(&mut self) {
+        if !self.ready_signalled {
+            self.ready_signalled = true;
+            self.sh.ready.done();
+        }
+    }
+
+    /// Fixes the final sent count once the publishing window is over (or the run stops).
+    fn fix_publishing(&mut self) {
+        if self.publish_fixed {
+            return;
+        }
+        self.publish_fixed = true;
+        let (sent, behind) = match &self.pacer {
+            Some(p) => (p.taken(), p.scheduled() - p.taken()),
+            None => (0, 0),
+        };
+        self.g.sent[self.local as usize].store(sent, Ordering::Release);
+        if behind > 0 {
+            self.sh.rec.shard(self.key).counters.behind_schedule += behind;
+        }
+        self.sh.publishers.done();
+    }
+
+    /// The end of the publishing window, while it is still to come.
+    fn open_window_until(&self) -> Option<u64> {
+        if self.publish_fixed {
+            return None;
+        }
+        match *self.phase_rx.borrow() {
+            Phase::Publish { until_ns, .. } => Some(until_ns),
+            _ => None,
+        }
+    }
+
+    /// Brings the pacer in line with the phase. Returns the time this client must disconnect,
+    /// if the run is finishing, or `Err` when it must stop at once.
+    fn follow_phase(&mut self, now: u64) -> Result<Option<u64>, ()> {
+        let phase = *self.phase_rx.borrow();
+        match phase {
+            Phase::Ramp => Ok(None),
+            Phase::Publish { start_ns, until_ns } => {
+                if !self.publish_fixed {
+                    if self.pacer.is_none() {
+                        let rate = self.g.rate.expect("publishers have a rate");
+                        let clients = self.g.a.spec.clients;
+                        self.pacer = Some(Pacer::new(
+                            start_ns,
+                            until_ns,
+                            rate.client_interval_ns(),
+                            rate.client_offset_ns(self.index, clients),
+                        ));
+                    }
+                    if now >= until_ns {
+                        self.fix_publishing();
+                    }
+                }
+                Ok(None)
+            }
+            Phase::Finish { at_ns } => {
+                self.fix_publishing();
+                Ok(Some(self.g.disconnect_at_ns(self.local, at_ns)))
+            }
+            Phase::Abort => {
+                self.fix_publishing();
+                Err(())
+            }
+        }
+    }
+
+    /// Runs the client to the end of the run.
+    pub async fn run(mut self) -> Outcome {
+        let mut attempt_at = self.g.first_attempt_ns(self.local, self.sh.start_ns);
+        let mut first = true;
+        loop {
+            if !self.idle_until(attempt_at).await {
+                break;
+            }
+            if !first && self.g.reconnect_limiter.is_some() {
+                // a storm limit on reconnections across the group's share
+                let g = self.g.clone();
+                let l = g.reconnect_limiter.as_ref().expect("checked");
+                while let Err(not_until) = l.check() {
+                    let wait = not_until.wait_time_from(MonotonicClock.now());
+                    let until = self.now() + wait.as_nanos() as u64;
+                    if !self.idle_until(until).await {
+                        return self.finish();
+                    }
+                }
+            }
+            first = false;
+            let end = self.attempt(attempt_at).await;
+            self.signal_ready();
+            match end {
+                End::Stop => break,
+                End::Retry if self.g.a.spec.reconnect.enabled => {
+                    attempt_at = self.now() + self.backoff.next_delay_ns(&mut self.rng);
+                }
+                End::Retry => {
+                    // no reconnects: wait for the end of the run
+                    self.idle_until(u64::MAX).await;
+                    break;
+                }
+            }
+        }
+        self.finish()
+    }
+
+    /// Waits, disconnected, until `at_ns`. Returns false when the run is ending.
+    async fn idle_until(&mut self, at_ns: u64) -> bool {
+        loop {
+            let now = self.now();
+            match self.follow_phase(now) {
+                Err(()) | Ok(Some(_)) => return false,
+                Ok(None) => {}
+            }
+            if now >= at_ns {
+                return true;
+            }
+            let wake = self.open_window_until().map_or(at_ns, |u| u.min(at_ns));
+            tokio::select! {
+                _ = tokio::time::sleep_until(self.sh.clock.instant_at(wake)) => {}
+                r = self.phase_rx.changed() => if r.is_err() { return false },
+            }
+        }
+    }
+
+    /// One connection: TCP (+TLS), then the MQTT session until it ends.
+    async fn attempt(&mut self, intended_ns: u64) -> End {
+        self.sh.rec.shard(self.key).counters.connect_attempts += 1;
+        let ep = &self.sh.endpoints[self.endpoint];
+        let timeout = Duration::from_millis(self.g.a.spec.connect_timeout_ms);
+        let stream = match tokio::time::timeout(timeout, transport::connect(ep, self.source)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(f)) => {
+                let e = match f {
+                    ConnectFailure::Refused => LoadError::TcpRefused,
+                    ConnectFailure::Unreachable => LoadError::Unreachable,
+                    ConnectFailure::NoLocalPort => LoadError::NoLocalPort,
+                    ConnectFailure::TooManyOpenFiles => LoadError::TooManyOpenFiles,
+                    ConnectFailure::Tls(_) => LoadError::Tls,
+                    ConnectFailure::Reset | ConnectFailure::Io(_) => LoadError::ConnectIo,
+                };
+                self.connect_failed(e);
+                return End::Retry;
+            }
+            Err(_) => {
+                self.connect_failed(LoadError::ConnectTimeout);
+                return End::Retry;
+            }
+        };
+        let now = self.now();
+        if self.conn.begin(&self.spec, now).is_err() {
+            self.connect_failed(LoadError::ProtocolError);
+            return End::Retry;
+        }
+        self.session(stream, intended_ns).await
+    }
+
+    fn connect_failed(&mut self, e: LoadError) {
+        let mut s = self.sh.rec.shard(self.key);
+        s.counters.connect_failures += 1;
+        s.error(e);
+    }
+
+    /// The connected part: returns when the connection ends.
+    async fn session(&mut self, mut stream: Stream, intended_ns: u64) -> End {
+        let mut rbuf = BytesMut::new();
+        let mut pending: Option<BytePages> = None;
+        let mut connected = false;
+        let mut deadline = u64::MAX;
+        let sleep = tokio::time::sleep_until(self.sh.clock.instant_at(u64::MAX / 2));
+        tokio::pin!(sleep);
+        let end = loop {
+            let now = self.now();
+            let disconnect_at = match self.follow_phase(now) {
+                Err(()) => break self.close(&mut stream, &mut pending, connected).await,
+                Ok(d) => d,
+            };
+            if let Some(at) = disconnect_at
+                && (now >= at || !connected)
+            {
+                break self.close(&mut stream, &mut pending, connected).await;
+            }
+            if connected {
+                self.publish_due(now);
+            }
+            if let Some(mut out) = self.conn.take_output() {
+                match pending.as_mut() {
+                    Some(p) => out.move_to(p),
+                    None => pending = Some(out),
+                }
+            }
+            // sleep until the first thing that is due
+            let mut next = self.conn.next_deadline().unwrap_or(u64::MAX);
+            if connected && (self.g.pub_qos == QoS::AtMostOnce || self.conn.window_room() > 0) {
+                if let Some(p) = self.pacer.as_ref().filter(|_| !self.publish_fixed) {
+                    next = next.min(p.next_due_ns().unwrap_or(u64::MAX));
+                }
+            }
+            if let Some(u) = self.open_window_until() {
+                next = next.min(u);
+            }
+            if let Some(at) = disconnect_at {
+                next = next.min(at);
+            }
+            if next != deadline {
+                deadline = next;
+                sleep.as_mut().reset(self.sh.clock.instant_at(next.min(u64::MAX / 2)));
+            }
+            let mut bytes_out = 0u64;
+            let wake = tokio::select! {
+                biased;
+                r = std::future::poll_fn(|cx| poll_io(cx, &mut stream, &mut pending, &mut rbuf, &mut bytes_out)) => Wake::Io(r),
+                _ = &mut sleep => Wake::Timer,
+                r = self.phase_rx.changed() => Wake::Phase(r.is_ok()),
+            };
+            if bytes_out > 0 {
+                self.sh.rec.shard(self.key).counters.bytes_out += bytes_out;
+            }
+            let ev = match wake {
+                Wake::Io(r) => Some(r),
+                Wake::Timer => None,
+                Wake::Phase(true) => continue,
+                Wake::Phase(false) => break self.close(&mut stream, &mut pending, connected).await,
+            };
+            match ev {
+                None => {
+                    deadline = u64::MAX; // the timer fired: it must be re-armed
+                    let now = self.now();
+                    match self.conn.on_timer(now) {
+                        Ok(0) => {}
+                        Ok(n) => self.sh.rec.shard(self.key).counters.ack_timeouts += n as u64,
+                        Err(f) => break self.faulted(f, connected),
+                    }
+                }
+                Some(Ok(IoEvent::Flushed)) => {}
+                Some(Ok(IoEvent::Data(n))) => {
+                    let now = self.now();
+                    match self.handle_input(&mut rbuf, now, n as u64, intended_ns, &mut connected) {
+                        Ok(None) => {}
+                        Ok(Some(end)) => {
+                            // flush what the last packets asked for (a PUBACK, a DISCONNECT)
+                            self.flush_best_effort(&mut stream, &mut pending).await;
+                            break end;
+                        }
+                        Err(f) => break self.faulted(f, connected),
+                    }
+                    if rbuf.is_empty() {
+                        // an idle connection holds no read buffer
+                        rbuf = BytesMut::new();
+                    }
+                }
+                Some(Ok(IoEvent::Eof)) => {
+                    break self.lost(LoadError::ClosedByBroker, connected);
+                }
+                Some(Err(_)) => break self.lost(LoadError::ConnectionLost, connected),
+            }
+        };
+        if connected {
+            self.sh.rec.connected_dec();
+        }
+        end
+    }
+
+    /// Publishes every message that is due, as far as the window allows.
+    fn publish_due(&mut self, now: u64) {
+        if self.publish_fixed {
+            return;
+        }
+        let Some(pacer) = self.pacer.as_mut() else { return };
+        let (Some(topic), Some(plan)) = (self.topic.as_ref(), self.g.payload.as_ref()) else { return };
+        let qos = self.g.pub_qos;
+        let retain = self.g.a.spec.publish.as_ref().is_some_and(|p| p.retain);
+        let mut sent = 0u64;
+        let mut bytes = 0u64;
+        // bounded per wake-up so one late client cannot starve its worker thread
+        while sent < 1024 {
+            if qos != QoS::AtMostOnce && self.conn.window_room() == 0 {
+                break;
+            }
+            let Some((seq, intended_ns)) = pacer.take_due(now) else { break };
+            let header =
+                Header { run_tag: self.sh.run_tag, stream: self.stream, seq, intended_ns, sent_ns: now };
+            match self.conn.publish(now, topic, qos, retain, Token { seq, intended_ns }, plan.len, |out| {
+                plan.write(&header, out)
+            }) {
+                Ok(Ok(())) => {
+                    sent += 1;
+                    bytes += plan.len as u64;
+                }
+                // cannot happen after the room check; the message stays unsent and due
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        if sent > 0 {
+            let mut s = self.sh.rec.shard(self.key);
+            match qos {
+                QoS::AtMostOnce => s.counters.published_qos0 += sent,
+                QoS::AtLeastOnce => s.counters.published_qos1 += sent,
+                QoS::ExactlyOnce => s.counters.published_qos2 += sent,
+            }
+        }
+        let _ = bytes;
+    }
+
+    /// Handles everything read. `Some(end)` when the connection must end.
+    fn handle_input(
+        &mut self,
+        rbuf: &mut BytesMut,
+        now: u64,
+        n: u64,
+        intended_ns: u64,
+        connected: &mut bool,
+    ) -> Result<Option<End>, Fault> {
+        let mut deferred: Vec<Event> = Vec::new();
+        {
+            let rec = &self.sh.rec;
+            let mut shard = rec.shard(self.key);
+            shard.counters.bytes_in += n;
+            let run_tag = self.sh.run_tag;
+            let mut shared_guard;
+            let ledger: Option<&mut ReceiverLedger> = match self.receiver.as_mut() {
+                Some(Receiver::Own(l)) => Some(l),
+                Some(Receiver::Shared(l)) => {
+                    shared_guard = l.lock().unwrap_or_else(|e| e.into_inner());
+                    Some(&mut *shared_guard)
+                }
+                None => None,
+            };
+            let mut ledger = ledger;
+            let res = self.conn.handle(rbuf, now, |ev| match ev {
+                Event::Message(m) => {
+                    on_message(&mut shard, ledger.as_deref_mut(), run_tag, now, &m.payload, u8::from(m.qos))
+                }
+                Event::PublishDone { qos, token, sent_ns, code } => {
+                    if code >= 0x80 {
+                        shard.counters.publish_refused += 1;
+                        shard.error(LoadError::PublishRefused { code });
+                    } else {
+                        let m = if qos == QoS::AtLeastOnce {
+                            shard.counters.acked_qos1 += 1;
+                            Metric::Puback
+                        } else {
+                            shard.counters.acked_qos2 += 1;
+                            Metric::Pubcomp
+                        };
+                        shard.record_both(
+                            m,
+                            now.saturating_sub(sent_ns),
+                            now.saturating_sub(token.intended_ns),
+                        );
+                    }
+                }
+                Event::Pong { .. } => {}
+                other => deferred.push(other),
+            });
+            res?;
+        }
+        for ev in deferred {
+            match ev {
+                Event::ConnAck { session_present, code, elapsed_ns, .. } => {
+                    if code != 0 {
+                        self.connect_failed(LoadError::ConnectRefused { code });
+                        return Ok(Some(End::Retry));
+                    }
+                    *connected = true;
+                    self.sh.rec.connected_inc();
+                    self.backoff.reset();
+                    {
+                        let mut s = self.sh.rec.shard(self.key);
+                        s.counters.connects += 1;
+                        s.record(Metric::Connect, Timing::Raw, elapsed_ns);
+                        s.record(Metric::Connect, Timing::Corrected, now.saturating_sub(intended_ns));
+                    }
+                    if session_present {
+                        self.resend(now)?;
+                    }
+                    if !self.filters.is_empty() {
+                        if self.subscribed && !session_present {
+                            if let Some(Receiver::Own(l)) = self.receiver.as_mut() {
+                                l.mark_offline();
+                            }
+                        }
+                        if !self.subscribed || !session_present {
+                            let filters = std::mem::take(&mut self.filters);
+                            let r = self.conn.subscribe(now, &filters, Token::default());
+                            self.filters = filters;
+                            if !matches!(r, Ok(Ok(()))) {
+                                return Err(Fault::Protocol("could not subscribe"));
+                            }
+                        } else {
+                            self.signal_ready();
+                        }
+                    } else {
+                        self.signal_ready();
+                    }
+                }
+                Event::Abandoned(slots) => {
+                    let n = slots
+                        .iter()
+                        .filter(|s| {
+                            matches!(s.kind, Kind::AwaitPubAck | Kind::AwaitPubRec | Kind::AwaitPubComp)
+                        })
+                        .count();
+                    self.sh.rec.shard(self.key).counters.unacked += n as u64;
+                }
+                Event::SubAck { codes, sent_ns, .. } => {
+                    let mut s = self.sh.rec.shard(self.key);
+                    s.record(Metric::Subscribe, Timing::Raw, now.saturating_sub(sent_ns));
+                    for (i, code) in codes.iter().enumerate() {
+                        if *code < 0x80 {
+                            s.counters.subscribes += 1;
+                            if let Some(g) = self.granted.get_mut(i) {
+                                *g = Some(*code);
+                            }
+                        } else {
+                            s.counters.subscribe_failures += 1;
+                            s.error(LoadError::SubscribeRefused { code: *code });
+                        }
+                    }
+                    drop(s);
+                    self.subscribed = true;
+                    self.signal_ready();
+                }
+                Event::Disconnect { code } => {
+                    return Ok(Some(self.lost(LoadError::DisconnectedByBroker { code }, *connected)));
+                }
+                Event::UnsubAck { .. }
+                | Event::Message(_)
+                | Event::PublishDone { .. }
+                | Event::Pong { .. } => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// Resends open publishes on a resumed session, rebuilding each payload from its token.
+    fn resend(&mut self, now: u64) -> Result<(), Fault> {
+        let (Some(topic), Some(plan)) = (self.topic.clone(), self.g.payload.as_ref()) else { return Ok(()) };
+        let retain = self.g.a.spec.publish.as_ref().is_some_and(|p| p.retain);
+        let (run_tag, stream) = (self.sh.run_tag, self.stream);
+        self.conn.resend_open(now, |slot, out| {
+            let h = Header {
+                run_tag,
+                stream,
+                seq: slot.token.seq,
+                intended_ns: slot.token.intended_ns,
+                sent_ns: slot.sent_ns,
+            };
+            plan.write(&h, out);
+            Some((topic.clone(), retain, plan.len))
+        })?;
+        Ok(())
+    }
+
+    fn lost(&mut self, e: LoadError, connected: bool) -> End {
+        self.conn.lost();
+        let mut s = self.sh.rec.shard(self.key);
+        if connected {
+            s.counters.connections_lost += 1;
+        } else {
+            s.counters.connect_failures += 1;
+        }
+        s.error(e);
+        End::Retry
+    }
+
+    fn faulted(&mut self, f: Fault, connected: bool) -> End {
+        let e = match f {
+            Fault::ConnAckTimeout => LoadError::ConnectTimeout,
+            Fault::PingTimeout => LoadError::PingTimeout,
+            Fault::Decode(_) | Fault::Protocol(_) | Fault::Encode(_) | Fault::NotConnected => {
+                LoadError::ProtocolError
+            }
+        };
+        tracing::debug!(client = %self.spec.client_id, error = %f, "Connection fault");
+        self.lost(e, connected)
+    }
+
+    /// Leaves cleanly: DISCONNECT, flush, close.
+    async fn close(&mut self, stream: &mut Stream, pending: &mut Option<BytePages>, connected: bool) -> End {
+        if connected {
+            let _ = self.conn.disconnect(0);
+            if let Some(mut out) = self.conn.take_output() {
+                match pending.as_mut() {
+                    Some(p) => out.move_to(p),
+                    None => *pending = Some(out),
+                }
+            }
+            self.flush_best_effort(stream, pending).await;
+        }
+        self.conn.lost();
+        let _ = tokio::time::timeout(Duration::from_millis(200), tokio::io::AsyncWriteExt::shutdown(stream))
+            .await;
+        End::Stop
+    }
+
+    async fn flush_best_effort(&mut self, stream: &mut Stream, pending: &mut Option<BytePages>) {
+        let Some(mut p) = pending.take() else { return };
+        let write = async {
+            use tokio::io::AsyncWriteExt;
+            while let Some(page) = p.take() {
+                stream.write_all(page.as_ref()).await?;
+            }
+            stream.flush().await
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+    }
+
+    /// The client's accounting at the end of the run.
+    fn finish(mut self) -> Outcome {
+        self.fix_publishing();
+        let open = self.conn.abandon_open();
+        let unacked = open
+            .iter()
+            .filter(|s| matches!(s.kind, Kind::AwaitPubAck | Kind::AwaitPubRec | Kind::AwaitPubComp))
+            .count() as u64;
+        if unacked > 0 {
+            self.sh.rec.shard(self.key).counters.unacked += unacked;
+        }
+        self.signal_ready();
+        Outcome {
+            group: self.g.index,
+            index: self.index,
+            ledger: match self.receiver {
+                Some(Receiver::Own(l)) => Some(l),
+                _ => None,
+            },
+            filters: self
+                .filters
+                .iter()
+                .map(|(f, _)| f.to_string())
+                .zip(self.granted.iter().copied())
+                .collect(),
+        }
+    }
+}
+
+/// One received message: latency, ledger, counters.
+#[inline]
+fn on_message(
+    shard: &mut Shard,
+    ledger: Option<&mut ReceiverLedger>,
+    run_tag: u32,
+    now: u64,
+    payload: &[u8],
+    qos: u8,
+) {
+    shard.counters.count_received(qos);
+    let Ok(h) = Header::read(payload) else {
+        shard.counters.received_foreign += 1;
+        return;
+    };
+    if h.run_tag != run_tag {
+        shard.counters.received_stale += 1;
+        return;
+    }
+    shard.record_both(Metric::E2e, now.saturating_sub(h.sent_ns), now.saturating_sub(h.intended_ns));
+    if let Some(l) = ledger {
+        match l.observe(h.stream, h.seq, qos) {
+            Seen::New { out_of_order: true } | Seen::Recovered => shard.counters.out_of_order += 1,
+            Seen::Duplicate => shard.counters.duplicates += 1,
+            Seen::New { out_of_order: false } => {}
+        }
+    }
+}

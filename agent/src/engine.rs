@@ -1,0 +1,397 @@
+//! Runs one [`Assignment`]: the agent's side of a run, in phases the controller drives.
+//!
+//! ```text
+//! start ──► ramp (connect, subscribe) ──Ready──► wait for Publish ──► publish window
+//!       ──PublishDone{streams}──► wait for Finish{all streams} ──► drain ──► disconnect
+//!       ──► ledgers finalized ──Finished──►
+//! ```
+//! Snapshots flow every interval throughout. The engine talks to its controller only through
+//! [`Command`]s in and [`AgentEvent`]s out — plain data — so the controller can be in the same
+//! process (`squall run`) or across gRPC, with the same logic on both sides.
+//!
+//! Safety: if the command channel closes (the controller is gone) the engine aborts every
+//! client at once; and whatever the controller says, the engine aborts at `max_duration`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::client::{Client, Countdown, GroupRuntime, Outcome, Phase, Shared};
+use crate::clock::Clock;
+use crate::metrics::{Collector, LedgerTotals, ReceiverLedger, Recorder, Snapshot, StreamFinal};
+use crate::mqtt::tls;
+use crate::mqtt::topic;
+use crate::mqtt::transport::Endpoint;
+use crate::plan::{Assignment, PlanError};
+
+/// What the controller tells an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Publish within `[start, until)` (ns since the Unix epoch, on every agent's clock).
+    Publish { start_unix_ns: u64, until_unix_ns: u64 },
+    /// Every stream's final count (from all agents), then drain and disconnect.
+    Finish { streams: Vec<StreamFinal>, drain_ms: u64 },
+    /// Stop all load now.
+    Abort,
+}
+
+/// What an agent tells its controller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentEvent {
+    Snapshot(Snapshot),
+    /// Every client made its first connection attempt.
+    Ready {
+        clients: u64,
+        connected: u64,
+    },
+    /// The publishing window is over; the final count of each of this agent's streams.
+    PublishDone {
+        streams: Vec<StreamFinal>,
+    },
+    /// The run is over on this agent (the last snapshot came before this).
+    Finished(AgentResult),
+    /// The agent could not go on.
+    Failed {
+        message: String,
+    },
+}
+
+/// The delivery accounting of one agent's receivers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentResult {
+    pub ledger: LedgerTotals,
+    /// By the subscribing group.
+    pub ledger_by_group: Vec<(String, LedgerTotals)>,
+    /// Receivers accounted (subscribing clients, or shared-subscription groups).
+    pub receivers: u64,
+    /// Subscribing clients that never had a filter granted (not accounted).
+    pub receivers_never_subscribed: u64,
+}
+
+/// The controller's end of a running agent.
+pub struct AgentHandle {
+    pub commands: mpsc::Sender<Command>,
+    pub events: mpsc::Receiver<AgentEvent>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot resolve {target}: {source}")]
+    Resolve { target: String, source: std::io::Error },
+}
+
+/// Checks and prepares an assignment (TLS material, DNS) and starts it on the current tokio
+/// runtime. Errors here are the user's to fix; errors later are results of the run.
+pub async fn start(a: Assignment) -> Result<AgentHandle, StartError> {
+    a.validate()?;
+    let needs_tls = a.targets.iter().any(|t| t.tls);
+    let tls_config = if needs_tls { Some(tls::client_config(&a.tls)?) } else { None };
+    let mut endpoints = Vec::new();
+    for url in &a.targets {
+        let tls = match (&tls_config, url.tls) {
+            (Some(cfg), true) => Some((cfg.clone(), tls::server_name(&a.tls, &url.host)?)),
+            _ => None,
+        };
+        let ep = Endpoint::resolve(url, tls)
+            .await
+            .map_err(|source| StartError::Resolve { target: url.to_string(), source })?;
+        endpoints.push(ep);
+    }
+    let (cmd_tx, cmd_rx) = mpsc::channel(16);
+    let (ev_tx, ev_rx) = mpsc::channel(1024);
+    tokio::spawn(run(a, endpoints, cmd_rx, ev_tx));
+    Ok(AgentHandle { commands: cmd_tx, events: ev_rx })
+}
+
+async fn run(
+    a: Assignment,
+    endpoints: Vec<Endpoint>,
+    mut cmds: mpsc::Receiver<Command>,
+    events: mpsc::Sender<AgentEvent>,
+) {
+    let clock = Clock::new();
+    let start_ns = clock.now_ns();
+    let rec = Arc::new(Recorder::for_this_machine());
+    let (phase_tx, phase_rx) = watch::channel(Phase::Ramp);
+    let n_clients = a.clients() as usize;
+    let n_publishers: usize =
+        a.groups.iter().filter(|g| g.spec.publish.is_some()).map(|g| g.count as usize).sum();
+    let shared = Arc::new(Shared {
+        clock,
+        rec: rec.clone(),
+        endpoints,
+        sources: a.source_addresses.clone(),
+        run_tag: a.run_tag,
+        agent: a.agent,
+        phase: phase_rx,
+        ready: Countdown::new(n_clients),
+        publishers: Countdown::new(n_publishers),
+        start_ns,
+    });
+    let groups: Vec<Arc<GroupRuntime>> = a
+        .groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| Arc::new(GroupRuntime::new(g.clone(), i, a.run_tag, a.agent)))
+        .collect();
+    let mut tasks: JoinSet<Outcome> = JoinSet::new();
+    for g in &groups {
+        for local in 0..g.a.count {
+            let c = Client::new(g.clone(), shared.clone(), local);
+            tasks.spawn(c.run());
+        }
+    }
+    tracing::info!(agent = a.agent, clients = n_clients, groups = groups.len(), "Agent started");
+
+    // snapshots every interval, until told to stop
+    let (stop_snap_tx, mut stop_snap_rx) = watch::channel(false);
+    let snap_task = {
+        let rec = rec.clone();
+        let events = events.clone();
+        let interval = Duration::from_millis(a.snapshot_interval_ms);
+        let agent = a.agent;
+        tokio::spawn(async move {
+            let mut collector = Collector::new(agent, start_ns);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let snap = collector.collect(&rec, clock.now_ns());
+                        if events.send(AgentEvent::Snapshot(snap)).await.is_err() {
+                            break;
+                        }
+                    }
+                    _ = stop_snap_rx.changed() => break,
+                }
+            }
+            collector
+        })
+    };
+
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(a.max_duration_ms);
+    let outcome = drive(&a, &groups, &shared, &phase_tx, &mut cmds, &events, deadline).await;
+
+    // shut the clients down: they leave at their ramp-down times (or at once on abort)
+    let grace = groups
+        .iter()
+        .map(|g| {
+            let share = g.a.count as f64 / g.a.spec.clients.max(1) as f64;
+            g.a.count as f64 / (g.a.spec.disconnect_rate * share).max(1e-9)
+                + g.a.spec.connect_timeout_ms as f64 / 1e3
+        })
+        .fold(0.0, f64::max)
+        + 5.0;
+    let mut outcomes = Vec::with_capacity(n_clients);
+    let joined = tokio::time::timeout(Duration::from_secs_f64(grace), async {
+        while let Some(r) = tasks.join_next().await {
+            match r {
+                Ok(o) => outcomes.push(o),
+                Err(e) if e.is_panic() => tracing::error!(error = %e, "A client task panicked"),
+                Err(_) => {}
+            }
+        }
+    })
+    .await;
+    if joined.is_err() {
+        tracing::warn!(left = tasks.len(), "Clients did not stop in time; aborting them");
+        tasks.abort_all();
+    }
+    let _ = stop_snap_tx.send(true);
+    let mut collector = snap_task.await.unwrap_or_else(|_| Collector::new(a.agent, start_ns));
+    let last = collector.collect(&rec, clock.now_ns());
+    let _ = events.send(AgentEvent::Snapshot(last)).await;
+
+    match outcome {
+        Ok(Some(streams)) => {
+            let result = finalize(&groups, outcomes, &streams);
+            tracing::info!(agent = a.agent, "Agent finished");
+            let _ = events.send(AgentEvent::Finished(result)).await;
+        }
+        Ok(None) => tracing::info!(agent = a.agent, "Agent aborted"),
+        Err(message) => {
+            tracing::error!(agent = a.agent, %message, "Agent stopped");
+            let _ = events.send(AgentEvent::Failed { message }).await;
+        }
+    }
+}
+
+/// The phases. `Ok(Some(streams))`: finished normally; `Ok(None)`: aborted by the controller;
+/// `Err`: stopped by the agent's own limit.
+async fn drive(
+    a: &Assignment,
+    groups: &[Arc<GroupRuntime>],
+    shared: &Shared,
+    phase_tx: &watch::Sender<Phase>,
+    cmds: &mut mpsc::Receiver<Command>,
+    events: &mpsc::Sender<AgentEvent>,
+    deadline: tokio::time::Instant,
+) -> Result<Option<Vec<StreamFinal>>, String> {
+    let mut ready_sent = false;
+    let mut publishing = false;
+    let mut published_sent = false;
+    loop {
+        tokio::select! {
+            _ = shared.ready.wait(), if !ready_sent => {
+                ready_sent = true;
+                let ev = AgentEvent::Ready { clients: a.clients(), connected: shared.rec.connected() };
+                if events.send(ev).await.is_err() {
+                    let _ = phase_tx.send(Phase::Abort);
+                    return Ok(None);
+                }
+            }
+            _ = shared.publishers.wait(), if publishing && !published_sent => {
+                published_sent = true;
+                let streams = local_streams(groups, shared);
+                if events.send(AgentEvent::PublishDone { streams }).await.is_err() {
+                    let _ = phase_tx.send(Phase::Abort);
+                    return Ok(None);
+                }
+            }
+            cmd = cmds.recv() => match cmd {
+                Some(Command::Publish { start_unix_ns, until_unix_ns }) if !publishing => {
+                    publishing = true;
+                    let _ = phase_tx.send(Phase::Publish { start_ns: start_unix_ns, until_ns: until_unix_ns });
+                }
+                Some(Command::Publish { .. }) => {}
+                Some(Command::Finish { streams, drain_ms }) => {
+                    // late subscribers keep receiving until the drain is over
+                    let until = tokio::time::Instant::now() + Duration::from_millis(drain_ms);
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until.min(deadline)) => {}
+                        c = cmds.recv() => if matches!(c, None | Some(Command::Abort)) {
+                            let _ = phase_tx.send(Phase::Abort);
+                            return Ok(None);
+                        }
+                    }
+                    let _ = phase_tx.send(Phase::Finish { at_ns: shared.clock.now_ns() });
+                    return Ok(Some(streams));
+                }
+                None | Some(Command::Abort) => {
+                    // the controller is gone, or says stop: no load without a controller
+                    let _ = phase_tx.send(Phase::Abort);
+                    return Ok(None);
+                }
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                let _ = phase_tx.send(Phase::Abort);
+                return Err(format!("the agent's maximum duration ({} ms) was reached; all load stopped", a.max_duration_ms));
+            }
+        }
+    }
+}
+
+/// The final count of every stream this agent published.
+fn local_streams(groups: &[Arc<GroupRuntime>], shared: &Shared) -> Vec<StreamFinal> {
+    let mut out = Vec::new();
+    for g in groups {
+        if g.a.spec.publish.as_ref().is_none_or(|p| !p.payload.measured()) {
+            continue;
+        }
+        for local in 0..g.a.count {
+            let index = g.a.first + local;
+            out.push(StreamFinal {
+                stream: g.a.stream_base + index,
+                topic: g.topic_of(index, shared).unwrap_or_default(),
+                qos: g.publish_qos(),
+                sent: g.sent[local as usize].load(std::sync::atomic::Ordering::Acquire),
+            });
+        }
+    }
+    out
+}
+
+/// Matches each receiver's filters against every stream and settles its ledger.
+fn finalize(groups: &[Arc<GroupRuntime>], outcomes: Vec<Outcome>, streams: &[StreamFinal]) -> AgentResult {
+    let by_topic: HashMap<&str, Vec<&StreamFinal>> = streams.iter().fold(HashMap::new(), |mut m, s| {
+        m.entry(s.topic.as_str()).or_default().push(s);
+        m
+    });
+    // streams matching a filter, memoized: receivers of a group usually share their filters
+    let mut memo: HashMap<String, Vec<&StreamFinal>> = HashMap::new();
+    let mut matching = |filter: &str| -> Vec<&StreamFinal> {
+        memo.entry(filter.to_string())
+            .or_insert_with(|| {
+                let (_, f) = topic::split_shared(filter);
+                if !f.contains(['+', '#']) {
+                    by_topic.get(f).cloned().unwrap_or_default()
+                } else {
+                    streams.iter().filter(|s| topic::matches(f, &s.topic)).collect()
+                }
+            })
+            .clone()
+    };
+    let mut expected_for = |filters: &[(String, Option<u8>)]| -> Vec<(&StreamFinal, u8)> {
+        let mut best: HashMap<u32, (&StreamFinal, u8)> = HashMap::new();
+        for (f, granted) in filters {
+            let Some(g) = granted else { continue };
+            for s in matching(f) {
+                let q = s.qos.min(*g);
+                let e = best.entry(s.stream).or_insert((s, q));
+                e.1 = e.1.max(q);
+            }
+        }
+        let mut v: Vec<_> = best.into_values().collect();
+        v.sort_by_key(|(s, _)| s.stream);
+        v
+    };
+
+    let mut result = AgentResult::default();
+    let mut by_group: Vec<LedgerTotals> = vec![LedgerTotals::default(); groups.len()];
+    let mut settle =
+        |group: usize, ledger: &ReceiverLedger, expected: &[(&StreamFinal, u8)], result: &mut AgentResult| {
+            let t = ledger.finalize(expected);
+            by_group[group].add(&t);
+            result.ledger.add(&t);
+            result.receivers += 1;
+        };
+    // shared subscriptions: one receiver per share; members' grants are alike, take any granted
+    let mut shared_grants: HashMap<(usize, Vec<String>), Vec<(String, Option<u8>)>> = HashMap::new();
+    for o in &outcomes {
+        let g = &groups[o.group];
+        if o.filters.is_empty() {
+            continue;
+        }
+        if o.filters.iter().all(|(_, granted)| granted.is_none()) {
+            result.receivers_never_subscribed += 1;
+            continue;
+        }
+        match &o.ledger {
+            Some(l) => {
+                let exp = expected_for(&o.filters);
+                settle(o.group, l, &exp, &mut result);
+            }
+            None => {
+                let key: Vec<String> = o.filters.iter().map(|(f, _)| f.clone()).collect();
+                if g.shared.contains_key(&key) {
+                    let entry = shared_grants.entry((o.group, key)).or_insert_with(|| o.filters.clone());
+                    for (slot, (_, granted)) in entry.iter_mut().zip(&o.filters) {
+                        slot.1 = slot.1.max(*granted);
+                    }
+                }
+            }
+        }
+    }
+    for ((group, key), filters) in shared_grants {
+        if let Some(l) = groups[group].shared.get(&key) {
+            let l = l.lock().unwrap_or_else(|e| e.into_inner());
+            let exp = expected_for(&filters);
+            settle(group, &l, &exp, &mut result);
+        }
+    }
+    result.ledger_by_group = groups
+        .iter()
+        .zip(by_group)
+        .filter(|(g, _)| g.a.spec.subscribe.is_some())
+        .map(|(g, t)| (g.a.spec.name.clone(), t))
+        .collect();
+    result
+}

@@ -1,0 +1,247 @@
+//! Where clients record: a few mutex-guarded shards, so thousands of client tasks on a few
+//! worker threads rarely contend, and one collector that empties them once per interval.
+//!
+//! A client always records into the same shard (its index modulo the shard count) and takes
+//! the lock once per batch of work (one read's worth of messages), not once per message.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use super::counters::Counters;
+use super::errors::{ErrorCount, LoadError};
+use super::histogram::Latency;
+use super::snapshot::{HistogramBytes, Snapshot};
+use super::{Metric, Timing};
+
+const SLOTS: usize = Metric::ALL.len() * 2;
+
+/// One histogram per (metric, raw/corrected).
+#[derive(Clone, Debug)]
+pub struct Hists {
+    h: Vec<Latency>,
+}
+
+impl Hists {
+    pub fn new() -> Hists {
+        Hists { h: (0..SLOTS).map(|_| Latency::new()).collect() }
+    }
+
+    fn slot(m: Metric, t: Timing) -> usize {
+        m as usize * 2 + t as usize
+    }
+
+    #[inline]
+    pub fn record(&mut self, m: Metric, t: Timing, ns: u64) {
+        self.h[Self::slot(m, t)].record_ns(ns);
+    }
+
+    pub fn get(&self, m: Metric, t: Timing) -> &Latency {
+        &self.h[Self::slot(m, t)]
+    }
+
+    pub fn get_mut(&mut self, m: Metric, t: Timing) -> &mut Latency {
+        &mut self.h[Self::slot(m, t)]
+    }
+
+    pub fn add(&mut self, o: &Hists) {
+        for (a, b) in self.h.iter_mut().zip(&o.h) {
+            if !b.is_empty() {
+                a.add(b);
+            }
+        }
+    }
+
+    pub fn reset(&mut self) {
+        for h in &mut self.h {
+            if !h.is_empty() {
+                h.reset();
+            }
+        }
+    }
+
+    /// Every non-empty histogram, as V2 bytes.
+    pub fn encode(&self) -> Vec<HistogramBytes> {
+        let mut out = Vec::new();
+        for m in Metric::ALL {
+            for t in [Timing::Raw, Timing::Corrected] {
+                let h = self.get(m, t);
+                if !h.is_empty() {
+                    out.push(HistogramBytes { metric: m, timing: t, v2: h.to_v2(), clamped: h.clamped });
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Default for Hists {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What one shard gathered since the last collection.
+#[derive(Debug, Default)]
+pub struct Shard {
+    hists: Option<Hists>,
+    pub counters: Counters,
+    errors: BTreeMap<LoadError, u64>,
+}
+
+impl Shard {
+    /// Records a latency in ns.
+    #[inline]
+    pub fn record(&mut self, m: Metric, t: Timing, ns: u64) {
+        self.hists.get_or_insert_with(Hists::new).record(m, t, ns);
+    }
+
+    /// Records both latencies of one event: raw (from the actual send) and corrected (from the
+    /// intended send).
+    #[inline]
+    pub fn record_both(&mut self, m: Metric, raw_ns: u64, corrected_ns: u64) {
+        let h = self.hists.get_or_insert_with(Hists::new);
+        h.record(m, Timing::Raw, raw_ns);
+        h.record(m, Timing::Corrected, corrected_ns);
+    }
+
+    pub fn error(&mut self, e: LoadError) {
+        self.error_n(e, 1);
+    }
+
+    pub fn error_n(&mut self, e: LoadError, n: u64) {
+        if n > 0 {
+            *self.errors.entry(e).or_default() += n;
+        }
+    }
+}
+
+/// The engine's recorder: shared by every client of an agent.
+pub struct Recorder {
+    shards: Box<[Mutex<Shard>]>,
+    connected: AtomicI64,
+}
+
+impl Recorder {
+    pub fn new(shards: usize) -> Recorder {
+        Recorder {
+            shards: (0..shards.max(1)).map(|_| Mutex::new(Shard::default())).collect(),
+            connected: AtomicI64::new(0),
+        }
+    }
+
+    /// A shard count for this machine: two per core, so contention stays rare.
+    pub fn for_this_machine() -> Recorder {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Recorder::new((cores * 2).clamp(2, 32))
+    }
+
+    /// The shard of client `key`, locked.
+    #[inline]
+    pub fn shard(&self, key: usize) -> MutexGuard<'_, Shard> {
+        let m = &self.shards[key % self.shards.len()];
+        // a client that panicked while holding the lock left counts, not broken invariants
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn connected_inc(&self) {
+        self.connected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connected_dec(&self) {
+        self.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn connected(&self) -> u64 {
+        self.connected.load(Ordering::Relaxed).max(0) as u64
+    }
+}
+
+/// Empties the recorder's shards into snapshots, reusing its buffers.
+pub struct Collector {
+    spare: Hists,
+    interval: Hists,
+    seq: u64,
+    agent: u32,
+    last_ns: u64,
+}
+
+impl Collector {
+    pub fn new(agent: u32, start_ns: u64) -> Collector {
+        Collector { spare: Hists::new(), interval: Hists::new(), seq: 0, agent, last_ns: start_ns }
+    }
+
+    /// Takes everything recorded since the last call as one interval snapshot ending at `now_ns`.
+    pub fn collect(&mut self, rec: &Recorder, now_ns: u64) -> Snapshot {
+        let mut counters = Counters::default();
+        let mut errors: BTreeMap<LoadError, u64> = BTreeMap::new();
+        for shard in rec.shards.iter() {
+            let taken = {
+                let mut s = shard.lock().unwrap_or_else(|e| e.into_inner());
+                counters.add(&s.counters);
+                s.counters = Counters::default();
+                for (e, n) in std::mem::take(&mut s.errors) {
+                    *errors.entry(e).or_default() += n;
+                }
+                match s.hists.as_mut() {
+                    Some(h) => {
+                        std::mem::swap(h, &mut self.spare);
+                        true
+                    }
+                    None => false,
+                }
+            };
+            if taken {
+                self.interval.add(&self.spare);
+                self.spare.reset();
+            }
+        }
+        let histograms = self.interval.encode();
+        self.interval.reset();
+        let snap = Snapshot {
+            agent: self.agent,
+            seq: self.seq,
+            start_unix_ns: self.last_ns,
+            end_unix_ns: now_ns,
+            counters,
+            errors: errors.into_iter().map(|(error, count)| ErrorCount { error, count }).collect(),
+            connected: rec.connected(),
+            histograms,
+        };
+        self.seq += 1;
+        self.last_ns = now_ns;
+        snap
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collect_empties_every_shard_exactly_once() {
+        let rec = Recorder::new(4);
+        for client in 0..100usize {
+            let mut s = rec.shard(client);
+            s.counters.published_qos1 += 1;
+            s.record_both(Metric::E2e, 1_000_000, 2_000_000);
+            if client % 10 == 0 {
+                s.error(LoadError::ConnectRefused { code: 5 });
+            }
+        }
+        let mut c = Collector::new(0, 0);
+        let snap = c.collect(&rec, 1_000);
+        assert_eq!(snap.counters.published_qos1, 100);
+        assert_eq!(snap.errors, vec![ErrorCount { error: LoadError::ConnectRefused { code: 5 }, count: 10 }]);
+        let e2e: Vec<_> = snap.histograms.iter().filter(|h| h.metric == Metric::E2e).collect();
+        assert_eq!(e2e.len(), 2);
+        let raw = Latency::from_v2(&e2e.iter().find(|h| h.timing == Timing::Raw).unwrap().v2).unwrap();
+        assert_eq!(raw.len(), 100);
+        assert_eq!(raw.quantile_us(0.5), 1_000);
+
+        let next = c.collect(&rec, 2_000);
+        assert_eq!(next.counters, Counters::default());
+        assert!(next.histograms.is_empty());
+        assert_eq!((next.seq, next.start_unix_ns, next.end_unix_ns), (1, 1_000, 2_000));
+    }
+}

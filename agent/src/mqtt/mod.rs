@@ -1,0 +1,18 @@
+//! MQTT on the wire: the only engine module that touches ntex-mqtt's codec.
+//!
+//! - [`codec`]: framing and one protocol-independent view of v3.1.1 and v5 packets.
+//! - [`inflight`]: the window of unanswered packets, in send order.
+//! - [`state`]: the connection state machine (no I/O; unit-tested with bytes).
+//! - [`transport`]: TCP and TLS streams, source addresses.
+//! - [`tls`]: rustls client configuration from CA, client certificate and key files.
+//! - [`topic`]: MQTT topic-filter matching.
+
+pub mod codec;
+pub mod inflight;
+pub mod state;
+pub mod tls;
+pub mod topic;
+pub mod transport;
+
+pub use codec::{ConnectSpec, Protocol, QoS, ServerLimits, Will};
+pub use state::{Connection, Event, Fault, Options, Refusal};

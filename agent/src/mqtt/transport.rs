@@ -1,0 +1,303 @@
+//! Byte streams to the broker: TCP or TLS over TCP, from a chosen local source address.
+//!
+//! One source IP can hold ~28k connections to one broker address (the ephemeral port range);
+//! binding clients round-robin to several loopback or interface addresses lifts that limit.
+//! `IP_BIND_ADDRESS_NO_PORT` defers the port choice to `connect()`, so a bound socket does not
+//! reserve a port per address up front.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// A broker address as written: `mqtt://host:1883` or `mqtts://host:8883`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TargetUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("`{0}` has no scheme; write mqtt://host:port or mqtts://host:port")]
+    NoScheme(String),
+    #[error("scheme `{0}` is not supported; use mqtt:// (TCP) or mqtts:// (TLS)")]
+    Scheme(String),
+    #[error("`{0}` has no host")]
+    NoHost(String),
+    #[error("`{0}` has an invalid port")]
+    Port(String),
+}
+
+impl std::str::FromStr for TargetUrl {
+    type Err = UrlError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (scheme, rest) = s.split_once("://").ok_or_else(|| UrlError::NoScheme(s.into()))?;
+        let tls = match scheme.to_ascii_lowercase().as_str() {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" | "tls" => true,
+            other => return Err(UrlError::Scheme(other.into())),
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or_else(|| UrlError::NoHost(s.into()))?;
+            (h.to_string(), after.strip_prefix(':'))
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), Some(p)),
+                None => (rest.to_string(), None),
+            }
+        };
+        if host.is_empty() {
+            return Err(UrlError::NoHost(s.into()));
+        }
+        let port = match port {
+            Some(p) => p.parse().map_err(|_| UrlError::Port(s.into()))?,
+            None if tls => 8883,
+            None => 1883,
+        };
+        Ok(TargetUrl { tls, host, port })
+    }
+}
+
+impl TryFrom<String> for TargetUrl {
+    type Error = UrlError;
+    fn try_from(s: String) -> Result<Self, UrlError> {
+        s.parse()
+    }
+}
+
+impl From<TargetUrl> for String {
+    fn from(u: TargetUrl) -> String {
+        u.to_string()
+    }
+}
+
+impl std::fmt::Display for TargetUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A resolved target, ready to connect to many times.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub url: TargetUrl,
+    pub addr: SocketAddr,
+    pub tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+impl Endpoint {
+    /// Resolves the URL once (DNS is not part of what squall measures per connection).
+    pub async fn resolve(
+        url: &TargetUrl,
+        tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    ) -> io::Result<Endpoint> {
+        let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
+            .await?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address for host"))?;
+        Ok(Endpoint { url: url.clone(), addr, tls: tls.map(|(cfg, name)| (TlsConnector::from(cfg), name)) })
+    }
+}
+
+/// Why a stream could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectFailure {
+    #[error("connection refused")]
+    Refused,
+    #[error("network unreachable")]
+    Unreachable,
+    #[error("no local port free for this source address (add source addresses)")]
+    NoLocalPort,
+    #[error("too many open files (raise `ulimit -n`, or spread clients over more agents)")]
+    TooManyOpenFiles,
+    #[error("connection reset during connect")]
+    Reset,
+    #[error("I/O error: {0}")]
+    Io(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+impl ConnectFailure {
+    pub fn from_io(e: &io::Error) -> ConnectFailure {
+        match e.raw_os_error() {
+            Some(libc::ECONNREFUSED) => ConnectFailure::Refused,
+            Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH) => ConnectFailure::Unreachable,
+            Some(libc::EADDRNOTAVAIL) | Some(libc::EADDRINUSE) => ConnectFailure::NoLocalPort,
+            Some(libc::EMFILE) | Some(libc::ENFILE) => ConnectFailure::TooManyOpenFiles,
+            Some(libc::ECONNRESET) => ConnectFailure::Reset,
+            _ => ConnectFailure::Io(e.kind().to_string()),
+        }
+    }
+}
+
+/// A byte stream to the broker.
+pub enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// The negotiated TLS session, if this is TLS.
+    pub fn tls_session(&self) -> Option<&rustls::ClientConnection> {
+        match self {
+            Stream::Tcp(_) => None,
+            Stream::Tls(s) => Some(s.get_ref().1),
+        }
+    }
+}
+
+/// Opens a TCP connection (from `source`, if given) and, for TLS endpoints, does the handshake.
+pub async fn connect(endpoint: &Endpoint, source: Option<IpAddr>) -> Result<Stream, ConnectFailure> {
+    let tcp = connect_tcp(endpoint.addr, source).await.map_err(|e| ConnectFailure::from_io(&e))?;
+    match &endpoint.tls {
+        None => Ok(Stream::Tcp(tcp)),
+        Some((connector, name)) => {
+            let tls = connector.connect(name.clone(), tcp).await.map_err(|e| {
+                // rustls reports its errors wrapped in io::Error; the message is the useful part
+                match e.get_ref() {
+                    Some(inner) => ConnectFailure::Tls(inner.to_string()),
+                    None => ConnectFailure::from_io(&e),
+                }
+            })?;
+            Ok(Stream::Tls(Box::new(tls)))
+        }
+    }
+}
+
+pub async fn connect_tcp(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if let Some(ip) = source {
+        set_bind_address_no_port(&socket)?;
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream = socket.connect(addr).await?;
+    // latency is what squall measures: no Nagle delay on small packets
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+fn set_bind_address_no_port(socket: &TcpSocket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: a valid fd, a valid pointer to an int option of the right size
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            &one as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_with_defaults_and_errors() {
+        let u: TargetUrl = "mqtt://broker".parse().unwrap();
+        assert_eq!((u.tls, u.host.as_str(), u.port), (false, "broker", 1883));
+        let u: TargetUrl = "mqtts://broker".parse().unwrap();
+        assert_eq!((u.tls, u.port), (true, 8883));
+        let u: TargetUrl = "mqtt://[::1]:1999".parse().unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 1999));
+        assert_eq!(u.to_string(), "mqtt://[::1]:1999");
+        assert_eq!("127.0.0.1:1883".parse::<TargetUrl>(), Err(UrlError::NoScheme("127.0.0.1:1883".into())));
+        assert!(matches!("ws://x".parse::<TargetUrl>(), Err(UrlError::Scheme(_))));
+        assert!(matches!("mqtt://x:99999".parse::<TargetUrl>(), Err(UrlError::Port(_))));
+        assert!(matches!("mqtt://:1883".parse::<TargetUrl>(), Err(UrlError::NoHost(_))));
+    }
+
+    #[tokio::test]
+    async fn binds_to_the_requested_source_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let src: IpAddr = "127.0.0.2".parse().unwrap();
+        let (client, accepted) = tokio::join!(connect_tcp(addr, Some(src)), listener.accept());
+        let client = client.unwrap();
+        let (_, peer) = accepted.unwrap();
+        assert_eq!(peer.ip(), src);
+        assert_eq!(client.local_addr().unwrap().ip(), src);
+    }
+
+    #[tokio::test]
+    async fn refused_is_recognised() {
+        // a port nobody listens on: bind, note, close
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let e = connect_tcp(addr, None).await.unwrap_err();
+        assert_eq!(ConnectFailure::from_io(&e), ConnectFailure::Refused);
+    }
+}

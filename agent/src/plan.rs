@@ -1,0 +1,279 @@
+//! What an agent is asked to run: its [`Assignment`], a share of a scenario's clients, fully
+//! resolved (no defaults left to fill in, no files left to read except TLS material).
+//!
+//! These types are plain data and cross the controller–agent boundary as they are; the agent
+//! checks them again on arrival ([`Assignment::validate`]) because a controller may be remote.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::mqtt::codec::{Protocol, qos_from_u8};
+use crate::mqtt::tls::TlsSettings;
+use crate::mqtt::topic;
+use crate::mqtt::transport::TargetUrl;
+use crate::payload::HEADER_LEN;
+use crate::template::{Template, TemplateError, Var};
+
+/// One agent's share of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// Random per run; stamped in every payload so messages of other runs are told apart.
+    pub run_tag: u32,
+    /// This agent's index (0 for a local run).
+    pub agent: u32,
+    /// Brokers; client `i` of the run goes to `targets[i % len]`.
+    pub targets: Vec<TargetUrl>,
+    /// TLS settings for `mqtts://` targets.
+    pub tls: TlsSettings,
+    /// Local addresses to connect from, round-robin; empty = let the OS choose.
+    pub source_addresses: Vec<IpAddr>,
+    pub groups: Vec<GroupAssignment>,
+    /// How often a snapshot is taken, ms.
+    pub snapshot_interval_ms: u64,
+    /// The agent stops all load after this long, whatever the controller says, ms.
+    pub max_duration_ms: u64,
+}
+
+/// A group and which of its clients this agent runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupAssignment {
+    pub spec: GroupSpec,
+    /// Index (within the group) of this agent's first client.
+    pub first: u32,
+    /// How many of the group's clients this agent runs.
+    pub count: u32,
+    /// Stream id of the group's client 0; client `i` publishes stream `stream_base + i`.
+    pub stream_base: u32,
+    /// Index of the group's client 0 among all clients of the run (targets and source
+    /// addresses are chosen by it).
+    pub client_base: u32,
+}
+
+/// A group of identical clients, as the scenario describes it, defaults filled in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupSpec {
+    pub name: String,
+    /// Clients in the whole group (across agents).
+    pub clients: u32,
+    pub client_id: String,
+    pub protocol: Protocol,
+    pub keepalive_secs: u16,
+    pub clean_start: bool,
+    pub session_expiry_secs: u32,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub will: Option<WillSpec>,
+    /// New connections per second across the group, during ramp-up.
+    pub connect_rate: f64,
+    /// Disconnections per second across the group, at the end.
+    pub disconnect_rate: f64,
+    pub max_inflight: u16,
+    pub connect_timeout_ms: u64,
+    pub ack_timeout_ms: u64,
+    pub reconnect: ReconnectSpec,
+    pub publish: Option<PublishSpec>,
+    pub subscribe: Option<SubscribeSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WillSpec {
+    pub topic: String,
+    pub payload: String,
+    pub qos: u8,
+    pub retain: bool,
+    pub delay_secs: u32,
+}
+
+/// What a client does after its connection fails or is lost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReconnectSpec {
+    pub enabled: bool,
+    /// Backoff before the first retry, ms; doubles per failure up to `max_backoff_ms`, with
+    /// full jitter.
+    pub min_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// Reconnections per second across this agent's share of the group (a storm limit).
+    pub max_rate: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublishSpec {
+    pub topic: String,
+    pub qos: u8,
+    pub retain: bool,
+    pub payload: PayloadSpec,
+    pub rate: RateSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadSpec {
+    /// Measurement header, then filler, `size` bytes in all (≥ 36).
+    Size(u32),
+    /// Measurement header, then this text.
+    Text(String),
+    /// Exactly this text, no header: no end-to-end latency or ledger for this group.
+    Raw(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateSpec {
+    /// Each client publishes once per this many ms.
+    IntervalMs(f64),
+    /// Messages per second summed over the whole group.
+    GroupPerSec(f64),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscribeSpec {
+    pub filters: Vec<String>,
+    pub qos: u8,
+}
+
+/// A problem with an assignment; the controller checks the same rules with file positions.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    #[error("group `{group}`: {field}: {message}")]
+    Group { group: String, field: &'static str, message: String },
+    #[error("{0}")]
+    Run(String),
+}
+
+fn gerr(group: &str, field: &'static str, message: impl Into<String>) -> PlanError {
+    PlanError::Group { group: group.into(), field, message: message.into() }
+}
+
+fn template(group: &str, field: &'static str, s: &str) -> Result<Template, PlanError> {
+    Template::parse(s).map_err(|e: TemplateError| gerr(group, field, e.to_string()))
+}
+
+impl PayloadSpec {
+    /// Payload bytes per message.
+    pub fn len(&self) -> usize {
+        match self {
+            PayloadSpec::Size(n) => *n as usize,
+            PayloadSpec::Text(t) => HEADER_LEN + t.len(),
+            PayloadSpec::Raw(t) => t.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether messages carry the measurement header.
+    pub fn measured(&self) -> bool {
+        !matches!(self, PayloadSpec::Raw(_))
+    }
+}
+
+impl GroupSpec {
+    /// Checks what the engine relies on. Every message names the field.
+    pub fn validate(&self) -> Result<(), PlanError> {
+        let g = self.name.as_str();
+        if self.clients == 0 {
+            return Err(gerr(g, "clients", "must be at least 1"));
+        }
+        let id = template(g, "client_id", &self.client_id)?;
+        if self.clients > 1 && !id.uses(Var::Index) {
+            return Err(gerr(g, "client_id", "must contain {i}: clients of a group need distinct ids"));
+        }
+        if !(self.connect_rate > 0.0) || !self.connect_rate.is_finite() {
+            return Err(gerr(g, "connect_rate", "must be a positive number of connections per second"));
+        }
+        if !(self.disconnect_rate > 0.0) || !self.disconnect_rate.is_finite() {
+            return Err(gerr(g, "disconnect_rate", "must be a positive number per second"));
+        }
+        if self.max_inflight == 0 {
+            return Err(gerr(g, "max_inflight", "must be at least 1"));
+        }
+        if self.connect_timeout_ms == 0 || self.ack_timeout_ms == 0 {
+            return Err(gerr(g, "timeouts", "must be positive"));
+        }
+        if self.reconnect.enabled
+            && (self.reconnect.min_backoff_ms == 0
+                || self.reconnect.max_backoff_ms < self.reconnect.min_backoff_ms
+                || !(self.reconnect.max_rate > 0.0))
+        {
+            return Err(gerr(
+                g,
+                "reconnect",
+                "needs min_backoff > 0, max_backoff ≥ min_backoff and max_rate > 0",
+            ));
+        }
+        if let Some(w) = &self.will {
+            template(g, "will.topic", &w.topic)?;
+            qos_from_u8(w.qos).ok_or_else(|| gerr(g, "will.qos", "must be 0, 1 or 2"))?;
+        }
+        if let Some(p) = &self.publish {
+            let t = template(g, "publish.topic", &p.topic)?;
+            let sample = t.render(&crate::template::Vars { group: g, index: 0, agent: 0, run_tag: 0 });
+            topic::validate_topic(&sample).map_err(|e| gerr(g, "publish.topic", e))?;
+            qos_from_u8(p.qos).ok_or_else(|| gerr(g, "publish.qos", "must be 0, 1 or 2"))?;
+            if let PayloadSpec::Size(n) = p.payload
+                && (n as usize) < HEADER_LEN
+            {
+                return Err(gerr(
+                    g,
+                    "publish.payload_size",
+                    format!(
+                        "must be at least {HEADER_LEN} bytes (the measurement header); for smaller payloads use `payload_raw`, which is not measured"
+                    ),
+                ));
+            }
+            let ok = match p.rate {
+                RateSpec::IntervalMs(ms) => ms > 0.0 && ms.is_finite(),
+                RateSpec::GroupPerSec(r) => r > 0.0 && r.is_finite(),
+            };
+            if !ok {
+                return Err(gerr(g, "publish.rate", "must be positive"));
+            }
+        }
+        if let Some(s) = &self.subscribe {
+            if s.filters.is_empty() {
+                return Err(gerr(g, "subscribe.filters", "needs at least one filter"));
+            }
+            qos_from_u8(s.qos).ok_or_else(|| gerr(g, "subscribe.qos", "must be 0, 1 or 2"))?;
+            let mut shared = None;
+            for f in &s.filters {
+                let t = template(g, "subscribe.filters", f)?;
+                let sample = t.render(&crate::template::Vars { group: g, index: 0, agent: 0, run_tag: 0 });
+                topic::validate_filter(&sample).map_err(|e| gerr(g, "subscribe.filters", e))?;
+                let is_shared = topic::split_shared(&sample).0.is_some();
+                if *shared.get_or_insert(is_shared) != is_shared {
+                    return Err(gerr(
+                        g,
+                        "subscribe.filters",
+                        "mix shared ($share/…) and plain filters in separate groups",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Assignment {
+    pub fn validate(&self) -> Result<(), PlanError> {
+        if self.targets.is_empty() {
+            return Err(PlanError::Run("no target broker".into()));
+        }
+        if self.snapshot_interval_ms == 0 || self.max_duration_ms == 0 {
+            return Err(PlanError::Run("snapshot interval and max duration must be positive".into()));
+        }
+        for g in &self.groups {
+            g.spec.validate()?;
+            if g.first.checked_add(g.count).is_none_or(|end| end > g.spec.clients) {
+                return Err(PlanError::Run(format!("group `{}`: client range out of bounds", g.spec.name)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Clients this agent runs.
+    pub fn clients(&self) -> u64 {
+        self.groups.iter().map(|g| g.count as u64).sum()
+    }
+}
