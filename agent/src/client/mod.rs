@@ -639,11 +639,14 @@ impl Client {
             return;
         }
         let Some(pacer) = self.pacer.as_mut() else { return };
+        if pacer.next_due_ns().is_none_or(|t| t > now) {
+            return;
+        }
         let (Some(topic), Some(plan)) = (self.topic.as_ref(), self.g.payload.as_ref()) else { return };
         let qos = self.g.pub_qos;
         let retain = self.g.a.spec.publish.as_ref().is_some_and(|p| p.retain);
+        let mut shard = self.sh.rec.shard(self.key);
         let mut sent = 0u64;
-        let mut bytes = 0u64;
         // bounded per wake-up so one late client cannot starve its worker thread
         while sent < 1024 {
             if qos != QoS::AtMostOnce && self.conn.window_room() == 0 {
@@ -657,21 +660,17 @@ impl Client {
             }) {
                 Ok(Ok(())) => {
                     sent += 1;
-                    bytes += plan.len as u64;
+                    shard.record(Metric::Lag, Timing::Raw, now - intended_ns);
                 }
                 // cannot happen after the room check; the message stays unsent and due
                 Ok(Err(_)) | Err(_) => break,
             }
         }
-        if sent > 0 {
-            let mut s = self.sh.rec.shard(self.key);
-            match qos {
-                QoS::AtMostOnce => s.counters.published_qos0 += sent,
-                QoS::AtLeastOnce => s.counters.published_qos1 += sent,
-                QoS::ExactlyOnce => s.counters.published_qos2 += sent,
-            }
+        match qos {
+            QoS::AtMostOnce => shard.counters.published_qos0 += sent,
+            QoS::AtLeastOnce => shard.counters.published_qos1 += sent,
+            QoS::ExactlyOnce => shard.counters.published_qos2 += sent,
         }
-        let _ = bytes;
     }
 
     /// Handles everything read. `Some(end)` when the connection must end.

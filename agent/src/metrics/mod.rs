@@ -32,11 +32,15 @@ pub enum Metric {
     Pubcomp = 3,
     /// PUBLISH → the message received by a subscriber, any QoS.
     E2e = 4,
+    /// How late the tester wrote each PUBLISH: actual send − intended send (raw only). The
+    /// tester's own share of corrected latency: timer granularity (tokio's 1 ms tick), a busy
+    /// worker thread, a full in-flight window, a disconnection.
+    Lag = 5,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 5] =
-        [Metric::Connect, Metric::Subscribe, Metric::Puback, Metric::Pubcomp, Metric::E2e];
+    pub const ALL: [Metric; 6] =
+        [Metric::Connect, Metric::Subscribe, Metric::Puback, Metric::Pubcomp, Metric::E2e, Metric::Lag];
 
     pub fn name(&self) -> &'static str {
         match self {
@@ -45,6 +49,7 @@ impl Metric {
             Metric::Puback => "puback",
             Metric::Pubcomp => "pubcomp",
             Metric::E2e => "e2e",
+            Metric::Lag => "lag",
         }
     }
 

@@ -1,0 +1,236 @@
+//! Merging agents' snapshots: totals for the report, a per-interval timeline, and the window
+//! the live line shows. Histograms are merged exactly (HdrHistogram `add`), never averaged.
+
+use std::collections::{BTreeMap, HashMap};
+
+use squall_agent::metrics::{Counters, Hists, Latency, LoadError, Metric, Snapshot, Timing};
+
+/// One row of the timeline: one snapshot interval, all agents.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct IntervalRow {
+    /// End of the interval, seconds since the run started.
+    pub t_s: f64,
+    pub connected: u64,
+    pub published: u64,
+    pub received: u64,
+    pub connects: u64,
+    pub errors: u64,
+    /// Corrected end-to-end latency in this interval, µs (absent without messages).
+    pub e2e_p50_us: Option<u64>,
+    pub e2e_p99_us: Option<u64>,
+    pub e2e_max_us: Option<u64>,
+}
+
+struct PendingRow {
+    row: IntervalRow,
+    e2e: Latency,
+}
+
+/// What the live line shows: the window since it last printed.
+#[derive(Debug, Clone, Default)]
+pub struct LiveView {
+    pub elapsed_s: f64,
+    pub window_s: f64,
+    pub connected: u64,
+    pub clients: u64,
+    pub published: u64,
+    pub received: u64,
+    pub errors: u64,
+    pub e2e_p50_us: Option<u64>,
+    pub e2e_p99_us: Option<u64>,
+}
+
+pub struct Aggregate {
+    start_ns: u64,
+    pub counters: Counters,
+    pub errors: BTreeMap<LoadError, u64>,
+    pub hists: Hists,
+    pub timeline: Vec<IntervalRow>,
+    pending: BTreeMap<u64, PendingRow>,
+    connected: HashMap<u32, u64>,
+    next_seq: HashMap<u32, u64>,
+    /// Snapshots that never arrived (gaps in an agent's sequence).
+    pub missing_snapshots: u64,
+    live_counters: Counters,
+    live_errors: u64,
+    live_e2e: Latency,
+    live_since_ns: u64,
+}
+
+/// Rows wait this many intervals for slower agents before they are final.
+const ROW_LAG: u64 = 3;
+
+impl Aggregate {
+    pub fn new(start_ns: u64) -> Aggregate {
+        Aggregate {
+            start_ns,
+            counters: Counters::default(),
+            errors: BTreeMap::new(),
+            hists: Hists::new(),
+            timeline: Vec::new(),
+            pending: BTreeMap::new(),
+            connected: HashMap::new(),
+            next_seq: HashMap::new(),
+            missing_snapshots: 0,
+            live_counters: Counters::default(),
+            live_errors: 0,
+            live_e2e: Latency::new(),
+            live_since_ns: start_ns,
+        }
+    }
+
+    /// Adds one snapshot. Fails only on histogram bytes that do not decode (a broken agent).
+    pub fn apply(&mut self, s: &Snapshot) -> Result<(), String> {
+        let expected = self.next_seq.entry(s.agent).or_insert(0);
+        if s.seq > *expected {
+            self.missing_snapshots += s.seq - *expected;
+        }
+        *expected = s.seq + 1;
+        self.connected.insert(s.agent, s.connected);
+        self.counters.add(&s.counters);
+        self.live_counters.add(&s.counters);
+        let mut n_errors = 0;
+        for e in &s.errors {
+            *self.errors.entry(e.error).or_default() += e.count;
+            n_errors += e.count;
+        }
+        self.live_errors += n_errors;
+        let pending = self
+            .pending
+            .entry(s.seq)
+            .or_insert_with(|| PendingRow { row: IntervalRow::default(), e2e: Latency::new() });
+        pending.row.t_s = pending.row.t_s.max(s.end_unix_ns.saturating_sub(self.start_ns) as f64 / 1e9);
+        pending.row.connected += s.connected;
+        pending.row.published += s.counters.published();
+        pending.row.received += s.counters.received();
+        pending.row.connects += s.counters.connects;
+        pending.row.errors += n_errors;
+        for h in &s.histograms {
+            let mut l = Latency::from_v2(&h.v2)?;
+            l.clamped = h.clamped;
+            self.hists.get_mut(h.metric, h.timing).add(&l);
+            if h.metric == Metric::E2e && h.timing == Timing::Corrected {
+                pending.e2e.add(&l);
+                self.live_e2e.add(&l);
+            }
+        }
+        let newest = *self.pending.keys().next_back().unwrap_or(&0);
+        while let Some((&seq, _)) = self.pending.first_key_value() {
+            if seq + ROW_LAG > newest {
+                break;
+            }
+            self.settle_first();
+        }
+        Ok(())
+    }
+
+    fn settle_first(&mut self) {
+        if let Some((_, mut p)) = self.pending.pop_first() {
+            if !p.e2e.is_empty() {
+                p.row.e2e_p50_us = Some(p.e2e.quantile_us(0.5));
+                p.row.e2e_p99_us = Some(p.e2e.quantile_us(0.99));
+                p.row.e2e_max_us = Some(p.e2e.summary().max_us);
+            }
+            self.timeline.push(p.row);
+        }
+    }
+
+    /// Settles every pending row (at the end of the run).
+    pub fn flush(&mut self) {
+        while !self.pending.is_empty() {
+            self.settle_first();
+        }
+    }
+
+    /// Clients connected now, summed over agents.
+    pub fn connected(&self) -> u64 {
+        self.connected.values().sum()
+    }
+
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    /// The live window since the last call.
+    pub fn take_live(&mut self, now_ns: u64, clients: u64) -> LiveView {
+        let window_s = (now_ns.saturating_sub(self.live_since_ns) as f64 / 1e9).max(1e-9);
+        let v = LiveView {
+            elapsed_s: now_ns.saturating_sub(self.start_ns) as f64 / 1e9,
+            window_s,
+            connected: self.connected(),
+            clients,
+            published: self.live_counters.published(),
+            received: self.live_counters.received(),
+            errors: self.live_errors,
+            e2e_p50_us: (!self.live_e2e.is_empty()).then(|| self.live_e2e.quantile_us(0.5)),
+            e2e_p99_us: (!self.live_e2e.is_empty()).then(|| self.live_e2e.quantile_us(0.99)),
+        };
+        self.live_counters = Counters::default();
+        self.live_errors = 0;
+        self.live_e2e.reset();
+        self.live_since_ns = now_ns;
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use squall_agent::metrics::{ErrorCount, HistogramBytes};
+
+    fn snap(agent: u32, seq: u64, published: u64, e2e_us: &[u64]) -> Snapshot {
+        let mut l = Latency::new();
+        for v in e2e_us {
+            l.record_ns(v * 1000);
+        }
+        Snapshot {
+            agent,
+            seq,
+            start_unix_ns: seq * 1_000_000_000,
+            end_unix_ns: (seq + 1) * 1_000_000_000,
+            counters: Counters { published_qos0: published, ..Default::default() },
+            errors: vec![ErrorCount { error: LoadError::TcpRefused, count: 1 }],
+            connected: 5,
+            histograms: vec![HistogramBytes {
+                metric: Metric::E2e,
+                timing: Timing::Corrected,
+                v2: l.to_v2(),
+                clamped: 0,
+            }],
+        }
+    }
+
+    #[test]
+    fn merges_agents_and_settles_rows_in_order() {
+        let mut a = Aggregate::new(0);
+        for seq in 0..6 {
+            a.apply(&snap(0, seq, 10, &[100, 200])).unwrap();
+            a.apply(&snap(1, seq, 5, &[300])).unwrap();
+        }
+        a.flush();
+        assert_eq!(a.counters.published_qos0, 90);
+        assert_eq!(a.error_count(), 12);
+        assert_eq!(a.connected(), 10);
+        assert_eq!(a.hists.get(Metric::E2e, Timing::Corrected).len(), 18);
+        assert_eq!(a.timeline.len(), 6);
+        assert!(a.timeline.iter().all(|r| r.published == 15 && r.connected == 10));
+        assert_eq!(a.timeline[0].e2e_max_us, Some(300));
+        assert_eq!(a.missing_snapshots, 0);
+    }
+
+    #[test]
+    fn gaps_in_an_agents_sequence_are_counted() {
+        let mut a = Aggregate::new(0);
+        a.apply(&snap(0, 0, 1, &[])).unwrap();
+        a.apply(&snap(0, 3, 1, &[])).unwrap();
+        assert_eq!(a.missing_snapshots, 2);
+    }
+
+    #[test]
+    fn broken_histogram_bytes_are_an_error_not_a_panic() {
+        let mut a = Aggregate::new(0);
+        let mut s = snap(0, 0, 1, &[5]);
+        s.histograms[0].v2 = vec![1, 2, 3];
+        assert!(a.apply(&s).is_err());
+    }
+}

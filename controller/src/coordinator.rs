@@ -1,0 +1,222 @@
+//! Drives a run: starts the agents, waits until every client has made its first attempt
+//! (a barrier across agents), opens the publishing window, gathers every stream's final count,
+//! has the agents settle their ledgers, and builds the report.
+//!
+//! Agents are reached only through [`Command`]s and [`AgentEvent`]s. `squall run` uses one
+//! in-process agent; a distributed run uses the same loop with remote agents behind the same
+//! two message types.
+
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use squall_agent::clock::Clock;
+use squall_agent::engine::{self, AgentEvent, AgentResult, Command, StartError};
+use squall_agent::metrics::StreamFinal;
+use squall_agent::mqtt::transport::TargetUrl;
+use tokio::sync::mpsc;
+
+use crate::aggregate::Aggregate;
+use crate::report::live::{self, LiveMode};
+use crate::report::{self, Inputs, Report, Status};
+use crate::scenario::Plan;
+use crate::segment::segment;
+
+/// What a run needs beyond its plan.
+pub struct RunSetup {
+    pub plan: Plan,
+    /// Where clients connect (the plan's targets, or the embedded broker's address).
+    pub targets: Vec<TargetUrl>,
+    pub embedded_broker: bool,
+    pub live: LiveMode,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+/// Runs the plan to the end (or until `interrupt` completes) and returns the report.
+pub async fn run(setup: RunSetup, interrupt: impl Future<Output = ()>) -> Result<Report, RunError> {
+    let RunSetup { plan, targets, embedded_broker, live: live_mode } = setup;
+    let started_at = SystemTime::now();
+    let clock = Clock::new();
+    let start_ns = clock.now_ns();
+    let assignments = segment(&plan, &targets, &[1]);
+    let n_agents = assignments.len();
+
+    let (tx, mut rx) = mpsc::channel::<(usize, AgentEvent)>(1024);
+    let mut commands = Vec::new();
+    for (i, a) in assignments.into_iter().enumerate() {
+        let mut handle = engine::start(a).await?;
+        commands.push(handle.commands);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = handle.events.recv().await {
+                if tx.send((i, ev)).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+
+    let clients = plan.clients();
+    let mut agg = Aggregate::new(start_ns);
+    let mut warnings = Vec::new();
+    let (mut ready, mut done_publishing, mut finished) = (0, 0, 0);
+    let mut results: Vec<AgentResult> = Vec::new();
+    let mut streams: Vec<StreamFinal> = Vec::new();
+    let mut window: Option<(u64, u64)> = None;
+    let ramp_deadline = tokio::time::Instant::now() + plan.ramp_timeout;
+    let hard_deadline = tokio::time::Instant::now() + plan.max_duration + Duration::from_secs(30);
+    // the live line follows the snapshots: one update per interval, once every agent reported it
+    let mut live_seq: std::collections::HashMap<usize, u64> = std::collections::HashMap::new();
+    let mut shown_seq = 0u64;
+    tokio::pin!(interrupt);
+
+    let broadcast = |commands: &[mpsc::Sender<Command>], c: Command| {
+        for tx in commands {
+            // a full or closed channel means the agent is gone; its events say so
+            let _ = tx.try_send(c.clone());
+        }
+    };
+    let open_window = |window: &mut Option<(u64, u64)>, commands: &[mpsc::Sender<Command>]| {
+        // a little ahead, so every agent has the command before the window opens
+        let start = clock.now_ns() + 100_000_000;
+        let until = start + plan.duration.as_nanos() as u64;
+        *window = Some((start, until));
+        broadcast(commands, Command::Publish { start_unix_ns: start, until_unix_ns: until });
+    };
+
+    let failure: Option<(Status, String)> = loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                None => break Some((Status::Error, "the agents stopped before the run finished".into())),
+                Some((i, AgentEvent::Snapshot(s))) => {
+                    if let Err(e) = agg.apply(&s) {
+                        break Some((Status::Error, format!("agent {} sent a broken snapshot: {e}", s.agent)));
+                    }
+                    live_seq.insert(i, s.seq + 1);
+                    let all = if live_seq.len() == n_agents { live_seq.values().copied().min().unwrap_or(0) } else { 0 };
+                    if all > shown_seq {
+                        shown_seq = all;
+                        live::show(live_mode, &agg.take_live(clock.now_ns(), clients));
+                    }
+                }
+                Some((_, AgentEvent::Ready { .. })) => {
+                    ready += 1;
+                    if ready == n_agents && window.is_none() {
+                        open_window(&mut window, &commands);
+                    }
+                }
+                Some((_, AgentEvent::PublishDone { streams: s })) => {
+                    streams.extend(s);
+                    done_publishing += 1;
+                    if done_publishing == n_agents {
+                        let c = Command::Finish { streams: std::mem::take(&mut streams), drain_ms: plan.drain.as_millis() as u64 };
+                        broadcast(&commands, c);
+                    }
+                }
+                Some((_, AgentEvent::Finished(r))) => {
+                    results.push(r);
+                    finished += 1;
+                    if finished == n_agents {
+                        break None;
+                    }
+                }
+                Some((i, AgentEvent::Failed { message })) => break Some((Status::Error, format!("agent {i}: {message}"))),
+            },
+            _ = tokio::time::sleep_until(ramp_deadline), if window.is_none() => {
+                let msg = format!(
+                    "ramp-up did not finish within {} ({} of {clients} clients connected); publishing anyway",
+                    humantime::format_duration(plan.ramp_timeout),
+                    agg.connected()
+                );
+                tracing::warn!("{msg}");
+                warnings.push(msg);
+                open_window(&mut window, &commands);
+            }
+            _ = tokio::time::sleep_until(hard_deadline) => {
+                break Some((Status::Error, format!("the run exceeded its maximum duration ({})", humantime::format_duration(plan.max_duration))));
+            }
+            _ = &mut interrupt => break Some((Status::Aborted, "interrupted".into())),
+        }
+    };
+    if failure.is_some() {
+        // stop all load, then take what the agents still report (their last snapshots)
+        broadcast(&commands, Command::Abort);
+        drop(commands);
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some((_, ev)) = rx.recv().await {
+                if let AgentEvent::Snapshot(s) = ev {
+                    let _ = agg.apply(&s);
+                }
+            }
+        })
+        .await;
+    }
+    live::finish(live_mode);
+    agg.flush();
+
+    let now = clock.now_ns();
+    let publish_window_s = match window {
+        Some((start, until)) => (until.min(now).saturating_sub(start)) as f64 / 1e9,
+        None => 0.0,
+    };
+    if agg.missing_snapshots > 0 {
+        warnings.push(format!(
+            "{} snapshots never arrived: totals are short by their counts",
+            agg.missing_snapshots
+        ));
+    }
+    let c = &agg.counters;
+    if c.behind_schedule > 0 {
+        warnings.push(format!(
+            "the offered load fell short: {} scheduled messages were never sent (clients disconnected, or their in-flight window stayed full)",
+            c.behind_schedule
+        ));
+    }
+    if c.received_stale > 0 {
+        warnings.push(format!(
+            "{} messages of an earlier run were received (retained on the broker?); they are not counted",
+            c.received_stale
+        ));
+    }
+    if c.received_foreign > 0 {
+        warnings.push(format!(
+            "{} messages without squall's header were received (another publisher on these topics?)",
+            c.received_foreign
+        ));
+    }
+    let publishers = plan.groups.iter().any(|g| g.publish.as_ref().is_some_and(|p| p.payload.measured()));
+    let subscribers = plan.groups.iter().any(|g| g.subscribe.is_some());
+    if publishers && !subscribers {
+        warnings.push("no group subscribes: end-to-end latency and delivery were not measured".into());
+    }
+    let mut failure = failure;
+    if failure.is_none() && c.connects == 0 {
+        let first = agg.errors.keys().next().map(|e| e.name()).unwrap_or("no error recorded");
+        failure = Some((
+            Status::Error,
+            format!(
+                "no client could connect to {} (most common error: {first}); is the broker up and reachable?",
+                targets.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    let report = report::build(Inputs {
+        plan: &plan,
+        agg: &agg,
+        results: &results,
+        targets: targets.iter().map(|t| t.to_string()).collect(),
+        embedded_broker,
+        agents: n_agents as u32,
+        started_at,
+        elapsed_s: now.saturating_sub(start_ns) as f64 / 1e9,
+        publish_window_s,
+        failure,
+        warnings,
+    });
+    Ok(report)
+}

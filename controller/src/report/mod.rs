@@ -1,0 +1,442 @@
+//! The run report: one data model ([`Report`], with a committed JSON Schema), built once from
+//! the plan, the merged snapshots and the agents' ledgers; then shown as text ([`text`]) or
+//! written as JSON. Percentiles are computed here and only here.
+
+pub mod live;
+pub mod text;
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use squall_agent::engine::AgentResult;
+use squall_agent::metrics::{Delivery, Latency, LedgerTotals, LoadError, Metric, Summary, Timing};
+use squall_agent::mqtt::codec::{Protocol, connack_meaning, reason_meaning};
+use squall_agent::plan::{PayloadSpec, RateSpec};
+
+use crate::aggregate::{Aggregate, IntervalRow};
+use crate::scenario::Plan;
+use crate::thresholds::{MetricRef, Stat, Threshold};
+
+/// Bumped when a field changes meaning or goes away (added fields do not bump it).
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Report {
+    pub schema_version: u32,
+    pub squall_version: String,
+    pub scenario: String,
+    /// The run tag, hex: in client ids (`{run}`) and every payload.
+    pub run_tag: String,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    pub elapsed_s: f64,
+    /// How long publishers actually published.
+    pub publish_window_s: f64,
+    pub drain_s: f64,
+    pub targets: Vec<String>,
+    /// The scenario named no broker: squall ran its embedded one.
+    pub embedded_broker: bool,
+    pub agents: u32,
+    pub clients: u64,
+    pub groups: Vec<GroupReport>,
+    pub verdict: Verdict,
+    /// Every counter, summed over agents (see the README's "Counters").
+    pub counters: BTreeMap<String, u64>,
+    pub rates: Rates,
+    /// Latency by metric (connect, subscribe, puback, pubcomp, e2e), µs.
+    pub latency: BTreeMap<String, LatencyReport>,
+    pub delivery: DeliveryReport,
+    pub errors: Vec<ErrorEntry>,
+    pub thresholds: Vec<ThresholdResult>,
+    /// One row per snapshot interval.
+    pub timeline: Vec<IntervalRow>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct GroupReport {
+    pub name: String,
+    pub clients: u64,
+    pub protocol: String,
+    /// What it publishes: topic template, QoS, rate as written.
+    pub publishes: Option<String>,
+    /// What it subscribes to.
+    pub subscribes: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Every threshold held.
+    Pass,
+    /// A threshold failed (exit code 1).
+    Fail,
+    /// Stopped by the user before the end (exit code 130); counts are partial.
+    Aborted,
+    /// The run could not be carried out as planned (exit code 3).
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Verdict {
+    pub status: Status,
+    /// Why, when not a pass.
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Rates {
+    /// Messages published per second over the publishing window.
+    pub publish_per_s: f64,
+    /// Messages received per second, over the publishing window (messages of the drain included).
+    pub receive_per_s: f64,
+    /// What the schedules asked for, per second (published + behind schedule).
+    pub offered_per_s: f64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Percentiles {
+    pub count: u64,
+    pub min_us: u64,
+    pub mean_us: f64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    /// Values beyond one hour, recorded as one hour.
+    pub clamped: u64,
+}
+
+impl From<Summary> for Percentiles {
+    fn from(s: Summary) -> Self {
+        Percentiles {
+            count: s.count,
+            min_us: s.min_us,
+            mean_us: s.mean_us,
+            p50_us: s.p50_us,
+            p90_us: s.p90_us,
+            p99_us: s.p99_us,
+            p999_us: s.p999_us,
+            max_us: s.max_us,
+            clamped: s.clamped,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LatencyReport {
+    /// From the actual send.
+    pub raw: Option<Percentiles>,
+    /// From the intended send (the schedule): includes time the client was held up.
+    pub corrected: Option<Percentiles>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DeliveryCounts {
+    pub expected: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    pub missed_offline: u64,
+    pub phantom: u64,
+}
+
+impl From<Delivery> for DeliveryCounts {
+    fn from(d: Delivery) -> Self {
+        DeliveryCounts {
+            expected: d.expected,
+            delivered: d.received,
+            lost: d.lost,
+            duplicates: d.duplicates,
+            out_of_order: d.out_of_order,
+            missed_offline: d.missed_offline,
+            phantom: d.phantom,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeliveryReport {
+    /// The ledger was settled (false when the run did not finish: counts are partial).
+    pub complete: bool,
+    pub all: DeliveryCounts,
+    /// By the QoS messages were delivered with ("0", "1", "2").
+    pub by_qos: BTreeMap<String, DeliveryCounts>,
+    /// By subscribing group.
+    pub by_group: BTreeMap<String, DeliveryCounts>,
+    pub receivers: u64,
+    pub receivers_never_subscribed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorEntry {
+    pub kind: String,
+    /// The broker's return/reason code, where it gave one.
+    pub code: Option<u8>,
+    pub meaning: Option<String>,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ThresholdResult {
+    pub rule: String,
+    /// The measured value (µs for latencies); absent when there was no data.
+    pub value: Option<f64>,
+    pub pass: bool,
+}
+
+/// Everything a report is built from.
+pub struct Inputs<'a> {
+    pub plan: &'a Plan,
+    pub agg: &'a Aggregate,
+    pub results: &'a [AgentResult],
+    pub targets: Vec<String>,
+    pub embedded_broker: bool,
+    pub agents: u32,
+    pub started_at: std::time::SystemTime,
+    pub elapsed_s: f64,
+    pub publish_window_s: f64,
+    /// Set when the run did not finish normally.
+    pub failure: Option<(Status, String)>,
+    pub warnings: Vec<String>,
+}
+
+pub fn build(i: Inputs<'_>) -> Report {
+    let plan = i.plan;
+    let agg = i.agg;
+    let c = &agg.counters;
+    let complete = i.failure.is_none() && !i.results.is_empty();
+    let mut ledger = LedgerTotals::default();
+    let mut by_group: BTreeMap<String, DeliveryCounts> = BTreeMap::new();
+    let mut receivers = 0;
+    let mut never = 0;
+    for r in i.results {
+        ledger.add(&r.ledger);
+        receivers += r.receivers;
+        never += r.receivers_never_subscribed;
+        for (g, t) in &r.ledger_by_group {
+            let e = by_group.entry(g.clone()).or_default();
+            let mut d: Delivery = Delivery {
+                expected: e.expected,
+                received: e.delivered,
+                lost: e.lost,
+                duplicates: e.duplicates,
+                out_of_order: e.out_of_order,
+                missed_offline: e.missed_offline,
+                phantom: e.phantom,
+            };
+            d.add(&t.all());
+            *e = d.into();
+        }
+    }
+    let window = i.publish_window_s.max(1e-9);
+    let mut latency = BTreeMap::new();
+    for m in Metric::ALL {
+        let raw = agg.hists.get(m, Timing::Raw);
+        let cor = agg.hists.get(m, Timing::Corrected);
+        if raw.is_empty() && cor.is_empty() {
+            continue;
+        }
+        latency.insert(
+            m.name().to_string(),
+            LatencyReport {
+                raw: (!raw.is_empty()).then(|| raw.summary().into()),
+                corrected: (!cor.is_empty()).then(|| cor.summary().into()),
+            },
+        );
+    }
+    let errors = agg
+        .errors
+        .iter()
+        .map(|(e, n)| ErrorEntry {
+            kind: e.name().to_string(),
+            code: e.code(),
+            meaning: meaning(e),
+            count: *n,
+        })
+        .collect();
+    let mut report = Report {
+        schema_version: SCHEMA_VERSION,
+        squall_version: env!("CARGO_PKG_VERSION").to_string(),
+        scenario: plan.name.clone(),
+        run_tag: format!("{:08x}", plan.run_tag),
+        started_at: humantime::format_rfc3339_seconds(i.started_at).to_string(),
+        elapsed_s: i.elapsed_s,
+        publish_window_s: i.publish_window_s,
+        drain_s: plan.drain.as_secs_f64(),
+        targets: i.targets,
+        embedded_broker: i.embedded_broker,
+        agents: i.agents,
+        clients: plan.clients(),
+        groups: plan.groups.iter().map(group_report).collect(),
+        verdict: Verdict { status: Status::Pass, reasons: vec![] },
+        counters: c.fields().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        rates: Rates {
+            publish_per_s: c.published() as f64 / window,
+            receive_per_s: c.received() as f64 / window,
+            offered_per_s: (c.published() + c.behind_schedule) as f64 / window,
+        },
+        latency,
+        delivery: DeliveryReport {
+            complete,
+            all: ledger.all().into(),
+            by_qos: ledger.qos.iter().enumerate().map(|(q, d)| (q.to_string(), (*d).into())).collect(),
+            by_group,
+            receivers,
+            receivers_never_subscribed: never,
+        },
+        errors,
+        thresholds: vec![],
+        timeline: agg.timeline.clone(),
+        warnings: i.warnings,
+    };
+    report.thresholds = plan
+        .thresholds
+        .iter()
+        .map(|t| {
+            let value = value_of(&report, agg, &t.metric);
+            ThresholdResult {
+                rule: t.expr.clone(),
+                value,
+                pass: value.is_some_and(|v| t.op.holds(v, t.value)),
+            }
+        })
+        .collect();
+    report.verdict = match i.failure {
+        Some((status, why)) => Verdict { status, reasons: vec![why] },
+        None => {
+            let failed: Vec<String> = report
+                .thresholds
+                .iter()
+                .zip(&plan.thresholds)
+                .filter(|(r, _)| !r.pass)
+                .map(|(r, t)| describe_failure(r, t))
+                .collect();
+            Verdict { status: if failed.is_empty() { Status::Pass } else { Status::Fail }, reasons: failed }
+        }
+    };
+    report
+}
+
+fn describe_failure(r: &ThresholdResult, t: &Threshold) -> String {
+    match r.value {
+        None => format!("{}: no data (nothing was measured for this metric)", r.rule),
+        Some(v) => match t.metric {
+            MetricRef::Latency { stat: Stat::Count, .. } | MetricRef::Count(_) => {
+                format!("{}: measured {}", r.rule, fmt_num(v))
+            }
+            MetricRef::Latency { .. } => format!("{}: measured {}", r.rule, text::fmt_us(v)),
+        },
+    }
+}
+
+fn fmt_num(v: f64) -> String {
+    if v.fract() == 0.0 { format!("{v:.0}") } else { format!("{v:.2}") }
+}
+
+fn meaning(e: &LoadError) -> Option<String> {
+    let code = e.code()?;
+    Some(
+        match e {
+            // 3.1.1 return codes are 1–5; MQTT 5 reason codes are ≥ 0x80
+            LoadError::ConnectRefused { .. } if code < 0x80 => connack_meaning(Protocol::V311, code),
+            _ => reason_meaning(code),
+        }
+        .to_string(),
+    )
+}
+
+fn group_report(g: &squall_agent::plan::GroupSpec) -> GroupReport {
+    GroupReport {
+        name: g.name.clone(),
+        clients: g.clients as u64,
+        protocol: g.protocol.to_string(),
+        publishes: g.publish.as_ref().map(|p| {
+            let rate = match p.rate {
+                RateSpec::IntervalMs(ms) => format!("every {ms}ms per client"),
+                RateSpec::GroupPerSec(r) => format!("{r}/s for the group"),
+            };
+            let payload = match &p.payload {
+                PayloadSpec::Size(n) => format!("{n} B"),
+                PayloadSpec::Text(t) => format!("{} B", t.len() + squall_agent::payload::HEADER_LEN),
+                PayloadSpec::Raw(t) => format!("{} B raw, not measured", t.len()),
+            };
+            format!("{} QoS {} {rate}, {payload}", p.topic, p.qos)
+        }),
+        subscribes: g.subscribe.as_ref().map(|s| format!("{} QoS {}", s.filters.join(", "), s.qos)),
+    }
+}
+
+/// The value a threshold compares, from the report (counts) or the merged histograms
+/// (any quantile).
+pub fn value_of(r: &Report, agg: &Aggregate, m: &MetricRef) -> Option<f64> {
+    match m {
+        MetricRef::Latency { metric, timing, stat } => {
+            let h: &Latency = agg.hists.get(*metric, *timing);
+            if h.is_empty() {
+                return (*stat == Stat::Count).then_some(0.0);
+            }
+            let s = h.summary();
+            Some(match stat {
+                Stat::Quantile(q) => h.quantile_us(*q) as f64,
+                Stat::Min => s.min_us as f64,
+                Stat::Mean => s.mean_us,
+                Stat::Max => s.max_us as f64,
+                Stat::Count => s.count as f64,
+            })
+        }
+        MetricRef::Count(name) => count_value(r, name),
+    }
+}
+
+fn count_value(r: &Report, name: &str) -> Option<f64> {
+    let d = |c: &DeliveryCounts, field: &str| -> Option<u64> {
+        Some(match field {
+            "lost" => c.lost,
+            "delivered" => c.delivered,
+            "expected" => c.expected,
+            "duplicates" => c.duplicates,
+            "out_of_order" => c.out_of_order,
+            "missed_offline" => c.missed_offline,
+            "phantom" => c.phantom,
+            _ => return None,
+        })
+    };
+    let ledger_value = |field: &str, c: &DeliveryCounts| -> Option<f64> {
+        // a ledger that was never settled has no value to compare
+        if !r.delivery.complete { None } else { d(c, field).map(|v| v as f64) }
+    };
+    let parts: Vec<&str> = name.split('.').collect();
+    match parts.as_slice() {
+        ["errors"] => Some(r.errors.iter().map(|e| e.count).sum::<u64>() as f64),
+        ["connect", "errors"] => Some(r.counters.get("connect_failures").copied().unwrap_or(0) as f64),
+        ["errors", kind] => {
+            Some(r.errors.iter().filter(|e| e.kind == *kind).map(|e| e.count).sum::<u64>() as f64)
+        }
+        ["published"] => Some(
+            ["published_qos0", "published_qos1", "published_qos2"].iter().map(|k| r.counters[*k]).sum::<u64>()
+                as f64,
+        ),
+        ["received"] => Some(
+            ["received_qos0", "received_qos1", "received_qos2"].iter().map(|k| r.counters[*k]).sum::<u64>()
+                as f64,
+        ),
+        ["publish", "rate"] => Some(r.rates.publish_per_s),
+        ["receive", "rate"] => Some(r.rates.receive_per_s),
+        [field] if d(&r.delivery.all, field).is_some() => ledger_value(field, &r.delivery.all),
+        [field, q] if q.starts_with("qos") => {
+            let c = r.delivery.by_qos.get(&q[3..])?;
+            ledger_value(field, c)
+        }
+        [counter] => r.counters.get(*counter).map(|v| *v as f64),
+        _ => None,
+    }
+}
+
+/// The JSON Schema of [`Report`], as committed in `schemas/report.schema.json`.
+pub fn schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(Report)).expect("a schema serializes")
+}

@@ -1,0 +1,205 @@
+//! The human summary printed at the end of a run.
+
+use std::fmt::Write;
+
+use super::{Percentiles, Report, Status};
+
+/// µs as a short human duration: `850µs`, `12.3ms`, `2.41s`.
+pub fn fmt_us(us: f64) -> String {
+    if us < 1_000.0 {
+        format!("{us:.0}µs")
+    } else if us < 1_000_000.0 {
+        format!("{:.2}ms", us / 1e3)
+    } else {
+        format!("{:.2}s", us / 1e6)
+    }
+}
+
+fn count(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+fn row(out: &mut String, name: &str, p: &Percentiles) {
+    let _ = writeln!(
+        out,
+        "  {name:<18} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        count(p.count),
+        fmt_us(p.p50_us as f64),
+        fmt_us(p.p90_us as f64),
+        fmt_us(p.p99_us as f64),
+        fmt_us(p.p999_us as f64),
+        fmt_us(p.max_us as f64),
+    );
+}
+
+pub fn render(r: &Report) -> String {
+    let mut o = String::new();
+    let c = |k: &str| r.counters.get(k).copied().unwrap_or(0);
+    let target = if r.embedded_broker {
+        format!("{} (embedded broker)", r.targets.join(", "))
+    } else {
+        r.targets.join(", ")
+    };
+    let _ = writeln!(
+        o,
+        "\nsquall · {} · run {} · {} clients → {}",
+        r.scenario,
+        r.run_tag,
+        count(r.clients),
+        target
+    );
+    let _ = writeln!(
+        o,
+        "publish window {:.1}s · drain {:.1}s · elapsed {:.1}s · {} agent{}",
+        r.publish_window_s,
+        r.drain_s,
+        r.elapsed_s,
+        r.agents,
+        if r.agents == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "  connections   {} connected of {} attempts · {} failed · {} lost after connecting",
+        count(c("connects")),
+        count(c("connect_attempts")),
+        count(c("connect_failures")),
+        count(c("connections_lost")),
+    );
+    let published = c("published_qos0") + c("published_qos1") + c("published_qos2");
+    let received = c("received_qos0") + c("received_qos1") + c("received_qos2");
+    let _ = writeln!(
+        o,
+        "  messages      {} published ({:.1}/s) · {} received ({:.1}/s)",
+        count(published),
+        r.rates.publish_per_s,
+        count(received),
+        r.rates.receive_per_s
+    );
+    if c("behind_schedule") > 0 || c("unacked") > 0 || c("ack_timeouts") > 0 {
+        let _ = writeln!(
+            o,
+            "                {} behind schedule (never sent) · {} unacknowledged · {} ack timeouts",
+            count(c("behind_schedule")),
+            count(c("unacked")),
+            count(c("ack_timeouts"))
+        );
+    }
+    let d = &r.delivery.all;
+    if r.delivery.receivers > 0 {
+        let partial = if r.delivery.complete { "" } else { " (partial: the run did not finish)" };
+        let _ = writeln!(
+            o,
+            "  delivery      {} expected · {} delivered · {} lost · {} duplicates · {} out of order{}",
+            count(d.expected),
+            count(d.delivered),
+            count(d.lost),
+            count(d.duplicates),
+            count(d.out_of_order),
+            partial
+        );
+        if d.missed_offline > 0 || d.phantom > 0 {
+            let _ = writeln!(
+                o,
+                "                {} missed while offline · {} phantom",
+                count(d.missed_offline),
+                count(d.phantom)
+            );
+        }
+        for (q, dq) in &r.delivery.by_qos {
+            if dq.expected > 0 && (dq.lost > 0 || dq.duplicates > 0) {
+                let _ = writeln!(
+                    o,
+                    "                QoS {q}: {} lost · {} duplicates",
+                    count(dq.lost),
+                    count(dq.duplicates)
+                );
+            }
+        }
+    }
+    if !r.latency.is_empty() {
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "  {:<18} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "latency", "count", "p50", "p90", "p99", "p99.9", "max"
+        );
+        for (name, l) in &r.latency {
+            if let Some(p) = &l.corrected {
+                row(&mut o, name, p);
+            }
+            if let Some(p) = &l.raw {
+                let label = if l.corrected.is_some() { format!("{name} (raw)") } else { name.clone() };
+                row(&mut o, &label, p);
+            }
+        }
+        let _ = writeln!(o, "  (corrected: from the intended send time; raw: from the actual send)");
+    }
+    let _ = writeln!(o);
+    if r.errors.is_empty() {
+        let _ = writeln!(o, "  errors        none");
+    } else {
+        let _ = writeln!(o, "  errors");
+        for e in &r.errors {
+            let code = e.code.map(|c| format!(" 0x{c:02x}")).unwrap_or_default();
+            let meaning = e.meaning.as_ref().map(|m| format!(" ({m})")).unwrap_or_default();
+            let _ = writeln!(o, "    {:>10}  {}{code}{meaning}", count(e.count), e.kind);
+        }
+    }
+    if !r.thresholds.is_empty() {
+        let _ = writeln!(o, "  thresholds");
+        for t in &r.thresholds {
+            let mark = if t.pass { "✓" } else { "✗" };
+            let v = match t.value {
+                None => "no data".to_string(),
+                Some(v) if t.rule.contains('p') && is_latency(&t.rule) => fmt_us(v),
+                Some(v) if v.fract() == 0.0 => format!("{v:.0}"),
+                Some(v) => format!("{v:.2}"),
+            };
+            let _ = writeln!(o, "    {mark} {:<36} {v}", t.rule);
+        }
+    }
+    for w in &r.warnings {
+        let _ = writeln!(o, "  warning: {w}");
+    }
+    let _ = writeln!(o);
+    let verdict = match r.verdict.status {
+        Status::Pass => "PASS".to_string(),
+        Status::Fail => "FAIL".to_string(),
+        Status::Aborted => "ABORTED".to_string(),
+        Status::Error => "ERROR".to_string(),
+    };
+    let _ = writeln!(o, "{verdict}");
+    for why in &r.verdict.reasons {
+        let _ = writeln!(o, "  {why}");
+    }
+    o
+}
+
+fn is_latency(rule: &str) -> bool {
+    let name = rule.split(|c: char| c.is_whitespace() || "<>=!".contains(c)).next().unwrap_or("");
+    let first = name.split('.').next().unwrap_or("");
+    squall_agent::metrics::Metric::from_name(first).is_some() && !name.ends_with(".count")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_counts_read_well() {
+        assert_eq!(fmt_us(850.0), "850µs");
+        assert_eq!(fmt_us(12_345.0), "12.35ms");
+        assert_eq!(fmt_us(2_410_000.0), "2.41s");
+        assert_eq!(count(1234567), "1,234,567");
+        assert_eq!(count(12), "12");
+    }
+}

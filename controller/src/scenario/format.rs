@@ -1,0 +1,176 @@
+//! The scenario file as written (TOML). Every field is optional unless the docs say otherwise;
+//! [`resolve`](super::resolve) fills defaults and checks meaning.
+//!
+//! Units are explicit: durations are strings with a unit (`"30s"`, `"250ms"`, `"1h"`), rates
+//! are per second and named as such. Unknown keys are errors (a typo must not silently fall
+//! back to a default).
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// A scenario: who connects where, what they publish and subscribe, for how long, and what
+/// counts as a pass.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// A name for reports; the file name when absent.
+    pub name: Option<String>,
+    /// Pass/fail rules, e.g. `"e2e.p99 < 50ms"`, `"lost == 0"`, `"connect.errors == 0"`.
+    /// A failed threshold makes `squall run` exit with code 1.
+    #[serde(default)]
+    pub thresholds: Vec<String>,
+    /// Where the brokers are. Absent: `squall run` starts its embedded broker.
+    pub target: Option<Target>,
+    /// Timing of the whole run.
+    #[serde(default)]
+    pub run: Run,
+    /// Groups of identical clients. At least one.
+    #[serde(default, rename = "group")]
+    pub groups: Vec<Group>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// Broker URLs, `mqtt://host:port` or `mqtts://host:port`. Clients are spread over them
+    /// round-robin (as over the nodes of a cluster).
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// Local IP addresses to connect from, round-robin. One address reaches ~28k connections
+    /// to one broker address; more addresses go beyond (127.0.0.2, 127.0.0.3 … on loopback).
+    #[serde(default)]
+    pub source_addresses: Vec<String>,
+    /// TLS for `mqtts://` URLs.
+    pub tls: Option<Tls>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM CA certificates to trust (the system roots when absent). Relative to the scenario file.
+    pub ca: Option<String>,
+    /// PEM client certificate, for mutual TLS.
+    pub cert: Option<String>,
+    /// PEM private key of the client certificate.
+    pub key: Option<String>,
+    /// Name to verify the broker's certificate against (and send as SNI).
+    pub server_name: Option<String>,
+    /// Accept any certificate (lab brokers only).
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Run {
+    /// How long publishers publish, once every client has connected (default "10s").
+    pub duration: Option<String>,
+    /// How long to keep receiving after the last publish (default "2s").
+    pub drain: Option<String>,
+    /// How long to wait for every client's first connection attempt before publishing anyway
+    /// (default: the slowest group's ramp time plus its connect timeout, plus 10s).
+    pub ramp_timeout: Option<String>,
+    /// Hard limit on the whole run; past it, all load stops (default: everything above plus 60s).
+    pub max_duration: Option<String>,
+    /// How often agents report (default "1s").
+    pub snapshot_interval: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    /// Unique name; `{group}` in templates.
+    pub name: Option<String>,
+    /// How many clients (required).
+    pub clients: Option<u32>,
+    /// Client id template (default `"squall-{run}-{group}-{i}"`); must contain `{i}` when
+    /// `clients > 1`. Placeholders: `{group}`, `{i}`, `{agent}`, `{run}`.
+    pub client_id: Option<String>,
+    /// MQTT protocol, `"3.1.1"` or `"5"` (default `"3.1.1"`).
+    pub protocol: Option<String>,
+    /// Keepalive (default "30s"; "0s" turns it off).
+    pub keepalive: Option<String>,
+    /// Start with a clean session (default true).
+    pub clean_start: Option<bool>,
+    /// MQTT 5 session expiry interval (default "0s").
+    pub session_expiry: Option<String>,
+    pub username: Option<String>,
+    /// Password in the file. Prefer `password_env`.
+    pub password: Option<String>,
+    /// Name of an environment variable holding the password.
+    pub password_env: Option<String>,
+    /// New connections per second across the group during ramp-up (default 1000).
+    pub connect_rate: Option<f64>,
+    /// Disconnections per second across the group at the end (default: `connect_rate`).
+    pub disconnect_rate: Option<f64>,
+    /// Unanswered QoS 1/2 publishes per client (default 100; the broker's receive maximum may lower it).
+    pub max_inflight: Option<u16>,
+    /// TCP + TLS + CONNACK must complete within this (default "10s").
+    pub connect_timeout: Option<String>,
+    /// PUBACK/PUBCOMP/SUBACK/PINGRESP later than this are counted as timeouts (default "10s").
+    pub ack_timeout: Option<String>,
+    pub reconnect: Option<Reconnect>,
+    pub will: Option<Will>,
+    pub publish: Option<Publish>,
+    pub subscribe: Option<Subscribe>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Reconnect {
+    /// Reconnect after a failed or lost connection (default true).
+    pub enabled: Option<bool>,
+    /// First backoff (default "1s"); doubles per failure, with full jitter.
+    pub min_backoff: Option<String>,
+    /// Largest backoff (default "30s").
+    pub max_backoff: Option<String>,
+    /// Reconnections per second across the group, at most (default: `connect_rate`).
+    pub max_rate: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Will {
+    /// Will topic (template).
+    pub topic: Option<String>,
+    #[serde(default)]
+    pub payload: String,
+    pub qos: Option<u8>,
+    #[serde(default)]
+    pub retain: bool,
+    /// MQTT 5 will delay interval (default "0s").
+    pub delay: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Publish {
+    /// Topic template, e.g. `"sensors/{i}/temp"` (required).
+    pub topic: Option<String>,
+    /// 0, 1 or 2 (default 0).
+    pub qos: Option<u8>,
+    #[serde(default)]
+    pub retain: bool,
+    /// Payload bytes per message, at least 36 (the measurement header). Default 64.
+    pub payload_size: Option<u32>,
+    /// Text sent after the 36-byte measurement header.
+    pub payload: Option<String>,
+    /// Text sent exactly as given, without a header: not measured (no end-to-end latency,
+    /// no ledger).
+    pub payload_raw: Option<String>,
+    /// Each client publishes once per this interval, e.g. "100ms". Give this or `group_rate`.
+    pub interval: Option<String>,
+    /// Messages per second summed over the whole group (each client gets its share).
+    /// Give this or `interval`.
+    pub group_rate: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Subscribe {
+    /// Topic filters (templates); `+`, `#` and `$share/<name>/…` allowed (required).
+    #[serde(default)]
+    pub filters: Vec<String>,
+    /// Maximum QoS asked for (default 0).
+    pub qos: Option<u8>,
+}

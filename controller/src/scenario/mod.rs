@@ -1,0 +1,67 @@
+//! Scenario files: the format ([`format`]), errors that point into the file ([`source`]),
+//! and resolution into one validated [`Plan`] ([`resolve`]), CLI overrides included.
+//!
+//! Everything a run needs is checked here, before anything connects.
+
+pub mod format;
+pub mod resolve;
+pub mod source;
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use squall_agent::mqtt::tls::TlsSettings;
+use squall_agent::mqtt::transport::TargetUrl;
+use squall_agent::plan::GroupSpec;
+
+use crate::thresholds::Threshold;
+pub use resolve::Overrides;
+pub use source::{Diagnostic, Diagnostics, Source};
+
+/// A scenario resolved: defaults filled, every value checked, ready to segment.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub name: String,
+    /// Random per run; in client ids (`{run}`) and in every payload.
+    pub run_tag: u32,
+    /// Brokers; empty means "start the embedded broker".
+    pub targets: Vec<TargetUrl>,
+    pub tls: TlsSettings,
+    pub source_addresses: Vec<IpAddr>,
+    pub groups: Vec<GroupSpec>,
+    /// The publishing window.
+    pub duration: Duration,
+    pub drain: Duration,
+    pub ramp_timeout: Duration,
+    pub max_duration: Duration,
+    pub snapshot_interval: Duration,
+    pub thresholds: Vec<Threshold>,
+}
+
+impl Plan {
+    pub fn clients(&self) -> u64 {
+        self.groups.iter().map(|g| g.clients as u64).sum()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read scenario {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(#[from] Diagnostics),
+}
+
+/// Reads, parses and resolves a scenario file.
+pub fn load(path: &Path, overrides: &Overrides) -> Result<Plan, LoadError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| LoadError::Read { path: path.display().to_string(), source })?;
+    let src = Source::new(path, text);
+    Ok(resolve::resolve(&src, overrides)?)
+}
+
+/// Parses and resolves scenario text (TLS paths relative to `src.path`'s directory).
+pub fn load_source(src: &Source, overrides: &Overrides) -> Result<Plan, Diagnostics> {
+    resolve::resolve(src, overrides)
+}

@@ -1,0 +1,493 @@
+//! From the file as written to a [`Plan`]: defaults, meaning, and CLI overrides.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use squall_agent::mqtt::codec::Protocol;
+use squall_agent::mqtt::tls::TlsSettings;
+use squall_agent::mqtt::transport::TargetUrl;
+use squall_agent::plan::{
+    GroupSpec, PayloadSpec, PlanError, PublishSpec, RateSpec, ReconnectSpec, SubscribeSpec, WillSpec,
+};
+
+use super::Plan;
+use super::format::{self, Scenario};
+use super::source::{Diagnostic, Diagnostics, Seg, Source};
+use crate::path;
+use crate::thresholds::Threshold;
+
+/// What the command line may change. Applied after the file, checked the same way.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Replace the file's target URLs.
+    pub targets: Vec<String>,
+    pub duration: Option<Duration>,
+    pub drain: Option<Duration>,
+    pub max_duration: Option<Duration>,
+    /// Added to the file's thresholds.
+    pub thresholds: Vec<String>,
+    /// `(group, clients)`: change one group's client count.
+    pub clients: Vec<(String, u32)>,
+}
+
+const DEFAULT_DURATION: Duration = Duration::from_secs(10);
+const DEFAULT_DRAIN: Duration = Duration::from_secs(2);
+
+struct Ctx<'a> {
+    src: &'a Source,
+    errors: Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, path: Vec<Seg>, message: impl Into<String>, hint: impl Into<Option<String>>) {
+        let d = self.src.at_path(&path, message, hint.into());
+        self.errors.push(d);
+    }
+
+    fn flag(&mut self, flag: &str, message: impl Into<String>, hint: impl Into<Option<String>>) {
+        let d = self.src.at(None, format!("{flag}: {}", message.into()), hint.into());
+        self.errors.push(d);
+    }
+
+    fn duration(&mut self, path: Vec<Seg>, v: &Option<String>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match humantime::parse_duration(s.trim()) {
+                Ok(d) => d,
+                Err(_) => {
+                    self.err(
+                        path,
+                        format!("`{s}` is not a duration"),
+                        "write a number with a unit: \"500ms\", \"30s\", \"5m\", \"1h\"".to_string(),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn qos(&mut self, path: Vec<Seg>, v: Option<u8>) -> u8 {
+        match v {
+            None => 0,
+            Some(q @ 0..=2) => q,
+            Some(q) => {
+                self.err(path, format!("QoS {q} does not exist"), "QoS is 0, 1 or 2".to_string());
+                0
+            }
+        }
+    }
+
+    fn rate(&mut self, path: Vec<Seg>, v: Option<f64>, default: f64, what: &str) -> f64 {
+        match v {
+            None => default,
+            Some(r) if r > 0.0 && r.is_finite() => r,
+            Some(r) => {
+                self.err(path, format!("{what} must be a positive number per second, not {r}"), None);
+                default
+            }
+        }
+    }
+}
+
+pub fn resolve(src: &Source, ov: &Overrides) -> Result<Plan, Diagnostics> {
+    let scenario: Scenario = toml::from_str(&src.text).map_err(|e| {
+        let msg = e.message().trim().to_string();
+        let hint = if msg.starts_with("unknown field") {
+            Some("check the spelling; `squall init` prints every key with its meaning".to_string())
+        } else {
+            None
+        };
+        Diagnostics(vec![src.at(e.span(), msg, hint)])
+    })?;
+    let mut cx = Ctx { src, errors: Vec::new() };
+    let base_dir = src.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+
+    let name = scenario.name.clone().unwrap_or_else(|| {
+        src.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "scenario".into())
+    });
+
+    // thresholds: the file's, then the command line's
+    let mut thresholds = Vec::new();
+    for (i, t) in scenario.thresholds.iter().enumerate() {
+        match Threshold::parse(t) {
+            Ok(t) => thresholds.push(t),
+            Err(e) => cx.err(path!["thresholds", i], e.message, e.hint),
+        }
+    }
+    for t in &ov.thresholds {
+        match Threshold::parse(t) {
+            Ok(t) => thresholds.push(t),
+            Err(e) => cx.flag("--threshold", e.message, e.hint),
+        }
+    }
+
+    // targets
+    let target = scenario.target.clone().unwrap_or_default();
+    let mut targets = Vec::new();
+    if ov.targets.is_empty() {
+        for (i, u) in target.urls.iter().enumerate() {
+            match u.parse::<TargetUrl>() {
+                Ok(t) => targets.push(t),
+                Err(e) => cx.err(path!["target", "urls", i], e.to_string(), None),
+            }
+        }
+    } else {
+        for u in &ov.targets {
+            match u.parse::<TargetUrl>() {
+                Ok(t) => targets.push(t),
+                Err(e) => cx.flag("--target", e.to_string(), None),
+            }
+        }
+    }
+    let mut source_addresses = Vec::new();
+    for (i, a) in target.source_addresses.iter().enumerate() {
+        match a.parse::<IpAddr>() {
+            Ok(ip) => source_addresses.push(ip),
+            Err(_) => {
+                cx.err(path!["target", "source_addresses", i], format!("`{a}` is not an IP address"), None)
+            }
+        }
+    }
+    let tls = resolve_tls(&mut cx, target.tls.as_ref(), &base_dir);
+
+    // groups
+    if scenario.groups.is_empty() {
+        cx.errors.push(src.at(
+            None,
+            "the scenario has no client group",
+            Some("add a [[group]] with at least `clients` and a [group.publish] or [group.subscribe]; `squall init` prints an example".into()),
+        ));
+    }
+    let mut names = HashSet::new();
+    let mut groups = Vec::new();
+    for (gi, g) in scenario.groups.iter().enumerate() {
+        if let Some(spec) = resolve_group(&mut cx, gi, g, ov) {
+            if !names.insert(spec.name.clone()) {
+                cx.err(path!["group", gi, "name"], format!("group name `{}` is used twice", spec.name), None);
+            }
+            groups.push(spec);
+        }
+    }
+    for (name, _) in &ov.clients {
+        if !groups.iter().any(|g| &g.name == name) && cx.errors.is_empty() {
+            cx.flag("--clients", format!("no group named `{name}`"), None);
+        }
+    }
+
+    // timing
+    let run = &scenario.run;
+    let mut duration = cx.duration(path!["run", "duration"], &run.duration, DEFAULT_DURATION);
+    if let Some(d) = ov.duration {
+        duration = d;
+    }
+    if duration.is_zero() {
+        cx.err(path!["run", "duration"], "the publishing window cannot be empty", None);
+    }
+    let mut drain = cx.duration(path!["run", "drain"], &run.drain, DEFAULT_DRAIN);
+    if let Some(d) = ov.drain {
+        drain = d;
+    }
+    let snapshot_interval =
+        cx.duration(path!["run", "snapshot_interval"], &run.snapshot_interval, Duration::from_secs(1));
+    if snapshot_interval < Duration::from_millis(100) {
+        cx.err(
+            path!["run", "snapshot_interval"],
+            "snapshots more often than every 100ms cost more than they tell",
+            None,
+        );
+    }
+    let slowest_ramp = groups
+        .iter()
+        .map(|g| g.clients as f64 / g.connect_rate + g.connect_timeout_ms as f64 / 1e3)
+        .fold(0.0, f64::max);
+    let slowest_ramp_down = groups.iter().map(|g| g.clients as f64 / g.disconnect_rate).fold(0.0, f64::max);
+    let ramp_timeout = cx.duration(
+        path!["run", "ramp_timeout"],
+        &run.ramp_timeout,
+        Duration::from_secs_f64(slowest_ramp + 10.0),
+    );
+    let default_max = ramp_timeout + duration + drain + Duration::from_secs_f64(slowest_ramp_down + 60.0);
+    let mut max_duration = cx.duration(path!["run", "max_duration"], &run.max_duration, default_max);
+    if let Some(d) = ov.max_duration {
+        max_duration = d;
+    }
+    if max_duration < duration + drain {
+        cx.err(
+            path!["run", "max_duration"],
+            format!(
+                "max_duration ({}) is shorter than duration + drain ({})",
+                humantime::format_duration(max_duration),
+                humantime::format_duration(duration + drain)
+            ),
+            "raise max_duration, or leave it out to have it computed".to_string(),
+        );
+    }
+
+    if !cx.errors.is_empty() {
+        return Err(Diagnostics(cx.errors));
+    }
+    Ok(Plan {
+        name,
+        run_tag: fastrand::u32(..),
+        targets,
+        tls,
+        source_addresses,
+        groups,
+        duration,
+        drain,
+        ramp_timeout,
+        max_duration,
+        snapshot_interval,
+        thresholds,
+    })
+}
+
+fn resolve_tls(cx: &mut Ctx<'_>, tls: Option<&format::Tls>, base: &Path) -> TlsSettings {
+    let Some(t) = tls else { return TlsSettings::default() };
+    let mut file = |key: &str, v: &Option<String>| -> Option<std::path::PathBuf> {
+        let v = v.as_ref()?;
+        let p = base.join(v);
+        if !p.is_file() {
+            cx.err(
+                path!["target", "tls", key],
+                format!("no such file: {}", p.display()),
+                "paths are relative to the scenario file".to_string(),
+            );
+        }
+        Some(p)
+    };
+    let ca_file = file("ca", &t.ca);
+    let cert_file = file("cert", &t.cert);
+    let key_file = file("key", &t.key);
+    if cert_file.is_some() != key_file.is_some() {
+        cx.err(
+            path!["target", "tls"],
+            "a client certificate needs its key, and a key its certificate",
+            "give both `cert` and `key`".to_string(),
+        );
+    }
+    TlsSettings { ca_file, cert_file, key_file, server_name: t.server_name.clone(), insecure: t.insecure }
+}
+
+fn resolve_group(cx: &mut Ctx<'_>, gi: usize, g: &format::Group, ov: &Overrides) -> Option<GroupSpec> {
+    let p = |rest: &[&str]| -> Vec<Seg> {
+        let mut v = path!["group", gi];
+        v.extend(rest.iter().map(|s| Seg::Key(s.to_string())));
+        v
+    };
+    let name = g.name.clone().unwrap_or_else(|| format!("g{gi}"));
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        cx.err(
+            p(&["name"]),
+            format!("group name `{name}` must be letters, digits, `-`, `_` or `.`"),
+            "it appears in client ids and topics".to_string(),
+        );
+    }
+    let mut clients = match g.clients {
+        Some(n) if n > 0 => n,
+        Some(_) => {
+            cx.err(p(&["clients"]), "a group needs at least one client", None);
+            1
+        }
+        None => {
+            cx.err(
+                p(&[]),
+                format!("group `{name}` does not say how many clients"),
+                "add `clients = 100`".to_string(),
+            );
+            1
+        }
+    };
+    if let Some((_, n)) = ov.clients.iter().find(|(n, _)| *n == name) {
+        clients = *n;
+    }
+    let protocol = match g.protocol.as_deref() {
+        None | Some("3.1.1") => Protocol::V311,
+        Some("5") | Some("5.0") => Protocol::V5,
+        Some(other) => {
+            cx.err(
+                p(&["protocol"]),
+                format!("unknown protocol `{other}`"),
+                "write \"3.1.1\" or \"5\"".to_string(),
+            );
+            Protocol::V311
+        }
+    };
+    let keepalive = cx.duration(p(&["keepalive"]), &g.keepalive, Duration::from_secs(30));
+    if keepalive.as_secs() > u16::MAX as u64 {
+        cx.err(p(&["keepalive"]), "keepalive is at most 65535s (18h12m15s)", None);
+    }
+    let session_expiry = cx.duration(p(&["session_expiry"]), &g.session_expiry, Duration::ZERO);
+    if protocol == Protocol::V311 && !session_expiry.is_zero() {
+        cx.err(
+            p(&["session_expiry"]),
+            "session expiry is an MQTT 5 property",
+            "on 3.1.1 a persistent session is `clean_start = false`; or set protocol = \"5\"".to_string(),
+        );
+    }
+    let password = match (&g.password, &g.password_env) {
+        (Some(_), Some(_)) => {
+            cx.err(p(&["password_env"]), "give `password` or `password_env`, not both", None);
+            None
+        }
+        (Some(pw), None) => Some(pw.clone()),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(pw) => Some(pw),
+            Err(_) => {
+                cx.err(
+                    p(&["password_env"]),
+                    format!("environment variable `{var}` is not set"),
+                    format!("export {var}=… before the run"),
+                );
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    let connect_rate = cx.rate(p(&["connect_rate"]), g.connect_rate, 1000.0, "connect_rate");
+    let disconnect_rate =
+        cx.rate(p(&["disconnect_rate"]), g.disconnect_rate, connect_rate, "disconnect_rate");
+    let max_inflight = match g.max_inflight {
+        Some(0) => {
+            cx.err(p(&["max_inflight"]), "max_inflight must be at least 1", None);
+            1
+        }
+        Some(n) => n,
+        None => 100,
+    };
+    let connect_timeout = cx.duration(p(&["connect_timeout"]), &g.connect_timeout, Duration::from_secs(10));
+    let ack_timeout = cx.duration(p(&["ack_timeout"]), &g.ack_timeout, Duration::from_secs(10));
+    if connect_timeout.is_zero() || ack_timeout.is_zero() {
+        cx.err(p(&[]), "timeouts must be positive", None);
+    }
+    let r = g.reconnect.clone().unwrap_or_default();
+    let reconnect = ReconnectSpec {
+        enabled: r.enabled.unwrap_or(true),
+        min_backoff_ms: cx
+            .duration(p(&["reconnect", "min_backoff"]), &r.min_backoff, Duration::from_secs(1))
+            .as_millis() as u64,
+        max_backoff_ms: cx
+            .duration(p(&["reconnect", "max_backoff"]), &r.max_backoff, Duration::from_secs(30))
+            .as_millis() as u64,
+        max_rate: cx.rate(p(&["reconnect", "max_rate"]), r.max_rate, connect_rate, "max_rate"),
+    };
+    if reconnect.enabled
+        && (reconnect.min_backoff_ms == 0 || reconnect.max_backoff_ms < reconnect.min_backoff_ms)
+    {
+        cx.err(p(&["reconnect"]), "backoff needs 0 < min_backoff ≤ max_backoff", None);
+    }
+    let will = g.will.as_ref().map(|w| {
+        let topic = w.topic.clone().unwrap_or_else(|| {
+            cx.err(p(&["will"]), "a will needs a topic", "add `topic = \"devices/{i}/status\"`".to_string());
+            "will".into()
+        });
+        let delay = cx.duration(p(&["will", "delay"]), &w.delay, Duration::ZERO);
+        if protocol == Protocol::V311 && !delay.is_zero() {
+            cx.err(
+                p(&["will", "delay"]),
+                "will delay is an MQTT 5 property",
+                "set protocol = \"5\"".to_string(),
+            );
+        }
+        WillSpec {
+            topic,
+            payload: w.payload.clone(),
+            qos: cx.qos(p(&["will", "qos"]), w.qos),
+            retain: w.retain,
+            delay_secs: delay.as_secs() as u32,
+        }
+    });
+    let publish = g.publish.as_ref().map(|pb| resolve_publish(cx, &p, pb));
+    let subscribe = g.subscribe.as_ref().map(|s| {
+        if s.filters.is_empty() {
+            cx.err(
+                p(&["subscribe"]),
+                "a subscribe needs filters",
+                "add `filters = [\"sensors/#\"]`".to_string(),
+            );
+        }
+        SubscribeSpec { filters: s.filters.clone(), qos: cx.qos(p(&["subscribe", "qos"]), s.qos) }
+    });
+    if publish.is_none() && subscribe.is_none() && will.is_none() {
+        // idle connections are a legitimate load (connection capacity), but say so if it looks unintended
+        tracing::info!(group = %name, "Group neither publishes nor subscribes: its clients hold idle connections");
+    }
+    let spec = GroupSpec {
+        name,
+        clients,
+        client_id: g.client_id.clone().unwrap_or_else(|| "squall-{run}-{group}-{i}".into()),
+        protocol,
+        keepalive_secs: keepalive.as_secs().min(u16::MAX as u64) as u16,
+        clean_start: g.clean_start.unwrap_or(true),
+        session_expiry_secs: session_expiry.as_secs().min(u32::MAX as u64) as u32,
+        username: g.username.clone(),
+        password,
+        will,
+        connect_rate,
+        disconnect_rate,
+        max_inflight,
+        connect_timeout_ms: connect_timeout.as_millis() as u64,
+        ack_timeout_ms: ack_timeout.as_millis() as u64,
+        reconnect,
+        publish,
+        subscribe,
+    };
+    // the engine's own checks (templates, topics, filters): point at the field they name
+    if let Err(PlanError::Group { field, message, .. }) = spec.validate()
+        && cx.errors.is_empty()
+    {
+        let parts: Vec<&str> = field.split('.').collect();
+        let key = match parts.as_slice() {
+            ["publish", "payload_size"] => vec!["publish", "payload_size"],
+            ["publish", "rate"] => vec!["publish"],
+            other => other.to_vec(),
+        };
+        cx.err(p(&key), message, None);
+    }
+    Some(spec)
+}
+
+fn resolve_publish(cx: &mut Ctx<'_>, p: &dyn Fn(&[&str]) -> Vec<Seg>, pb: &format::Publish) -> PublishSpec {
+    let topic = pb.topic.clone().unwrap_or_else(|| {
+        cx.err(p(&["publish"]), "a publish needs a topic", "add `topic = \"sensors/{i}/temp\"`".to_string());
+        "t".into()
+    });
+    let given = [pb.payload_size.is_some(), pb.payload.is_some(), pb.payload_raw.is_some()];
+    if given.iter().filter(|g| **g).count() > 1 {
+        cx.err(p(&["publish"]), "give one of `payload_size`, `payload` and `payload_raw`", None);
+    }
+    let payload = match (&pb.payload_size, &pb.payload, &pb.payload_raw) {
+        (_, Some(t), _) => PayloadSpec::Text(t.clone()),
+        (_, _, Some(t)) => PayloadSpec::Raw(t.clone()),
+        (Some(n), _, _) => PayloadSpec::Size(*n),
+        _ => PayloadSpec::Size(64),
+    };
+    let rate = match (&pb.interval, pb.group_rate) {
+        (Some(_), Some(_)) | (None, None) => {
+            cx.err(
+                p(&["publish"]),
+                "say how often to publish: `interval` or `group_rate`, exactly one",
+                "`interval = \"1s\"`: every client publishes once a second (the group's rate grows with its size); \
+                 `group_rate = 1000`: 1000 messages a second in all, shared by the group's clients"
+                    .to_string(),
+            );
+            RateSpec::IntervalMs(1000.0)
+        }
+        (Some(_), None) => {
+            let d = cx.duration(p(&["publish", "interval"]), &pb.interval, Duration::from_secs(1));
+            if d.is_zero() {
+                cx.err(p(&["publish", "interval"]), "the interval must be positive", None);
+            }
+            RateSpec::IntervalMs(d.as_secs_f64() * 1e3)
+        }
+        (None, Some(r)) => {
+            RateSpec::GroupPerSec(cx.rate(p(&["publish", "group_rate"]), Some(r), 1.0, "group_rate"))
+        }
+    };
+    PublishSpec { topic, qos: cx.qos(p(&["publish", "qos"]), pb.qos), retain: pb.retain, payload, rate }
+}
+
+#[cfg(test)]
+mod tests;

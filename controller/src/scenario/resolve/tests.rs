@@ -1,0 +1,147 @@
+use super::*;
+
+fn load(text: &str) -> Result<Plan, Diagnostics> {
+    resolve(&Source::new("s.toml", text), &Overrides::default())
+}
+
+fn first_error(text: &str) -> Diagnostic {
+    load(text).expect_err("should be rejected").0.remove(0)
+}
+
+const MINIMAL: &str = r#"
+[[group]]
+name = "sensors"
+clients = 10
+[group.publish]
+topic = "s/{i}"
+interval = "100ms"
+"#;
+
+#[test]
+fn a_minimal_scenario_gets_defaults() {
+    let plan = load(MINIMAL).unwrap();
+    assert_eq!(plan.name, "s");
+    assert!(plan.targets.is_empty(), "no target: the embedded broker");
+    let g = &plan.groups[0];
+    assert_eq!((g.clients, g.protocol, g.keepalive_secs, g.clean_start), (10, Protocol::V311, 30, true));
+    assert_eq!(g.client_id, "squall-{run}-{group}-{i}");
+    let p = g.publish.as_ref().unwrap();
+    assert_eq!((p.qos, &p.payload, p.rate), (0, &PayloadSpec::Size(64), RateSpec::IntervalMs(100.0)));
+    assert_eq!(plan.duration, DEFAULT_DURATION);
+    assert!(plan.max_duration > plan.duration + plan.drain);
+}
+
+#[test]
+fn unknown_keys_point_at_the_key() {
+    let d = first_error("[[group]]\nclients = 1\nqos = 1\n");
+    assert_eq!((d.line, d.column), (3, 1), "{d}");
+    assert!(d.message.contains("unknown field `qos`"), "{d}");
+}
+
+#[test]
+fn a_bad_qos_points_at_its_value() {
+    let text =
+        "[[group]]\nname = \"a\"\nclients = 1\n[group.publish]\ntopic = \"t\"\ninterval = \"1s\"\nqos = 3\n";
+    let d = first_error(text);
+    assert_eq!((d.line, d.column), (7, 7), "{d}");
+    assert!(d.message.contains("QoS 3"), "{d}");
+}
+
+#[test]
+fn rate_must_say_per_client_or_per_group() {
+    let text =
+        "[[group]]\nclients = 1\n[group.publish]\ntopic = \"t\"\ninterval = \"1s\"\ngroup_rate = 100\n";
+    let d = first_error(text);
+    assert_eq!(d.line, 3, "{d}");
+    assert!(d.message.contains("exactly one"), "{d}");
+    assert!(d.hint.as_deref().unwrap().contains("group_rate = 1000"), "{d}");
+    let d = first_error("[[group]]\nclients = 1\n[group.publish]\ntopic = \"t\"\n");
+    assert!(d.message.contains("exactly one"), "{d}");
+}
+
+#[test]
+fn small_payloads_cannot_carry_the_header() {
+    let text =
+        "[[group]]\nclients = 1\n[group.publish]\ntopic = \"t\"\ninterval = \"1s\"\npayload_size = 10\n";
+    let d = first_error(text);
+    assert_eq!(d.line, 6, "{d}");
+    assert!(d.message.contains("at least 36"), "{d}");
+}
+
+#[test]
+fn durations_need_units() {
+    let d = first_error("[run]\nduration = \"30\"\n[[group]]\nclients = 1\n");
+    assert_eq!((d.line, d.column), (2, 12), "{d}");
+    assert!(d.hint.unwrap().contains("30s"));
+}
+
+#[test]
+fn thresholds_are_checked_at_load() {
+    let text = "thresholds = [\"lost == 0\", \"e2e.p99 < 50\"]\n[[group]]\nclients = 1\n";
+    let d = first_error(text);
+    assert_eq!((d.line, d.column), (1, 28), "{d}");
+    assert!(d.message.contains("no unit"), "{d}");
+}
+
+#[test]
+fn missing_clients_points_at_the_group() {
+    let d = first_error("name = \"x\"\n\n[[group]]\nname = \"a\"\n");
+    assert_eq!(d.line, 3, "{d}");
+    assert!(d.hint.unwrap().contains("clients = 100"));
+}
+
+#[test]
+fn templates_and_filters_are_checked() {
+    let d = first_error("[[group]]\nclients = 2\nclient_id = \"dev\"\n");
+    assert_eq!(d.line, 3, "{d}");
+    assert!(d.message.contains("{i}"), "{d}");
+    let d = first_error("[[group]]\nclients = 1\n[group.subscribe]\nfilters = [\"a/#/b\"]\n");
+    assert_eq!(d.line, 4, "{d}");
+    let d = first_error("[[group]]\nclients = 1\n[group.publish]\ntopic = \"a/{id}\"\ninterval = \"1s\"\n");
+    assert!(d.message.contains("unknown placeholder"), "{d}");
+}
+
+#[test]
+fn bad_urls_and_syntax_errors() {
+    let d = first_error("[target]\nurls = [\"localhost:1883\"]\n[[group]]\nclients = 1\n");
+    assert_eq!(d.line, 2, "{d}");
+    assert!(d.message.contains("no scheme"), "{d}");
+    let d = first_error("[[group]\nclients = 1\n");
+    assert_eq!(d.line, 1, "{d}");
+}
+
+#[test]
+fn several_errors_are_reported_together() {
+    let text = "[[group]]\nclients = 0\nprotocol = \"4\"\n";
+    let all = load(text).unwrap_err().0;
+    assert_eq!(all.len(), 2, "{all:?}");
+}
+
+#[test]
+fn overrides_apply_and_are_checked() {
+    let ov = Overrides {
+        targets: vec!["mqtt://127.0.0.1:1999".into()],
+        duration: Some(Duration::from_secs(3)),
+        clients: vec![("sensors".into(), 7)],
+        thresholds: vec!["lost == 0".into()],
+        ..Default::default()
+    };
+    let plan = resolve(&Source::new("s.toml", MINIMAL), &ov).unwrap();
+    assert_eq!(plan.targets[0].port, 1999);
+    assert_eq!(plan.duration, Duration::from_secs(3));
+    assert_eq!(plan.groups[0].clients, 7);
+    assert_eq!(plan.thresholds.len(), 1);
+    let bad = Overrides { targets: vec!["nope".into()], ..Default::default() };
+    let d = resolve(&Source::new("s.toml", MINIMAL), &bad).unwrap_err().0.remove(0);
+    assert!(d.message.starts_with("--target:"), "{d}");
+}
+
+#[test]
+fn password_from_the_environment() {
+    // SAFETY: test-local variable name, set before reading
+    unsafe { std::env::set_var("SQUALL_TEST_PW_1", "s3cret") };
+    let text = "[[group]]\nclients = 1\nusername = \"u\"\npassword_env = \"SQUALL_TEST_PW_1\"\n";
+    assert_eq!(load(text).unwrap().groups[0].password.as_deref(), Some("s3cret"));
+    let d = first_error("[[group]]\nclients = 1\npassword_env = \"SQUALL_TEST_PW_UNSET\"\n");
+    assert!(d.message.contains("not set"), "{d}");
+}

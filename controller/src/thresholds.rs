@@ -1,0 +1,281 @@
+//! Pass/fail rules: `e2e.p99 < 50ms`, `lost == 0`, `connect.errors == 0`.
+//!
+//! A rule names a metric, a comparison and a value. Latency metrics are
+//! `<connect|subscribe|puback|pubcomp|e2e|lag>[.raw|.corrected].<p50|p90|p99|p999|…|min|mean|max|count>`
+//! (corrected by default: it is the honest one) and take a value with a unit (`ns`, `us`/`µs`,
+//! `ms`, `s`). Counts take plain numbers. Rules are parsed and checked against the known
+//! names when the scenario loads; a rule whose metric has no data when the run ends fails.
+
+use std::fmt;
+
+use squall_agent::metrics::{Counters, Metric, Timing};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Stat {
+    Quantile(f64),
+    Min,
+    Mean,
+    Max,
+    Count,
+}
+
+/// What a rule measures.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetricRef {
+    Latency {
+        metric: Metric,
+        timing: Timing,
+        stat: Stat,
+    },
+    /// A count or rate by its report name (see [`COUNT_NAMES`]).
+    Count(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+}
+
+impl Op {
+    pub fn holds(self, a: f64, b: f64) -> bool {
+        match self {
+            Op::Lt => a < b,
+            Op::Le => a <= b,
+            Op::Gt => a > b,
+            Op::Ge => a >= b,
+            Op::Eq => a == b,
+            Op::Ne => a != b,
+        }
+    }
+}
+
+/// A parsed rule. Latency values are in µs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Threshold {
+    pub expr: String,
+    pub metric: MetricRef,
+    pub op: Op,
+    pub value: f64,
+}
+
+/// Names of counts and rates a rule may use, besides every raw counter name.
+pub const COUNT_NAMES: &[&str] = &[
+    "lost",
+    "delivered",
+    "expected",
+    "duplicates",
+    "out_of_order",
+    "missed_offline",
+    "phantom",
+    "errors",
+    "connect.errors",
+    "published",
+    "received",
+    "publish.rate",
+    "receive.rate",
+];
+
+const LEDGER_NAMES: &[&str] =
+    &["lost", "delivered", "expected", "duplicates", "out_of_order", "missed_offline", "phantom"];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ThresholdError {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+fn err(message: impl Into<String>, hint: impl Into<Option<String>>) -> ThresholdError {
+    ThresholdError { message: message.into(), hint: hint.into() }
+}
+
+fn known_counts() -> String {
+    let mut v: Vec<&str> = COUNT_NAMES.to_vec();
+    v.push("lost.qos1 (any ledger count by QoS)");
+    v.push("errors.<kind>");
+    v.push("any counter, e.g. ack_timeouts");
+    v.join(", ")
+}
+
+impl Threshold {
+    pub fn parse(expr: &str) -> Result<Threshold, ThresholdError> {
+        let ops =
+            [("<=", Op::Le), (">=", Op::Ge), ("==", Op::Eq), ("!=", Op::Ne), ("<", Op::Lt), (">", Op::Gt)];
+        let (pos, len, op) = ops
+            .iter()
+            .filter_map(|(s, op)| expr.find(s).map(|p| (p, s.len(), *op)))
+            .min_by_key(|(p, len, _)| (*p, usize::MAX - len))
+            .ok_or_else(|| {
+                err(
+                    format!("`{expr}` has no comparison"),
+                    "write `<metric> <op> <value>` with one of < <= > >= == !=, e.g. `e2e.p99 < 50ms`"
+                        .to_string(),
+                )
+            })?;
+        let name = expr[..pos].trim();
+        let value = expr[pos + len..].trim();
+        let metric = parse_metric(name)?;
+        let value = match &metric {
+            MetricRef::Latency { stat: Stat::Count, .. } | MetricRef::Count(_) => {
+                value.parse::<f64>().map_err(|_| {
+                    err(
+                        format!("`{value}` is not a number"),
+                        "counts and rates take plain numbers, e.g. `lost == 0`".to_string(),
+                    )
+                })?
+            }
+            MetricRef::Latency { .. } => parse_latency_us(value)?,
+        };
+        Ok(Threshold { expr: expr.trim().to_string(), metric, op, value })
+    }
+}
+
+fn parse_metric(name: &str) -> Result<MetricRef, ThresholdError> {
+    let parts: Vec<&str> = name.split('.').collect();
+    if COUNT_NAMES.contains(&name) {
+        return Ok(MetricRef::Count(name.to_string()));
+    }
+    if let Some(metric) = Metric::from_name(parts[0]) {
+        let (timing, rest) = match parts.get(1) {
+            Some(&"raw") => (Timing::Raw, &parts[2..]),
+            Some(&"corrected") => (Timing::Corrected, &parts[2..]),
+            _ => (
+                if matches!(metric, Metric::Subscribe | Metric::Lag) {
+                    Timing::Raw
+                } else {
+                    Timing::Corrected
+                },
+                &parts[1..],
+            ),
+        };
+        if matches!(metric, Metric::Subscribe | Metric::Lag) && timing == Timing::Corrected {
+            return Err(err(format!("`{}` has no corrected latency", parts[0]), None));
+        }
+        let stat = match rest {
+            [s] => parse_stat(s).ok_or_else(|| {
+                err(
+                    format!("unknown statistic `{s}` in `{name}`"),
+                    "use p50, p90, p99, p999, min, mean, max or count".to_string(),
+                )
+            })?,
+            _ => {
+                return Err(err(format!("`{name}` needs a statistic"), format!("e.g. `{}.p99`", parts[0])));
+            }
+        };
+        return Ok(MetricRef::Latency { metric, timing, stat });
+    }
+    let base = parts[0];
+    let ok = COUNT_NAMES.contains(&name)
+        || Counters::NAMES.contains(&name)
+        || (LEDGER_NAMES.contains(&base) && parts.len() == 2 && ["qos0", "qos1", "qos2"].contains(&parts[1]))
+        || (base == "errors" && parts.len() == 2 && !parts[1].is_empty());
+    if ok {
+        Ok(MetricRef::Count(name.to_string()))
+    } else {
+        Err(err(
+            format!("unknown metric `{name}`"),
+            format!(
+                "latencies: connect, subscribe, puback, pubcomp, e2e (+ .raw/.corrected) with .p99 etc.; counts: {}",
+                known_counts()
+            ),
+        ))
+    }
+}
+
+fn parse_stat(s: &str) -> Option<Stat> {
+    match s {
+        "min" => Some(Stat::Min),
+        "mean" | "avg" => Some(Stat::Mean),
+        "max" => Some(Stat::Max),
+        "count" => Some(Stat::Count),
+        _ => {
+            let digits = s.strip_prefix('p')?;
+            if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            let q: f64 = format!("0.{digits}").parse().ok()?;
+            (q > 0.0 && q < 1.0).then_some(Stat::Quantile(q))
+        }
+    }
+}
+
+/// `50ms` → 50000 (µs).
+pub fn parse_latency_us(v: &str) -> Result<f64, ThresholdError> {
+    let split = v.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| err(format!("`{v}` is not a duration"), "e.g. `50ms`, `1.5s`, `800us`".to_string()))?;
+    let scale = match unit.trim() {
+        "ns" => 1e-3,
+        "us" | "µs" => 1.0,
+        "ms" => 1e3,
+        "s" => 1e6,
+        "" => {
+            return Err(err(
+                format!("`{v}` has no unit"),
+                format!("latencies need a unit: `{v}ms` or `{v}us`"),
+            ));
+        }
+        other => return Err(err(format!("unknown unit `{other}`"), "use ns, us, ms or s".to_string())),
+    };
+    Ok(n * scale)
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Op::Lt => "<",
+            Op::Le => "<=",
+            Op::Gt => ">",
+            Op::Ge => ">=",
+            Op::Eq => "==",
+            Op::Ne => "!=",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_latency_and_count_rules() {
+        let t = Threshold::parse("e2e.p99 < 50ms").unwrap();
+        assert_eq!(
+            t.metric,
+            MetricRef::Latency { metric: Metric::E2e, timing: Timing::Corrected, stat: Stat::Quantile(0.99) }
+        );
+        assert_eq!((t.op, t.value), (Op::Lt, 50_000.0));
+        let t = Threshold::parse("puback.raw.p999<=1.5s").unwrap();
+        assert!(
+            matches!(t.metric, MetricRef::Latency { timing: Timing::Raw, stat: Stat::Quantile(q), .. } if (q - 0.999).abs() < 1e-12)
+        );
+        assert_eq!((t.op, t.value), (Op::Le, 1_500_000.0));
+        assert_eq!(Threshold::parse("lost == 0").unwrap().metric, MetricRef::Count("lost".into()));
+        assert!(Threshold::parse("connect.errors == 0").is_ok());
+        assert!(Threshold::parse("lost.qos1 == 0").is_ok());
+        assert!(Threshold::parse("errors.connect_refused == 0").is_ok());
+        assert!(Threshold::parse("ack_timeouts == 0").is_ok());
+        assert!(Threshold::parse("publish.rate >= 1000").is_ok());
+        assert_eq!(Threshold::parse("e2e.count > 10").unwrap().value, 10.0);
+    }
+
+    #[test]
+    fn rejects_unknown_names_missing_units_and_bad_syntax() {
+        let e = Threshold::parse("e2e.p99 < 50").unwrap_err();
+        assert!(e.message.contains("no unit"), "{e:?}");
+        let e = Threshold::parse("latency.p99 < 5ms").unwrap_err();
+        assert!(e.message.contains("unknown metric `latency.p99`"), "{e:?}");
+        assert!(Threshold::parse("e2e < 5ms").unwrap_err().message.contains("needs a statistic"));
+        assert!(Threshold::parse("e2e.p99").unwrap_err().message.contains("no comparison"));
+        assert!(Threshold::parse("lost == none").is_err());
+        assert!(Threshold::parse("subscribe.corrected.p99 < 1s").is_err());
+        assert!(Threshold::parse("e2e.q99 < 1s").is_err());
+    }
+}

@@ -1,0 +1,69 @@
+//! Subcommands, one file each: `run`, `init`.
+
+pub mod embedded;
+pub mod exit;
+pub mod init;
+pub mod run;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Distributed MQTT load and soak tester.
+#[derive(Debug, Parser)]
+#[command(name = "squall", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// More logging on stderr (-v: lifecycle, -vv: debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a scenario: connect its clients, publish and subscribe, report latency and delivery.
+    Run(run::RunArgs),
+    /// Print a commented example scenario (or a JSON Schema).
+    Init(init::InitArgs),
+}
+
+/// Entry point: parses `args`, runs the command, returns the exit code.
+pub fn main(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(exit::INVALID) } else { ExitCode::SUCCESS };
+        }
+    };
+    init_tracing(cli.verbose);
+    let code = dispatch(cli);
+    ExitCode::from(code)
+}
+
+/// Runs a parsed command; returns its exit code.
+pub fn dispatch(cli: Cli) -> u8 {
+    match cli.command {
+        Command::Run(a) => run::run(a),
+        Command::Init(a) => init::run(a),
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    // ntex logs spurious warnings about unconfigured services; only its errors matter here
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SQUALL_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default},ntex=error,ntex_mqtt=error"))
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,32 @@
+//! Shared by the integration tests: a real mosquitto per test, a test CA, and a way to run a
+//! scenario in-process and get its report.
+#![allow(dead_code)]
+
+pub mod ca;
+pub mod mosquitto;
+
+use squall_controller::coordinator::{self, RunSetup};
+use squall_controller::report::Report;
+use squall_controller::report::live::LiveMode;
+use squall_controller::scenario::{Overrides, Plan, Source, load_source};
+
+/// Resolves scenario text (as if it were a file in `dir`) against `target`.
+pub fn plan(text: &str, target: &str, dir: &std::path::Path) -> Plan {
+    let ov = Overrides { targets: vec![target.to_string()], ..Default::default() };
+    match load_source(&Source::new(dir.join("test.toml"), text), &ov) {
+        Ok(p) => p,
+        Err(d) => panic!("test scenario is invalid:\n{d}"),
+    }
+}
+
+/// Runs a plan to the end with one in-process agent.
+pub async fn run(plan: Plan) -> Report {
+    let targets = plan.targets.clone();
+    let setup = RunSetup { plan, targets, embedded_broker: false, live: LiveMode::Off };
+    coordinator::run(setup, std::future::pending()).await.expect("the run starts")
+}
+
+/// The built `squall` binary.
+pub fn squall() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_squall"))
+}
