@@ -1,0 +1,151 @@
+//! The `squall` binary: exit codes, error messages that point into the file, every shipped
+//! scenario valid, committed schemas in step with the code and with real output.
+
+mod support;
+
+use std::path::Path;
+
+use clap::Parser;
+use support::mosquitto::{Mosquitto, free_port};
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn an_invalid_scenario_exits_2_and_points_at_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "bad.toml",
+        "[[group]]\nclients = 10\n[group.publish]\ntopic = \"t/{i}\"\ninterval = \"1s\"\nqos = 7\n",
+    );
+    let out = support::squall().args(["run", f.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("bad.toml:6:7: QoS 7 does not exist"), "{err}");
+    assert!(err.contains("hint: QoS is 0, 1 or 2"), "{err}");
+}
+
+#[test]
+fn bad_flags_exit_2() {
+    let out =
+        support::squall().args(["run", "scenarios/quickstart.toml", "--duration", "soon"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a duration"));
+    let out = support::squall()
+        .args(["run", "scenarios/quickstart.toml", "--target", "localhost"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--target: `localhost` has no scheme"));
+}
+
+#[test]
+fn an_unreachable_broker_exits_3_with_a_hint() {
+    let port = free_port(); // nobody listens there
+    let out = support::squall()
+        .args(["run", "scenarios/quickstart.toml", "--duration", "1s", "--live", "off", "--target"])
+        .arg(format!("mqtt://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert!(stdout.contains("no client could connect"), "{stdout}");
+    assert!(stdout.contains("tcp_refused"), "{stdout}");
+}
+
+#[test]
+fn every_shipped_scenario_is_valid() {
+    let mut n = 0;
+    for entry in std::fs::read_dir("scenarios").unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let cli = squall::cli::Cli::parse_from(["squall", "run", "--check", path.to_str().unwrap()]);
+            assert_eq!(squall::cli::dispatch(cli), 0, "{} is not valid", path.display());
+            n += 1;
+        }
+    }
+    assert!(n >= 5, "quickstart, fan-in, fan-out, qos-soak, example");
+}
+
+#[test]
+fn init_prints_a_valid_scenario() {
+    let out = support::squall().arg("init").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "mine.toml", &String::from_utf8_lossy(&out.stdout));
+    let out = support::squall().args(["run", "--check", f.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn committed_schemas_match_the_code() {
+    for which in ["scenario", "report"] {
+        let out = support::squall().args(["init", "--schema", which]).output().unwrap();
+        let generated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let committed: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(format!("schemas/{which}.schema.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            generated, committed,
+            "schemas/{which}.schema.json is stale: run `squall init --schema {which} > schemas/{which}.schema.json`"
+        );
+    }
+}
+
+/// Validates `instance` against `schema` with Python's jsonschema (the reference validator).
+fn validate_with_jsonschema(schema: &Path, instance: &Path) {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import json,sys,jsonschema; jsonschema.validate(json.load(open(sys.argv[2])), json.load(open(sys.argv[1]))); print('ok')",
+        ])
+        .arg(schema)
+        .arg(instance)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{} does not match {}: {}\n(needs Python's jsonschema: the README's test command installs it)",
+        instance.display(),
+        schema.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_real_report_matches_the_committed_schema() {
+    let broker = Mosquitto::start();
+    let report = broker.dir.path().join("report.json");
+    let out = support::squall()
+        .args([
+            "run",
+            "scenarios/quickstart.toml",
+            "--duration",
+            "1s",
+            "--live",
+            "off",
+            "--target",
+            &broker.url(),
+            "--report",
+        ])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    validate_with_jsonschema(Path::new("schemas/report.schema.json"), &report);
+}
+
+#[test]
+fn shipped_scenarios_match_the_committed_scenario_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["quickstart", "fan-in", "fan-out", "qos-soak", "example"] {
+        let text = std::fs::read_to_string(format!("scenarios/{name}.toml")).unwrap();
+        let value: toml::Value = toml::from_str(&text).unwrap();
+        let json = write(dir.path(), &format!("{name}.json"), &serde_json::to_string(&value).unwrap());
+        validate_with_jsonschema(Path::new("schemas/scenario.schema.json"), &json);
+    }
+}
