@@ -1,5 +1,6 @@
-//! Subcommands, one file each: `run`, `init`.
+//! Subcommands, one file each: `run`, `init`, `broker`.
 
+pub mod broker;
 pub mod embedded;
 pub mod exit;
 pub mod init;
@@ -27,6 +28,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Print a commented example scenario (or a JSON Schema).
     Init(init::InitArgs),
+    /// Run squall's embedded MQTT broker standalone (with optional fault injection).
+    Broker(broker::BrokerArgs),
 }
 
 /// Entry point: parses `args`, runs the command, returns the exit code.
@@ -48,6 +51,7 @@ pub fn dispatch(cli: Cli) -> u8 {
     match cli.command {
         Command::Run(a) => run::run(a),
         Command::Init(a) => init::run(a),
+        Command::Broker(a) => broker::run(a),
     }
 }
 

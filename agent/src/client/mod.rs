@@ -403,27 +403,23 @@ impl Client {
         }
     }
 
-    /// Brings the pacer in line with the phase. Returns the time this client must disconnect,
+    /// Brings the pacer in line with the phase (the publishing window's end is handled by the
+    /// callers, after owed messages went out). Returns the time this client must disconnect,
     /// if the run is finishing, or `Err` when it must stop at once.
-    fn follow_phase(&mut self, now: u64) -> Result<Option<u64>, ()> {
+    fn follow_phase(&mut self) -> Result<Option<u64>, ()> {
         let phase = *self.phase_rx.borrow();
         match phase {
             Phase::Ramp => Ok(None),
             Phase::Publish { start_ns, until_ns } => {
-                if !self.publish_fixed {
-                    if self.pacer.is_none() {
-                        let rate = self.g.rate.expect("publishers have a rate");
-                        let clients = self.g.a.spec.clients;
-                        self.pacer = Some(Pacer::new(
-                            start_ns,
-                            until_ns,
-                            rate.client_interval_ns(),
-                            rate.client_offset_ns(self.index, clients),
-                        ));
-                    }
-                    if now >= until_ns {
-                        self.fix_publishing();
-                    }
+                if !self.publish_fixed && self.pacer.is_none() {
+                    let rate = self.g.rate.expect("publishers have a rate");
+                    let clients = self.g.a.spec.clients;
+                    self.pacer = Some(Pacer::new(
+                        start_ns,
+                        until_ns,
+                        rate.client_interval_ns(),
+                        rate.client_offset_ns(self.index, clients),
+                    ));
                 }
                 Ok(None)
             }
@@ -480,9 +476,12 @@ impl Client {
     async fn idle_until(&mut self, at_ns: u64) -> bool {
         loop {
             let now = self.now();
-            match self.follow_phase(now) {
+            match self.follow_phase() {
                 Err(()) | Ok(Some(_)) => return false,
                 Ok(None) => {}
+            }
+            if self.open_window_until().is_some_and(|u| now >= u) {
+                self.fix_publishing();
             }
             if now >= at_ns {
                 return true;
@@ -543,7 +542,7 @@ impl Client {
         tokio::pin!(sleep);
         let end = loop {
             let now = self.now();
-            let disconnect_at = match self.follow_phase(now) {
+            let disconnect_at = match self.follow_phase() {
                 Err(()) => break self.close(&mut stream, &mut pending, connected).await,
                 Ok(d) => d,
             };
@@ -553,7 +552,12 @@ impl Client {
                 break self.close(&mut stream, &mut pending, connected).await;
             }
             if connected {
+                // messages intended inside the window go out at the first chance, even if
+                // that chance comes after the window closed (a timer tick late)
                 self.publish_due(now);
+            }
+            if self.open_window_until().is_some_and(|u| now >= u) {
+                self.fix_publishing();
             }
             if let Some(mut out) = self.conn.take_output() {
                 match pending.as_mut() {

@@ -1,0 +1,118 @@
+//! The delay line: packets held back by an injected delay, released on time.
+//!
+//! tokio's timer ticks once a millisecond, which would add up to 1 ms to every injected delay
+//! — too coarse for truth tests that check squall's latency against a known delay. This one
+//! thread sleeps with the kernel's precise timers (its timer slack set to 1 ns) and hands each
+//! packet back to its connection's mailbox when due; the connection task writes it at once.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use ntex_bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::timeline::Kind;
+
+/// A held packet: its bytes, and what it is (for the timeline).
+pub type Held = (Bytes, Kind, Option<u16>);
+
+/// Where released packets go: one per connection.
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    pub ready: Mutex<Vec<Held>>,
+    pub notify: Notify,
+}
+
+struct Entry {
+    due: Instant,
+    seq: u64,
+    mailbox: Arc<Mailbox>,
+    held: Held,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, o: &Self) -> bool {
+        (self.due, self.seq) == (o.due, o.seq)
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Entry {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.due, self.seq).cmp(&(o.due, o.seq))
+    }
+}
+
+#[derive(Default)]
+struct State {
+    heap: BinaryHeap<Reverse<Entry>>,
+    seq: u64,
+    stop: bool,
+}
+
+pub struct DelayLine {
+    state: Arc<(Mutex<State>, Condvar)>,
+}
+
+impl DelayLine {
+    pub fn start() -> DelayLine {
+        let state: Arc<(Mutex<State>, Condvar)> = Arc::default();
+        let s = state.clone();
+        std::thread::Builder::new()
+            .name("squall-broker-delay".into())
+            .spawn(move || run(&s))
+            .expect("the delay thread starts");
+        DelayLine { state }
+    }
+
+    /// Releases `bytes` into `mailbox` at `due`.
+    pub fn hold(&self, due: Instant, mailbox: Arc<Mailbox>, held: Held) {
+        let (m, cv) = &*self.state;
+        let mut s = m.lock().unwrap_or_else(|e| e.into_inner());
+        s.seq += 1;
+        let seq = s.seq;
+        s.heap.push(Reverse(Entry { due, seq, mailbox, held }));
+        cv.notify_one();
+    }
+}
+
+impl Drop for DelayLine {
+    fn drop(&mut self) {
+        let (m, cv) = &*self.state;
+        m.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+        cv.notify_one();
+    }
+}
+
+fn run(state: &(Mutex<State>, Condvar)) {
+    // precise sleeps: the default 50 µs slack would show in the truth tests
+    // SAFETY: prctl with PR_SET_TIMERSLACK only changes this thread's timer slack
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
+    }
+    let (m, cv) = state;
+    let mut s = m.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        if s.stop {
+            return;
+        }
+        let now = Instant::now();
+        while s.heap.peek().is_some_and(|Reverse(e)| e.due <= now) {
+            let Reverse(e) = s.heap.pop().expect("peeked");
+            e.mailbox.ready.lock().unwrap_or_else(|e| e.into_inner()).push(e.held);
+            e.mailbox.notify.notify_one();
+        }
+        let wait = s
+            .heap
+            .peek()
+            .map(|Reverse(e)| e.due.saturating_duration_since(now))
+            .unwrap_or(Duration::from_secs(3600));
+        s = cv.wait_timeout(s, wait).unwrap_or_else(|e| e.into_inner()).0;
+    }
+}

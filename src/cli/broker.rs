@@ -1,0 +1,108 @@
+//! `squall broker`: the embedded broker, standalone.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+use squall_broker::{Broker, BrokerConfig, Listener, TlsFiles};
+
+use super::exit;
+
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
+    /// Plain TCP listener (port 0: any free port, printed at start).
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub listen: SocketAddr,
+    /// TLS listener address (needs --tls-cert and --tls-key).
+    #[arg(long, value_name = "ADDR")]
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain for the TLS listener.
+    #[arg(long, value_name = "FILE", requires = "tls_listen")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for the TLS listener.
+    #[arg(long, value_name = "FILE", requires = "tls_listen")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (mutual TLS).
+    #[arg(long, value_name = "FILE", requires = "tls_listen")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// A user, as NAME:PASSWORD (repeatable). With users, anonymous clients are refused.
+    #[arg(long = "user", value_name = "NAME:PASSWORD", value_parser = parse_user)]
+    pub users: Vec<(String, String)>,
+    /// Fault injection rules (TOML; see the README's "Fault injection").
+    #[arg(long, value_name = "FILE")]
+    pub faults: Option<PathBuf>,
+    /// Most connections at once.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_connections: usize,
+    /// Messages queued per client before new ones are dropped (and counted).
+    #[arg(long, default_value_t = 10_000)]
+    pub max_queue: usize,
+}
+
+fn parse_user(s: &str) -> Result<(String, String), String> {
+    let (u, p) = s.split_once(':').ok_or("write NAME:PASSWORD")?;
+    Ok((u.to_string(), p.to_string()))
+}
+
+pub fn run(a: BrokerArgs) -> u8 {
+    let mut config = BrokerConfig {
+        listeners: vec![Listener { addr: a.listen, tls: None }],
+        allow_anonymous: a.users.is_empty(),
+        users: a.users.clone(),
+        max_connections: a.max_connections,
+        max_queue: a.max_queue,
+        ..BrokerConfig::default()
+    };
+    if let Some(addr) = a.tls_listen {
+        let (Some(cert), Some(key)) = (a.tls_cert.clone(), a.tls_key.clone()) else {
+            eprintln!("error: --tls-listen needs --tls-cert and --tls-key");
+            return exit::INVALID;
+        };
+        config
+            .listeners
+            .push(Listener { addr, tls: Some(TlsFiles { cert, key, client_ca: a.tls_client_ca.clone() }) });
+    }
+    if let Some(path) = &a.faults {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", path.display());
+                return exit::INVALID;
+            }
+        };
+        match squall_broker::faults::parse_file(&text) {
+            Ok((rules, stalls)) => {
+                config.faults = rules;
+                config.stalls = stalls;
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e}", path.display());
+                return exit::INVALID;
+            }
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return exit::RUNTIME;
+        }
+    };
+    rt.block_on(async move {
+        let broker = match Broker::start(config).await {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::RUNTIME;
+            }
+        };
+        for addr in broker.addrs() {
+            println!("squall broker listening on {addr}");
+        }
+        let _ = tokio::signal::ctrl_c().await;
+        let stats = broker.stats();
+        broker.shutdown().await;
+        eprintln!("{}", serde_json::to_string(&stats).unwrap_or_default());
+        exit::PASS
+    })
+}
