@@ -30,3 +30,14 @@ pub async fn run(plan: Plan) -> Report {
 pub fn squall() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_squall"))
 }
+
+/// An embedded broker on a free loopback port, with `config` changes.
+pub async fn broker(config: impl FnOnce(&mut squall_broker::BrokerConfig)) -> squall_broker::Broker {
+    let mut c = squall_broker::BrokerConfig::default();
+    config(&mut c);
+    squall_broker::Broker::start(c).await.expect("the embedded broker starts")
+}
+
+pub fn url(b: &squall_broker::Broker) -> String {
+    format!("mqtt://{}", b.local_addr())
+}

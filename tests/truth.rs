@@ -1,0 +1,229 @@
+//! Truth tests: squall's numbers against a broker whose behaviour is known because squall's
+//! own broker injects it. They run one at a time (a global lock): they measure time.
+
+mod support;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use squall_broker::timeline::{Dir, Kind};
+use squall_broker::{AckPacket, Action, Delay, Rule};
+use squall_controller::report::{Percentiles, Report, Status};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn within(measured_us: u64, truth_us: f64) -> bool {
+    // the issue's tolerance: 2 % + 50 µs
+    (measured_us as f64 - truth_us).abs() <= truth_us * 0.02 + 50.0
+}
+
+fn lat(r: &Report, metric: &str) -> (Percentiles, Percentiles) {
+    let l = &r.latency[metric];
+    (l.raw.expect("raw"), l.corrected.expect("corrected"))
+}
+
+const LIGHT_QOS1: &str = r#"
+[run]
+duration = "5s"
+drain = "500ms"
+# one client, 9 ms apart: a held PUBACK (5 ms) is never released as the next PUBLISH arrives
+[[group]]
+name = "pub"
+clients = 1
+client_id = "truth"
+[group.publish]
+topic = "truth/0"
+qos = 1
+interval = "9ms"
+"#;
+
+/// Runs the light QoS 1 load; returns squall's raw publish→PUBACK percentiles and, from the
+/// broker's timeline, how long the broker really held each PUBACK (µs, sorted).
+async fn puback_raw(faults: Vec<Rule>) -> (Percentiles, Vec<u64>) {
+    let broker = support::broker(|c| {
+        c.faults = faults;
+        c.timeline = true;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let report = support::run(support::plan(LIGHT_QOS1, &support::url(&broker), dir.path())).await;
+    assert_eq!(report.verdict.status, Status::Pass, "{:?}", report.verdict);
+    let mut holds = Vec::new();
+    let mut arrived: std::collections::HashMap<Option<u16>, u64> = Default::default();
+    for e in broker.timeline("truth") {
+        match (e.dir, e.kind) {
+            (Dir::In, Kind::Publish) => {
+                arrived.insert(e.pid, e.at_ns);
+            }
+            (Dir::Out, Kind::PubAck) => {
+                holds.push((e.at_ns - arrived.remove(&e.pid).expect("a PUBACK follows its PUBLISH")) / 1000)
+            }
+            _ => {}
+        }
+    }
+    holds.sort();
+    broker.shutdown().await;
+    (lat(&report, "puback").0, holds)
+}
+
+fn pct(sorted: &[u64], q: f64) -> u64 {
+    sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// The broker holds every PUBACK for D. squall's publish→PUBACK must be what the broker
+/// really did (its timeline: PUBLISH in → PUBACK out, at least D) plus the loopback round trip
+/// (measured the same way just before, without the fault).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_puback_is_measured_as_the_delay() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let d = Duration::from_millis(5);
+    let (base, _) = puback_raw(vec![]).await;
+    let (held, holds) =
+        puback_raw(vec![Rule::all(Action::Delay { packet: AckPacket::PubAck, by: Delay::Fixed(d) })]).await;
+    let truth = d.as_micros() as f64;
+    let (hold50, hold99) = (pct(&holds, 0.50), pct(&holds, 0.99));
+    eprintln!(
+        "round trip without the fault: {base:?}\nbroker held PUBACKs: min {}µs p50 {hold50}µs p99 {hold99}µs\nsquall measured: {held:?}",
+        holds[0]
+    );
+    assert_eq!(holds.len() as u64, held.count, "every PUBACK was held, and measured");
+    assert!(holds[0] as f64 >= truth, "the broker never released early: {}µs", holds[0]);
+    assert!(held.min_us >= holds[0], "nothing is measured faster than the broker held it");
+    // p50: the broker's hold plus the round trip, within 2 % + 50 µs
+    let rtt = base.p50_us as f64;
+    let expected50 = hold50 as f64 + rtt;
+    assert!(
+        (held.p50_us as f64 - expected50).abs() <= truth * 0.02 + 50.0,
+        "p50 {}µs, expected {expected50}µs (held {hold50}µs + round trip {rtt}µs) within 2 % + 50 µs",
+        held.p50_us
+    );
+    // p99: the same, plus the round trip's own spread on this shared machine
+    let jitter = (base.p99_us - base.p50_us) as f64;
+    let expected99 = hold99 as f64 + rtt;
+    assert!(
+        (held.p99_us as f64 - expected99).abs() <= truth * 0.02 + 50.0 + jitter,
+        "p99 {}µs, expected {expected99}µs (held {hold99}µs + round trip {rtt}µs) within 2 % + 50 µs + {jitter}µs",
+        held.p99_us
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_shows_in_corrected_latency_and_not_in_raw() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let broker = support::broker(|_| {}).await;
+    // one message in flight per client: a stalled broker holds the client back, and only the
+    // schedule (corrected latency) knows what it should have sent meanwhile
+    let text = r#"
+[run]
+duration = "4s"
+drain = "500ms"
+[[group]]
+name = "pub"
+clients = 2
+max_inflight = 1
+[group.publish]
+topic = "stall/{i}"
+qos = 1
+interval = "5ms"
+[[group]]
+name = "sub"
+clients = 1
+[group.subscribe]
+filters = ["stall/#"]
+qos = 1
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let plan = support::plan(text, &support::url(&broker), dir.path());
+    let run = tokio::spawn(support::run(plan));
+    // stall a second into the window (ramp-up of 3 clients takes a few ms)
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    broker.stall_for(Duration::from_secs(1));
+    let report = run.await.unwrap();
+    assert_eq!(report.delivery.all.lost, 0, "{:?}", report.delivery);
+    for metric in ["puback", "e2e"] {
+        let (raw, cor) = lat(&report, metric);
+        // ~1/4 of the schedule fell in the stall: corrected p99 is most of a second
+        assert!(cor.p99_us > 500_000, "{metric}: corrected p99 {}µs should show the 1s stall", cor.p99_us);
+        // raw: only the one message per client in flight during the stall waited
+        assert!(raw.p99_us < 100_000, "{metric}: raw p99 {}µs should not show the stall", raw.p99_us);
+        assert!(
+            raw.max_us > 800_000,
+            "{metric}: the messages caught in the stall do show in raw max: {raw:?}"
+        );
+    }
+    // the text report shows both
+    let text = squall_controller::report::text::render(&report);
+    assert!(text.contains("puback (raw)") && text.contains("puback "), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_counts_equal_the_ledger_message_for_message() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let broker = support::broker(|_| {}).await;
+    let text = r#"
+[run]
+duration = "2s"
+drain = "500ms"
+[[group]]
+name = "q0"
+clients = 20
+[group.publish]
+topic = "count/q0/{i}"
+qos = 0
+interval = "10ms"
+[[group]]
+name = "q1"
+clients = 20
+[group.publish]
+topic = "count/q1/{i}"
+qos = 1
+interval = "10ms"
+[[group]]
+name = "q2"
+clients = 20
+[group.publish]
+topic = "count/q2/{i}"
+qos = 2
+interval = "10ms"
+[[group]]
+name = "all"
+clients = 2
+[group.subscribe]
+filters = ["count/#"]
+qos = 2
+[[group]]
+name = "shared"
+clients = 3
+[group.subscribe]
+filters = ["$share/workers/count/q1/#"]
+qos = 1
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let report = support::run(support::plan(text, &support::url(&broker), dir.path())).await;
+    let stats = broker.stats();
+    let c = &report.counters;
+    for q in 0..3 {
+        assert_eq!(
+            stats.messages_in[q],
+            c[&format!("published_qos{q}")],
+            "QoS {q}: broker received what squall published"
+        );
+        assert_eq!(
+            stats.messages_out[q],
+            c[&format!("received_qos{q}")],
+            "QoS {q}: squall received what the broker sent"
+        );
+    }
+    let d = &report.delivery.all;
+    assert_eq!(d.lost, 0, "{d:?}");
+    assert_eq!(d.duplicates, 0, "{d:?}");
+    // two full subscribers see everything; the shared group sees every QoS 1 message once
+    let published: u64 = (0..3).map(|q| c[&format!("published_qos{q}")]).sum();
+    assert_eq!(d.expected, 2 * published + c["published_qos1"], "{d:?}");
+    assert_eq!(
+        d.delivered,
+        stats.messages_out_total(),
+        "every PUBLISH the broker sent is one delivery in the ledger"
+    );
+    assert_eq!((stats.dropped_queue_full, stats.dropped_offline_qos0), (0, 0));
+}
