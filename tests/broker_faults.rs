@@ -21,7 +21,8 @@ async fn run(broker: &squall_broker::Broker, text: &str) -> Report {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_carry_the_chosen_code_mapped_per_protocol() {
-    let broker = support::broker(|c| c.faults = vec![Rule::for_clients("bad-*", Action::Refuse { code: 0x87 })]).await;
+    let broker =
+        support::broker(|c| c.faults = vec![Rule::for_clients("bad-*", Action::Refuse { code: 0x87 })]).await;
     let report = run(
         &broker,
         r#"
@@ -58,7 +59,10 @@ async fn withheld_acknowledgements_become_timeouts_and_unacked() {
     // every 4th PUBACK never comes; no SUBACK for the subscribers
     let broker = support::broker(|c| {
         c.faults = vec![
-            Rule { select: Selector { every: Some(4), ..Default::default() }, action: Action::Withhold { packet: AckPacket::PubAck } },
+            Rule {
+                select: Selector { every: Some(4), ..Default::default() },
+                action: Action::Withhold { packet: AckPacket::PubAck },
+            },
             Rule::for_clients("*-sub-*", Action::Withhold { packet: AckPacket::SubAck }),
         ]
     })
@@ -91,7 +95,11 @@ qos = 1
     let c = &report.counters;
     let withheld = broker.stats().faults_applied - 1; // one SUBACK, the rest PUBACKs
     assert!(withheld >= 4, "{:?}", broker.stats());
-    assert_eq!(c["published_qos1"] - c["acked_qos1"], withheld, "every withheld PUBACK is a publish never acknowledged");
+    assert_eq!(
+        c["published_qos1"] - c["acked_qos1"],
+        withheld,
+        "every withheld PUBACK is a publish never acknowledged"
+    );
     assert_eq!(c["unacked"], withheld, "and counted as unacked at the end");
     assert_eq!(c["ack_timeouts"], withheld + 1, "each withheld ack (and the SUBACK) timed out once");
     assert!(report.warnings.iter().any(|w| w.contains("ramp-up did not finish")), "{:?}", report.warnings);
@@ -102,7 +110,10 @@ qos = 1
 async fn dropped_connections_are_counted_and_clients_come_back() {
     let broker = support::broker(|c| {
         c.faults = vec![
-            Rule { select: Selector { clients: Some("*-flaky-*".into()), first: Some(1), every: None }, action: Action::DropAfter(Duration::from_millis(300)) },
+            Rule {
+                select: Selector { clients: Some("*-flaky-*".into()), first: Some(1), every: None },
+                action: Action::DropAfter(Duration::from_millis(300)),
+            },
             Rule::for_clients("*-picky-*", Action::DropOn(InPacket::Subscribe)),
         ]
     })
@@ -135,7 +146,12 @@ filters = ["d/#"]
     .await;
     let c = &report.counters;
     // flaky: dropped once after 300 ms, reconnected (first = 1: the second connection stays)
-    assert_eq!(errors(&report, "closed_by_broker").iter().map(|e| e.1).sum::<u64>(), 3 + 2, "{:?}", report.errors);
+    assert_eq!(
+        errors(&report, "closed_by_broker").iter().map(|e| e.1).sum::<u64>(),
+        3 + 2,
+        "{:?}",
+        report.errors
+    );
     assert_eq!(c["connections_lost"], 3 + 2);
     assert_eq!(c["connect_attempts"], 3 * 2 + 2);
     assert!(c["published_qos1"] > 0);
@@ -169,7 +185,13 @@ async fn expired_sessions_come_back_empty() {
     let port = broker.local_addr().port();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("python3")
-            .args(["tests/interop/paho_checks.py", "127.0.0.1", &port.to_string(), "expired_session_v311", "expired_session_v5"])
+            .args([
+                "tests/interop/paho_checks.py",
+                "127.0.0.1",
+                &port.to_string(),
+                "expired_session_v311",
+                "expired_session_v5",
+            ])
             .output()
             .unwrap()
     })
@@ -194,7 +216,11 @@ fn squall_broker_runs_standalone_with_a_fault_file() {
         .unwrap();
     let mut line = String::new();
     BufReader::new(broker.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("squall broker listening on ").expect("it says where it listens").to_string();
+    let addr = line
+        .trim()
+        .strip_prefix("squall broker listening on ")
+        .expect("it says where it listens")
+        .to_string();
     let out = support::squall()
         .args(["run", "scenarios/quickstart.toml", "--duration", "1s", "--live", "off", "--target"])
         .arg(format!("mqtt://{addr}"))
@@ -218,9 +244,17 @@ fn a_bad_fault_file_is_rejected_with_exit_code_2() {
     let dir = tempfile::tempdir().unwrap();
     let faults = dir.path().join("faults.toml");
     std::fs::write(&faults, "[[fault]]\nwithold = \"puback\"\n").unwrap();
-    let out = support::squall().args(["broker", "--listen", "127.0.0.1:0", "--faults"]).arg(&faults).output().unwrap();
+    let out = support::squall()
+        .args(["broker", "--listen", "127.0.0.1:0", "--faults"])
+        .arg(&faults)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `withold`"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown field `withold`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 unsafe extern "C" {

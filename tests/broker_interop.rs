@@ -24,7 +24,10 @@ async fn paho_mqtt_interoperates() {
     let broker = support::broker(|_| {}).await;
     let port = broker.local_addr().port();
     let (ok, text) = tokio::task::spawn_blocking(move || paho_checks(port)).await.unwrap();
-    assert!(!text.contains("ModuleNotFoundError"), "paho-mqtt is missing: run the README's test command\n{text}");
+    assert!(
+        !text.contains("ModuleNotFoundError"),
+        "paho-mqtt is missing: run the README's test command\n{text}"
+    );
     let passed = text.lines().filter(|l| l.starts_with("ok ")).count();
     assert!(ok && passed == 18, "paho checks ({passed} of 18 passed):\n{text}");
     let s = broker.stats();
@@ -63,14 +66,42 @@ async fn mosquitto_clients_interoperate() {
             let topic = format!("mq/{qos}/{v}");
             subscriptions(&broker, 0).await;
             let sub = tool("mosquitto_sub")
-                .args(["-h", "127.0.0.1", "-p", &port, "-V", v, "-q", qos, "-t", &topic, "-C", "3", "-W", "10"])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-V",
+                    v,
+                    "-q",
+                    qos,
+                    "-t",
+                    &topic,
+                    "-C",
+                    "3",
+                    "-W",
+                    "10",
+                ])
                 .stdout(Stdio::piped())
                 .spawn()
                 .unwrap();
             subscriptions(&broker, 1).await;
             for i in 0..3 {
                 let st = tool("mosquitto_pub")
-                    .args(["-h", "127.0.0.1", "-p", &port, "-V", v, "-q", qos, "-t", &topic, "-m", &format!("hello {i}")])
+                    .args([
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        &port,
+                        "-V",
+                        v,
+                        "-q",
+                        qos,
+                        "-t",
+                        &topic,
+                        "-m",
+                        &format!("hello {i}"),
+                    ])
                     .status()
                     .unwrap();
                 assert!(st.success());
@@ -88,7 +119,10 @@ async fn mosquitto_clients_interoperate() {
         assert!(tool("mosquitto_pub").args(&a).status().unwrap().success());
     };
     pub_retained(&["-m", "kept"]);
-    let out = tool("mosquitto_sub").args(["-h", "127.0.0.1", "-p", &port, "-t", "mq/retained", "-C", "1", "-W", "5"]).output().unwrap();
+    let out = tool("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-t", "mq/retained", "-C", "1", "-W", "5"])
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "kept\n");
     pub_retained(&["-n"]);
     assert_eq!(broker.stats().retained, 0, "an empty retained payload clears it");
@@ -102,7 +136,20 @@ async fn mosquitto_clients_interoperate() {
         .unwrap();
     subscriptions(&broker, 1).await;
     let mut dying = tool("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port, "-t", "mq/nothing", "--will-topic", "mq/will", "--will-payload", "dead", "--will-qos", "1"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "mq/nothing",
+            "--will-topic",
+            "mq/will",
+            "--will-payload",
+            "dead",
+            "--will-qos",
+            "1",
+        ])
         .stdout(Stdio::null())
         .spawn()
         .unwrap();

@@ -149,3 +149,32 @@ fn shipped_scenarios_match_the_committed_scenario_schema() {
         validate_with_jsonschema(Path::new("schemas/scenario.schema.json"), &json);
     }
 }
+
+#[test]
+fn the_quickstart_runs_on_the_embedded_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let report_path = dir.path().join("quickstart.json");
+    let out = support::squall()
+        .args(["run", "scenarios/quickstart.toml", "--duration", "2s", "--live", "off", "--report"])
+        .arg(&report_path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("running against the embedded broker"),
+        "it says so"
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    assert_eq!(r["embedded_broker"], true);
+    let published: u64 = (0..3).map(|q| r["counters"][format!("published_qos{q}")].as_u64().unwrap()).sum();
+    assert!(published >= 1900, "100 devices × 10/s × 2s: {published}");
+    assert_eq!(
+        r["broker"]["messages_in_qos1"].as_u64().unwrap(),
+        published,
+        "the broker received every publish"
+    );
+    assert_eq!(r["delivery"]["all"]["delivered"].as_u64().unwrap(), published);
+    assert_eq!(r["delivery"]["all"]["lost"], 0);
+    validate_with_jsonschema(Path::new("schemas/report.schema.json"), &report_path);
+}

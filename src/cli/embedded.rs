@@ -16,3 +16,24 @@ pub async fn start(plan: &Plan) -> Result<(TargetUrl, Broker), String> {
     let url = TargetUrl { tls: false, host: addr.ip().to_string(), port: addr.port() };
     Ok((url, broker))
 }
+
+/// The broker's counters as flat report entries (`messages_in_qos1`, `dropped_queue_full` …).
+pub fn counters(s: &squall_broker::StatsSnapshot) -> std::collections::BTreeMap<String, u64> {
+    let mut m = std::collections::BTreeMap::new();
+    if let Ok(serde_json::Value::Object(o)) = serde_json::to_value(s) {
+        for (k, v) in o {
+            match v {
+                serde_json::Value::Number(n) => {
+                    m.insert(k, n.as_u64().unwrap_or(0));
+                }
+                serde_json::Value::Array(a) => {
+                    for (q, n) in a.iter().enumerate() {
+                        m.insert(format!("{k}_qos{q}"), n.as_u64().unwrap_or(0));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    m
+}

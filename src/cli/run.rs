@@ -141,7 +141,7 @@ async fn run_async(a: RunArgs, plan: squall_controller::scenario::Plan) -> u8 {
     let interrupt = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let report = match coordinator::run(setup, interrupt).await {
+    let mut report = match coordinator::run(setup, interrupt).await {
         Ok(r) => r,
         Err(RunError::Start(e)) => {
             eprintln!("error: {e}");
@@ -151,6 +151,9 @@ async fn run_async(a: RunArgs, plan: squall_controller::scenario::Plan) -> u8 {
             };
         }
     };
+    if let Some(b) = &_broker {
+        report.broker = Some(super::embedded::counters(&b.stats()));
+    }
     if !a.quiet {
         print!("{}", report::text::render(&report));
     }

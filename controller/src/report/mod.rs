@@ -52,6 +52,10 @@ pub struct Report {
     /// One row per snapshot interval.
     pub timeline: Vec<IntervalRow>,
     pub warnings: Vec<String>,
+    /// The embedded broker's own counters, when the run used it (what it received, sent,
+    /// dropped): the other side of the ledger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<BTreeMap<String, u64>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -292,6 +296,7 @@ pub fn build(i: Inputs<'_>) -> Report {
         thresholds: vec![],
         timeline: agg.timeline.clone(),
         warnings: i.warnings,
+        broker: None,
     };
     report.thresholds = plan
         .thresholds

@@ -167,6 +167,17 @@ pub fn render(r: &Report) -> String {
             let _ = writeln!(o, "    {mark} {:<36} {v}", t.rule);
         }
     }
+    if let Some(b) = &r.broker {
+        let g = |k: &str| b.get(k).copied().unwrap_or(0);
+        let _ = writeln!(
+            o,
+            "  broker        received {} · sent {} · dropped {} (queue full) · {} wills",
+            count(g("messages_in_qos0") + g("messages_in_qos1") + g("messages_in_qos2")),
+            count(g("messages_out_qos0") + g("messages_out_qos1") + g("messages_out_qos2")),
+            count(g("dropped_queue_full")),
+            count(g("wills_published")),
+        );
+    }
     for w in &r.warnings {
         let _ = writeln!(o, "  warning: {w}");
     }
