@@ -23,3 +23,5 @@ if ! python3 -c "import paho.mqtt, jsonschema" >/dev/null 2>&1; then
 fi
 
 cargo test --workspace --locked "$@"
+# benchmarks are not run in CI (BENCHMARKS.md says how), but they must keep compiling
+cargo check --locked -q -p squall-benches --benches

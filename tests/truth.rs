@@ -12,11 +12,6 @@ use squall_controller::report::{Percentiles, Report, Status};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn within(measured_us: u64, truth_us: f64) -> bool {
-    // the tolerance: 2 % + 50 µs
-    (measured_us as f64 - truth_us).abs() <= truth_us * 0.02 + 50.0
-}
-
 fn lat(r: &Report, metric: &str) -> (Percentiles, Percentiles) {
     let l = &r.latency[metric];
     (l.raw.expect("raw"), l.corrected.expect("corrected"))

@@ -135,6 +135,7 @@ async fn run(
         ready: Countdown::new(n_clients),
         publishers: Countdown::new(n_publishers),
         start_ns,
+        connecting: Arc::new(tokio::sync::Semaphore::new(a.max_connecting as usize)),
     });
     let groups: Vec<Arc<GroupRuntime>> = a
         .groups

@@ -31,6 +31,9 @@ pub struct Assignment {
     pub groups: Vec<GroupAssignment>,
     /// How often a snapshot is taken, ms.
     pub snapshot_interval_ms: u64,
+    /// Connection handshakes (TCP, TLS, CONNECT→CONNACK) in flight at once, at most: a burst
+    /// beyond a broker's accept queue loses SYNs, which clients retry only after a second.
+    pub max_connecting: u32,
     /// The agent stops all load after this long, whatever the controller says, ms.
     pub max_duration_ms: u64,
 }
@@ -260,8 +263,10 @@ impl Assignment {
         if self.targets.is_empty() {
             return Err(PlanError::Run("no target broker".into()));
         }
-        if self.snapshot_interval_ms == 0 || self.max_duration_ms == 0 {
-            return Err(PlanError::Run("snapshot interval and max duration must be positive".into()));
+        if self.snapshot_interval_ms == 0 || self.max_duration_ms == 0 || self.max_connecting == 0 {
+            return Err(PlanError::Run(
+                "snapshot interval, max duration and max connecting must be positive".into(),
+            ));
         }
         for g in &self.groups {
             g.spec.validate()?;

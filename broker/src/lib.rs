@@ -314,9 +314,7 @@ impl Broker {
         let (tx, rx) = watch::channel(false);
         let mut bound = Vec::new();
         for l in &config.listeners {
-            let listener = TcpListener::bind(l.addr)
-                .await
-                .map_err(|source| BrokerError::Bind { addr: l.addr, source })?;
+            let listener = listen(l.addr).map_err(|source| BrokerError::Bind { addr: l.addr, source })?;
             let tls = match &l.tls {
                 Some(f) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(f)?)),
                 None => None,
@@ -400,6 +398,17 @@ impl Broker {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// A listening socket with a backlog for connect storms (tokio's default is 1024; the kernel
+/// caps it at `net.core.somaxconn`). An overflowing accept queue drops SYNs, which clients
+/// retry only after a second.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(65_535)
 }
 
 async fn accept_loop(sh: Arc<Shared>, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {

@@ -23,6 +23,7 @@ pub fn segment(
             source_addresses: plan.source_addresses.clone(),
             groups: Vec::new(),
             snapshot_interval_ms: plan.snapshot_interval.as_millis().max(1) as u64,
+            max_connecting: plan.max_connecting,
             max_duration_ms: plan.max_duration.as_millis().max(1) as u64,
         })
         .collect();

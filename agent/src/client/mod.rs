@@ -38,6 +38,9 @@ use crate::template::{Template, Vars};
 use backoff::Backoff;
 use io::{IoEvent, poll_io};
 
+/// Unsent bytes above which a client takes no more messages from its schedule.
+const WRITE_HIGH_WATER: usize = 256 * 1024;
+
 /// Where the run is; every client watches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -95,6 +98,8 @@ pub struct Shared {
     pub publishers: Countdown,
     /// When ramp-up started (connect schedules count from here), ns.
     pub start_ns: u64,
+    /// Permits for handshakes in flight.
+    pub connecting: Arc<tokio::sync::Semaphore>,
 }
 
 /// Where a subscriber's deliveries are accounted.
@@ -496,6 +501,17 @@ impl Client {
 
     /// One connection: TCP (+TLS), then the MQTT session until it ends.
     async fn attempt(&mut self, intended_ns: u64) -> End {
+        // a handshake slot; the wait counts in corrected connect latency
+        let permit = loop {
+            tokio::select! {
+                p = self.sh.connecting.clone().acquire_owned() => break p.ok(),
+                r = self.phase_rx.changed() => {
+                    if r.is_err() || matches!(*self.phase_rx.borrow(), Phase::Abort | Phase::Finish { .. }) {
+                        return End::Stop;
+                    }
+                }
+            }
+        };
         self.sh.rec.shard(self.key).counters.connect_attempts += 1;
         let ep = &self.sh.endpoints[self.endpoint];
         let timeout = Duration::from_millis(self.g.a.spec.connect_timeout_ms);
@@ -523,7 +539,7 @@ impl Client {
             self.connect_failed(LoadError::ProtocolError);
             return End::Retry;
         }
-        self.session(stream, intended_ns).await
+        self.session(stream, intended_ns, permit).await
     }
 
     fn connect_failed(&mut self, e: LoadError) {
@@ -533,13 +549,23 @@ impl Client {
     }
 
     /// The connected part: returns when the connection ends.
-    async fn session(&mut self, mut stream: Stream, intended_ns: u64) -> End {
+    async fn session(
+        &mut self,
+        mut stream: Stream,
+        intended_ns: u64,
+        mut permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> End {
         let mut rbuf = BytesMut::new();
         let mut pending: Option<BytePages> = None;
         let mut connected = false;
         let mut deadline = u64::MAX;
         let sleep = tokio::time::sleep_until(self.sh.clock.instant_at(u64::MAX / 2));
         tokio::pin!(sleep);
+        // Publishing happens when the schedule's timer fires, or when whatever held messages
+        // back (a full window, unsent bytes, the per-wake cap) may have let go. Not after every
+        // flush: that would write a few messages per syscall instead of a tick's worth.
+        let mut publish_now = true;
+        let mut held_back = false;
         let end = loop {
             let now = self.now();
             let disconnect_at = match self.follow_phase() {
@@ -551,10 +577,17 @@ impl Client {
             {
                 break self.close(&mut stream, &mut pending, connected).await;
             }
-            if connected {
-                // messages intended inside the window go out at the first chance, even if
-                // that chance comes after the window closed (a timer tick late)
-                self.publish_due(now);
+            // backpressure: while the broker is not taking what was written, take no more from
+            // the schedule (the messages stay owed; what is never sent is behind schedule)
+            let backlog = pending.as_ref().map_or(0, |p| p.len());
+            if connected && publish_now {
+                if backlog < WRITE_HIGH_WATER {
+                    // messages intended inside the window go out at the first chance, even if
+                    // that chance comes after the window closed (a timer tick late)
+                    held_back = self.publish_due(now);
+                } else {
+                    held_back = true;
+                }
             }
             if self.open_window_until().is_some_and(|u| now >= u) {
                 self.fix_publishing();
@@ -567,7 +600,11 @@ impl Client {
             }
             // sleep until the first thing that is due
             let mut next = self.conn.next_deadline().unwrap_or(u64::MAX);
-            if connected && (self.g.pub_qos == QoS::AtMostOnce || self.conn.window_room() > 0) {
+            let backlog = pending.as_ref().map_or(0, |p| p.len());
+            if connected
+                && backlog < WRITE_HIGH_WATER
+                && (self.g.pub_qos == QoS::AtMostOnce || self.conn.window_room() > 0)
+            {
                 if let Some(p) = self.pacer.as_ref().filter(|_| !self.publish_fixed) {
                     next = next.min(p.next_due_ns().unwrap_or(u64::MAX));
                 }
@@ -593,9 +630,18 @@ impl Client {
                 self.sh.rec.shard(self.key).counters.bytes_out += bytes_out;
             }
             let ev = match wake {
-                Wake::Io(r) => Some(r),
-                Wake::Timer => None,
-                Wake::Phase(true) => continue,
+                Wake::Io(r) => {
+                    publish_now = held_back;
+                    Some(r)
+                }
+                Wake::Timer => {
+                    publish_now = true;
+                    None
+                }
+                Wake::Phase(true) => {
+                    publish_now = true;
+                    continue;
+                }
                 Wake::Phase(false) => break self.close(&mut stream, &mut pending, connected).await,
             };
             match ev {
@@ -611,6 +657,7 @@ impl Client {
                 Some(Ok(IoEvent::Flushed)) => {}
                 Some(Ok(IoEvent::Data(n))) => {
                     let now = self.now();
+                    let was_connected = connected;
                     match self.handle_input(&mut rbuf, now, n as u64, intended_ns, &mut connected) {
                         Ok(None) => {}
                         Ok(Some(end)) => {
@@ -619,6 +666,10 @@ impl Client {
                             break end;
                         }
                         Err(f) => break self.faulted(f, connected),
+                    }
+                    if connected && !was_connected {
+                        publish_now = true;
+                        drop(permit.take()); // the handshake is over: free its slot
                     }
                     if rbuf.is_empty() {
                         // an idle connection holds no read buffer
@@ -637,16 +688,17 @@ impl Client {
         end
     }
 
-    /// Publishes every message that is due, as far as the window allows.
-    fn publish_due(&mut self, now: u64) {
+    /// Publishes every message that is due, as far as the window allows. Returns true when
+    /// due messages were held back (window full, or the per-wake cap).
+    fn publish_due(&mut self, now: u64) -> bool {
         if self.publish_fixed {
-            return;
+            return false;
         }
-        let Some(pacer) = self.pacer.as_mut() else { return };
+        let Some(pacer) = self.pacer.as_mut() else { return false };
         if pacer.next_due_ns().is_none_or(|t| t > now) {
-            return;
+            return false;
         }
-        let (Some(topic), Some(plan)) = (self.topic.as_ref(), self.g.payload.as_ref()) else { return };
+        let (Some(topic), Some(plan)) = (self.topic.as_ref(), self.g.payload.as_ref()) else { return false };
         let qos = self.g.pub_qos;
         let retain = self.g.a.spec.publish.as_ref().is_some_and(|p| p.retain);
         let mut shard = self.sh.rec.shard(self.key);
@@ -675,6 +727,7 @@ impl Client {
             QoS::AtLeastOnce => shard.counters.published_qos1 += sent,
             QoS::ExactlyOnce => shard.counters.published_qos2 += sent,
         }
+        pacer.next_due_ns().is_some_and(|t| t <= now)
     }
 
     /// Handles everything read. `Some(end)` when the connection must end.

@@ -16,15 +16,21 @@ use super::{Metric, Timing};
 
 const SLOTS: usize = Metric::ALL.len() * 2;
 
-/// One histogram per (metric, raw/corrected).
+/// One histogram per (metric, raw/corrected), each allocated when first recorded into: a
+/// histogram is ~190 KB, and most runs use a few of the twelve.
 #[derive(Clone, Debug)]
 pub struct Hists {
-    h: Vec<Latency>,
+    h: Vec<Option<Latency>>,
+}
+
+fn empty() -> &'static Latency {
+    static EMPTY: std::sync::OnceLock<Latency> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(Latency::new)
 }
 
 impl Hists {
     pub fn new() -> Hists {
-        Hists { h: (0..SLOTS).map(|_| Latency::new()).collect() }
+        Hists { h: vec![None; SLOTS] }
     }
 
     fn slot(m: Metric, t: Timing) -> usize {
@@ -33,27 +39,31 @@ impl Hists {
 
     #[inline]
     pub fn record(&mut self, m: Metric, t: Timing, ns: u64) {
-        self.h[Self::slot(m, t)].record_ns(ns);
+        self.get_mut(m, t).record_ns(ns);
     }
 
+    /// The histogram of (m, t); an empty one if nothing was recorded.
     pub fn get(&self, m: Metric, t: Timing) -> &Latency {
-        &self.h[Self::slot(m, t)]
+        self.h[Self::slot(m, t)].as_ref().unwrap_or_else(|| empty())
     }
 
     pub fn get_mut(&mut self, m: Metric, t: Timing) -> &mut Latency {
-        &mut self.h[Self::slot(m, t)]
+        self.h[Self::slot(m, t)].get_or_insert_with(Latency::new)
     }
 
     pub fn add(&mut self, o: &Hists) {
         for (a, b) in self.h.iter_mut().zip(&o.h) {
-            if !b.is_empty() {
-                a.add(b);
+            if let Some(b) = b
+                && !b.is_empty()
+            {
+                a.get_or_insert_with(Latency::new).add(b);
             }
         }
     }
 
+    /// Empties every histogram, keeping its memory for the next interval.
     pub fn reset(&mut self) {
-        for h in &mut self.h {
+        for h in self.h.iter_mut().flatten() {
             if !h.is_empty() {
                 h.reset();
             }

@@ -74,6 +74,9 @@ pub struct Run {
     pub max_duration: Option<String>,
     /// How often agents report (default "1s").
     pub snapshot_interval: Option<String>,
+    /// Connection handshakes in flight at once, per agent (default 256). Brokers drop SYNs
+    /// beyond their accept queue (mosquitto's is small), which costs a second per client.
+    pub max_connecting: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]

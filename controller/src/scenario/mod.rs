@@ -36,6 +36,8 @@ pub struct Plan {
     pub ramp_timeout: Duration,
     pub max_duration: Duration,
     pub snapshot_interval: Duration,
+    /// Handshakes in flight per agent.
+    pub max_connecting: u32,
     pub thresholds: Vec<Threshold>,
 }
 

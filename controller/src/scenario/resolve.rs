@@ -225,10 +225,19 @@ pub fn resolve(src: &Source, ov: &Overrides) -> Result<Plan, Diagnostics> {
         );
     }
 
+    let max_connecting = match run.max_connecting {
+        Some(0) => {
+            cx.err(path!["run", "max_connecting"], "at least one handshake must be allowed", None);
+            1
+        }
+        Some(n) => n,
+        None => 256,
+    };
     if !cx.errors.is_empty() {
         return Err(Diagnostics(cx.errors));
     }
     Ok(Plan {
+        max_connecting,
         name,
         run_tag: fastrand::u32(..),
         targets,

@@ -1,0 +1,300 @@
+//! End-to-end bench programs: memory per idle connection, connect rate, and throughput with
+//! the tester's CPU per message beside the broker's. The broker always runs in a process of its
+//! own (mosquitto, or squall's broker re-executed from this binary), so each side is measured
+//! apart: RSS from /proc, CPU from getrusage (tester) and /proc/<pid>/stat (broker).
+//!
+//! cargo bench -p squall-benches --bench e2e -- idle --clients 19000 [--broker squall]
+//! cargo bench -p squall-benches --bench e2e -- connect --clients 10000 --rate 40000
+//! cargo bench -p squall-benches --bench e2e -- throughput --qos 0 --rate 1000000 --seconds 10
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use squall_agent::engine::{self, AgentEvent, Command as Cmd};
+use squall_controller::aggregate::Aggregate;
+use squall_controller::scenario::{Overrides, Source, load_source};
+use squall_controller::segment::segment;
+
+struct Args {
+    mode: String,
+    broker: String,
+    clients: u32,
+    rate: f64,
+    qos: u8,
+    seconds: u64,
+    payload: u32,
+    inflight: u32,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        mode: String::new(),
+        broker: "mosquitto".into(),
+        clients: 1000,
+        rate: 100_000.0,
+        qos: 0,
+        seconds: 10,
+        payload: 64,
+        inflight: 256,
+    };
+    let mut it = std::env::args().skip(1).filter(|s| s != "--bench");
+    while let Some(x) = it.next() {
+        let mut val = || it.next().expect("a value");
+        match x.as_str() {
+            "--broker" => a.broker = val(),
+            "--clients" => a.clients = val().parse().unwrap(),
+            "--rate" => a.rate = val().parse().unwrap(),
+            "--qos" => a.qos = val().parse().unwrap(),
+            "--seconds" => a.seconds = val().parse().unwrap(),
+            "--payload" => a.payload = val().parse().unwrap(),
+            "--inflight" => a.inflight = val().parse().unwrap(),
+            m if !m.starts_with('-') => a.mode = m.to_string(),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    a
+}
+
+struct Broker {
+    child: Child,
+    port: u16,
+    _dir: Option<std::path::PathBuf>,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_broker(kind: &str) -> Broker {
+    match kind {
+        "mosquitto" => {
+            let port = free_port();
+            let dir = std::env::temp_dir().join(format!("squall-bench-{port}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let conf = dir.join("m.conf");
+            std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\nconnection_messages false\nlog_dest stderr\n")).unwrap();
+            let mut child = Command::new("mosquitto")
+                .arg("-c")
+                .arg(&conf)
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("mosquitto is installed");
+            let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+            for l in lines.by_ref() {
+                if l.unwrap().contains(" running") {
+                    break;
+                }
+            }
+            std::thread::spawn(move || for _ in lines {});
+            Broker { child, port, _dir: Some(dir) }
+        }
+        "squall" => {
+            let mut child = Command::new(std::env::current_exe().unwrap())
+                .arg("--serve-broker")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+            let port = line.trim().strip_prefix("PORT ").expect("the child says its port").parse().unwrap();
+            Broker { child, port, _dir: None }
+        }
+        other => panic!("--broker mosquitto|squall, not {other}"),
+    }
+}
+
+/// Child mode: squall's broker on a free port until stdin closes.
+fn serve_broker() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let b = squall_broker::Broker::start(squall_broker::BrokerConfig::default()).await.unwrap();
+        println!("PORT {}", b.local_addr().port());
+        std::io::stdout().flush().unwrap();
+        tokio::task::spawn_blocking(|| {
+            let mut s = String::new();
+            let _ = std::io::stdin().read_line(&mut s);
+        })
+        .await
+        .unwrap();
+        eprintln!("broker: {}", serde_json::to_string(&b.stats()).unwrap());
+    });
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// CPU seconds (user + system) of a process.
+fn cpu_s(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &s[s.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+fn self_cpu_s() -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+/// Runs a scenario on one in-process agent, calling `at_ready` once every client connected.
+async fn drive(text: &str, port: u16, at_ready: impl FnOnce(Duration)) -> Aggregate {
+    let ov = Overrides { targets: vec![format!("mqtt://127.0.0.1:{port}")], ..Default::default() };
+    let plan = load_source(&Source::new("bench.toml", text), &ov).expect("bench scenario");
+    let a = segment(&plan, &plan.targets, &[1]).remove(0);
+    let clock = squall_agent::clock::Clock::new();
+    let mut agg = Aggregate::new(clock.now_ns());
+    let started = Instant::now();
+    let mut h = engine::start(a).await.unwrap();
+    let mut at_ready = Some(at_ready);
+    while let Some(ev) = h.events.recv().await {
+        match ev {
+            AgentEvent::Snapshot(s) => agg.apply(&s).unwrap(),
+            AgentEvent::Ready { .. } => {
+                if let Some(f) = at_ready.take() {
+                    f(started.elapsed());
+                }
+                let start = clock.now_ns() + 50_000_000;
+                let until = start + plan.duration.as_nanos() as u64;
+                h.commands.send(Cmd::Publish { start_unix_ns: start, until_unix_ns: until }).await.unwrap();
+            }
+            AgentEvent::PublishDone { streams } => {
+                h.commands
+                    .send(Cmd::Finish { streams, drain_ms: plan.drain.as_millis() as u64 })
+                    .await
+                    .unwrap();
+            }
+            AgentEvent::Finished(_) => break,
+            AgentEvent::Failed { message } => panic!("{message}"),
+        }
+    }
+    agg
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--serve-broker") {
+        return serve_broker();
+    }
+    let a = args();
+    let workers: usize = std::env::var("WORKERS").ok().and_then(|w| w.parse().ok()).unwrap_or(2);
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().unwrap();
+    let broker = start_broker(&a.broker);
+    let bpid = broker.child.id();
+    let me = std::process::id();
+    println!(
+        "machine: {} cores; broker: {} (pid {bpid}); date: see BENCHMARKS.md",
+        std::thread::available_parallelism().unwrap(),
+        a.broker
+    );
+    match a.mode.as_str() {
+        "idle" => {
+            let text = format!(
+                "[run]\nduration = \"1s\"\ndrain = \"0s\"\n[[group]]\nname = \"idle\"\nclients = {}\nconnect_rate = 20000\nkeepalive = \"300s\"\n",
+                a.clients
+            );
+            let (t0, b0) = (rss_kib(me), rss_kib(bpid));
+            let mut measured = (0, 0);
+            let agg = rt.block_on(drive(&text, broker.port, |_| {
+                // let late acks and allocator churn settle
+                std::thread::sleep(Duration::from_secs(2));
+                measured = (rss_kib(me), rss_kib(bpid));
+            }));
+            let n = agg.counters.connects.max(1);
+            println!("idle connections: {n}");
+            println!(
+                "tester RSS {} KiB → {} KiB: {:.2} KiB per connection",
+                t0,
+                measured.0,
+                (measured.0 - t0) as f64 / n as f64
+            );
+            println!(
+                "broker RSS {} KiB → {} KiB: {:.2} KiB per connection",
+                b0,
+                measured.1,
+                (measured.1 as f64 - b0 as f64) / n as f64
+            );
+        }
+        "connect" => {
+            let text = format!(
+                "[run]\nduration = \"1s\"\ndrain = \"0s\"\nmax_connecting = {}\n[[group]]\nname = \"c\"\nclients = {}\nconnect_rate = {}\nkeepalive = \"300s\"\n",
+                a.inflight, a.clients, a.rate
+            );
+            let mut took = Duration::ZERO;
+            let agg = rt.block_on(drive(&text, broker.port, |d| took = d));
+            let s = agg
+                .hists
+                .get(squall_agent::metrics::Metric::Connect, squall_agent::metrics::Timing::Raw)
+                .summary();
+            let c = agg
+                .hists
+                .get(squall_agent::metrics::Metric::Connect, squall_agent::metrics::Timing::Corrected)
+                .summary();
+            println!(
+                "connects: {} in {:.3}s → {:.0}/s (asked {}/s); failures {}",
+                agg.counters.connects,
+                took.as_secs_f64(),
+                agg.counters.connects as f64 / took.as_secs_f64(),
+                a.rate,
+                agg.counters.connect_failures
+            );
+            println!("CONNECT→CONNACK µs: p50 {} p99 {} max {}", s.p50_us, s.p99_us, s.max_us);
+            println!(
+                "scheduled → CONNACK (TCP and waiting for a slot included) µs: p50 {} p99 {} max {}",
+                c.p50_us, c.p99_us, c.max_us
+            );
+        }
+        "throughput" => {
+            let text = format!(
+                "[run]\nduration = \"{}s\"\ndrain = \"1s\"\n[[group]]\nname = \"pub\"\nclients = 1\nmax_inflight = 1000\n[group.publish]\ntopic = \"tp\"\nqos = {}\npayload_size = {}\ngroup_rate = {}\n[[group]]\nname = \"sub\"\nclients = 1\n[group.subscribe]\nfilters = [\"tp\"]\nqos = {}\n",
+                a.seconds, a.qos, a.payload, a.rate, a.qos
+            );
+            let (c0, b0) = (self_cpu_s(), cpu_s(bpid));
+            let w0 = Instant::now();
+            let agg = rt.block_on(drive(&text, broker.port, |_| {}));
+            let wall = w0.elapsed().as_secs_f64();
+            let (tester, brok) = (self_cpu_s() - c0, cpu_s(bpid) - b0);
+            let c = &agg.counters;
+            let (published, received) = (c.published(), c.received());
+            let e2e = agg
+                .hists
+                .get(squall_agent::metrics::Metric::E2e, squall_agent::metrics::Timing::Raw)
+                .summary();
+            println!(
+                "QoS {}: published {published} ({:.0}/s), received {received} ({:.0}/s), behind schedule {}",
+                a.qos,
+                published as f64 / a.seconds as f64,
+                received as f64 / a.seconds as f64,
+                c.behind_schedule
+            );
+            println!("e2e raw µs: p50 {} p99 {}", e2e.p50_us, e2e.p99_us);
+            println!(
+                "CPU over {wall:.1}s: tester {tester:.2}s, broker {brok:.2}s → tester/broker {:.2}",
+                tester / brok.max(1e-9)
+            );
+            println!(
+                "tester CPU per message published and received: {:.3} µs",
+                tester * 1e6 / received.max(1) as f64
+            );
+        }
+        other => panic!("mode idle|connect|throughput, not `{other}`"),
+    }
+}
