@@ -83,7 +83,7 @@ fn init_prints_a_valid_scenario() {
 
 #[test]
 fn committed_schemas_match_the_code() {
-    for which in ["scenario", "report"] {
+    for which in ["scenario", "report", "check"] {
         let out = support::squall().args(["init", "--schema", which]).output().unwrap();
         let generated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let committed: serde_json::Value =

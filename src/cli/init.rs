@@ -17,23 +17,20 @@ pub enum Schema {
     Scenario,
     /// `squall run --report` output.
     Report,
+    /// `squall check --format json` output.
+    Check,
 }
 
 pub fn run(a: InitArgs) -> u8 {
-    match a.schema {
-        None => print!("{}", squall_controller::init::EXAMPLE),
-        Some(Schema::Scenario) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&squall_controller::init::scenario_schema()).unwrap_or_default()
-            )
+    let schema = match a.schema {
+        None => {
+            print!("{}", squall_controller::init::EXAMPLE);
+            return exit::PASS;
         }
-        Some(Schema::Report) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&squall_controller::report::schema()).unwrap_or_default()
-            )
-        }
-    }
+        Some(Schema::Scenario) => squall_controller::init::scenario_schema(),
+        Some(Schema::Report) => squall_controller::report::schema(),
+        Some(Schema::Check) => squall_check::report::schema(),
+    };
+    println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
     exit::PASS
 }

@@ -1,6 +1,7 @@
-//! Subcommands, one file each: `run`, `init`, `broker`.
+//! Subcommands, one file each: `run`, `init`, `check`, `broker`.
 
 pub mod broker;
+pub mod check;
 pub mod embedded;
 pub mod exit;
 pub mod init;
@@ -28,6 +29,9 @@ pub enum Command {
     Run(run::RunArgs),
     /// Print a commented example scenario (or a JSON Schema).
     Init(init::InitArgs),
+    /// Check a broker, step by step (TCP, TLS, CONNECT, auth, publish, subscribe, latency,
+    /// retained, will, session), for CI and on-call; exit code 0 only if all pass.
+    Check(check::CheckArgs),
     /// Run squall's embedded MQTT broker standalone (with optional fault injection).
     Broker(broker::BrokerArgs),
 }
@@ -52,6 +56,7 @@ pub fn dispatch(cli: Cli) -> u8 {
         Command::Run(a) => run::run(a),
         Command::Init(a) => init::run(a),
         Command::Broker(a) => broker::run(a),
+        Command::Check(a) => check::run(a),
     }
 }
 

@@ -1,0 +1,258 @@
+//! The check report: one result per check, in order, and four ways to show it: a table for
+//! people, JSON (with a committed schema), YAML, and JUnit XML so CI systems list each check as
+//! a test.
+
+use std::fmt::Write;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pass,
+    Fail,
+    /// Not run: a prerequisite failed, or it was not selected or not applicable; the detail
+    /// says which.
+    Skip,
+    /// Reported, not judged (e.g. whether anonymous clients are accepted).
+    Info,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CheckResult {
+    /// Unique within the report: the check name, prefixed by the protocol where it has one
+    /// (`v5.publish.qos1`).
+    pub id: String,
+    /// The check's name (`publish.qos1`), as `--only`/`--skip` select it.
+    pub check: String,
+    /// "3.1.1" or "5" for checks that run per protocol.
+    pub protocol: Option<String>,
+    pub status: Status,
+    pub duration_ms: f64,
+    /// What happened, in one line.
+    pub detail: String,
+    /// What to do about a failure.
+    pub hint: Option<String>,
+    /// Structured facts: broker limits, latency percentiles, certificates …
+    pub data: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CheckReport {
+    pub schema_version: u32,
+    pub squall_version: String,
+    pub target: String,
+    pub protocols: Vec<String>,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    pub passed: u32,
+    pub failed: u32,
+    pub skipped: u32,
+    pub info: u32,
+    /// Every selected check passed (exit code 0).
+    pub ok: bool,
+    pub checks: Vec<CheckResult>,
+}
+
+impl CheckReport {
+    pub fn tally(&mut self) {
+        let n = |s: Status| self.checks.iter().filter(|c| c.status == s).count() as u32;
+        self.passed = n(Status::Pass);
+        self.failed = n(Status::Fail);
+        self.skipped = n(Status::Skip);
+        self.info = n(Status::Info);
+        self.ok = self.failed == 0;
+    }
+
+    pub fn get(&self, id: &str) -> Option<&CheckResult> {
+        self.checks.iter().find(|c| c.id == id)
+    }
+}
+
+/// The JSON Schema of the report, as committed in `schemas/check.schema.json`.
+pub fn schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(CheckReport)).expect("a schema serializes")
+}
+
+pub fn text(r: &CheckReport) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "squall check {} (MQTT {})", r.target, r.protocols.join(" and "));
+    for c in &r.checks {
+        let mark = match c.status {
+            Status::Pass => "✓",
+            Status::Fail => "✗",
+            Status::Skip => "-",
+            Status::Info => "i",
+        };
+        let name = match &c.protocol {
+            Some(p) => format!("{} {}", if p == "5" { "v5" } else { "v3.1.1" }, c.check),
+            None => c.check.clone(),
+        };
+        let _ = writeln!(o, "  {mark} {name:<28} {}", c.detail);
+        if let Some(h) = &c.hint {
+            let _ = writeln!(o, "      hint: {h}");
+        }
+    }
+    let _ =
+        writeln!(o, "{} passed, {} failed, {} skipped, {} reported", r.passed, r.failed, r.skipped, r.info);
+    o
+}
+
+pub fn json(r: &CheckReport) -> String {
+    serde_json::to_string_pretty(r).expect("a report serializes") + "\n"
+}
+
+/// YAML, written from the JSON form (block style, every string quoted).
+pub fn yaml(r: &CheckReport) -> String {
+    fn scalar(v: &serde_json::Value) -> String {
+        match v {
+            serde_json::Value::String(s) => serde_json::to_string(s).expect("a string serializes"),
+            serde_json::Value::Null => "null".into(),
+            other => other.to_string(),
+        }
+    }
+    fn emit(v: &serde_json::Value, indent: usize, out: &mut String) {
+        let pad = " ".repeat(indent);
+        match v {
+            serde_json::Value::Object(m) if m.is_empty() => out.push_str(" {}\n"),
+            serde_json::Value::Array(a) if a.is_empty() => out.push_str(" []\n"),
+            serde_json::Value::Object(m) => {
+                out.push('\n');
+                for (k, v) in m {
+                    let _ = write!(out, "{pad}{k}:");
+                    if v.is_object() || v.is_array() {
+                        emit(v, indent + 2, out);
+                    } else {
+                        let _ = writeln!(out, " {}", scalar(v));
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => {
+                out.push('\n');
+                for v in a {
+                    let _ = write!(out, "{pad}-");
+                    if v.is_object() || v.is_array() {
+                        let mut inner = String::new();
+                        emit(v, indent + 2, &mut inner);
+                        // the first key goes on the dash line
+                        out.push_str(&inner.replacen(&format!("\n{}", " ".repeat(indent + 2)), " ", 1));
+                    } else {
+                        let _ = writeln!(out, " {}", scalar(v));
+                    }
+                }
+            }
+            other => {
+                let _ = writeln!(out, " {}", scalar(other));
+            }
+        }
+    }
+    let v = serde_json::to_value(r).expect("a report serializes");
+    let mut out = String::from("---");
+    emit(&v, 0, &mut out);
+    out
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// JUnit XML: one test case per check (skipped and reported checks as skipped).
+pub fn junit(r: &CheckReport) -> String {
+    let mut o = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let total: f64 = r.checks.iter().map(|c| c.duration_ms).sum::<f64>() / 1e3;
+    let _ = writeln!(
+        o,
+        "<testsuite name=\"squall check {}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" time=\"{total:.3}\" timestamp=\"{}\">",
+        xml(&r.target),
+        r.checks.len(),
+        r.failed,
+        r.skipped + r.info,
+        xml(&r.started_at)
+    );
+    for c in &r.checks {
+        let _ = write!(
+            o,
+            "  <testcase classname=\"squall.check\" name=\"{}\" time=\"{:.3}\"",
+            xml(&c.id),
+            c.duration_ms / 1e3
+        );
+        match c.status {
+            Status::Pass => o.push_str("/>\n"),
+            Status::Fail => {
+                let msg = match &c.hint {
+                    Some(h) => format!("{} (hint: {h})", c.detail),
+                    None => c.detail.clone(),
+                };
+                let _ = writeln!(o, ">\n    <failure message=\"{}\"/>\n  </testcase>", xml(&msg));
+            }
+            Status::Skip | Status::Info => {
+                let _ = writeln!(o, ">\n    <skipped message=\"{}\"/>\n  </testcase>", xml(&c.detail));
+            }
+        }
+    }
+    o.push_str("</testsuite>\n");
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> CheckReport {
+        let mut r = CheckReport {
+            schema_version: SCHEMA_VERSION,
+            squall_version: "0".into(),
+            target: "mqtt://h:1".into(),
+            protocols: vec!["5".into()],
+            started_at: "2026-01-01T00:00:00Z".into(),
+            passed: 0,
+            failed: 0,
+            skipped: 0,
+            info: 0,
+            ok: false,
+            checks: vec![
+                CheckResult {
+                    id: "tcp".into(),
+                    check: "tcp".into(),
+                    protocol: None,
+                    status: Status::Pass,
+                    duration_ms: 1.0,
+                    detail: "ok".into(),
+                    hint: None,
+                    data: None,
+                },
+                CheckResult {
+                    id: "v5.publish.qos1".into(),
+                    check: "publish.qos1".into(),
+                    protocol: Some("5".into()),
+                    status: Status::Fail,
+                    duration_ms: 2.0,
+                    detail: "PUBACK <0x87>".into(),
+                    hint: Some("check the ACL".into()),
+                    data: Some(serde_json::json!({"code": 135})),
+                },
+            ],
+        };
+        r.tally();
+        r
+    }
+
+    #[test]
+    fn tally_and_renderings() {
+        let r = report();
+        assert_eq!((r.passed, r.failed, r.ok), (1, 1, false));
+        let t = text(&r);
+        assert!(t.contains("✗ v5 publish.qos1") && t.contains("hint: check the ACL"), "{t}");
+        let j = junit(&r);
+        assert!(j.contains("tests=\"2\" failures=\"1\""), "{j}");
+        assert!(j.contains("<failure message=\"PUBACK &lt;0x87&gt; (hint: check the ACL)\"/>"), "{j}");
+        let y = yaml(&r);
+        assert!(y.contains("  - check: \"tcp\""), "{y}");
+        assert!(y.contains("    data:\n      code: 135"), "{y}");
+        let back: CheckReport = serde_json::from_str(&json(&r)).unwrap();
+        assert_eq!(back, r);
+    }
+}

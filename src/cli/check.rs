@@ -1,0 +1,185 @@
+//! `squall check URL`: a broker connection check for CI and on-call.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use squall_agent::mqtt::codec::Protocol;
+use squall_agent::mqtt::tls::TlsSettings;
+use squall_agent::mqtt::transport::TargetUrl;
+use squall_check::{Anonymous, CHECKS, CheckOptions, report};
+
+use super::exit;
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The broker: mqtt://host:port or mqtts://host:port.
+    pub url: String,
+    #[arg(long, short)]
+    pub username: Option<String>,
+    /// The password (better: the SQUALL_PASSWORD environment variable, kept out of shell history).
+    #[arg(long, short, env = "SQUALL_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Use TLS even for an mqtt:// URL.
+    #[arg(long)]
+    pub tls: bool,
+    /// PEM CA certificates to trust (default: the system's).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate, for mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Name to verify the certificate against (default: the URL's host).
+    #[arg(long, value_name = "NAME")]
+    pub server_name: Option<String>,
+    /// Accept any certificate (lab brokers only; the report says so).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Client id prefix; each run adds a random part and a role.
+    #[arg(long, default_value = "squall-check")]
+    pub client_id: String,
+    /// Topic prefix; each run adds a random level, so two checks never collide.
+    #[arg(long, default_value = "squall-check")]
+    pub topic_prefix: String,
+    /// Highest QoS to check.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: u8,
+    /// How long any one answer may take (e.g. 5s, 500ms).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// MQTT version(s) to check.
+    #[arg(long, value_enum, default_value_t = Versions::Both)]
+    pub protocol: Versions,
+    /// Run only these checks (comma-separated or repeated): dns, tcp, tls, connect, auth,
+    /// anonymous, publish, subscribe, latency, retained, will, session, shared, max_payload, burst.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Skip these checks.
+    #[arg(long, value_delimiter = ',')]
+    pub skip: Vec<String>,
+    /// Also run the optional checks: shared subscription, payload-size probe, 1,000-message burst.
+    #[arg(long)]
+    pub extended: bool,
+    /// Round-trip latency samples.
+    #[arg(long, default_value_t = 20)]
+    pub samples: usize,
+    /// Judge anonymous access instead of only reporting it.
+    #[arg(long, value_enum, default_value_t = AnonymousArg::Report)]
+    pub anonymous: AnonymousArg,
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Also write the report in --format to this file (stdout then gets the table).
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Versions {
+    #[value(name = "3.1.1")]
+    V311,
+    #[value(name = "5")]
+    V5,
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AnonymousArg {
+    Report,
+    Allowed,
+    Refused,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Yaml,
+    Junit,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|_| format!("`{s}` is not a duration; write e.g. 5s or 500ms"))
+}
+
+pub fn run(a: CheckArgs) -> u8 {
+    let url: TargetUrl = match a.url.parse() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::INVALID;
+        }
+    };
+    for name in a.only.iter().chain(&a.skip) {
+        let base = name.split('.').next().unwrap_or(name);
+        if !CHECKS.contains(&base) {
+            eprintln!("error: unknown check `{name}`; the checks are {}", CHECKS.join(", "));
+            return exit::INVALID;
+        }
+    }
+    for f in [&a.ca, &a.cert, &a.key].into_iter().flatten() {
+        if !f.is_file() {
+            eprintln!("error: no such file: {}", f.display());
+            return exit::INVALID;
+        }
+    }
+    let o = CheckOptions {
+        url,
+        tls: TlsSettings {
+            ca_file: a.ca,
+            cert_file: a.cert,
+            key_file: a.key,
+            server_name: a.server_name,
+            insecure: a.insecure,
+        },
+        force_tls: a.tls,
+        username: a.username,
+        password: a.password,
+        client_id_prefix: a.client_id,
+        topic_prefix: a.topic_prefix.trim_end_matches('/').to_string(),
+        max_qos: a.qos,
+        timeout: a.timeout,
+        protocols: match a.protocol {
+            Versions::V311 => vec![Protocol::V311],
+            Versions::V5 => vec![Protocol::V5],
+            Versions::Both => vec![Protocol::V311, Protocol::V5],
+        },
+        only: a.only,
+        skip: a.skip,
+        samples: a.samples,
+        anonymous: match a.anonymous {
+            AnonymousArg::Report => Anonymous::Report,
+            AnonymousArg::Allowed => Anonymous::Allowed,
+            AnonymousArg::Refused => Anonymous::Refused,
+        },
+        extended: a.extended,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return exit::RUNTIME;
+        }
+    };
+    let r = rt.block_on(squall_check::run(o));
+    let rendered = match a.format {
+        Format::Text => report::text(&r),
+        Format::Json => report::json(&r),
+        Format::Yaml => report::yaml(&r),
+        Format::Junit => report::junit(&r),
+    };
+    match &a.output {
+        Some(path) => {
+            if let Err(e) = std::fs::write(path, &rendered) {
+                eprintln!("error: cannot write {}: {e}", path.display());
+                return exit::RUNTIME;
+            }
+            print!("{}", report::text(&r));
+        }
+        None => print!("{rendered}"),
+    }
+    if r.ok { exit::PASS } else { exit::FAIL }
+}
