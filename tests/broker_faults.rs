@@ -261,3 +261,43 @@ unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_spread_over_targets_and_source_addresses() {
+    let a = support::broker(|c| c.timeline = true).await;
+    let b = support::broker(|c| c.timeline = true).await;
+    let text = format!(
+        r#"
+[target]
+urls = ["{}", "{}"]
+source_addresses = ["127.0.0.2", "127.0.0.3"]
+[run]
+duration = "500ms"
+[[group]]
+name = "spread"
+clients = 8
+client_id = "spread-{{i}}"
+[group.publish]
+topic = "spread/{{i}}"
+interval = "100ms"
+"#,
+        support::url(&a),
+        support::url(&b)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ov = squall_controller::scenario::Overrides::default();
+    let plan = squall_controller::scenario::load_source(
+        &squall_controller::scenario::Source::new(dir.path().join("s.toml"), text),
+        &ov,
+    )
+    .unwrap();
+    let report = support::run(plan).await;
+    assert_eq!(report.counters["connects"], 8, "{:?}", report.errors);
+    // client i goes to target i mod 2
+    let mut on_a: Vec<String> = a.timeline_clients();
+    let mut on_b: Vec<String> = b.timeline_clients();
+    on_a.sort();
+    on_b.sort();
+    assert_eq!(on_a, ["spread-0", "spread-2", "spread-4", "spread-6"]);
+    assert_eq!(on_b, ["spread-1", "spread-3", "spread-5", "spread-7"]);
+}

@@ -199,6 +199,35 @@ fn tls_trusted_untrusted_and_wrong_name() {
 }
 
 #[test]
+fn an_expired_certificate_is_named() {
+    let ca = TestCa::new("check test CA");
+    let broker = Mosquitto::start_with(
+        |port| {
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\ncafile ca.pem\ncertfile server.pem\nkeyfile server.key\n"
+            )
+        },
+        |dir| {
+            ca.write_ca(dir, "ca.pem");
+            ca.issue_expired(dir, "server", &["127.0.0.1"]);
+        },
+    );
+    let ca_pem = broker.dir.path().join("ca.pem");
+    let (code, got, v) = check(&[
+        &format!("mqtts://127.0.0.1:{}", broker.port),
+        "--ca",
+        ca_pem.to_str().unwrap(),
+        "--protocol",
+        "5",
+    ]);
+    assert_eq!(code, 1);
+    assert_statuses(&got, &[("tls", "fail"), ("v5.connect", "skip")]);
+    let tls = find(&v, "tls");
+    assert!(tls["detail"].as_str().unwrap().contains("expired"), "{tls}");
+    assert_eq!(tls["data"]["chain"][0]["not_after"], 1_577_836_800, "2020-01-01, read from the certificate");
+}
+
+#[test]
 fn an_acl_denial_is_named_with_its_topic() {
     let broker = Mosquitto::start_with(
         |port| format!("listener {port} 127.0.0.1\nallow_anonymous true\nacl_file acl\n"),

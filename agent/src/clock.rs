@@ -30,9 +30,13 @@ impl Clock {
         self.anchor_unix_ns + self.anchor.elapsed().as_nanos() as u64
     }
 
-    /// The tokio instant at which this clock reads `unix_ns` (clamped to the anchor).
+    /// The tokio instant at which this clock reads `unix_ns` (clamped to the anchor, and to
+    /// a year from now for "never").
     pub fn instant_at(&self, unix_ns: u64) -> tokio::time::Instant {
-        let offset = unix_ns.saturating_sub(self.anchor_unix_ns);
+        const YEAR_NS: u64 = 365 * 86_400 * 1_000_000_000;
+        let offset = unix_ns
+            .saturating_sub(self.anchor_unix_ns)
+            .min(self.now_ns().saturating_sub(self.anchor_unix_ns) + YEAR_NS);
         tokio::time::Instant::from_std(self.anchor + Duration::from_nanos(offset))
     }
 }

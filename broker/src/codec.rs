@@ -162,6 +162,7 @@ pub struct ConnAckProps {
 
 pub struct ServerCodec {
     proto: Protocol,
+    max_inbound: u32,
     v3: v3::codec::Codec,
     v5: v5::codec::Codec,
 }
@@ -172,7 +173,7 @@ impl ServerCodec {
         v3.set_max_size(max_inbound);
         let v5 = v5::codec::Codec::new();
         v5.set_max_inbound_size(max_inbound);
-        ServerCodec { proto, v3, v5 }
+        ServerCodec { proto, v3, v5, max_inbound }
     }
 
     pub fn protocol(&self) -> Protocol {
@@ -182,6 +183,10 @@ impl ServerCodec {
     /// Decodes one whole packet from the front of `buf`, once all of it is buffered.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<In>, DecodeError> {
         let Some(len) = frame_len(buf)? else { return Ok(None) };
+        // refuse an oversized packet as soon as its length is known, not once it is buffered
+        if self.max_inbound != 0 && len > self.max_inbound as usize + 5 {
+            return Err(DecodeError::MaxSizeExceeded { size: len as u32, max_size: self.max_inbound });
+        }
         if buf.len() < len {
             return Ok(None);
         }
@@ -527,6 +532,13 @@ mod tests {
         assert_eq!(detect(v31), Err(DetectError::Level(3)));
         assert_eq!(detect(b"\x10"), Ok(None));
         assert_eq!(detect(b"\x30\x02\x00\x00"), Err(DetectError::NotConnect));
+    }
+
+    #[test]
+    fn an_oversized_packet_is_refused_before_it_is_buffered() {
+        let c = ServerCodec::new(Protocol::V5, 1024);
+        let mut buf = BytesMut::from(&b"\x30\x80\x80\x80\x01"[..]);
+        assert!(matches!(c.decode(&mut buf), Err(DecodeError::MaxSizeExceeded { .. })));
     }
 
     proptest! {

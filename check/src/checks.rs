@@ -564,17 +564,7 @@ async fn per_protocol(r: &mut Runner, p: Protocol) {
     }
 
     let Some(client) = main.as_mut() else {
-        for c in [
-            "publish",
-            "subscribe",
-            "latency",
-            "retained",
-            "will",
-            "session",
-            "shared",
-            "max_payload",
-            "burst",
-        ] {
+        for c in checks_from("publish") {
             if r.selected(c) {
                 r.skip(c, Some(p), "skipped: CONNECT failed");
             }
@@ -810,8 +800,13 @@ async fn per_protocol(r: &mut Runner, p: Protocol) {
     }
 }
 
+/// The checks from `first` on, in order.
+fn checks_from(first: &str) -> impl Iterator<Item = &'static str> {
+    CHECKS.iter().copied().skip_while(move |c| *c != first)
+}
+
 fn skip_rest_after_loss(r: &mut Runner, p: Protocol) {
-    for c in ["subscribe", "latency", "retained", "will", "session", "shared", "max_payload", "burst"] {
+    for c in checks_from("subscribe") {
         if r.selected(c) {
             r.skip(c, Some(p), "skipped: the broker dropped the connection");
         }

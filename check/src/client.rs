@@ -89,7 +89,7 @@ impl Client {
                 max_inflight: 1000,
                 connect_timeout_ns: ns,
                 ack_timeout_ns: ns,
-                max_inbound_packet: 0,
+                max_inbound_packet: 16 << 20,
             }),
             rbuf: BytesMut::new(),
             clock,

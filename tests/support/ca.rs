@@ -31,7 +31,26 @@ impl TestCa {
 
     /// A certificate for `names` (DNS names or IP addresses), written as `<stem>.pem`/`<stem>.key`.
     pub fn issue(&self, dir: &Path, stem: &str, names: &[&str]) -> Pem {
+        self.issue_with(dir, stem, names, |_| {})
+    }
+
+    /// Like [`TestCa::issue`], expired since 2020.
+    pub fn issue_expired(&self, dir: &Path, stem: &str, names: &[&str]) -> Pem {
+        self.issue_with(dir, stem, names, |p| {
+            p.not_before = rcgen::date_time_ymd(2019, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        })
+    }
+
+    fn issue_with(
+        &self,
+        dir: &Path,
+        stem: &str,
+        names: &[&str],
+        tweak: impl FnOnce(&mut CertificateParams),
+    ) -> Pem {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        tweak(&mut params);
         params.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or(stem));
         for n in names {
             match n.parse::<std::net::IpAddr>() {

@@ -38,6 +38,10 @@ use crate::template::{Template, Vars};
 use backoff::Backoff;
 use io::{IoEvent, poll_io};
 
+/// The largest packet a client accepts from a broker: a broken or hostile broker cannot make
+/// a client buffer more than this.
+const MAX_INBOUND_PACKET: u32 = 16 << 20;
+
 /// Unsent bytes above which a client takes no more messages from its schedule.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
 
@@ -215,7 +219,7 @@ impl GroupRuntime {
                 max_inflight: s.max_inflight,
                 connect_timeout_ns: s.connect_timeout_ms * 1_000_000,
                 ack_timeout_ns: s.ack_timeout_ms * 1_000_000,
-                max_inbound_packet: 0,
+                max_inbound_packet: MAX_INBOUND_PACKET,
             },
             reconnect_limiter,
             shared,

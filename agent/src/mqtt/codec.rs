@@ -179,6 +179,8 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
 pub struct WireCodec {
     main: Inner,
     publish: Inner,
+    // largest packet accepted from the broker; 0 = unlimited
+    max_inbound: u32,
 }
 
 enum Inner {
@@ -205,7 +207,11 @@ impl Inner {
 
 impl WireCodec {
     pub fn new(protocol: Protocol, max_inbound: u32) -> WireCodec {
-        WireCodec { main: Inner::new(protocol, max_inbound), publish: Inner::new(protocol, max_inbound) }
+        WireCodec {
+            main: Inner::new(protocol, max_inbound),
+            publish: Inner::new(protocol, max_inbound),
+            max_inbound,
+        }
     }
 
     pub fn protocol(&self) -> Protocol {
@@ -229,6 +235,10 @@ impl WireCodec {
         let Some(len) = frame_len(buf)? else {
             return Ok(None);
         };
+        // refuse an oversized packet as soon as its length is known, not once it is buffered
+        if self.max_inbound != 0 && len > self.max_inbound as usize + 5 {
+            return Err(DecodeError::MaxSizeExceeded { size: len as u32, max_size: self.max_inbound });
+        }
         if buf.len() < len {
             return Ok(None);
         }
@@ -646,6 +656,14 @@ mod tests {
             }
             assert!(buf.is_empty());
         }
+    }
+
+    #[test]
+    fn an_oversized_packet_is_refused_before_it_is_buffered() {
+        let codec = WireCodec::new(Protocol::V311, 1024);
+        // PUBLISH announcing ~2 MB, of which only the header has arrived
+        let mut buf = BytesMut::from(&b"\x30\x80\x80\x80\x01"[..]);
+        assert!(matches!(codec.decode(&mut buf), Err(DecodeError::MaxSizeExceeded { .. })));
     }
 
     proptest! {
