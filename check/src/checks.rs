@@ -917,6 +917,17 @@ async fn retained(r: &mut Runner, p: Protocol, main: &mut Client) {
     }
 }
 
+/// A QoS 1 will with this payload on this topic.
+fn will_on(topic: &str, payload: &str) -> Will {
+    Will {
+        topic: ByteString::from(topic),
+        payload: payload.as_bytes().to_vec().into(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        delay_secs: 0,
+    }
+}
+
 async fn will(r: &mut Runner, p: Protocol, observer: &mut Client) {
     let timeout = r.o.timeout;
     let topic = r.topic(p, "will");
@@ -939,13 +950,7 @@ async fn will(r: &mut Runner, p: Protocol, observer: &mut Client) {
     let mut spec = r.spec(p, "will", true);
     spec.keepalive_secs = keepalive;
     let payload = format!("will-{}", r.run);
-    spec.will = Some(Will {
-        topic: ByteString::from(topic.clone()),
-        payload: payload.clone().into_bytes().into(),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        delay_secs: 0,
-    });
+    spec.will = Some(will_on(&topic, &payload));
     let Some(dying) = second(r, "will", p, &spec, t).await else { return };
     let closed = Instant::now();
     dying.abort();
@@ -975,13 +980,7 @@ async fn will(r: &mut Runner, p: Protocol, observer: &mut Client) {
     let t = Instant::now();
     let mut spec = r.spec(p, "will-clean", true);
     let payload = format!("will-clean-{}", r.run);
-    spec.will = Some(Will {
-        topic: ByteString::from(topic.clone()),
-        payload: payload.clone().into_bytes().into(),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        delay_secs: 0,
-    });
+    spec.will = Some(will_on(&topic, &payload));
     let Some(leaving) = second(r, "will.clean_disconnect", p, &spec, t).await else { return };
     leaving.disconnect().await;
     let got = observer.recv_on(&topic, 1, Duration::from_millis(1500).min(timeout)).await.unwrap_or_default();
