@@ -301,3 +301,70 @@ interval = "100ms"
     assert_eq!(on_a, ["spread-0", "spread-2", "spread-4", "spread-6"]);
     assert_eq!(on_b, ["spread-1", "spread-3", "spread-5", "spread-7"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_sessions_resend_in_flight_publishes_after_a_drop() {
+    // publishers are dropped once, mid-window, while PUBACKs are held back (so publishes are
+    // in flight at the drop); they resume their sessions and must resend with DUP
+    let broker = support::broker(|c| {
+        c.faults = vec![
+            Rule {
+                select: Selector { clients: Some("*-pub-*".into()), first: Some(1), every: None },
+                action: Action::DropAfter(Duration::from_millis(700)),
+            },
+            Rule {
+                select: Selector { clients: Some("*-pub-*".into()), first: Some(1), every: None },
+                action: Action::Delay {
+                    packet: AckPacket::PubAck,
+                    by: squall_broker::Delay::Fixed(Duration::from_millis(50)),
+                },
+            },
+        ]
+    })
+    .await;
+    let report = run(
+        &broker,
+        r#"
+thresholds = ["lost == 0", "unacked == 0"]
+[run]
+duration = "2s"
+drain = "1s"
+[[group]]
+name = "pub"
+clients = 4
+protocol = "5"
+clean_start = false
+session_expiry = "60s"
+[group.reconnect]
+min_backoff = "50ms"
+max_backoff = "100ms"
+[group.publish]
+topic = "p/{i}"
+qos = 1
+interval = "20ms"
+[[group]]
+name = "sub"
+clients = 1
+protocol = "5"
+[group.subscribe]
+filters = ["p/#"]
+qos = 1
+"#,
+    )
+    .await;
+    let c = &report.counters;
+    assert_eq!(c["connections_lost"], 4, "{:?}", report.errors);
+    assert!(
+        report.delivery.all.duplicates > 0,
+        "the resent publishes reached the subscriber a second time: {:?}",
+        report.delivery
+    );
+    assert_eq!(
+        report.verdict.status,
+        squall_controller::report::Status::Pass,
+        "{:?} {:?}",
+        report.verdict,
+        report.delivery
+    );
+    assert_eq!(c["acked_qos1"], c["published_qos1"], "every publish was acknowledged in the end");
+}

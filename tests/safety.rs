@@ -1,0 +1,97 @@
+//! A load tester is a loaded gun: the agent stops all load when its controller is gone, every
+//! run is bounded in time, and an interrupted run still says what it saw.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use squall_agent::engine::{self, AgentEvent};
+use squall_controller::scenario::{Overrides, Source, load_source};
+use squall_controller::segment::segment;
+
+/// Waits (bounded) until the broker counts `n` open connections.
+async fn connections(broker: &squall_broker::Broker, n: u64) {
+    for _ in 0..1000 {
+        if broker.stats().connections == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("not {n} connections after 10s: {:?}", broker.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_stops_all_load_when_its_controller_is_gone() {
+    let broker = support::broker(|_| {}).await;
+    let text = "[run]\nduration = \"1h\"\n[[group]]\nname = \"g\"\nclients = 50\n[group.publish]\ntopic = \"s/{i}\"\ninterval = \"10ms\"\n";
+    let ov = Overrides { targets: vec![support::url(&broker)], ..Default::default() };
+    let plan = load_source(&Source::new("s.toml", text), &ov).unwrap();
+    let a = segment(&plan, &plan.targets, &[1]).remove(0);
+    let mut h = engine::start(a).await.unwrap();
+    while let Some(ev) = h.events.recv().await {
+        if let AgentEvent::Ready { connected, .. } = ev {
+            assert_eq!(connected, 50);
+            break;
+        }
+    }
+    connections(&broker, 50).await;
+    // the controller goes away without a word
+    drop(h.commands);
+    connections(&broker, 0).await;
+    let s = broker.stats();
+    assert_eq!(s.disconnects_clean, 50, "the clients left with DISCONNECT: {s:?}");
+}
+
+#[test]
+fn a_run_is_bounded_by_max_duration_whatever_happens() {
+    // 20 clients at 2 connections/s cannot finish ramping in time
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("slow.toml");
+    std::fs::write(
+        &scenario,
+        "[run]\nduration = \"1s\"\ndrain = \"0s\"\nmax_duration = \"2s\"\n[[group]]\nname = \"slow\"\nclients = 20\nconnect_rate = 2\n",
+    )
+    .unwrap();
+    let report = dir.path().join("r.json");
+    let out = support::squall()
+        .args(["run", scenario.to_str().unwrap(), "--live", "off", "--report"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stdout));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["verdict"]["status"], "error");
+    assert!(r["verdict"]["reasons"][0].as_str().unwrap().contains("maximum duration"), "{}", r["verdict"]);
+    assert!(r["elapsed_s"].as_f64().unwrap() < 30.0, "stopped near its limit, not at the end of the ramp");
+}
+
+#[test]
+fn ctrl_c_ends_the_run_with_exit_130_and_a_partial_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("r.json");
+    let mut child = support::squall()
+        .args(["run", "scenarios/quickstart.toml", "--duration", "1h", "--live", "lines", "--report"])
+        .arg(&report)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // wait for the first live line: the run is under way
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let seen = lines.by_ref().map_while(Result::ok).any(|l| l.contains("connected 101/101"));
+    assert!(seen, "the live line shows every client connected");
+    unsafe { kill(child.id() as i32, 2) };
+    std::thread::spawn(move || for _ in lines {});
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["verdict"]["status"], "aborted");
+    assert_eq!(r["delivery"]["complete"], false, "the ledger is marked partial");
+    assert!(r["counters"]["published_qos1"].as_u64().unwrap() > 0, "what was seen is reported");
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
