@@ -84,24 +84,27 @@ async fn a_delayed_puback_is_measured_as_the_delay() {
     assert_eq!(holds.len() as u64, held.count, "every PUBACK was held, and measured");
     assert!(holds[0] as f64 >= truth, "the broker never released early: {}µs", holds[0]);
     assert!(held.min_us >= holds[0], "nothing is measured faster than the broker held it");
-    // The round trip varies from run to run on this shared 2-core machine (a baseline run's
-    // median is not the next run's): each check allows the baseline's own spread on top of the
-    // issue's 2 % + 50 µs. Both spreads are printed above.
-    let rtt = base.p50_us as f64;
+    // Each measured latency is the broker's hold of that message plus the transit both ways,
+    // so squall's percentiles can never be below the hold's (exact), and exceed it by no more
+    // than the loopback round trip measured without the fault (its median at p50; at p99, its
+    // p99.9 tail: scheduling hiccups on this shared 2-core machine), plus the 2 % + 50 µs.
     let tol = truth * 0.02 + 50.0;
-    let expected50 = hold50 as f64 + rtt;
-    let spread50 = (base.p90_us - base.p50_us) as f64;
+    assert!(held.p50_us >= hold50, "p50 {}µs is below the broker's own hold {hold50}µs", held.p50_us);
+    let top50 = hold50 as f64 + base.p50_us as f64 + tol;
     assert!(
-        (held.p50_us as f64 - expected50).abs() <= tol + spread50,
-        "p50 {}µs, expected {expected50}µs (held {hold50}µs + round trip {rtt}µs) within {tol}µs + {spread50}µs",
-        held.p50_us
+        held.p50_us as f64 <= top50,
+        "p50 {}µs: more than held {hold50}µs + round trip {}µs + {tol}µs",
+        held.p50_us,
+        base.p50_us
     );
-    let expected99 = hold99 as f64 + rtt;
-    let spread99 = (base.p999_us - base.p50_us) as f64;
+    assert!(held.p99_us >= hold99, "p99 {}µs is below the broker's own hold {hold99}µs", held.p99_us);
+    let hold995 = pct(&holds, 0.995);
+    let top99 = hold995 as f64 + base.p999_us as f64 + tol;
     assert!(
-        (held.p99_us as f64 - expected99).abs() <= tol + spread99,
-        "p99 {}µs, expected {expected99}µs (held {hold99}µs + round trip {rtt}µs) within {tol}µs + {spread99}µs",
-        held.p99_us
+        held.p99_us as f64 <= top99,
+        "p99 {}µs: more than held {hold995}µs (p99.5) + round trip tail {}µs + {tol}µs",
+        held.p99_us,
+        base.p999_us
     );
 }
 
