@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use ntex_bytes::{BufMut, BytePages, ByteString, Bytes, BytesMut};
+use ntex_bytes::{BufMut, BytePages, ByteString, BytesMut};
 use squall_agent::clock::Clock;
 use squall_agent::mqtt::codec::{ConnectSpec, IncomingPublish, Protocol, QoS, ServerLimits};
 use squall_agent::mqtt::inflight::Token;
@@ -303,9 +303,5 @@ impl Client {
     /// Closes the network connection without DISCONNECT (the broker must publish the will).
     pub fn abort(self) {
         drop(self.stream);
-    }
-
-    pub fn payload_of(m: &IncomingPublish) -> &Bytes {
-        &m.payload
     }
 }

@@ -262,10 +262,6 @@ impl ReceiverLedger {
         }
     }
 
-    pub fn streams_seen(&self) -> usize {
-        self.streams.len()
-    }
-
     /// Final accounting against the streams this receiver should have received, each with
     /// the QoS it is delivered at. Messages from streams not in `expected` count as phantom.
     pub fn finalize(&self, expected: &[(&StreamFinal, u8)]) -> LedgerTotals {
