@@ -29,7 +29,7 @@ async fn the_agent_stops_all_load_when_its_controller_is_gone() {
     let ov = Overrides { targets: vec![support::url(&broker)], ..Default::default() };
     let plan = load_source(&Source::new("s.toml", text), &ov).unwrap();
     let a = segment(&plan, &plan.targets, &[1]).remove(0);
-    let mut h = engine::start(a).await.unwrap();
+    let mut h = engine::start(a, squall_proto::clock::Clock::new()).await.unwrap();
     while let Some(ev) = h.events.recv().await {
         if let AgentEvent::Ready { connected, .. } = ev {
             assert_eq!(connected, 50);
@@ -69,6 +69,16 @@ fn a_run_is_bounded_by_max_duration_whatever_happens() {
 
 #[test]
 fn ctrl_c_ends_the_run_with_exit_130_and_a_partial_report() {
+    signal_ends_the_run_with_a_partial_report(2);
+}
+
+/// SIGTERM is what Kubernetes, systemd and docker send: the same as Ctrl-C, not a silent death.
+#[test]
+fn sigterm_ends_the_run_with_exit_130_and_a_partial_report() {
+    signal_ends_the_run_with_a_partial_report(15);
+}
+
+fn signal_ends_the_run_with_a_partial_report(signal: i32) {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("r.json");
     let mut child = support::squall()
@@ -82,7 +92,7 @@ fn ctrl_c_ends_the_run_with_exit_130_and_a_partial_report() {
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let seen = lines.by_ref().map_while(Result::ok).any(|l| l.contains("connected 101/101"));
     assert!(seen, "the live line shows every client connected");
-    unsafe { kill(child.id() as i32, 2) };
+    unsafe { kill(child.id() as i32, signal) };
     std::thread::spawn(move || for _ in lines {});
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));

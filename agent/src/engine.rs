@@ -16,61 +16,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::client::{Client, Countdown, GroupRuntime, Outcome, Phase, Shared};
-use crate::clock::Clock;
-use crate::metrics::{Collector, LedgerTotals, ReceiverLedger, Recorder, Snapshot, StreamFinal};
+use crate::metrics::{Collector, LedgerTotals, ReceiverLedger, Recorder, StreamFinal};
 use crate::mqtt::tls;
-use crate::mqtt::topic;
 use crate::mqtt::transport::Endpoint;
-use crate::plan::{Assignment, PlanError};
-
-/// What the controller tells an agent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Command {
-    /// Publish within `[start, until)` (ns since the Unix epoch, on every agent's clock).
-    Publish { start_unix_ns: u64, until_unix_ns: u64 },
-    /// Every stream's final count (from all agents), then drain and disconnect.
-    Finish { streams: Vec<StreamFinal>, drain_ms: u64 },
-    /// Stop all load now.
-    Abort,
-}
-
-/// What an agent tells its controller.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum AgentEvent {
-    Snapshot(Snapshot),
-    /// Every client made its first connection attempt.
-    Ready {
-        clients: u64,
-        connected: u64,
-    },
-    /// The publishing window is over; the final count of each of this agent's streams.
-    PublishDone {
-        streams: Vec<StreamFinal>,
-    },
-    /// The run is over on this agent (the last snapshot came before this).
-    Finished(AgentResult),
-    /// The agent could not go on.
-    Failed {
-        message: String,
-    },
-}
-
-/// The delivery accounting of one agent's receivers.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct AgentResult {
-    pub ledger: LedgerTotals,
-    /// By the subscribing group.
-    pub ledger_by_group: Vec<(String, LedgerTotals)>,
-    /// Receivers accounted (subscribing clients, or shared-subscription groups).
-    pub receivers: u64,
-    /// Subscribing clients that never had a filter granted (not accounted).
-    pub receivers_never_subscribed: u64,
-}
+use squall_proto::clock::Clock;
+pub use squall_proto::link::{AgentEvent, AgentResult, Command};
+use squall_proto::plan::{Assignment, PlanError};
+use squall_proto::topic;
 
 /// The controller's end of a running agent.
 pub struct AgentHandle {
@@ -90,7 +46,9 @@ pub enum StartError {
 
 /// Checks and prepares an assignment (TLS material, DNS) and starts it on the current tokio
 /// runtime. Errors here are the user's to fix; errors later are results of the run.
-pub async fn start(a: Assignment) -> Result<AgentHandle, StartError> {
+/// `clock` is the agent's own (the host's, or a test's skewed one); the engine reads it shifted
+/// by the assignment's clock offset, onto the controller's time base.
+pub async fn start(a: Assignment, clock: Clock) -> Result<AgentHandle, StartError> {
     a.validate()?;
     let needs_tls = a.targets.iter().any(|t| t.tls);
     let tls_config = if needs_tls { Some(tls::client_config(&a.tls)?) } else { None };
@@ -107,17 +65,18 @@ pub async fn start(a: Assignment) -> Result<AgentHandle, StartError> {
     }
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
     let (ev_tx, ev_rx) = mpsc::channel(1024);
-    tokio::spawn(run(a, endpoints, cmd_rx, ev_tx));
+    let clock = clock.shifted(a.clock_offset_ns.saturating_neg());
+    tokio::spawn(run(a, clock, endpoints, cmd_rx, ev_tx));
     Ok(AgentHandle { commands: cmd_tx, events: ev_rx })
 }
 
 async fn run(
     a: Assignment,
+    clock: Clock,
     endpoints: Vec<Endpoint>,
     mut cmds: mpsc::Receiver<Command>,
     events: mpsc::Sender<AgentEvent>,
 ) {
-    let clock = Clock::new();
     let start_ns = clock.now_ns();
     let rec = Arc::new(Recorder::for_this_machine());
     let (phase_tx, phase_rx) = watch::channel(Phase::Ramp);

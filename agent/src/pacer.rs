@@ -8,7 +8,7 @@
 //!
 //! Offsets stagger clients across one interval so that a group does not fire in lockstep.
 
-/// A per-client schedule. All times are ns on the engine [`Clock`](crate::clock::Clock).
+/// A per-client schedule. All times are ns on the engine [`Clock`](squall_proto::clock::Clock).
 #[derive(Debug, Clone)]
 pub struct Pacer {
     first_ns: u64,    // intended time of message 0: window start + stagger offset

@@ -19,7 +19,7 @@
 //! receive − intended (see the README's "Measurement" section).
 
 /// Bytes taken by the header; the smallest payload that can carry a measurement.
-pub const HEADER_LEN: usize = 36;
+pub use squall_proto::plan::HEADER_LEN;
 const MAGIC: [u8; 2] = *b"SQ";
 const VERSION: u8 = 1;
 

@@ -160,10 +160,10 @@ async fn drive(text: &str, port: u16, at_ready: impl FnOnce(Duration)) -> Aggreg
     let ov = Overrides { targets: vec![format!("mqtt://127.0.0.1:{port}")], ..Default::default() };
     let plan = load_source(&Source::new("bench.toml", text), &ov).expect("bench scenario");
     let a = segment(&plan, &plan.targets, &[1]).remove(0);
-    let clock = squall_agent::clock::Clock::new();
+    let clock = squall_proto::clock::Clock::new();
     let mut agg = Aggregate::new(clock.now_ns());
     let started = Instant::now();
-    let mut h = engine::start(a).await.unwrap();
+    let mut h = engine::start(a, squall_proto::clock::Clock::new()).await.unwrap();
     let mut at_ready = Some(at_ready);
     while let Some(ev) = h.events.recv().await {
         match ev {

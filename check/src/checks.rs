@@ -7,7 +7,7 @@ use ntex_bytes::ByteString;
 use squall_agent::mqtt::codec::{
     ConnectSpec, Protocol, QoS, Will, connack_meaning, qos_from_u8, reason_meaning,
 };
-use squall_agent::mqtt::tls::{self, TlsSettings};
+use squall_agent::mqtt::tls::{self, TlsMaterial};
 use squall_agent::mqtt::transport::{self, ConnectFailure, Endpoint};
 
 use crate::client::{Client, ClientError, ConnAck};
@@ -312,8 +312,9 @@ type TlsCfg = (std::sync::Arc<rustls::ClientConfig>, rustls::pki_types::ServerNa
 
 async fn tls_check(r: &mut Runner, addr: std::net::SocketAddr) -> Option<TlsCfg> {
     let t = Instant::now();
-    let cfg = match tls::client_config(&r.o.tls) {
-        Ok(c) => c,
+    let built = r.o.tls.read().map_err(tls::TlsError::from).and_then(|m| Ok((tls::client_config(&m)?, m)));
+    let (cfg, material) = match built {
+        Ok(built) => built,
         Err(e) => {
             r.push(
                 "tls",
@@ -327,7 +328,7 @@ async fn tls_check(r: &mut Runner, addr: std::net::SocketAddr) -> Option<TlsCfg>
             return None;
         }
     };
-    let name = match tls::server_name(&r.o.tls, &r.o.url.host) {
+    let name = match tls::server_name(&material, &r.o.url.host) {
         Ok(n) => n,
         Err(e) => {
             r.push("tls", None, Status::Fail, t.elapsed(), e.to_string(), None, None);
@@ -404,7 +405,7 @@ async fn tls_check(r: &mut Runner, addr: std::net::SocketAddr) -> Option<TlsCfg>
             };
             // describe the certificate anyway, without trusting it
             let mut data = serde_json::json!({ "error": msg });
-            let insecure = TlsSettings { insecure: true, ..r.o.tls.clone() };
+            let insecure = TlsMaterial { insecure: true, ..material.clone() };
             if let Ok(c) = tls::client_config(&insecure) {
                 let ep = Endpoint {
                     url: r.o.url.clone(),

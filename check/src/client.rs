@@ -6,11 +6,11 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use ntex_bytes::{BufMut, BytePages, ByteString, BytesMut};
-use squall_agent::clock::Clock;
 use squall_agent::mqtt::codec::{ConnectSpec, IncomingPublish, Protocol, QoS, ServerLimits};
 use squall_agent::mqtt::inflight::Token;
 use squall_agent::mqtt::state::{Connection, Event, Fault, Options};
 use squall_agent::mqtt::transport::{self, ConnectFailure, Endpoint, Stream};
+use squall_proto::clock::Clock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -18,7 +18,7 @@ pub mod report;
 use std::time::Duration;
 
 use squall_agent::mqtt::codec::Protocol;
-use squall_agent::mqtt::tls::TlsSettings;
+use squall_agent::mqtt::tls::TlsFiles;
 use squall_agent::mqtt::transport::TargetUrl;
 
 pub use checks::run;
@@ -39,7 +39,7 @@ pub enum Anonymous {
 pub struct CheckOptions {
     pub url: TargetUrl,
     /// TLS settings; TLS is used for `mqtts://` URLs or when `force_tls` is set.
-    pub tls: TlsSettings,
+    pub tls: TlsFiles,
     pub force_tls: bool,
     pub username: Option<String>,
     pub password: Option<String>,

@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use squall_agent::metrics::{Counters, Hists, Latency, LoadError, Metric, Snapshot, Timing};
+use squall_proto::metrics::{Counters, Hists, Latency, LoadError, Metric, Snapshot, Timing};
+
+use crate::report::{AgentReport, AgentStatus};
 
 /// One row of the timeline: one snapshot interval, all agents.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
@@ -51,6 +53,8 @@ pub struct Aggregate {
     next_seq: HashMap<u32, u64>,
     /// Snapshots that never arrived (gaps in an agent's sequence).
     pub missing_snapshots: u64,
+    /// Per agent (by index): its own counters and error count.
+    per_agent: BTreeMap<u32, (Counters, u64)>,
     live_counters: Counters,
     live_errors: u64,
     live_e2e: Latency,
@@ -72,6 +76,7 @@ impl Aggregate {
             connected: HashMap::new(),
             next_seq: HashMap::new(),
             missing_snapshots: 0,
+            per_agent: BTreeMap::new(),
             live_counters: Counters::default(),
             live_errors: 0,
             live_e2e: Latency::new(),
@@ -95,6 +100,9 @@ impl Aggregate {
             n_errors += e.count;
         }
         self.live_errors += n_errors;
+        let mine = self.per_agent.entry(s.agent).or_default();
+        mine.0.add(&s.counters);
+        mine.1 += n_errors;
         let pending = self
             .pending
             .entry(s.seq)
@@ -151,6 +159,24 @@ impl Aggregate {
         self.errors.values().sum()
     }
 
+    /// What agent `index` did, from its own snapshots (the clock and status are the caller's).
+    pub fn agent_report(&self, index: u32, name: String, clients: u64) -> AgentReport {
+        let (c, errors) = self.per_agent.get(&index).cloned().unwrap_or_default();
+        AgentReport {
+            name,
+            index,
+            clients,
+            status: AgentStatus::Finished,
+            connected: self.connected.get(&index).copied().unwrap_or(0),
+            connects: c.connects,
+            published: c.published(),
+            received: c.received(),
+            errors,
+            snapshots: self.next_seq.get(&index).copied().unwrap_or(0),
+            clock: None,
+        }
+    }
+
     /// The live window since the last call.
     pub fn take_live(&mut self, now_ns: u64, clients: u64) -> LiveView {
         let window_s = (now_ns.saturating_sub(self.live_since_ns) as f64 / 1e9).max(1e-9);
@@ -176,7 +202,7 @@ impl Aggregate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use squall_agent::metrics::{ErrorCount, HistogramBytes};
+    use squall_proto::metrics::{ErrorCount, HistogramBytes};
 
     fn snap(agent: u32, seq: u64, published: u64, e2e_us: &[u64]) -> Snapshot {
         let mut l = Latency::new();

@@ -1,25 +1,46 @@
-//! Drives a run: starts the agents, waits until every client has made its first attempt
-//! (a barrier across agents), opens the publishing window, gathers every stream's final count,
-//! has the agents settle their ledgers, and builds the report.
+//! Drives a run: hands each agent its assignment, waits until every client has made its first
+//! attempt (a barrier across agents), opens the publishing window, gathers every stream's final
+//! count, has the agents settle their ledgers, and builds the report.
 //!
-//! Agents are reached only through [`Command`]s and [`AgentEvent`]s. `squall run` uses one
-//! in-process agent; a distributed run uses the same loop with remote agents behind the same
-//! two message types.
+//! Agents are reached only through [`AgentLink`]s: [`Command`]s down, [`AgentEvent`]s up. Where
+//! the links come from is the caller's ([`Agents`]): one engine in the same process for
+//! `squall run`, agents attached over gRPC for `squall controller` (see [`crate::link`]). The
+//! loop below is the same for both.
 
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
-use squall_agent::clock::Clock;
-use squall_agent::engine::{self, AgentEvent, AgentResult, Command, StartError};
-use squall_agent::metrics::StreamFinal;
-use squall_agent::mqtt::transport::TargetUrl;
-use tokio::sync::mpsc;
+use squall_proto::clock::Clock;
+use squall_proto::link::{AgentEvent, AgentResult, Command};
+use squall_proto::metrics::StreamFinal;
+use squall_proto::plan::Assignment;
+use squall_proto::target::TargetUrl;
+use tokio::sync::{mpsc, watch};
 
 use crate::aggregate::Aggregate;
+use crate::clock_offset::ClockEstimate;
 use crate::report::live::{self, LiveMode};
-use crate::report::{self, Inputs, Report, Status};
+use crate::report::{self, AgentStatus, Inputs, Report, Status};
 use crate::scenario::Plan;
 use crate::segment::segment;
+
+/// One agent as the coordinator sees it.
+pub struct AgentLink {
+    pub name: String,
+    pub commands: mpsc::Sender<Command>,
+    /// Closes when the agent is gone (its process ended, or its link was lost).
+    pub events: mpsc::Receiver<AgentEvent>,
+    /// The agent's clock against the controller's, for remote agents.
+    pub clock: Option<watch::Receiver<ClockEstimate>>,
+}
+
+/// Where a run's agents come from.
+pub trait Agents {
+    /// Each agent's weight (its share of every group), in agent order; at least one.
+    fn weights(&self) -> Vec<u32>;
+    /// Gives each agent its assignment; their links in the same order, or why the run cannot start.
+    fn start(self, assignments: Vec<Assignment>) -> impl Future<Output = Result<Vec<AgentLink>, StartError>>;
+}
 
 /// What a run needs beyond its plan.
 pub struct RunSetup {
@@ -30,36 +51,66 @@ pub struct RunSetup {
     pub live: LiveMode,
 }
 
+/// Why a run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The assignment cannot be run as written (TLS material, a plan an agent rejects): the
+    /// user's to fix (exit code 2).
+    #[error("{0}")]
+    Invalid(String),
+    /// An agent could not take its assignment (a refusal, a target that does not resolve, a
+    /// lost agent) (exit code 3).
+    #[error("{0}")]
+    Runtime(String),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
     Start(#[from] StartError),
 }
 
-/// Runs the plan to the end (or until `interrupt` completes) and returns the report.
-pub async fn run(setup: RunSetup, interrupt: impl Future<Output = ()>) -> Result<Report, RunError> {
+enum Incoming {
+    Event(usize, AgentEvent),
+    /// The agent's event channel closed.
+    Gone(usize),
+}
+
+/// Runs the plan on `agents` to the end (or until `interrupt` completes) and returns the report.
+pub async fn run(
+    setup: RunSetup,
+    agents: impl Agents,
+    interrupt: impl Future<Output = ()>,
+) -> Result<Report, RunError> {
     let RunSetup { plan, targets, embedded_broker, live: live_mode } = setup;
     let started_at = SystemTime::now();
     let clock = Clock::new();
     let start_ns = clock.now_ns();
-    let assignments = segment(&plan, &targets, &[1]);
-    let n_agents = assignments.len();
+    let assignments = segment(&plan, &targets, &agents.weights());
+    let agent_clients: Vec<u64> = assignments.iter().map(|a| a.clients()).collect();
+    let links = agents.start(assignments).await?;
+    let n_agents = links.len();
 
-    let (tx, mut rx) = mpsc::channel::<(usize, AgentEvent)>(1024);
+    let (tx, mut rx) = mpsc::channel::<Incoming>(1024);
     let mut commands = Vec::new();
-    for (i, a) in assignments.into_iter().enumerate() {
-        let mut handle = engine::start(a).await?;
-        commands.push(handle.commands);
+    let mut agent_info = Vec::new();
+    for (i, link) in links.into_iter().enumerate() {
+        let AgentLink { name, commands: cmd, mut events, clock } = link;
+        commands.push(cmd);
+        agent_info.push((name, clock));
         let tx = tx.clone();
         tokio::spawn(async move {
-            while let Some(ev) = handle.events.recv().await {
-                if tx.send((i, ev)).await.is_err() {
-                    break;
+            while let Some(ev) = events.recv().await {
+                if tx.send(Incoming::Event(i, ev)).await.is_err() {
+                    return;
                 }
             }
+            let _ = tx.send(Incoming::Gone(i)).await;
         });
     }
     drop(tx);
+    // per agent: what it ended as
+    let mut status: Vec<Option<AgentStatus>> = vec![None; n_agents];
 
     let clients = plan.clients();
     let mut agg = Aggregate::new(start_ns);
@@ -93,7 +144,16 @@ pub async fn run(setup: RunSetup, interrupt: impl Future<Output = ()>) -> Result
         tokio::select! {
             ev = rx.recv() => match ev {
                 None => break Some((Status::Error, "the agents stopped before the run finished".into())),
-                Some((i, AgentEvent::Snapshot(s))) => {
+                Some(Incoming::Gone(i)) => {
+                    if status[i].is_none() {
+                        status[i] = Some(AgentStatus::Lost);
+                        break Some((Status::Error, format!(
+                            "agent {} was lost mid-run: its data up to its last snapshot is in the report, the rest is missing",
+                            agent_info[i].0
+                        )));
+                    }
+                }
+                Some(Incoming::Event(i, AgentEvent::Snapshot(s))) => {
                     if let Err(e) = agg.apply(&s) {
                         break Some((Status::Error, format!("agent {} sent a broken snapshot: {e}", s.agent)));
                     }
@@ -104,13 +164,13 @@ pub async fn run(setup: RunSetup, interrupt: impl Future<Output = ()>) -> Result
                         live::show(live_mode, &agg.take_live(clock.now_ns(), clients));
                     }
                 }
-                Some((_, AgentEvent::Ready { .. })) => {
+                Some(Incoming::Event(_, AgentEvent::Ready { .. })) => {
                     ready += 1;
                     if ready == n_agents && window.is_none() {
                         open_window(&mut window, &commands);
                     }
                 }
-                Some((_, AgentEvent::PublishDone { streams: s })) => {
+                Some(Incoming::Event(_, AgentEvent::PublishDone { streams: s })) => {
                     streams.extend(s);
                     done_publishing += 1;
                     if done_publishing == n_agents {
@@ -118,14 +178,18 @@ pub async fn run(setup: RunSetup, interrupt: impl Future<Output = ()>) -> Result
                         broadcast(&commands, c);
                     }
                 }
-                Some((_, AgentEvent::Finished(r))) => {
+                Some(Incoming::Event(i, AgentEvent::Finished(r))) => {
+                    status[i] = Some(AgentStatus::Finished);
                     results.push(r);
                     finished += 1;
                     if finished == n_agents {
                         break None;
                     }
                 }
-                Some((i, AgentEvent::Failed { message })) => break Some((Status::Error, format!("agent {i}: {message}"))),
+                Some(Incoming::Event(i, AgentEvent::Failed { message })) => {
+                    status[i] = Some(AgentStatus::Failed);
+                    break Some((Status::Error, format!("agent {}: {message}", agent_info[i].0)));
+                }
             },
             _ = tokio::time::sleep_until(ramp_deadline), if window.is_none() => {
                 let msg = format!(
@@ -148,9 +212,13 @@ pub async fn run(setup: RunSetup, interrupt: impl Future<Output = ()>) -> Result
         broadcast(&commands, Command::Abort);
         drop(commands);
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some((_, ev)) = rx.recv().await {
-                if let AgentEvent::Snapshot(s) = ev {
-                    let _ = agg.apply(&s);
+            while let Some(inc) = rx.recv().await {
+                match inc {
+                    Incoming::Event(_, AgentEvent::Snapshot(s)) => {
+                        let _ = agg.apply(&s);
+                    }
+                    Incoming::Gone(i) if status[i].is_none() => status[i] = Some(AgentStatus::Aborted),
+                    _ => {}
                 }
             }
         })
@@ -212,6 +280,18 @@ pub async fn run(setup: RunSetup, interrupt: impl Future<Output = ()>) -> Result
         targets: targets.iter().map(|t| t.to_string()).collect(),
         embedded_broker,
         agents: n_agents as u32,
+        per_agent: agent_info
+            .iter()
+            .zip(&status)
+            .zip(&agent_clients)
+            .enumerate()
+            .map(|(i, (((name, clock), st), clients))| {
+                let mut r = agg.agent_report(i as u32, name.clone(), *clients);
+                r.status = st.unwrap_or(AgentStatus::Aborted);
+                r.clock = clock.as_ref().map(|c| c.borrow().clone().into());
+                r
+            })
+            .collect(),
         started_at,
         elapsed_s: now.saturating_sub(start_ns) as f64 / 1e9,
         publish_window_s,

@@ -4,16 +4,21 @@
 //! - [`scenario`]: the TOML format, errors with file:line:column, resolution (defaults, CLI
 //!   overrides, validation) into one [`Plan`](scenario::Plan).
 //! - [`thresholds`]: pass/fail rules, parsed and checked when the scenario loads.
-//! - [`segment`]: a plan split into one [`Assignment`](squall_agent::plan::Assignment) per agent.
+//! - [`segment`]: a plan split into one [`Assignment`](squall_proto::plan::Assignment) per agent.
 //! - [`coordinator`]: runs the phases across agents (barrier, publishing window, drain,
-//!   ledger settlement) over plain commands and events.
+//!   ledger settlement) over [`AgentLink`](coordinator::AgentLink)s: plain commands and events.
+//! - [`link`]: the controller's side of the gRPC link: the agent endpoint, the handshake, the
+//!   lobby where agents wait, and remote agents as the coordinator's links.
+//! - [`clock_offset`]: each remote agent's clock offset from ping-pong exchanges.
 //! - [`aggregate`]: merges snapshots: totals, the timeline, the live window.
 //! - [`report`]: the report model and its JSON Schema, the text summary, the live line.
 //! - [`init`]: the commented example scenario `squall init` prints, and the scenario schema.
 
 pub mod aggregate;
+pub mod clock_offset;
 pub mod coordinator;
 pub mod init;
+pub mod link;
 pub mod report;
 pub mod scenario;
 pub mod segment;

@@ -1,16 +1,12 @@
 //! Splitting a plan among agents: each agent gets a contiguous share of every group, sized by
 //! its weight (its capacity). A local run is the one-agent case: segment 0 of 1, the same code.
 
-use squall_agent::plan::{Assignment, GroupAssignment};
+use squall_proto::plan::{Assignment, GroupAssignment};
 
 use crate::scenario::Plan;
 
 /// One [`Assignment`] per agent; `weights[i]` is agent `i`'s share (e.g. its core count).
-pub fn segment(
-    plan: &Plan,
-    targets: &[squall_agent::mqtt::transport::TargetUrl],
-    weights: &[u32],
-) -> Vec<Assignment> {
+pub fn segment(plan: &Plan, targets: &[squall_proto::target::TargetUrl], weights: &[u32]) -> Vec<Assignment> {
     let total_w: u64 = weights.iter().map(|w| *w as u64).sum::<u64>().max(1);
     let mut out: Vec<Assignment> = weights
         .iter()
@@ -25,6 +21,8 @@ pub fn segment(
             snapshot_interval_ms: plan.snapshot_interval.as_millis().max(1) as u64,
             max_connecting: plan.max_connecting,
             max_duration_ms: plan.max_duration.as_millis().max(1) as u64,
+            // set by the link, which knows the agent's clock
+            clock_offset_ns: 0,
         })
         .collect();
     let mut stream_base = 0u32;

@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use squall_agent::metrics::{Counters, Metric, Timing};
+use squall_proto::metrics::{Counters, Metric, Timing};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Stat {

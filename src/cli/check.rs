@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use squall_agent::mqtt::codec::Protocol;
-use squall_agent::mqtt::tls::TlsSettings;
+use squall_agent::mqtt::tls::TlsFiles;
 use squall_agent::mqtt::transport::TargetUrl;
 use squall_check::{Anonymous, CHECKS, CheckOptions, report};
 
@@ -128,7 +128,7 @@ pub fn run(a: CheckArgs) -> u8 {
     }
     let o = CheckOptions {
         url,
-        tls: TlsSettings {
+        tls: TlsFiles {
             ca_file: a.ca,
             cert_file: a.cert,
             key_file: a.key,

@@ -1,8 +1,8 @@
 //! The embedded broker for runs that name no target.
 
-use squall_agent::mqtt::transport::TargetUrl;
 use squall_broker::{Broker, BrokerConfig};
 use squall_controller::scenario::Plan;
+use squall_proto::target::TargetUrl;
 
 /// Starts the embedded broker on a free loopback port, sized for the plan.
 pub async fn start(plan: &Plan) -> Result<(TargetUrl, Broker), String> {

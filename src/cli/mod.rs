@@ -1,7 +1,11 @@
-//! Subcommands, one file each: `run`, `init`, `check`, `broker`.
+//! Subcommands, one file each: `run`, `controller`, `agent`, `init`, `check`, `broker`;
+//! `agents.rs` composes where a run's agents come from.
 
+pub mod agent;
+pub mod agents;
 pub mod broker;
 pub mod check;
+pub mod controller;
 pub mod embedded;
 pub mod exit;
 pub mod init;
@@ -27,6 +31,10 @@ pub struct Cli {
 pub enum Command {
     /// Run a scenario: connect its clients, publish and subscribe, report latency and delivery.
     Run(run::RunArgs),
+    /// Run a scenario on agents that dial in over gRPC (`squall agent`), and merge their results.
+    Controller(controller::ControllerArgs),
+    /// Serve a controller: dial it, run the share of a scenario it assigns, stop when it is gone.
+    Agent(agent::AgentArgs),
     /// Print a commented example scenario (or a JSON Schema).
     Init(init::InitArgs),
     /// Check a broker, step by step (TCP, TLS, CONNECT, auth, publish, subscribe, latency,
@@ -54,6 +62,8 @@ pub fn main(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> Exit
 pub fn dispatch(cli: Cli) -> u8 {
     match cli.command {
         Command::Run(a) => run::run(a),
+        Command::Controller(a) => controller::run(a),
+        Command::Agent(a) => agent::run(a),
         Command::Init(a) => init::run(a),
         Command::Broker(a) => broker::run(a),
         Command::Check(a) => check::run(a),

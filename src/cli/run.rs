@@ -1,18 +1,31 @@
-//! `squall run SCENARIO`: the load engine, with an in-process agent.
+//! `squall run SCENARIO`: the controller with one in-process agent, or with `--local-agents N`
+//! agent processes on this host over loopback gRPC. The flags shared with `squall controller`
+//! are [`ScenarioArgs`].
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use squall_controller::coordinator::{self, RunError, RunSetup};
+use squall_controller::coordinator::{self, Agents, RunError, RunSetup, StartError};
 use squall_controller::report::live::LiveMode;
-use squall_controller::report::{self, Status};
-use squall_controller::scenario::{self, LoadError, Overrides};
+use squall_controller::report::{self, Report, Status};
+use squall_controller::scenario::{self, LoadError, Overrides, Plan};
 
-use super::exit;
+use super::{agents, exit};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    #[command(flatten)]
+    pub scenario: ScenarioArgs,
+    /// Run N agent processes on this host (over loopback gRPC) instead of one in-process agent:
+    /// the way past one process's file descriptors, and onto every core.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub local_agents: Option<u32>,
+}
+
+/// What a scenario run takes, for `squall run` and `squall controller` alike.
+#[derive(Debug, Args)]
+pub struct ScenarioArgs {
     /// The scenario file (TOML). `squall init > my.toml` writes a commented one.
     pub scenario: PathBuf,
     /// Broker URL (repeatable); replaces the scenario's targets. mqtt://host:port or mqtts://…
@@ -54,7 +67,7 @@ pub enum Live {
     Off,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|_| format!("`{s}` is not a duration; write e.g. 30s, 500ms, 10m"))
 }
 
@@ -67,27 +80,32 @@ fn parse_clients(s: &str) -> Result<(String, u32), String> {
     Ok((g.to_string(), n))
 }
 
-pub fn run(a: RunArgs) -> u8 {
-    let overrides = Overrides {
-        targets: a.targets.clone(),
-        duration: a.duration,
-        drain: a.drain,
-        max_duration: a.max_duration,
-        thresholds: a.thresholds.clone(),
-        clients: a.clients.clone(),
-    };
-    let plan = match scenario::load(&a.scenario, &overrides) {
-        Ok(p) => p,
-        Err(LoadError::Read { path, source }) => {
-            eprintln!("error: cannot read scenario {path}: {source}");
-            return exit::INVALID;
+impl ScenarioArgs {
+    /// Loads and resolves the scenario; on error prints it and gives the exit code.
+    pub fn load(&self) -> Result<Plan, u8> {
+        let overrides = Overrides {
+            targets: self.targets.clone(),
+            duration: self.duration,
+            drain: self.drain,
+            max_duration: self.max_duration,
+            thresholds: self.thresholds.clone(),
+            clients: self.clients.clone(),
+        };
+        match scenario::load(&self.scenario, &overrides) {
+            Ok(p) => Ok(p),
+            Err(LoadError::Read { path, source }) => {
+                eprintln!("error: cannot read scenario {path}: {source}");
+                Err(exit::INVALID)
+            }
+            Err(LoadError::Invalid(d)) => {
+                eprint!("{d}");
+                Err(exit::INVALID)
+            }
         }
-        Err(LoadError::Invalid(d)) => {
-            eprint!("{d}");
-            return exit::INVALID;
-        }
-    };
-    if a.check {
+    }
+
+    /// `--check`: prints the resolved plan.
+    pub fn print_plan(plan: &Plan) {
         println!(
             "{}: {} group(s), {} clients, publish for {}, targets: {}",
             plan.name,
@@ -100,6 +118,74 @@ pub fn run(a: RunArgs) -> u8 {
                 plan.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
             }
         );
+    }
+
+    pub fn live_mode(&self) -> LiveMode {
+        match self.live {
+            // quiet means quiet: no live line either unless asked for
+            Live::Auto if self.quiet => LiveMode::Off,
+            Live::Auto => LiveMode::detect(),
+            Live::Lines => LiveMode::Lines,
+            Live::Off => LiveMode::Off,
+        }
+    }
+
+    /// Prints and writes the report; the exit code of its verdict.
+    pub fn finish(&self, report: &Report) -> u8 {
+        if !self.quiet {
+            print!("{}", report::text::render(report));
+        }
+        if let Some(path) = &self.report {
+            let json = serde_json::to_string_pretty(report).expect("a report serializes");
+            if let Err(e) = std::fs::write(path, json + "\n") {
+                eprintln!("error: cannot write the report to {}: {e}", path.display());
+                return exit::RUNTIME;
+            }
+        }
+        match report.verdict.status {
+            Status::Pass => exit::PASS,
+            Status::Fail => exit::FAIL,
+            Status::Aborted => exit::INTERRUPTED,
+            Status::Error => exit::RUNTIME,
+        }
+    }
+}
+
+/// The exit code of a run that could not start.
+pub fn start_failed(e: RunError) -> u8 {
+    let RunError::Start(e) = e;
+    eprintln!("error: {e}");
+    match e {
+        StartError::Invalid(_) => exit::INVALID,
+        StartError::Runtime(_) => exit::RUNTIME,
+    }
+}
+
+/// Ctrl-C or SIGTERM (what Kubernetes, systemd and docker send): the run stops, the report of
+/// what ran is written.
+pub async fn interrupted() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+pub fn run(a: RunArgs) -> u8 {
+    let plan = match a.scenario.load() {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    if a.scenario.check {
+        ScenarioArgs::print_plan(&plan);
         return exit::PASS;
     }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -112,18 +198,9 @@ pub fn run(a: RunArgs) -> u8 {
     rt.block_on(run_async(a, plan))
 }
 
-async fn run_async(a: RunArgs, plan: squall_controller::scenario::Plan) -> u8 {
-    let live = match a.live {
-        Live::Auto => LiveMode::detect(),
-        Live::Lines => LiveMode::Lines,
-        Live::Off => LiveMode::Off,
-    };
-    if a.quiet && a.live == Live::Auto {
-        // quiet means quiet: no live line either unless asked for
-    }
-    let live = if a.quiet && a.live == Live::Auto { LiveMode::Off } else { live };
+async fn run_async(a: RunArgs, plan: Plan) -> u8 {
     let embedded = plan.targets.is_empty();
-    let (targets, _broker) = if embedded {
+    let (targets, broker) = if embedded {
         match super::embedded::start(&plan).await {
             Ok((url, broker)) => {
                 eprintln!("no target in the scenario: running against the embedded broker at {url}");
@@ -137,37 +214,39 @@ async fn run_async(a: RunArgs, plan: squall_controller::scenario::Plan) -> u8 {
     } else {
         (plan.targets.clone(), None)
     };
-    let setup = RunSetup { plan, targets, embedded_broker: embedded, live };
-    let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let mut report = match coordinator::run(setup, interrupt).await {
-        Ok(r) => r,
-        Err(RunError::Start(e)) => {
-            eprintln!("error: {e}");
-            return match e {
-                squall_agent::engine::StartError::Resolve { .. } => exit::RUNTIME,
-                _ => exit::INVALID,
+    let setup = RunSetup { plan, targets, embedded_broker: embedded, live: a.scenario.live_mode() };
+    let result = match a.local_agents {
+        None => coordinator::run(setup, agents::InProcess, interrupted()).await,
+        Some(n) => {
+            let mut local = match agents::LocalProcesses::start(n).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return exit::RUNTIME;
+                }
             };
+            let remote = match local.gather(&setup.plan).await {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return exit::RUNTIME;
+                }
+            };
+            let r = run_remote(setup, remote).await;
+            local.stop().await;
+            r
         }
     };
-    if let Some(b) = &_broker {
+    let mut report = match result {
+        Ok(r) => r,
+        Err(e) => return start_failed(e),
+    };
+    if let Some(b) = &broker {
         report.broker = Some(super::embedded::counters(&b.stats()));
     }
-    if !a.quiet {
-        print!("{}", report::text::render(&report));
-    }
-    if let Some(path) = &a.report {
-        let json = serde_json::to_string_pretty(&report).expect("a report serializes");
-        if let Err(e) = std::fs::write(path, json + "\n") {
-            eprintln!("error: cannot write the report to {}: {e}", path.display());
-            return exit::RUNTIME;
-        }
-    }
-    match report.verdict.status {
-        Status::Pass => exit::PASS,
-        Status::Fail => exit::FAIL,
-        Status::Aborted => exit::INTERRUPTED,
-        Status::Error => exit::RUNTIME,
-    }
+    a.scenario.finish(&report)
+}
+
+async fn run_remote(setup: RunSetup, agents: impl Agents) -> Result<Report, RunError> {
+    coordinator::run(setup, agents, interrupted()).await
 }

@@ -23,7 +23,9 @@ pub fn plan(text: &str, target: &str, dir: &std::path::Path) -> Plan {
 pub async fn run(plan: Plan) -> Report {
     let targets = plan.targets.clone();
     let setup = RunSetup { plan, targets, embedded_broker: false, live: LiveMode::Off };
-    coordinator::run(setup, std::future::pending()).await.expect("the run starts")
+    coordinator::run(setup, squall::cli::agents::InProcess, std::future::pending())
+        .await
+        .expect("the run starts")
 }
 
 /// The built `squall` binary.

@@ -24,7 +24,6 @@ use governor::{Quota, RateLimiter};
 use ntex_bytes::{BufMut, BytePages, ByteString, Bytes, BytesMut};
 use tokio::sync::{Notify, watch};
 
-use crate::clock::Clock;
 use crate::metrics::ledger::Seen;
 use crate::metrics::{LoadError, Metric, ReceiverLedger, Recorder, Shard, Timing};
 use crate::mqtt::codec::{ConnectSpec, QoS, Will, qos_from_u8};
@@ -33,10 +32,11 @@ use crate::mqtt::state::{Connection, Event, Fault, Options};
 use crate::mqtt::transport::{self, ConnectFailure, Endpoint, Stream};
 use crate::pacer::{Pacer, Rate};
 use crate::payload::{HEADER_LEN, Header};
-use crate::plan::{GroupAssignment, PayloadSpec, RateSpec};
-use crate::template::{Template, Vars};
 use backoff::Backoff;
 use io::{IoEvent, poll_io};
+use squall_proto::clock::Clock;
+use squall_proto::plan::{GroupAssignment, PayloadSpec, RateSpec};
+use squall_proto::template::{Template, Vars};
 
 /// The largest packet a client accepts from a broker: a broken or hostile broker cannot make
 /// a client buffer more than this.

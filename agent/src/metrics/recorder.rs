@@ -8,88 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use super::counters::Counters;
-use super::errors::{ErrorCount, LoadError};
-use super::histogram::Latency;
-use super::snapshot::{HistogramBytes, Snapshot};
-use super::{Metric, Timing};
-
-const SLOTS: usize = Metric::ALL.len() * 2;
-
-/// One histogram per (metric, raw/corrected), each allocated when first recorded into: a
-/// histogram is ~190 KB, and most runs use a few of the twelve.
-#[derive(Clone, Debug)]
-pub struct Hists {
-    h: Vec<Option<Latency>>,
-}
-
-fn empty() -> &'static Latency {
-    static EMPTY: std::sync::OnceLock<Latency> = std::sync::OnceLock::new();
-    EMPTY.get_or_init(Latency::new)
-}
-
-impl Hists {
-    pub fn new() -> Hists {
-        Hists { h: vec![None; SLOTS] }
-    }
-
-    fn slot(m: Metric, t: Timing) -> usize {
-        m as usize * 2 + t as usize
-    }
-
-    #[inline]
-    pub fn record(&mut self, m: Metric, t: Timing, ns: u64) {
-        self.get_mut(m, t).record_ns(ns);
-    }
-
-    /// The histogram of (m, t); an empty one if nothing was recorded.
-    pub fn get(&self, m: Metric, t: Timing) -> &Latency {
-        self.h[Self::slot(m, t)].as_ref().unwrap_or_else(|| empty())
-    }
-
-    pub fn get_mut(&mut self, m: Metric, t: Timing) -> &mut Latency {
-        self.h[Self::slot(m, t)].get_or_insert_with(Latency::new)
-    }
-
-    pub fn add(&mut self, o: &Hists) {
-        for (a, b) in self.h.iter_mut().zip(&o.h) {
-            if let Some(b) = b
-                && !b.is_empty()
-            {
-                a.get_or_insert_with(Latency::new).add(b);
-            }
-        }
-    }
-
-    /// Empties every histogram, keeping its memory for the next interval.
-    pub fn reset(&mut self) {
-        for h in self.h.iter_mut().flatten() {
-            if !h.is_empty() {
-                h.reset();
-            }
-        }
-    }
-
-    /// Every non-empty histogram, as V2 bytes.
-    pub fn encode(&self) -> Vec<HistogramBytes> {
-        let mut out = Vec::new();
-        for m in Metric::ALL {
-            for t in [Timing::Raw, Timing::Corrected] {
-                let h = self.get(m, t);
-                if !h.is_empty() {
-                    out.push(HistogramBytes { metric: m, timing: t, v2: h.to_v2(), clamped: h.clamped });
-                }
-            }
-        }
-        out
-    }
-}
-
-impl Default for Hists {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+#[cfg(test)]
+use squall_proto::metrics::Latency;
+use squall_proto::metrics::{Counters, ErrorCount, Hists, LoadError, Metric, Snapshot, Timing};
 
 /// What one shard gathered since the last collection.
 #[derive(Debug, Default)]

@@ -11,7 +11,6 @@ pub mod codec;
 pub mod inflight;
 pub mod state;
 pub mod tls;
-pub mod topic;
 pub mod transport;
 
 pub use codec::{ConnectSpec, Protocol, QoS, ServerLimits, Will};

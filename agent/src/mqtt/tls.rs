@@ -1,37 +1,23 @@
-//! TLS client configuration (rustls, ring provider): CA file or the system roots, a client
-//! certificate and key for mutual TLS, and an explicit insecure mode for lab brokers.
+//! TLS client configuration (rustls, ring provider) from the assignment's [`TlsMaterial`]: CA
+//! certificates or the system roots, a client certificate and key for mutual TLS, and an
+//! explicit insecure mode for lab brokers.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-
-/// What a scenario or the command line says about TLS.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct TlsSettings {
-    /// PEM file of CA certificates to trust; the system roots when absent.
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate (chain) for mutual TLS.
-    pub cert_file: Option<PathBuf>,
-    /// PEM private key of the client certificate.
-    pub key_file: Option<PathBuf>,
-    /// Name to verify the broker's certificate against (and send as SNI); the URL's host when absent.
-    pub server_name: Option<String>,
-    /// Accept any certificate. For lab brokers only; reports say so.
-    pub insecure: bool,
-}
+pub use squall_proto::tls::{TlsFiles, TlsMaterial};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path} holds no PEM certificate")]
-    NoCertificate { path: PathBuf },
-    #[error("{path} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
-    NoKey { path: PathBuf },
+    #[error(transparent)]
+    Read(#[from] squall_proto::tls::ReadError),
+    #[error("the {what} holds no PEM certificate")]
+    NoCertificate { what: &'static str },
+    #[error("the client key holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
+    NoKey,
     #[error("a client certificate needs its key too (and the key its certificate)")]
     HalfIdentity,
     #[error("no trusted roots: the system store is empty or unreadable; give a CA file")]
@@ -42,18 +28,16 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = std::fs::read(path).map_err(|source| TlsError::Read { path: path.into(), source })?;
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok).collect();
+fn certs(pem: &[u8], what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem).filter_map(Result::ok).collect();
     if certs.is_empty() {
-        return Err(TlsError::NoCertificate { path: path.into() });
+        return Err(TlsError::NoCertificate { what });
     }
     Ok(certs)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = std::fs::read(path).map_err(|source| TlsError::Read { path: path.into(), source })?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|_| TlsError::NoKey { path: path.into() })
+fn key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|_| TlsError::NoKey)
 }
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -61,15 +45,15 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Builds the rustls client configuration once; every connection shares it.
-pub fn client_config(s: &TlsSettings) -> Result<Arc<ClientConfig>, TlsError> {
+pub fn client_config(s: &TlsMaterial) -> Result<Arc<ClientConfig>, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let builder = if s.insecure {
         builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnything(provider())))
     } else {
         let mut roots = RootCertStore::empty();
-        match &s.ca_file {
+        match &s.ca_pem {
             Some(ca) => {
-                for cert in read_certs(ca)? {
+                for cert in certs(ca, "CA file")? {
                     roots.add(cert)?;
                 }
             }
@@ -85,8 +69,10 @@ pub fn client_config(s: &TlsSettings) -> Result<Arc<ClientConfig>, TlsError> {
         }
         builder.with_root_certificates(roots)
     };
-    let config = match (&s.cert_file, &s.key_file) {
-        (Some(cert), Some(key)) => builder.with_client_auth_cert(read_certs(cert)?, read_key(key)?)?,
+    let config = match (&s.cert_pem, &s.key_pem) {
+        (Some(cert), Some(k)) => {
+            builder.with_client_auth_cert(certs(cert, "client certificate")?, key(k)?)?
+        }
         (None, None) => builder.with_no_client_auth(),
         _ => return Err(TlsError::HalfIdentity),
     };
@@ -94,7 +80,7 @@ pub fn client_config(s: &TlsSettings) -> Result<Arc<ClientConfig>, TlsError> {
 }
 
 /// The name to verify the broker against.
-pub fn server_name(s: &TlsSettings, host: &str) -> Result<ServerName<'static>, TlsError> {
+pub fn server_name(s: &TlsMaterial, host: &str) -> Result<ServerName<'static>, TlsError> {
     let name = s.server_name.as_deref().unwrap_or(host);
     ServerName::try_from(name.to_string()).map_err(|_| TlsError::ServerName(name.to_string()))
 }

@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use squall_agent::engine::AgentResult;
-use squall_agent::metrics::{Delivery, Latency, LedgerTotals, LoadError, Metric, Summary, Timing};
-use squall_agent::mqtt::codec::{Protocol, connack_meaning, reason_meaning};
-use squall_agent::plan::{PayloadSpec, RateSpec};
+use squall_proto::link::AgentResult;
+use squall_proto::metrics::{Delivery, Latency, LedgerTotals, LoadError, Metric, Summary, Timing};
+use squall_proto::plan::{PayloadSpec, RateSpec};
+use squall_proto::protocol::{Protocol, connack_meaning, reason_meaning};
 
 use crate::aggregate::{Aggregate, IntervalRow};
 use crate::scenario::Plan;
@@ -38,6 +38,9 @@ pub struct Report {
     /// The scenario named no broker: squall ran its embedded one.
     pub embedded_broker: bool,
     pub agents: u32,
+    /// What each agent did (one entry for a local run).
+    #[serde(default)]
+    pub per_agent: Vec<AgentReport>,
     pub clients: u64,
     pub groups: Vec<GroupReport>,
     pub verdict: Verdict,
@@ -67,6 +70,53 @@ pub struct GroupReport {
     pub publishes: Option<String>,
     /// What it subscribes to.
     pub subscribes: Option<String>,
+}
+
+/// One agent's share of the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AgentReport {
+    pub name: String,
+    pub index: u32,
+    /// Clients it was assigned.
+    pub clients: u64,
+    pub status: AgentStatus,
+    /// Clients connected at its last snapshot.
+    pub connected: u64,
+    pub connects: u64,
+    pub published: u64,
+    pub received: u64,
+    pub errors: u64,
+    /// Snapshots received from it.
+    pub snapshots: u64,
+    /// Its clock against the controller's (remote agents only).
+    pub clock: Option<ClockReport>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatus {
+    /// Ran to the end and settled its ledger.
+    Finished,
+    /// Stopped by the controller before the end (interrupt, another agent's failure).
+    Aborted,
+    /// Stopped by its own limit or an error it reported.
+    Failed,
+    /// Its link was lost mid-run: its data ends at its last snapshot.
+    Lost,
+}
+
+/// An agent's clock offset, as estimated from ping-pong exchanges over its link.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ClockReport {
+    /// Agent clock − controller clock, µs, at the start of the run. The agent's timestamps
+    /// were corrected by it, so cross-agent latencies are measured on one time base.
+    pub offset_us: f64,
+    /// The estimate is within ± this much (half the round trip of its best sample), µs.
+    pub bound_us: f64,
+    /// Offset − start offset at the end of the run, µs: drift (plus estimation error) over the run.
+    pub drift_us: f64,
+    /// Ping-pong samples taken.
+    pub samples: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -200,6 +250,7 @@ pub struct Inputs<'a> {
     pub targets: Vec<String>,
     pub embedded_broker: bool,
     pub agents: u32,
+    pub per_agent: Vec<AgentReport>,
     pub started_at: std::time::SystemTime,
     pub elapsed_s: f64,
     pub publish_window_s: f64,
@@ -274,6 +325,7 @@ pub fn build(i: Inputs<'_>) -> Report {
         targets: i.targets,
         embedded_broker: i.embedded_broker,
         agents: i.agents,
+        per_agent: i.per_agent,
         clients: plan.clients(),
         groups: plan.groups.iter().map(group_report).collect(),
         verdict: Verdict { status: Status::Pass, reasons: vec![] },
@@ -354,7 +406,7 @@ fn meaning(e: &LoadError) -> Option<String> {
     )
 }
 
-fn group_report(g: &squall_agent::plan::GroupSpec) -> GroupReport {
+fn group_report(g: &squall_proto::plan::GroupSpec) -> GroupReport {
     GroupReport {
         name: g.name.clone(),
         clients: g.clients as u64,
@@ -366,7 +418,7 @@ fn group_report(g: &squall_agent::plan::GroupSpec) -> GroupReport {
             };
             let payload = match &p.payload {
                 PayloadSpec::Size(n) => format!("{n} B"),
-                PayloadSpec::Text(t) => format!("{} B", t.len() + squall_agent::payload::HEADER_LEN),
+                PayloadSpec::Text(t) => format!("{} B", t.len() + squall_proto::plan::HEADER_LEN),
                 PayloadSpec::Raw(t) => format!("{} B raw, not measured", t.len()),
             };
             format!("{} QoS {} {rate}, {payload}", p.topic, p.qos)

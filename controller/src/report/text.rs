@@ -198,7 +198,7 @@ pub fn render(r: &Report) -> String {
 fn is_latency(rule: &str) -> bool {
     let name = rule.split(|c: char| c.is_whitespace() || "<>=!".contains(c)).next().unwrap_or("");
     let first = name.split('.').next().unwrap_or("");
-    squall_agent::metrics::Metric::from_name(first).is_some() && !name.ends_with(".count")
+    squall_proto::metrics::Metric::from_name(first).is_some() && !name.ends_with(".count")
 }
 
 #[cfg(test)]

@@ -11,9 +11,9 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use squall_agent::mqtt::tls::TlsSettings;
-use squall_agent::mqtt::transport::TargetUrl;
-use squall_agent::plan::GroupSpec;
+use squall_proto::plan::GroupSpec;
+use squall_proto::target::TargetUrl;
+use squall_proto::tls::TlsMaterial;
 
 use crate::thresholds::Threshold;
 pub use resolve::Overrides;
@@ -27,7 +27,8 @@ pub struct Plan {
     pub run_tag: u32,
     /// Brokers; empty means "start the embedded broker".
     pub targets: Vec<TargetUrl>,
-    pub tls: TlsSettings,
+    /// TLS material, read from the files the scenario names.
+    pub tls: TlsMaterial,
     pub source_addresses: Vec<IpAddr>,
     pub groups: Vec<GroupSpec>,
     /// The publishing window.

@@ -5,12 +5,12 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use squall_agent::mqtt::codec::Protocol;
-use squall_agent::mqtt::tls::TlsSettings;
-use squall_agent::mqtt::transport::TargetUrl;
-use squall_agent::plan::{
+use squall_proto::plan::{
     GroupSpec, PayloadSpec, PlanError, PublishSpec, RateSpec, ReconnectSpec, SubscribeSpec, WillSpec,
 };
+use squall_proto::protocol::Protocol;
+use squall_proto::target::TargetUrl;
+use squall_proto::tls::TlsMaterial;
 
 use super::Plan;
 use super::format::{self, Scenario};
@@ -253,31 +253,35 @@ pub fn resolve(src: &Source, ov: &Overrides) -> Result<Plan, Diagnostics> {
     })
 }
 
-fn resolve_tls(cx: &mut Ctx<'_>, tls: Option<&format::Tls>, base: &Path) -> TlsSettings {
-    let Some(t) = tls else { return TlsSettings::default() };
-    let mut file = |key: &str, v: &Option<String>| -> Option<std::path::PathBuf> {
+fn resolve_tls(cx: &mut Ctx<'_>, tls: Option<&format::Tls>, base: &Path) -> TlsMaterial {
+    let Some(t) = tls else { return TlsMaterial::default() };
+    // read here, once: agents get the bytes, and a missing file is an error in the scenario
+    let mut file = |key: &str, v: &Option<String>| -> Option<Vec<u8>> {
         let v = v.as_ref()?;
         let p = base.join(v);
-        if !p.is_file() {
-            cx.err(
-                path!["target", "tls", key],
-                format!("no such file: {}", p.display()),
-                "paths are relative to the scenario file".to_string(),
-            );
+        match std::fs::read(&p) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                cx.err(
+                    path!["target", "tls", key],
+                    format!("cannot read {}: {e}", p.display()),
+                    "paths are relative to the scenario file".to_string(),
+                );
+                None
+            }
         }
-        Some(p)
     };
-    let ca_file = file("ca", &t.ca);
-    let cert_file = file("cert", &t.cert);
-    let key_file = file("key", &t.key);
-    if cert_file.is_some() != key_file.is_some() {
+    let ca_pem = file("ca", &t.ca);
+    let cert_pem = file("cert", &t.cert);
+    let key_pem = file("key", &t.key);
+    if t.cert.is_some() != t.key.is_some() {
         cx.err(
             path!["target", "tls"],
             "a client certificate needs its key, and a key its certificate",
             "give both `cert` and `key`".to_string(),
         );
     }
-    TlsSettings { ca_file, cert_file, key_file, server_name: t.server_name.clone(), insecure: t.insecure }
+    TlsMaterial { ca_pem, cert_pem, key_pem, server_name: t.server_name.clone(), insecure: t.insecure }
 }
 
 fn resolve_group(cx: &mut Ctx<'_>, gi: usize, g: &format::Group, ov: &Overrides) -> Option<GroupSpec> {

@@ -21,6 +21,14 @@ macro_rules! counters {
                 vec![ $( (stringify!($name), self.$name), )* ]
             }
 
+            /// The counter called `name`, to add to (the wire carries counters by name).
+            pub fn by_name_mut(&mut self, name: &str) -> Option<&mut u64> {
+                match name {
+                    $( stringify!($name) => Some(&mut self.$name), )*
+                    _ => None,
+                }
+            }
+
             /// Names of every counter.
             pub const NAMES: &'static [&'static str] = &[ $( stringify!($name), )* ];
         }

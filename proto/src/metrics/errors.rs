@@ -79,6 +79,29 @@ impl LoadError {
         }
     }
 
+    /// The error of this report name, with its code for kinds that carry one.
+    pub fn from_name(name: &str, code: Option<u8>) -> Option<LoadError> {
+        Some(match (name, code) {
+            ("tcp_refused", None) => LoadError::TcpRefused,
+            ("connect_timeout", None) => LoadError::ConnectTimeout,
+            ("unreachable", None) => LoadError::Unreachable,
+            ("no_local_port", None) => LoadError::NoLocalPort,
+            ("too_many_open_files", None) => LoadError::TooManyOpenFiles,
+            ("tls", None) => LoadError::Tls,
+            ("connect_io", None) => LoadError::ConnectIo,
+            ("connect_refused", Some(code)) => LoadError::ConnectRefused { code },
+            ("subscribe_refused", Some(code)) => LoadError::SubscribeRefused { code },
+            ("publish_refused", Some(code)) => LoadError::PublishRefused { code },
+            ("ack_timeout", None) => LoadError::AckTimeout,
+            ("ping_timeout", None) => LoadError::PingTimeout,
+            ("protocol_error", None) => LoadError::ProtocolError,
+            ("disconnected_by_broker", Some(code)) => LoadError::DisconnectedByBroker { code },
+            ("closed_by_broker", None) => LoadError::ClosedByBroker,
+            ("connection_lost", None) => LoadError::ConnectionLost,
+            _ => return None,
+        })
+    }
+
     /// The broker's code, if the error carries one.
     pub fn code(&self) -> Option<u8> {
         match *self {

@@ -24,6 +24,12 @@ impl Clock {
         Clock { anchor, anchor_unix_ns }
     }
 
+    /// This clock moved by `ns` (positive: it reads later). Agents use it to read on the
+    /// controller's time base (`-offset`), and tests to fake a skewed host.
+    pub fn shifted(self, ns: i64) -> Clock {
+        Clock { anchor: self.anchor, anchor_unix_ns: self.anchor_unix_ns.saturating_add_signed(ns) }
+    }
+
     /// Now, in ns since the Unix epoch; monotonic.
     #[inline]
     pub fn now_ns(&self) -> u64 {

@@ -8,12 +8,19 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::mqtt::codec::{Protocol, qos_from_u8};
-use crate::mqtt::tls::TlsSettings;
-use crate::mqtt::topic;
-use crate::mqtt::transport::TargetUrl;
-use crate::payload::HEADER_LEN;
+use crate::protocol::Protocol;
+use crate::target::TargetUrl;
 use crate::template::{Template, TemplateError, Var};
+use crate::tls::TlsMaterial;
+use crate::topic;
+
+/// Bytes of the measurement header every measured payload starts with (its layout is in the
+/// agent's `payload` module and the README).
+pub const HEADER_LEN: usize = 36;
+
+fn qos_ok(q: u8) -> Option<u8> {
+    (q <= 2).then_some(q)
+}
 
 /// One agent's share of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,8 +31,8 @@ pub struct Assignment {
     pub agent: u32,
     /// Brokers; client `i` of the run goes to `targets[i % len]`.
     pub targets: Vec<TargetUrl>,
-    /// TLS settings for `mqtts://` targets.
-    pub tls: TlsSettings,
+    /// TLS for `mqtts://` targets, the material itself: agents need none of the controller's files.
+    pub tls: TlsMaterial,
     /// Local addresses to connect from, round-robin; empty = let the OS choose.
     pub source_addresses: Vec<IpAddr>,
     pub groups: Vec<GroupAssignment>,
@@ -36,6 +43,10 @@ pub struct Assignment {
     pub max_connecting: u32,
     /// The agent stops all load after this long, whatever the controller says, ms.
     pub max_duration_ms: u64,
+    /// The controller's estimate of (agent clock − controller clock), ns: the agent subtracts
+    /// it from every timestamp, so all agents measure on the controller's time base and
+    /// latencies between agents stay honest. 0 in-process.
+    pub clock_offset_ns: i64,
 }
 
 /// A group and which of its clients this agent runs.
@@ -208,13 +219,13 @@ impl GroupSpec {
         }
         if let Some(w) = &self.will {
             template(g, "will.topic", &w.topic)?;
-            qos_from_u8(w.qos).ok_or_else(|| gerr(g, "will.qos", "must be 0, 1 or 2"))?;
+            qos_ok(w.qos).ok_or_else(|| gerr(g, "will.qos", "must be 0, 1 or 2"))?;
         }
         if let Some(p) = &self.publish {
             let t = template(g, "publish.topic", &p.topic)?;
             let sample = t.render(&crate::template::Vars { group: g, index: 0, agent: 0, run_tag: 0 });
             topic::validate_topic(&sample).map_err(|e| gerr(g, "publish.topic", e))?;
-            qos_from_u8(p.qos).ok_or_else(|| gerr(g, "publish.qos", "must be 0, 1 or 2"))?;
+            qos_ok(p.qos).ok_or_else(|| gerr(g, "publish.qos", "must be 0, 1 or 2"))?;
             if let PayloadSpec::Size(n) = p.payload
                 && (n as usize) < HEADER_LEN
             {
@@ -238,7 +249,7 @@ impl GroupSpec {
             if s.filters.is_empty() {
                 return Err(gerr(g, "subscribe.filters", "needs at least one filter"));
             }
-            qos_from_u8(s.qos).ok_or_else(|| gerr(g, "subscribe.qos", "must be 0, 1 or 2"))?;
+            qos_ok(s.qos).ok_or_else(|| gerr(g, "subscribe.qos", "must be 0, 1 or 2"))?;
             let mut shared = None;
             for f in &s.filters {
                 let t = template(g, "subscribe.filters", f)?;

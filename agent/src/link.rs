@@ -1,0 +1,503 @@
+//! The agent's side of the gRPC link: dial the controller (with jittered backoff), check that
+//! it holds the token before taking any work, run one assignment at a time on the engine
+//! runtime, and stop all load the moment the controller goes quiet for a lease.
+//!
+//! This runs on its own runtime (its own thread), apart from the engine's: an agent busy with
+//! 20k clients still answers pings and keeps its lease.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use squall_proto::LINK_VERSION;
+use squall_proto::auth::{self, Role, Token};
+use squall_proto::clock::Clock;
+use squall_proto::link::AgentEvent;
+use squall_proto::plan::Assignment;
+use squall_proto::wire::pb::controller_client::ControllerClient;
+use squall_proto::wire::{self, Chunks, pb};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::engine::{self, AgentHandle};
+
+/// What `squall agent` was told.
+#[derive(Debug, Clone)]
+pub struct LinkOptions {
+    /// `http://host:port` or `https://host:port`.
+    pub controller: String,
+    pub token: Token,
+    /// For https: the CA to trust (pinned: the system roots are not used).
+    pub ca_pem: Option<Vec<u8>>,
+    pub name: String,
+    /// Targets this agent may load; empty = any.
+    pub allow: Vec<AllowRule>,
+    /// Addresses this agent may bind clients to (offered to the controller).
+    pub source_addresses: Vec<IpAddr>,
+    /// Stop all load after hearing nothing from the controller this long.
+    pub lease: Duration,
+    /// The agent's clock (a test may skew it).
+    pub clock: Clock,
+    /// Serve one run (or one refusal), then return.
+    pub once: bool,
+    /// The open-file limit (after raising the soft limit to the hard one).
+    pub fd_limit: u64,
+}
+
+/// How serving ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The controller and this agent cannot work together (token, version, name): a person
+    /// must change a setting.
+    #[error("{0}")]
+    Refused(String),
+    /// `--once`: the controller could not be reached, or the link was lost.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+/// A target the agent accepts: an address range, or one host and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowRule {
+    Cidr { net: IpAddr, prefix: u8 },
+    HostPort { host: String, port: u16 },
+}
+
+impl std::str::FromStr for AllowRule {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let hint = "write an address range (127.0.0.0/8, ::1/128, 10.1.2.3) or HOST:PORT (broker.lab:1883)";
+        if let Some((ip, prefix)) = s.split_once('/') {
+            let net: IpAddr = ip.parse().map_err(|_| format!("`{ip}` is not an IP address; {hint}"))?;
+            let max = if net.is_ipv4() { 32 } else { 128 };
+            let prefix: u8 = prefix
+                .parse()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`/{prefix}`: prefix must be 0–{max}"))?;
+            return Ok(AllowRule::Cidr { net, prefix });
+        }
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(AllowRule::Cidr { net: ip, prefix: if ip.is_ipv4() { 32 } else { 128 } });
+        }
+        if let Ok(sa) = s.parse::<SocketAddr>() {
+            return Ok(AllowRule::HostPort { host: sa.ip().to_string(), port: sa.port() });
+        }
+        match s.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() => Ok(AllowRule::HostPort {
+                host: h.to_ascii_lowercase(),
+                port: p.parse().map_err(|_| format!("`{p}` is not a port; {hint}"))?,
+            }),
+            _ => Err(format!("`{s}`: {hint}")),
+        }
+    }
+}
+
+impl std::fmt::Display for AllowRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AllowRule::Cidr { net, prefix } => write!(f, "{net}/{prefix}"),
+            AllowRule::HostPort { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+fn in_net(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - prefix) };
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+/// Whether `host:port`, resolving to `addrs`, is allowed: a host:port rule names it, or every
+/// address it resolves to lies in a range (a name that resolves partly outside is refused).
+pub fn allowed(rules: &[AllowRule], host: &str, port: u16, addrs: &[IpAddr]) -> bool {
+    if rules.is_empty() {
+        return true;
+    }
+    let named = rules.iter().any(|r| matches!(r, AllowRule::HostPort { host: h, port: p } if *p == port && h.eq_ignore_ascii_case(host)));
+    named
+        || (!addrs.is_empty()
+            && addrs.iter().all(|ip| {
+                rules
+                    .iter()
+                    .any(|r| matches!(r, AllowRule::Cidr { net, prefix } if in_net(*ip, *net, *prefix)))
+            }))
+}
+
+/// Raises the soft open-file limit to the hard one; returns the limit in force.
+pub fn raise_fd_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 1024;
+        }
+        if r.rlim_cur < r.rlim_max {
+            let raised = libc::rlimit { rlim_cur: r.rlim_max, rlim_max: r.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+        r.rlim_cur
+    }
+}
+
+/// Ephemeral ports per (source address, destination): the kernel's local port range.
+fn ports_per_source() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|v| v.parse::<u32>().ok());
+            Some(it.next()??.abs_diff(it.next()??) + 1)
+        })
+        .unwrap_or(28_232)
+}
+
+/// Checks an assignment against what this agent may and can do. `Err` is the reason, for the
+/// controller and its user.
+pub async fn check_assignment(a: &Assignment, opts: &LinkOptions) -> Result<(), String> {
+    a.validate().map_err(|e| format!("invalid assignment: {e}"))?;
+    for t in &a.targets {
+        let addrs: Vec<IpAddr> = match tokio::net::lookup_host((t.host.as_str(), t.port)).await {
+            Ok(it) => it.map(|sa| sa.ip()).collect(),
+            Err(e) => return Err(format!("cannot resolve target {t}: {e}")),
+        };
+        if !allowed(&opts.allow, &t.host, t.port, &addrs) {
+            let rules: Vec<String> = opts.allow.iter().map(|r| r.to_string()).collect();
+            return Err(format!(
+                "target {t} is outside this agent's --allow-target list ({}); no MQTT traffic was sent",
+                rules.join(", ")
+            ));
+        }
+    }
+    for s in &a.source_addresses {
+        if !opts.source_addresses.is_empty() && !opts.source_addresses.contains(s) {
+            return Err(format!("source address {s} is not one this agent offers (--source-address)"));
+        }
+    }
+    let clients = a.clients();
+    // sockets for the clients, plus room for reconnects overlapping, the link and the runtime
+    let fds_needed = clients + clients / 20 + 64;
+    if fds_needed > opts.fd_limit {
+        return Err(format!(
+            "{clients} clients need ~{fds_needed} file descriptors and this agent's limit is {} (hard limit; raise it with `ulimit -n` or LimitNOFILE=, or add agents)",
+            opts.fd_limit
+        ));
+    }
+    // connections per (source address, target), as the engine spreads clients round-robin
+    let n_t = a.targets.len().max(1) as u64;
+    let n_s = a.source_addresses.len().max(1) as u64;
+    let mut per_pair: std::collections::HashMap<(u64, u64), u64> = std::collections::HashMap::new();
+    for g in &a.groups {
+        for i in 0..g.count as u64 {
+            let global = g.client_base as u64 + g.first as u64 + i;
+            *per_pair.entry((global % n_t, global % n_s)).or_default() += 1;
+        }
+    }
+    let ports = ports_per_source() as u64;
+    if let Some(((t, _), n)) = per_pair.into_iter().max_by_key(|(_, n)| *n)
+        && n > ports
+    {
+        return Err(format!(
+            "{n} connections from one source address to {} exceed its {ports} local ports; add source addresses (--source-address 127.0.0.2 …) or agents",
+            a.targets[t as usize]
+        ));
+    }
+    Ok(())
+}
+
+/// Streams a Finish may list: every publisher of the run, whatever agent runs it. The agent
+/// does not know the run's size, so this bounds what a broken controller can make it hold
+/// (~50 bytes each).
+const MAX_RUN_STREAMS: usize = 1 << 24;
+
+fn jitter(max: Duration) -> Duration {
+    max.mul_f64(fastrand::f64())
+}
+
+/// Serves controllers until `shutdown` turns true (or, with `once`, after one run).
+/// The engine runs on `engine` (another runtime).
+pub async fn serve(
+    opts: LinkOptions,
+    engine: tokio::runtime::Handle,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), LinkError> {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        match session(&opts, &engine, &mut shutdown).await {
+            Ok(Ended::Stopped) => return Ok(()),
+            Ok(Ended::RunOver) => {
+                if opts.once {
+                    return Ok(());
+                }
+                backoff = Duration::from_millis(250);
+            }
+            Ok(Ended::Lost(why)) | Err(why) => {
+                if opts.once {
+                    return Err(LinkError::Unreachable(why));
+                }
+                tracing::warn!(controller = %opts.controller, %why, "Link to the controller lost; dialing again");
+            }
+            Ok(Ended::Refused(why)) => return Err(LinkError::Refused(why)),
+        }
+        // full jitter: many agents losing one controller do not dial back in lockstep
+        let wait = jitter(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+enum Ended {
+    /// Shut down by the process (SIGTERM, Ctrl-C).
+    Stopped,
+    /// The controller says the run is over.
+    RunOver,
+    /// The link was lost (or never made); dial again.
+    Lost(String),
+    /// The controller refused this agent for good, or failed its proof.
+    Refused(String),
+}
+
+struct Running {
+    run: String,
+    handle: AgentHandle,
+}
+
+async fn connect(opts: &LinkOptions) -> Result<tonic::transport::Channel, String> {
+    let mut ep = tonic::transport::Endpoint::from_shared(opts.controller.clone())
+        .map_err(|e| format!("bad controller URL `{}`: {e}", opts.controller))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(opts.lease)
+        .keep_alive_while_idle(true);
+    if opts.controller.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        match &opts.ca_pem {
+            Some(ca) => tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+            None => {
+                return Err("an https:// controller needs --ca (the CA that signed its certificate)".into());
+            }
+        }
+        ep = ep.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
+    }
+    ep.connect().await.map_err(|e| format!("cannot reach the controller at {}: {e}", opts.controller))
+}
+
+async fn session(
+    opts: &LinkOptions,
+    engine: &tokio::runtime::Handle,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Ended, String> {
+    use pb::agent_message::Body as A;
+    use pb::controller_message::Body as C;
+    let channel = connect(opts).await?;
+    let mut client = ControllerClient::new(channel).max_decoding_message_size(16 << 20);
+    let (out, out_rx) = mpsc::channel::<pb::AgentMessage>(1024);
+    let nonce = auth::nonce();
+    let hello = pb::Hello {
+        name: opts.name.clone(),
+        squall_version: env!("CARGO_PKG_VERSION").into(),
+        link_version: LINK_VERSION,
+        nonce: nonce.to_vec(),
+        capacity: Some(pb::Capacity {
+            cores: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+            fd_limit: opts.fd_limit,
+            source_addresses: opts.source_addresses.iter().map(|a| a.to_string()).collect(),
+            ports_per_source: ports_per_source(),
+            memory_bytes: 0,
+            allowed_targets: opts.allow.iter().map(|r| r.to_string()).collect(),
+        }),
+        busy_with_run: String::new(),
+    };
+    let send = |m: A| pb::AgentMessage { body: Some(m) };
+    out.send(send(A::Hello(hello))).await.map_err(|_| "link closed".to_string())?;
+    let mut inbound = client
+        .attach(ReceiverStream::new(out_rx))
+        .await
+        .map_err(|e| format!("the controller did not accept the link: {}", e.message()))?
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), inbound.message()).await;
+    let challenge = match first {
+        Ok(Ok(Some(pb::ControllerMessage { body: Some(C::Challenge(c)) }))) => c,
+        Ok(Ok(Some(pb::ControllerMessage { body: Some(C::Refusal(r)) }))) => return Ok(refusal(r)),
+        Ok(Ok(_)) => return Ok(Ended::Lost("the controller closed the link during the handshake".into())),
+        Ok(Err(e)) => return Ok(Ended::Lost(format!("handshake: {}", e.message()))),
+        Err(_) => return Ok(Ended::Lost("the controller did not answer the handshake".into())),
+    };
+    if !opts.token.verify(Role::Controller, &nonce, &challenge.nonce, &challenge.proof) {
+        // a controller without the token gets no proof and no work
+        return Ok(Ended::Refused(format!(
+            "the controller at {} could not prove it holds the token: the tokens differ, or it is not your controller; no work accepted",
+            opts.controller
+        )));
+    }
+    let proof = opts.token.prove(Role::Agent, &challenge.nonce, &nonce);
+    out.send(send(A::Auth(pb::Auth { proof }))).await.map_err(|_| "link closed".to_string())?;
+    tracing::info!(controller = %opts.controller, "Attached to the controller");
+
+    let mut running: Option<Running> = None;
+    let mut chunks = Chunks::new(0);
+    let mut lease_end = tokio::time::Instant::now() + opts.lease;
+    let ended = loop {
+        let engine_events = async {
+            match running.as_mut() {
+                Some(r) => r.handle.events.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(lease_end) => {
+                break Ended::Lost(format!("nothing from the controller for {} (the lease): all load stopped", humantime_secs(opts.lease)));
+            }
+            _ = shutdown.changed() => {
+                if let Some(r) = running.take() {
+                    let ev = AgentEvent::Failed { message: format!("agent `{}` was stopped (signal); its clients were closed", opts.name) };
+                    stop_engine(r).await;
+                    for m in wire::event_messages(&ev) {
+                        let _ = out.send(m).await;
+                    }
+                }
+                break Ended::Stopped;
+            }
+            ev = engine_events => match ev {
+                Some(ev) => {
+                    for m in wire::event_messages(&ev) {
+                        if out.send(m).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                None => {
+                    tracing::info!(run = running.as_ref().map(|r| r.run.as_str()).unwrap_or(""), "Run finished on this agent");
+                    running = None;
+                }
+            },
+            m = inbound.message() => {
+                let body = match m {
+                    Ok(Some(pb::ControllerMessage { body: Some(b) })) => b,
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break Ended::Lost("the controller closed the link".into()),
+                    Err(e) => break Ended::Lost(format!("the link broke: {}", e.message())),
+                };
+                lease_end = tokio::time::Instant::now() + opts.lease;
+                match body {
+                    C::Ping(p) => {
+                        let pong = pb::Pong { id: p.id, ping_sent_unix_ns: p.sent_unix_ns, agent_unix_ns: opts.clock.now_ns() };
+                        let _ = out.send(send(A::Pong(pong))).await;
+                    }
+                    C::Assign(asg) => {
+                        let reply = match (&running, asg.assignment) {
+                            (Some(r), _) => Err(format!("busy with run {}", r.run)),
+                            (None, None) => Err("an Assign without an assignment".into()),
+                            (None, Some(a)) => match Assignment::try_from(a) {
+                                Err(e) => Err(format!("invalid assignment: {e}")),
+                                Ok(a) => match check_assignment(&a, opts).await {
+                                    Err(e) => Err(e),
+                                    Ok(()) => {
+                                        match engine.spawn(engine::start(a, opts.clock)).await {
+                                            Ok(Ok(handle)) => {
+                                                chunks = Chunks::new(MAX_RUN_STREAMS);
+                                                running = Some(Running { run: asg.run.clone(), handle });
+                                                Ok(())
+                                            }
+                                            Ok(Err(e)) => Err(e.to_string()),
+                                            Err(e) => Err(format!("the engine could not start: {e}")),
+                                        }
+                                    }
+                                },
+                            },
+                        };
+                        if let Err(why) = &reply {
+                            tracing::warn!(%why, "Refused an assignment");
+                        }
+                        let r = pb::AssignReply { accepted: reply.is_ok(), reason: reply.err().unwrap_or_default(), fd_limit: opts.fd_limit };
+                        let _ = out.send(send(A::AssignReply(r))).await;
+                    }
+                    C::StreamFinals(c) => {
+                        if let Err(e) = chunks.push(c) {
+                            break Ended::Lost(format!("the controller sent a broken stream list: {e}"));
+                        }
+                    }
+                    C::Command(c) => match wire::command_from_wire(c, &mut chunks) {
+                        Ok(cmd) => {
+                            if let Some(r) = &running {
+                                let _ = r.handle.commands.send(cmd).await;
+                            }
+                        }
+                        Err(e) => break Ended::Lost(format!("the controller sent a broken command: {e}")),
+                    },
+                    C::Refusal(r) => break refusal(r),
+                    C::Challenge(_) => break Ended::Lost("the controller repeated its handshake".into()),
+                }
+            }
+        }
+    };
+    if let Some(r) = running.take() {
+        // whatever ended the link, no load goes on without a controller
+        tracing::warn!(run = %r.run, "Stopping all load: the link to the controller ended");
+        stop_engine(r).await;
+    }
+    Ok(ended)
+}
+
+/// Aborts a running engine and waits (bounded) until its clients are closed.
+async fn stop_engine(r: Running) {
+    let Running { handle, .. } = r;
+    let AgentHandle { commands, mut events } = handle;
+    let _ = commands.try_send(squall_proto::link::Command::Abort);
+    drop(commands);
+    let _ =
+        tokio::time::timeout(Duration::from_secs(10), async { while events.recv().await.is_some() {} }).await;
+}
+
+fn refusal(r: pb::Refusal) -> Ended {
+    use pb::refusal::Reason;
+    match Reason::try_from(r.reason) {
+        Ok(Reason::RunOver) => Ended::RunOver,
+        Ok(Reason::NotNeeded) => Ended::Lost(format!("the controller needs no more agents: {}", r.message)),
+        _ => Ended::Refused(format!("the controller refused this agent: {}", r.message)),
+    }
+}
+
+fn humantime_secs(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_rules_parse_and_match() {
+        let r: Vec<AllowRule> =
+            ["127.0.0.0/8", "::1", "broker.lab:1883"].iter().map(|s| s.parse().unwrap()).collect();
+        let lo: IpAddr = "127.0.0.5".parse().unwrap();
+        let out: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(allowed(&r, "127.0.0.5", 1, &[lo]));
+        assert!(allowed(&r, "::1", 1, &["::1".parse().unwrap()]));
+        assert!(!allowed(&r, "10.0.0.1", 1883, &[out]));
+        assert!(
+            allowed(&r, "BROKER.lab", 1883, &[out]),
+            "a named host:port is allowed whatever it resolves to"
+        );
+        assert!(!allowed(&r, "broker.lab", 1884, &[out]));
+        assert!(!allowed(&r, "mixed", 1, &[lo, out]), "every address must be inside");
+        assert!(allowed(&[], "anything", 1, &[out]), "no list: anything");
+        assert!("10.0.0.0/33".parse::<AllowRule>().is_err());
+        assert!("nonsense".parse::<AllowRule>().is_err());
+    }
+}

@@ -1,0 +1,439 @@
+//! The controller's side of the gRPC link: agents dial in, prove they hold the token, wait in
+//! the [`Lobby`] until a run needs them, then become [`AgentLink`]s for the coordinator.
+//!
+//! One task per attached agent ([`session`]) owns its stream: it answers the handshake, pings
+//! (for the clock offset, and so the agent's lease stays fresh), converts commands to wire
+//! messages and wire events back, and ends — closing the agent's event channel, which the
+//! coordinator reads as "agent lost" — when the agent says nothing for a lease.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use squall_proto::LINK_VERSION;
+use squall_proto::auth::{self, Role, Token};
+use squall_proto::clock::Clock;
+use squall_proto::link::{AgentEvent, Command};
+use squall_proto::plan::Assignment;
+use squall_proto::wire::pb::controller_server::{Controller, ControllerServer};
+use squall_proto::wire::{self, Chunks, pb};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::clock_offset::{ClockEstimate, Estimator};
+use crate::coordinator::{AgentLink, Agents, StartError};
+
+/// How the controller's endpoint behaves.
+#[derive(Debug, Clone)]
+pub struct LinkSettings {
+    pub token: Token,
+    /// An agent silent this long is lost (and an agent that hears nothing this long stops).
+    pub lease: Duration,
+    /// The link is TLS: broker passwords may travel to remote agents.
+    pub tls: bool,
+}
+
+/// gRPC messages can carry a few MiB: snapshots are KBs, stream lists travel in chunks.
+const MAX_MESSAGE: usize = 16 << 20;
+/// How long the handshake may take.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+/// Ping period once the clock estimate has its first samples, and before.
+const PING_EVERY: Duration = Duration::from_millis(500);
+const PING_FAST: Duration = Duration::from_millis(50);
+const FAST_PINGS: u64 = 20;
+
+/// What an agent offers, from its Hello.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capacity {
+    pub cores: u32,
+    pub fd_limit: u64,
+    pub source_addresses: Vec<String>,
+    pub allowed_targets: Vec<String>,
+}
+
+/// An agent that attached and proved it holds the token.
+pub struct Attached {
+    pub name: String,
+    pub peer: Option<SocketAddr>,
+    pub capacity: Capacity,
+    /// The link is TLS, or the agent is on this host.
+    pub secure: bool,
+    to_agent: mpsc::Sender<ToAgent>,
+    events: mpsc::Receiver<AgentEvent>,
+    clock: watch::Receiver<ClockEstimate>,
+}
+
+enum ToAgent {
+    Assign { run: String, assignment: Box<Assignment>, reply: oneshot::Sender<Result<(), String>> },
+    Command(Command),
+}
+
+/// Where attached agents wait for a run.
+pub struct Lobby {
+    arrivals: mpsc::Receiver<Attached>,
+}
+
+#[derive(Clone)]
+struct Service {
+    settings: LinkSettings,
+    arrivals: mpsc::Sender<Attached>,
+    /// Names of the agents attached now (a second agent with a taken name is refused).
+    names: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    clock: Clock,
+}
+
+/// TLS identity for the controller's endpoint (PEM).
+pub struct ServerTls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+/// Starts serving agents on `listener`; runs until `shutdown` completes.
+pub fn serve(
+    listener: tokio::net::TcpListener,
+    settings: LinkSettings,
+    tls: Option<ServerTls>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Lobby, tonic::transport::Error> {
+    let (arrivals_tx, arrivals) = mpsc::channel(64);
+    let names = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let svc = Service { settings: settings.clone(), arrivals: arrivals_tx, names, clock: Clock::new() };
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(2)))
+        .http2_keepalive_timeout(Some(settings.lease));
+    if let Some(t) = tls {
+        let identity = tonic::transport::Identity::from_pem(t.cert_pem, t.key_pem);
+        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    }
+    let server = ControllerServer::new(svc).max_decoding_message_size(MAX_MESSAGE);
+    let router = builder.add_service(server);
+    tokio::spawn(async move {
+        if let Err(e) = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown).await
+        {
+            tracing::error!(error = %e, "The agent endpoint failed");
+        }
+    });
+    Ok(Lobby { arrivals })
+}
+
+#[tonic::async_trait]
+impl Controller for Service {
+    type AttachStream = ReceiverStream<Result<pb::ControllerMessage, Status>>;
+
+    async fn attach(
+        &self,
+        req: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let peer = req.remote_addr();
+        let inbound = req.into_inner();
+        let (out, out_rx) = mpsc::channel(256);
+        tokio::spawn(session(self.clone(), peer, inbound, out));
+        Ok(Response::new(ReceiverStream::new(out_rx)))
+    }
+}
+
+type Out = mpsc::Sender<Result<pb::ControllerMessage, Status>>;
+
+fn msg(body: pb::controller_message::Body) -> Result<pb::ControllerMessage, Status> {
+    Ok(pb::ControllerMessage { body: Some(body) })
+}
+
+async fn refuse(out: &Out, reason: pb::refusal::Reason, message: String) {
+    tracing::warn!(%message, "Refused an agent");
+    let _ = out
+        .send(msg(pb::controller_message::Body::Refusal(pb::Refusal { reason: reason as i32, message })))
+        .await;
+}
+
+/// Reads the next message within `within`.
+async fn next(
+    inbound: &mut Streaming<pb::AgentMessage>,
+    within: Duration,
+) -> Option<pb::agent_message::Body> {
+    match tokio::time::timeout(within, inbound.message()).await {
+        Ok(Ok(Some(m))) => m.body,
+        _ => None,
+    }
+}
+
+/// One attached agent, from Hello to the end of its stream.
+async fn session(svc: Service, peer: Option<SocketAddr>, mut inbound: Streaming<pb::AgentMessage>, out: Out) {
+    use pb::agent_message::Body as A;
+    use pb::controller_message::Body as C;
+    let token = &svc.settings.token;
+    let Some(A::Hello(hello)) = next(&mut inbound, HANDSHAKE).await else {
+        tracing::warn!(?peer, "A connection on the agent endpoint sent no Hello; closed");
+        return;
+    };
+    if hello.link_version != LINK_VERSION {
+        let m = format!(
+            "agent `{}` speaks link version {} (squall {}); this controller speaks {} (squall {}): run the same squall version on both",
+            hello.name,
+            hello.link_version,
+            hello.squall_version,
+            LINK_VERSION,
+            env!("CARGO_PKG_VERSION")
+        );
+        return refuse(&out, pb::refusal::Reason::Version, m).await;
+    }
+    let nonce = auth::nonce();
+    let proof = token.prove(Role::Controller, &hello.nonce, &nonce);
+    if out.send(msg(C::Challenge(pb::Challenge { nonce: nonce.to_vec(), proof }))).await.is_err() {
+        return;
+    }
+    let Some(A::Auth(a)) = next(&mut inbound, HANDSHAKE).await else {
+        tracing::warn!(?peer, name = %hello.name, "An agent did not complete the handshake (it may have refused this controller's proof: tokens differ)");
+        return;
+    };
+    if !token.verify(Role::Agent, &nonce, &hello.nonce, &a.proof) {
+        let m =
+            format!("agent `{}` at {peer:?} did not prove it holds the token: the tokens differ", hello.name);
+        return refuse(&out, pb::refusal::Reason::Auth, m).await;
+    }
+    if !svc.names.lock().unwrap_or_else(|e| e.into_inner()).insert(hello.name.clone()) {
+        let m =
+            format!("an agent named `{}` is attached already: give each agent its own --name", hello.name);
+        return refuse(&out, pb::refusal::Reason::DuplicateName, m).await;
+    }
+    let cap = hello.capacity.unwrap_or_default();
+    let capacity = Capacity {
+        cores: cap.cores.max(1),
+        fd_limit: cap.fd_limit,
+        source_addresses: cap.source_addresses,
+        allowed_targets: cap.allowed_targets,
+    };
+    let (to_agent_tx, to_agent) = mpsc::channel(64);
+    let (events_tx, events) = mpsc::channel(1024);
+    let (clock_tx, clock) = watch::channel(ClockEstimate::default());
+    let secure = svc.settings.tls || peer.is_some_and(|p| p.ip().is_loopback());
+    tracing::info!(name = %hello.name, ?peer, cores = capacity.cores, "Agent attached");
+    let attached =
+        Attached { name: hello.name.clone(), peer, capacity, secure, to_agent: to_agent_tx, events, clock };
+    if svc.arrivals.send(attached).await.is_err() {
+        svc.names.lock().unwrap_or_else(|e| e.into_inner()).remove(&hello.name);
+        return refuse(&out, pb::refusal::Reason::NotNeeded, "this controller needs no more agents".into())
+            .await;
+    }
+    let why = attached_loop(&svc, &mut inbound, &out, to_agent, events_tx, clock_tx).await;
+    tracing::info!(name = %hello.name, why, "Agent detached");
+    svc.names.lock().unwrap_or_else(|e| e.into_inner()).remove(&hello.name);
+}
+
+/// After the handshake: pings, assignment, commands down, events up. Returns why it ended.
+async fn attached_loop(
+    svc: &Service,
+    inbound: &mut Streaming<pb::AgentMessage>,
+    out: &Out,
+    mut to_agent: mpsc::Receiver<ToAgent>,
+    events: mpsc::Sender<AgentEvent>,
+    clock_tx: watch::Sender<ClockEstimate>,
+) -> &'static str {
+    use pb::agent_message::Body as A;
+    use pb::controller_message::Body as C;
+    let lease = svc.settings.lease;
+    let mut estimator = Estimator::default();
+    let mut ping_id = 0u64;
+    let mut next_ping = tokio::time::Instant::now();
+    let mut lease_end = tokio::time::Instant::now() + lease;
+    let mut reply: Option<oneshot::Sender<Result<(), String>>> = None;
+    let mut chunks = Chunks::new(0);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_ping) => {
+                ping_id += 1;
+                let ping = pb::Ping { id: ping_id, sent_unix_ns: svc.clock.now_ns() };
+                if out.send(msg(C::Ping(ping))).await.is_err() {
+                    return "its stream closed";
+                }
+                next_ping += if ping_id < FAST_PINGS { PING_FAST } else { PING_EVERY };
+            }
+            _ = tokio::time::sleep_until(lease_end) => return "it said nothing for a lease",
+            m = inbound.message() => {
+                let body = match m {
+                    Ok(Some(pb::AgentMessage { body: Some(b) })) => b,
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return "it closed its stream",
+                    Err(_) => return "its stream broke",
+                };
+                lease_end = tokio::time::Instant::now() + lease;
+                match body {
+                    A::Pong(p) => {
+                        if let Some(mut est) = estimator.add(p.ping_sent_unix_ns, p.agent_unix_ns, svc.clock.now_ns()) {
+                            est.start_offset_ns = clock_tx.borrow().start_offset_ns;
+                            let _ = clock_tx.send(est);
+                        }
+                    }
+                    A::AssignReply(r) => {
+                        if let Some(tx) = reply.take() {
+                            let _ = tx.send(if r.accepted { Ok(()) } else { Err(r.reason) });
+                        }
+                    }
+                    A::StreamFinals(c) => {
+                        if let Err(e) = chunks.push(c) {
+                            tracing::error!(error = %e, "An agent sent a broken stream list");
+                            return "it sent a broken stream list";
+                        }
+                    }
+                    A::Event(e) => match wire::event_from_wire(e, &mut chunks) {
+                        Ok(ev) => {
+                            if events.send(ev).await.is_err() {
+                                return "the run no longer listens";
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "An agent sent a broken event");
+                            return "it sent a broken event";
+                        }
+                    },
+                    A::Hello(_) | A::Auth(_) => return "it repeated its handshake",
+                }
+            }
+            cmd = to_agent.recv() => match cmd {
+                Some(ToAgent::Assign { run, mut assignment, reply: r }) => {
+                    let est = *clock_tx.borrow();
+                    assignment.clock_offset_ns = est.offset_ns;
+                    clock_tx.send_modify(|e| e.start_offset_ns = Some(est.offset_ns));
+                    // the agent may publish as many streams as it runs publishing clients
+                    chunks = Chunks::new(assignment.groups.iter().filter(|g| g.spec.publish.is_some()).map(|g| g.count as usize).sum());
+                    let m = C::Assign(pb::Assign { run, assignment: Some((&*assignment).into()) });
+                    if out.send(msg(m)).await.is_err() {
+                        return "its stream closed";
+                    }
+                    reply = Some(r);
+                }
+                Some(ToAgent::Command(c)) => {
+                    for m in wire::command_messages(&c) {
+                        if out.send(Ok(m)).await.is_err() {
+                            return "its stream closed";
+                        }
+                    }
+                }
+                None => {
+                    // the run is over: tell the agent, then end its stream
+                    let refusal = pb::Refusal { reason: pb::refusal::Reason::RunOver as i32, message: "the run is over".into() };
+                    let _ = out.send(msg(C::Refusal(refusal))).await;
+                    return "its run is over";
+                }
+            }
+        }
+    }
+}
+
+impl Lobby {
+    /// Waits until `n` agents are attached, calling `progress` with their names at each
+    /// arrival. Fails at `timeout` with the names of those that came.
+    pub async fn gather(
+        &mut self,
+        n: usize,
+        timeout: Duration,
+        mut progress: impl FnMut(&[String]),
+    ) -> Result<Vec<Attached>, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut agents: Vec<Attached> = Vec::with_capacity(n);
+        while agents.len() < n {
+            match tokio::time::timeout_at(deadline, self.arrivals.recv()).await {
+                Ok(Some(a)) => {
+                    agents.push(a);
+                    let names: Vec<String> = agents.iter().map(|a| a.name.clone()).collect();
+                    progress(&names);
+                }
+                Ok(None) => return Err("the agent endpoint stopped".into()),
+                Err(_) => {
+                    let names: Vec<&str> = agents.iter().map(|a| a.name.as_str()).collect();
+                    return Err(format!(
+                        "{} of {n} agents attached within {} ({}); start more with `squall agent --controller URL --token-file F`, or raise --agent-timeout",
+                        agents.len(),
+                        humantime::format_duration(timeout),
+                        if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                    ));
+                }
+            }
+        }
+        Ok(agents)
+    }
+}
+
+/// Attached agents as the coordinator's [`Agents`].
+pub struct RemoteAgents {
+    pub agents: Vec<Attached>,
+    /// The run's id (hex run tag), for agents' "busy with run R".
+    pub run: String,
+}
+
+/// How long an agent may take to accept its assignment (it raises limits, resolves targets).
+const ASSIGN_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Agents for RemoteAgents {
+    fn weights(&self) -> Vec<u32> {
+        self.agents.iter().map(|a| a.capacity.cores.max(1)).collect()
+    }
+
+    async fn start(self, assignments: Vec<Assignment>) -> Result<Vec<AgentLink>, StartError> {
+        let mut replies = Vec::new();
+        for (agent, a) in self.agents.iter().zip(assignments) {
+            let has_password = a.groups.iter().any(|g| g.spec.password.is_some());
+            if has_password && !agent.secure {
+                return Err(StartError::Invalid(format!(
+                    "the scenario has broker passwords and agent `{}` is attached over a plaintext link from {:?}: passwords travel only over TLS (--tls-cert/--tls-key) or loopback",
+                    agent.name, agent.peer
+                )));
+            }
+            // wait briefly for a first clock sample, so the start offset is an estimate
+            let mut clock = agent.clock.clone();
+            let _ = tokio::time::timeout(Duration::from_secs(2), clock.wait_for(|e| e.samples >= 3)).await;
+            let (tx, rx) = oneshot::channel();
+            let sent = agent
+                .to_agent
+                .send(ToAgent::Assign { run: self.run.clone(), assignment: Box::new(a), reply: tx })
+                .await;
+            if sent.is_err() {
+                return Err(StartError::Runtime(format!(
+                    "agent `{}` was lost before its assignment",
+                    agent.name
+                )));
+            }
+            replies.push(rx);
+        }
+        for (agent, rx) in self.agents.iter().zip(replies) {
+            match tokio::time::timeout(ASSIGN_TIMEOUT, rx).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(reason))) => {
+                    return Err(StartError::Runtime(format!(
+                        "agent `{}` refused its assignment: {reason}",
+                        agent.name
+                    )));
+                }
+                Ok(Err(_)) => {
+                    return Err(StartError::Runtime(format!(
+                        "agent `{}` was lost before it accepted its assignment",
+                        agent.name
+                    )));
+                }
+                Err(_) => {
+                    return Err(StartError::Runtime(format!(
+                        "agent `{}` did not answer its assignment within {}",
+                        agent.name,
+                        humantime::format_duration(ASSIGN_TIMEOUT)
+                    )));
+                }
+            }
+        }
+        Ok(self
+            .agents
+            .into_iter()
+            .map(|a| {
+                let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(16);
+                let to_agent = a.to_agent;
+                tokio::spawn(async move {
+                    while let Some(c) = cmd_rx.recv().await {
+                        if to_agent.send(ToAgent::Command(c)).await.is_err() {
+                            return;
+                        }
+                    }
+                    // dropping `to_agent` ends the session once the coordinator is done
+                });
+                AgentLink { name: a.name, commands: cmd_tx, events: a.events, clock: Some(a.clock) }
+            })
+            .collect())
+    }
+}

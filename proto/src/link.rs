@@ -1,0 +1,51 @@
+//! What crosses a link between the controller and an agent, as plain data: [`Command`]s down,
+//! [`AgentEvent`]s up. The in-process link carries these values as they are; the gRPC link
+//! converts them to and from [`crate::wire`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::{LedgerTotals, Snapshot, StreamFinal};
+
+/// What the controller tells an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Publish within `[start, until)` (ns since the Unix epoch, on every agent's clock).
+    Publish { start_unix_ns: u64, until_unix_ns: u64 },
+    /// Every stream's final count (from all agents), then drain and disconnect.
+    Finish { streams: Vec<StreamFinal>, drain_ms: u64 },
+    /// Stop all load now.
+    Abort,
+}
+
+/// What an agent tells its controller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentEvent {
+    Snapshot(Snapshot),
+    /// Every client made its first connection attempt.
+    Ready {
+        clients: u64,
+        connected: u64,
+    },
+    /// The publishing window is over; the final count of each of this agent's streams.
+    PublishDone {
+        streams: Vec<StreamFinal>,
+    },
+    /// The run is over on this agent (the last snapshot came before this).
+    Finished(AgentResult),
+    /// The agent could not go on.
+    Failed {
+        message: String,
+    },
+}
+
+/// The delivery accounting of one agent's receivers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentResult {
+    pub ledger: LedgerTotals,
+    /// By the subscribing group.
+    pub ledger_by_group: Vec<(String, LedgerTotals)>,
+    /// Receivers accounted (subscribing clients, or shared-subscription groups).
+    pub receivers: u64,
+    /// Subscribing clients that never had a filter granted (not accounted).
+    pub receivers_never_subscribed: u64,
+}

@@ -1,0 +1,69 @@
+//! What agents measure, as data: latency histograms (and their HDR V2 encoding), counters,
+//! load errors, delivery totals, and the per-interval snapshots that carry them. The agent
+//! records into these; the controller merges them.
+
+pub mod counters;
+pub mod errors;
+pub mod histogram;
+pub mod ledger;
+pub mod snapshot;
+
+use serde::{Deserialize, Serialize};
+
+pub use counters::Counters;
+pub use errors::{ErrorCount, LoadError};
+pub use histogram::{Hists, Latency, Summary};
+pub use ledger::{Delivery, LedgerTotals, StreamFinal};
+pub use snapshot::{HistogramBytes, Snapshot};
+
+/// What a latency measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// CONNECT written → CONNACK (raw); scheduled attempt time → CONNACK, TCP and TLS
+    /// included (corrected).
+    Connect = 0,
+    /// SUBSCRIBE written → SUBACK.
+    Subscribe = 1,
+    /// QoS 1 PUBLISH → PUBACK.
+    Puback = 2,
+    /// QoS 2 PUBLISH → PUBCOMP.
+    Pubcomp = 3,
+    /// PUBLISH → the message received by a subscriber, any QoS.
+    E2e = 4,
+    /// How late the tester wrote each PUBLISH: actual send − intended send (raw only). The
+    /// tester's own share of corrected latency: timer granularity (tokio's 1 ms tick), a busy
+    /// worker thread, a full in-flight window, a disconnection.
+    Lag = 5,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 6] =
+        [Metric::Connect, Metric::Subscribe, Metric::Puback, Metric::Pubcomp, Metric::E2e, Metric::Lag];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Metric::Connect => "connect",
+            Metric::Subscribe => "subscribe",
+            Metric::Puback => "puback",
+            Metric::Pubcomp => "pubcomp",
+            Metric::E2e => "e2e",
+            Metric::Lag => "lag",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Metric> {
+        Metric::ALL.into_iter().find(|m| m.name() == s)
+    }
+}
+
+/// From when a latency is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Timing {
+    /// From the moment the packet was actually written.
+    Raw = 0,
+    /// From the moment the schedule intended it to be written: includes any time the client
+    /// spent held up, so a stall cannot hide (coordinated omission).
+    Corrected = 1,
+}

@@ -1,0 +1,130 @@
+//! `squall agent --controller URL --token-file F`: a long-lived agent that dials its controller,
+//! runs one assignment at a time, and stops all load when the controller goes quiet.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use squall_agent::link::{self, AllowRule, LinkError, LinkOptions};
+use squall_proto::auth::Token;
+use squall_proto::clock::Clock;
+
+use super::exit;
+use super::run::parse_duration;
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The controller's agent endpoint: http://host:port (loopback or with --insecure-link on
+    /// the controller) or https://host:port (with --ca).
+    #[arg(long, value_name = "URL")]
+    pub controller: String,
+    /// File holding the shared token (the controller's --token-file; at least 16 bytes).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: PathBuf,
+    /// PEM CA that signed the controller's certificate (https): only it is trusted.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// This agent's name in reports (default: the host name and process id).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Only load these targets (repeatable): an address range (127.0.0.0/8, 10.1.2.3) or
+    /// HOST:PORT. An assignment naming another target is refused and nothing is sent.
+    #[arg(long = "allow-target", value_name = "CIDR|HOST:PORT")]
+    pub allow_targets: Vec<AllowRule>,
+    /// Local addresses this agent may bind clients to (repeatable), offered to the controller.
+    #[arg(long = "source-address", value_name = "IP")]
+    pub source_addresses: Vec<IpAddr>,
+    /// Stop all load after hearing nothing from the controller for this long.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub lease: Duration,
+    /// Serve one run, then exit (for Jobs, and `squall run --local-agents`).
+    #[arg(long)]
+    pub once: bool,
+    /// Tests only: shift this agent's clock by this many ms (to check offset estimation).
+    #[arg(long, hide = true, default_value_t = 0, allow_hyphen_values = true)]
+    pub test_clock_skew_ms: i64,
+}
+
+pub fn run(a: AgentArgs) -> u8 {
+    let token = match Token::from_file(&a.token_file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::INVALID;
+        }
+    };
+    let ca_pem = match &a.ca {
+        Some(p) => match std::fs::read(p) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("error: cannot read the CA {}: {e}", p.display());
+                return exit::INVALID;
+            }
+        },
+        None => None,
+    };
+    if a.controller.starts_with("https://") && ca_pem.is_none() {
+        eprintln!("error: an https:// controller needs --ca (the CA that signed its certificate)");
+        return exit::INVALID;
+    }
+    if !a.controller.starts_with("http://") && !a.controller.starts_with("https://") {
+        eprintln!("error: `{}`: write the controller as http://host:port or https://host:port", a.controller);
+        return exit::INVALID;
+    }
+    let name = a.name.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let fd_limit = link::raise_fd_limit();
+    let opts = LinkOptions {
+        controller: a.controller.clone(),
+        token,
+        ca_pem,
+        name,
+        allow: a.allow_targets.clone(),
+        source_addresses: a.source_addresses.clone(),
+        lease: a.lease,
+        clock: Clock::new().shifted(a.test_clock_skew_ms.saturating_mul(1_000_000)),
+        once: a.once,
+        fd_limit,
+    };
+    // the engine's runtime; the link keeps its own (this thread), so heartbeats never queue
+    // behind 20k clients
+    let engine = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("engine").build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return exit::RUNTIME;
+        }
+    };
+    let link_rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return exit::RUNTIME;
+        }
+    };
+    tracing::info!(controller = %opts.controller, name = %opts.name, fd_limit, "Agent starting");
+    let result = link_rt.block_on(async {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            super::run::interrupted().await;
+            let _ = stop_tx.send(true);
+        });
+        link::serve(opts, engine.handle().clone(), stop_rx).await
+    });
+    engine.shutdown_timeout(Duration::from_secs(5));
+    match result {
+        Ok(()) => exit::PASS,
+        Err(e @ LinkError::Refused(_)) => {
+            eprintln!("error: {e}");
+            exit::INVALID
+        }
+        Err(e @ LinkError::Unreachable(_)) => {
+            eprintln!("error: {e}");
+            exit::RUNTIME
+        }
+    }
+}

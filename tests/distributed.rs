@@ -1,0 +1,353 @@
+//! `squall controller` and `squall agent` as real processes over loopback gRPC, against a real
+//! mosquitto and squall's own broker: merged counts, the ledger across agents, refusals, and
+//! what happens when a controller or an agent dies.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::mosquitto::Mosquitto;
+
+/// A process whose stderr is collected line by line (and so never blocks on a full pipe).
+struct Proc {
+    child: Child,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: std::process::Command) -> Proc {
+        let mut child =
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let lines = stderr.clone();
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        Proc { child, stderr }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Waits (bounded) for a stderr line containing `needle`; returns it.
+    fn wait_line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(l) = self.stderr.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100)); // the reader thread's last lines
+                panic!("exited ({status}) before a line with `{needle}`; stderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no line with `{needle}` in 60 s; stderr:\n{}", self.stderr());
+    }
+
+    /// Waits (bounded) for the exit code.
+    fn wait(&mut self) -> i32 {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("still running after 120 s; stderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(scenario: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("s.toml"), scenario).unwrap();
+        std::fs::write(dir.path().join("token"), "a-test-token-of-enough-length\n").unwrap();
+        std::fs::write(dir.path().join("other-token"), "another-token-nobody-shares\n").unwrap();
+        Setup { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `squall controller` on a free loopback port; returns it and its agent URL.
+    fn controller(&self, agents: u32, extra: &[&str]) -> (Proc, String) {
+        let mut cmd = support::squall();
+        cmd.arg("controller")
+            .arg(self.path("s.toml"))
+            .args(["--listen", "127.0.0.1:0", "--agents", &agents.to_string(), "-q"])
+            .arg("--token-file")
+            .arg(self.path("token"))
+            .arg("--report")
+            .arg(self.path("report.json"))
+            .args(extra);
+        if !extra.contains(&"--live") {
+            cmd.args(["--live", "off"]);
+        }
+        let mut p = Proc::spawn(cmd);
+        let line = p.wait_line("waiting for");
+        let addr = line.rsplit(' ').next().unwrap().to_string();
+        (p, format!("http://{addr}"))
+    }
+
+    fn agent(&self, url: &str, name: &str, token: &str, extra: &[&str]) -> Proc {
+        let mut cmd = support::squall();
+        cmd.args(["agent", "--once", "--controller", url, "--name", name])
+            .arg("--token-file")
+            .arg(self.path(token))
+            .args(extra);
+        Proc::spawn(cmd)
+    }
+
+    fn report(&self) -> Value {
+        let text = std::fs::read_to_string(self.path("report.json")).expect("the report was written");
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+fn counter(r: &Value, name: &str) -> u64 {
+    r["counters"][name].as_u64().unwrap()
+}
+
+fn per_agent_sum(r: &Value, field: &str) -> u64 {
+    r["per_agent"].as_array().unwrap().iter().map(|a| a[field].as_u64().unwrap()).sum()
+}
+
+fn scenario(target: &str, duration: &str) -> String {
+    format!(
+        r#"[target]
+urls = ["{target}"]
+[run]
+duration = "{duration}"
+drain = "1s"
+[[group]]
+name = "sensors"
+clients = 60
+[group.publish]
+topic = "dist/{{i}}"
+qos = 1
+interval = "100ms"
+[[group]]
+name = "backend"
+clients = 3
+[group.subscribe]
+filters = ["dist/+"]
+qos = 1
+"#
+    )
+}
+
+#[test]
+fn controller_and_three_agents_merge_exactly_against_mosquitto() {
+    let broker = Mosquitto::start();
+    let s = Setup::new(&scenario(&broker.url(), "2s"));
+    let (mut controller, url) = s.controller(3, &[]);
+    let _agents: Vec<Proc> = (0..3).map(|k| s.agent(&url, &format!("a{k}"), "token", &[])).collect();
+    assert_eq!(controller.wait(), 0, "stderr:\n{}", controller.stderr());
+    let r = s.report();
+    assert_eq!(r["agents"], 3);
+    let agents = r["per_agent"].as_array().unwrap();
+    assert_eq!(agents.len(), 3);
+    let mut names: Vec<&str> = agents.iter().map(|a| a["name"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["a0", "a1", "a2"]);
+    for a in agents {
+        assert_eq!(a["status"], "finished", "{a}");
+        assert!(a["clock"]["samples"].as_u64().unwrap() > 0, "{a}");
+    }
+    // every client ran once, on exactly one agent
+    assert_eq!(per_agent_sum(&r, "clients"), 63);
+    assert_eq!(per_agent_sum(&r, "connects"), 63);
+    assert_eq!(counter(&r, "connects"), 63);
+    // the merged totals are the sum of what each agent reported
+    let published = counter(&r, "published_qos1");
+    assert!(published > 0);
+    assert_eq!(per_agent_sum(&r, "published"), published);
+    assert_eq!(per_agent_sum(&r, "received"), counter(&r, "received_qos1"));
+    // the ledger spans agents: every subscriber expects every stream, wherever it was published
+    let d = &r["delivery"]["all"];
+    assert_eq!(r["delivery"]["complete"], true);
+    assert_eq!(d["expected"].as_u64().unwrap(), 3 * published, "{d}");
+    assert_eq!(d["delivered"], d["expected"], "{d}");
+    assert_eq!(d["lost"], 0, "{d}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_counts_equal_what_squalls_broker_counted() {
+    let broker = support::broker(|_| {}).await;
+    let s = Setup::new(&scenario(&support::url(&broker), "2s"));
+    let (mut controller, url) = s.controller(2, &[]);
+    let _agents: Vec<Proc> = (0..2).map(|k| s.agent(&url, &format!("b{k}"), "token", &[])).collect();
+    let code = tokio::task::spawn_blocking(move || {
+        let c = controller.wait();
+        (c, controller.stderr())
+    })
+    .await
+    .unwrap();
+    assert_eq!(code.0, 0, "stderr:\n{}", code.1);
+    let r = s.report();
+    let b = broker.stats();
+    // the broker is an independent witness: what it took in is what the agents say they sent
+    assert_eq!(b.messages_in[1], counter(&r, "published_qos1"), "{b:?}");
+    assert_eq!(b.messages_out[1], counter(&r, "received_qos1"), "{b:?}");
+    assert_eq!(b.connects, counter(&r, "connects"), "{b:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_is_refused_before_any_mqtt_traffic() {
+    let broker = support::broker(|_| {}).await;
+    let s = Setup::new(&scenario(&support::url(&broker), "2s"));
+    let (mut controller, url) = s.controller(1, &["--agent-timeout", "3s"]);
+    let mut agent = s.agent(&url, "intruder", "other-token", &[]);
+    let (agent_code, agent_err, code, err) = tokio::task::spawn_blocking(move || {
+        let a = agent.wait();
+        let c = controller.wait();
+        (a, agent.stderr(), c, controller.stderr())
+    })
+    .await
+    .unwrap();
+    // the agent checks the controller's proof first: a controller it cannot trust gets nothing
+    assert_eq!(agent_code, 2, "{agent_err}");
+    assert!(agent_err.contains("could not prove it holds the token"), "{agent_err}");
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("0 of 1 agents attached"), "{err}");
+    assert_eq!(broker.stats().connects, 0, "no MQTT traffic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_outside_the_allow_list_is_refused_and_nothing_is_sent() {
+    let broker = support::broker(|_| {}).await;
+    let s = Setup::new(&scenario(&support::url(&broker), "2s"));
+    let (mut controller, url) = s.controller(1, &[]);
+    let _agent = s.agent(&url, "careful", "token", &["--allow-target", "10.0.0.0/8"]);
+    let (code, err) =
+        tokio::task::spawn_blocking(move || (controller.wait(), controller.stderr())).await.unwrap();
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("refused its assignment") && err.contains("outside this agent's --allow-target"),
+        "{err}"
+    );
+    assert_eq!(broker.stats().connects, 0, "no MQTT traffic");
+}
+
+/// Polls (bounded) until `cond` holds; returns how long it took.
+async fn until(what: &str, limit: Duration, cond: impl Fn() -> bool) -> Duration {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    t.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_stop_all_load_when_the_controller_is_killed() {
+    let broker = support::broker(|_| {}).await;
+    let s = Setup::new(&scenario(&support::url(&broker), "1h"));
+    let (mut controller, url) = s.controller(1, &["--lease", "2s"]);
+    let mut agent = s.agent(&url, "orphan", "token", &["--lease", "2s"]);
+    until("all clients connected", Duration::from_secs(60), || broker.stats().connections == 63).await;
+    // -9: no goodbye; the agent must notice the silence itself
+    controller.child.kill().unwrap();
+    let took =
+        until("every connection gone", Duration::from_secs(2 + 5), || broker.stats().connections == 0).await;
+    eprintln!("connections gone {took:?} after the controller was killed (lease 2 s)");
+    let code = tokio::task::spawn_blocking(move || agent.wait()).await.unwrap();
+    assert_eq!(code, 3, "a --once agent whose controller vanished reports a runtime failure");
+}
+
+#[test]
+fn an_agent_killed_mid_run_is_reported_lost_with_its_data_so_far() {
+    let broker = Mosquitto::start();
+    let s = Setup::new(&scenario(&broker.url(), "1h"));
+    let (mut controller, url) = s.controller(2, &["--lease", "3s", "--live", "lines"]);
+    let survivor = s.agent(&url, "survivor", "token", &[]);
+    let mut victim = s.agent(&url, "victim", "token", &[]);
+    // every client connected, on both agents: the victim has sent snapshots
+    controller.wait_line("connected 63/63");
+    victim.child.kill().unwrap();
+    let code = controller.wait();
+    assert_eq!(code, 3, "stderr:\n{}", controller.stderr());
+    let r = s.report();
+    assert_eq!(r["verdict"]["status"], "error");
+    let reasons = r["verdict"]["reasons"].to_string();
+    assert!(reasons.contains("victim") && reasons.contains("lost"), "{reasons}");
+    let victim_r = r["per_agent"].as_array().unwrap().iter().find(|a| a["name"] == "victim").unwrap().clone();
+    assert_eq!(victim_r["status"], "lost");
+    assert!(
+        victim_r["snapshots"].as_u64().unwrap() > 0 && victim_r["connects"].as_u64().unwrap() > 0,
+        "{victim_r}"
+    );
+    drop(survivor);
+}
+
+#[test]
+fn run_with_local_agents_delivers_every_message_at_qos1() {
+    let broker = Mosquitto::start();
+    let s = Setup::new(&scenario(&broker.url(), "2s"));
+    let mut cmd = support::squall();
+    cmd.arg("run")
+        .arg(s.path("s.toml"))
+        .args(["--local-agents", "3", "--live", "off", "-q", "--report"])
+        .arg(s.path("report.json"));
+    let mut run = Proc::spawn(cmd);
+    assert_eq!(run.wait(), 0, "stderr:\n{}", run.stderr());
+    let r = s.report();
+    assert_eq!(r["agents"], 3);
+    let d = &r["delivery"]["all"];
+    assert_eq!(d["lost"], 0, "{d}");
+    assert_eq!(d["expected"].as_u64().unwrap(), 3 * counter(&r, "published_qos1"));
+    assert_eq!(d["delivered"], d["expected"]);
+}
+
+#[test]
+fn a_plaintext_link_off_loopback_needs_insecure_link() {
+    let s = Setup::new(&scenario("mqtt://127.0.0.1:1", "1s"));
+    let out = support::squall()
+        .arg("controller")
+        .arg(s.path("s.toml"))
+        .args(["--listen", "0.0.0.0:0", "--agents", "1", "--token-file"])
+        .arg(s.path("token"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--insecure-link"), "{err}");
+}
+
+#[test]
+fn a_short_token_is_refused_with_a_hint() {
+    let s = Setup::new(&scenario("mqtt://127.0.0.1:1", "1s"));
+    std::fs::write(s.path("short"), "abc").unwrap();
+    let out = support::squall()
+        .args(["agent", "--controller", "http://127.0.0.1:1", "--token-file"])
+        .arg(s.path("short"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 16"));
+}
