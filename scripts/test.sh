@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests talk to when it is
-# missing (mosquitto and its clients from Debian; paho-mqtt and jsonschema from PyPI), then
+# missing (mosquitto, its clients and docker-compose from Debian; paho-mqtt, jsonschema and
+# kubernetes-validate from PyPI), then
 # runs every test of every crate. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,7 @@ have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 missing=()
 have mosquitto || missing+=(mosquitto)
 have mosquitto_pub || missing+=(mosquitto-clients)
+have docker-compose || missing+=(docker-compose)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
@@ -17,9 +19,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-if ! python3 -c "import paho.mqtt, jsonschema" >/dev/null 2>&1; then
-  echo "installing paho-mqtt and jsonschema (interop and schema tests)"
-  python3 -m pip install -q "paho-mqtt==2.1.0" "jsonschema>=4"
+if ! python3 -c "import paho.mqtt, jsonschema" >/dev/null 2>&1 || ! have kubernetes-validate; then
+  echo "installing paho-mqtt, jsonschema and kubernetes-validate (interop, schema and deploy tests)"
+  python3 -m pip install -q "paho-mqtt==2.1.0" "jsonschema>=4" "kubernetes-validate==1.37.0"
 fi
 
 cargo test --workspace --locked "$@"
