@@ -305,6 +305,35 @@ fn an_agent_killed_mid_run_is_reported_lost_with_its_data_so_far() {
     drop(survivor);
 }
 
+/// An interrupted distributed run loses nothing: the agents' last snapshots (after the abort)
+/// still reach the report, so what it says was published is what the broker received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_the_controller_reports_every_message_sent() {
+    let broker = support::broker(|_| {}).await;
+    let s = Setup::new(&scenario(&support::url(&broker), "1h"));
+    let (mut controller, url) = s.controller(2, &["--live", "lines"]);
+    let _agents: Vec<Proc> = (0..2).map(|k| s.agent(&url, &format!("t{k}"), "token", &[])).collect();
+    let (code, err) = tokio::task::spawn_blocking(move || {
+        controller.wait_line("pub ");
+        // a second of publishing, then SIGTERM
+        controller.wait_line("[   3.");
+        unsafe { kill(controller.child.id() as i32, 15) };
+        (controller.wait(), controller.stderr())
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 130, "{err}");
+    let r = s.report();
+    assert_eq!(r["verdict"]["status"], "aborted");
+    let published = counter(&r, "published_qos1");
+    assert!(published > 0);
+    assert_eq!(broker.stats().messages_in[1], published, "every PUBLISH the broker took is in the report");
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
 #[test]
 fn run_with_local_agents_delivers_every_message_at_qos1() {
     let broker = Mosquitto::start();

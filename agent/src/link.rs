@@ -366,7 +366,7 @@ async fn session(
             _ = shutdown.changed() => {
                 if let Some(r) = running.take() {
                     let ev = AgentEvent::Failed { message: format!("agent `{}` was stopped (signal); its clients were closed", opts.name) };
-                    stop_engine(r).await;
+                    stop_engine(r, &out).await;
                     for m in wire::event_messages(&ev) {
                         let _ = out.send(m).await;
                     }
@@ -447,21 +447,29 @@ async fn session(
         }
     };
     if let Some(r) = running.take() {
-        // whatever ended the link, no load goes on without a controller
-        tracing::warn!(run = %r.run, "Stopping all load: the link to the controller ended");
-        stop_engine(r).await;
+        // whatever ended the link, no load goes on without a controller; what the engine
+        // still reports (its last snapshot) goes up if the link still carries it
+        tracing::warn!(run = %r.run, "Stopping all load: the run or the link to the controller ended");
+        stop_engine(r, &out).await;
     }
     Ok(ended)
 }
 
-/// Aborts a running engine and waits (bounded) until its clients are closed.
-async fn stop_engine(r: Running) {
+/// Aborts a running engine and waits (bounded) until its clients are closed, passing what it
+/// still reports (its last snapshot) to `out`.
+async fn stop_engine(r: Running, out: &mpsc::Sender<pb::AgentMessage>) {
     let Running { handle, .. } = r;
     let AgentHandle { commands, mut events } = handle;
     let _ = commands.try_send(squall_proto::link::Command::Abort);
     drop(commands);
-    let _ =
-        tokio::time::timeout(Duration::from_secs(10), async { while events.recv().await.is_some() {} }).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(ev) = events.recv().await {
+            for m in wire::event_messages(&ev) {
+                let _ = out.send(m).await;
+            }
+        }
+    })
+    .await;
 }
 
 fn refusal(r: pb::Refusal) -> Ended {

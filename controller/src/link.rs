@@ -309,9 +309,31 @@ async fn attached_loop(
                     }
                 }
                 None => {
-                    // the run is over: tell the agent, then end its stream
+                    // the run is over: tell the agent, then take what its engine still reports
+                    // (after an abort, its last snapshot) until it closes its stream
                     let refusal = pb::Refusal { reason: pb::refusal::Reason::RunOver as i32, message: "the run is over".into() };
                     let _ = out.send(msg(C::Refusal(refusal))).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                        while let Ok(Some(m)) = inbound.message().await {
+                            match m.body {
+                                Some(A::StreamFinals(c)) => {
+                                    if chunks.push(c).is_err() {
+                                        return;
+                                    }
+                                }
+                                Some(A::Event(e)) => match wire::event_from_wire(e, &mut chunks) {
+                                    Ok(ev) => {
+                                        if events.send(ev).await.is_err() {
+                                            return;
+                                        }
+                                    }
+                                    Err(_) => return,
+                                },
+                                _ => {}
+                            }
+                        }
+                    })
+                    .await;
                     return "its run is over";
                 }
             }
