@@ -166,8 +166,14 @@ fn controller_and_three_agents_merge_exactly_against_mosquitto() {
     let broker = Mosquitto::start();
     let s = Setup::new(&scenario(&broker.url(), "2s"));
     let (mut controller, url) = s.controller(3, &[]);
-    let _agents: Vec<Proc> = (0..3).map(|k| s.agent(&url, &format!("a{k}"), "token", &[])).collect();
+    let tally = |k: usize| s.path(&format!("tally-{k}.json"));
+    let mut agents: Vec<Proc> = (0..3)
+        .map(|k| s.agent(&url, &format!("a{k}"), "token", &["--tally-file", tally(k).to_str().unwrap()]))
+        .collect();
     assert_eq!(controller.wait(), 0, "stderr:\n{}", controller.stderr());
+    for a in &mut agents {
+        assert_eq!(a.wait(), 0, "{}", a.stderr());
+    }
     let r = s.report();
     assert_eq!(r["agents"], 3);
     let agents = r["per_agent"].as_array().unwrap();
@@ -194,13 +200,40 @@ fn controller_and_three_agents_merge_exactly_against_mosquitto() {
     assert_eq!(d["expected"].as_u64().unwrap(), 3 * published, "{d}");
     assert_eq!(d["delivered"], d["expected"], "{d}");
     assert_eq!(d["lost"], 0, "{d}");
+
+    // each agent's own tally, written apart from the controller: the merge adds up to them,
+    // counter by counter (the controller's sum is not its own witness)
+    let tallies: Vec<Value> =
+        (0..3).map(|k| serde_json::from_str(&std::fs::read_to_string(tally(k)).unwrap()).unwrap()).collect();
+    for t in &tallies {
+        assert_eq!(t["end"], "finished", "{t}");
+        assert_eq!(t["run"], r["run_tag"], "{t}");
+    }
+    for (name, value) in r["counters"].as_object().unwrap() {
+        let summed: u64 = tallies.iter().map(|t| t["counters"][name].as_u64().unwrap_or(0)).sum();
+        assert_eq!(value.as_u64().unwrap(), summed, "counter {name}: report against the agents' tallies");
+    }
+    for field in ["expected", "received", "lost", "duplicates"] {
+        let summed: u64 = tallies.iter().map(|t| t["delivery"][field].as_u64().unwrap()).sum();
+        let merged = if field == "received" { &d["delivered"] } else { &d[field] };
+        assert_eq!(merged.as_u64().unwrap(), summed, "delivery {field}");
+    }
+
+    // every agent woke for the agreed start; the skew is the spread of their lateness
+    let late: Vec<f64> = agents.iter().map(|a| a["start_late_us"].as_f64().expect("start_late_us")).collect();
+    let spread =
+        late.iter().cloned().fold(f64::MIN, f64::max) - late.iter().cloned().fold(f64::MAX, f64::min);
+    let skew = r["start_skew_us"].as_f64().expect("start_skew_us");
+    assert!((skew - spread).abs() < 0.01, "skew {skew} against lateness {late:?}");
+    eprintln!("start lateness µs {late:?}, skew {skew} µs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merged_counts_equal_what_squalls_broker_counted() {
     let broker = support::broker(|_| {}).await;
     let s = Setup::new(&scenario(&support::url(&broker), "2s"));
-    let (mut controller, url) = s.controller(2, &[]);
+    // weights set by name: b0 takes three shares to b1's one
+    let (mut controller, url) = s.controller(2, &["--agent-weight", "b0=3", "--agent-weight", "b1=1"]);
     let _agents: Vec<Proc> = (0..2).map(|k| s.agent(&url, &format!("b{k}"), "token", &[])).collect();
     let code = tokio::task::spawn_blocking(move || {
         let c = controller.wait();
@@ -215,6 +248,11 @@ async fn merged_counts_equal_what_squalls_broker_counted() {
     assert_eq!(b.messages_in[1], counter(&r, "published_qos1"), "{b:?}");
     assert_eq!(b.messages_out[1], counter(&r, "received_qos1"), "{b:?}");
     assert_eq!(b.connects, counter(&r, "connects"), "{b:?}");
+    // 60 sensors: round(60·¾) = 45 and 15; 3 backends: round(3·¾) = 2 and 1
+    let clients = |name: &str| {
+        r["per_agent"].as_array().unwrap().iter().find(|a| a["name"] == name).unwrap()["clients"].as_u64()
+    };
+    assert_eq!((clients("b0"), clients("b1")), (Some(47), Some(16)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,6 +274,55 @@ async fn a_wrong_token_is_refused_before_any_mqtt_traffic() {
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("0 of 1 agents attached"), "{err}");
     assert_eq!(broker.stats().connects, 0, "no MQTT traffic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_of_another_link_version_is_refused_with_the_reason() {
+    let broker = support::broker(|_| {}).await;
+    let s = Setup::new(&scenario(&support::url(&broker), "2s"));
+    let (mut controller, url) = s.controller(1, &["--agent-timeout", "3s"]);
+    let mut agent = s.agent(&url, "from-the-future", "token", &["--test-link-version", "99"]);
+    let (agent_code, agent_err, code, err) = tokio::task::spawn_blocking(move || {
+        let a = agent.wait();
+        let c = controller.wait();
+        (a, agent.stderr(), c, controller.stderr())
+    })
+    .await
+    .unwrap();
+    assert_eq!(agent_code, 2, "a refusal a person must act on: {agent_err}");
+    assert!(agent_err.contains("link version 99"), "{agent_err}");
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(broker.stats().connects, 0, "no MQTT traffic");
+}
+
+/// The link over TLS: an agent pinning the CA that signed the controller's certificate runs;
+/// one pinning another CA refuses to attach, and sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_runs_over_tls_and_an_untrusted_controller_gets_nothing() {
+    let broker = support::broker(|_| {}).await;
+    let s = Setup::new(&scenario(&support::url(&broker), "1s"));
+    let ca = support::ca::TestCa::new("link-ca");
+    let ca_pem = ca.write_ca(s.dir.path(), "ca.pem");
+    let other_pem = support::ca::TestCa::new("someone-else").write_ca(s.dir.path(), "other.pem");
+    let cert = ca.issue(s.dir.path(), "controller", &["127.0.0.1"]);
+    let tls = ["--tls-cert", cert.cert.to_str().unwrap(), "--tls-key", cert.key.to_str().unwrap()];
+
+    let (mut controller, url) = s.controller(1, &tls);
+    let url = url.replace("http://", "https://");
+    let mut stranger = s.agent(&url, "stranger", "token", &["--ca", other_pem.to_str().unwrap()]);
+    let (stranger_code, stranger_err) =
+        tokio::task::spawn_blocking(move || (stranger.wait(), stranger.stderr())).await.unwrap();
+    assert_ne!(stranger_code, 0, "{stranger_err}");
+    assert!(stranger_err.contains("certificate"), "the reason names the certificate: {stranger_err}");
+    assert_eq!(broker.stats().connects, 0, "no MQTT traffic");
+
+    let _agent = s.agent(&url, "trusting", "token", &["--ca", ca_pem.to_str().unwrap()]);
+    let (code, err) =
+        tokio::task::spawn_blocking(move || (controller.wait(), controller.stderr())).await.unwrap();
+    assert_eq!(code, 0, "{err}");
+    let r = s.report();
+    assert_eq!(r["per_agent"][0]["name"], "trusting");
+    assert!(counter(&r, "published_qos1") > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

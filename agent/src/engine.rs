@@ -220,6 +220,7 @@ async fn drive(
                 Some(Command::Publish { start_unix_ns, until_unix_ns }) if !publishing => {
                     publishing = true;
                     let _ = phase_tx.send(Phase::Publish { start_ns: start_unix_ns, until_ns: until_unix_ns });
+                    mark_start(shared.clock.clone(), start_unix_ns, events.clone());
                 }
                 Some(Command::Publish { .. }) => {}
                 Some(Command::Finish { streams, drain_ms }) => {
@@ -247,6 +248,26 @@ async fn drive(
             }
         }
     }
+}
+
+/// Wakes at the start instant on a thread of its own (a thread sleep, then a spin for the last
+/// stretch: the runtime's timer wheel is 1 ms coarse) and reports how late it woke: the
+/// controller compares agents' reports to give the run's start skew.
+fn mark_start(clock: Clock, start_ns: u64, events: mpsc::Sender<AgentEvent>) {
+    const SPIN: u64 = 1_000_000;
+    tokio::task::spawn_blocking(move || {
+        let now = clock.now_ns();
+        if start_ns > now + SPIN {
+            // bounded: the controller sends the command ~100 ms ahead; never sleep past 10 s
+            std::thread::sleep(Duration::from_nanos((start_ns - now - SPIN).min(10_000_000_000)));
+        }
+        let spin_until = std::time::Instant::now() + Duration::from_nanos(2 * SPIN);
+        while clock.now_ns() < start_ns && std::time::Instant::now() < spin_until {
+            std::hint::spin_loop();
+        }
+        let late_ns = clock.now_ns() as i64 - start_ns as i64;
+        let _ = events.blocking_send(AgentEvent::Started { late_ns });
+    });
 }
 
 /// The final count of every stream this agent published.

@@ -8,7 +8,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use squall_proto::LINK_VERSION;
 use squall_proto::auth::{self, Role, Token};
 use squall_proto::clock::Clock;
 use squall_proto::link::AgentEvent;
@@ -41,6 +40,10 @@ pub struct LinkOptions {
     pub once: bool,
     /// The open-file limit (after raising the soft limit to the hard one).
     pub fd_limit: u64,
+    /// Where to write this agent's own tally after each run (JSON), if anywhere.
+    pub tally_file: Option<std::path::PathBuf>,
+    /// The link version this agent speaks ([`squall_proto::LINK_VERSION`]; tests set others).
+    pub link_version: u32,
 }
 
 /// How serving ended.
@@ -275,11 +278,73 @@ enum Ended {
 struct Running {
     run: String,
     handle: AgentHandle,
+    tally: Tally,
 }
 
-async fn connect(opts: &LinkOptions) -> Result<tonic::transport::Channel, String> {
+/// What this agent itself counted in a run, summed from the snapshots it sent up, written to
+/// `--tally-file` when the run ends: a record kept apart from the controller's, so a merged
+/// report can be checked against what each agent did.
+#[derive(Debug, Default, serde::Serialize)]
+struct Tally {
+    run: String,
+    agent: String,
+    /// How the run ended here: finished, failed, or stopped (aborted, link lost, signal).
+    end: &'static str,
+    snapshots: u64,
+    counters: std::collections::BTreeMap<&'static str, u64>,
+    /// Its receivers' delivery totals, when it finished.
+    delivery: Option<squall_proto::metrics::Delivery>,
+}
+
+impl Tally {
+    fn new(run: &str, agent: &str) -> Tally {
+        Tally { run: run.into(), agent: agent.into(), end: "stopped", ..Default::default() }
+    }
+
+    fn observe(&mut self, ev: &AgentEvent) {
+        match ev {
+            AgentEvent::Snapshot(s) => {
+                self.snapshots += 1;
+                for (k, v) in s.counters.fields() {
+                    *self.counters.entry(k).or_default() += v;
+                }
+            }
+            AgentEvent::Finished(r) => {
+                self.end = "finished";
+                self.delivery = Some(r.ledger.all());
+            }
+            AgentEvent::Failed { .. } => self.end = "failed",
+            _ => {}
+        }
+    }
+
+    /// Writes the tally (whole, or not at all: a temporary file renamed over the old one).
+    fn write(&self, path: &std::path::Path) {
+        let tmp = path.with_extension("tmp");
+        let res = serde_json::to_vec_pretty(self)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        match res {
+            Ok(()) => tracing::info!(path = %path.display(), "Tally written"),
+            Err(e) => tracing::error!(path = %path.display(), error = %e, "Cannot write the tally"),
+        }
+    }
+}
+
+/// Sends an engine event up the link (as wire messages), counting it in the tally.
+async fn forward(ev: &AgentEvent, tally: &mut Tally, out: &mpsc::Sender<pb::AgentMessage>) {
+    tally.observe(ev);
+    for m in wire::event_messages(ev) {
+        if out.send(m).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn connect(opts: &LinkOptions) -> Result<tonic::transport::Channel, Dial> {
     let mut ep = tonic::transport::Endpoint::from_shared(opts.controller.clone())
-        .map_err(|e| format!("bad controller URL `{}`: {e}", opts.controller))?
+        .map_err(|e| Dial::Untrusted(format!("bad controller URL `{}`: {e}", opts.controller)))?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(2))
         .keep_alive_timeout(opts.lease)
@@ -289,12 +354,62 @@ async fn connect(opts: &LinkOptions) -> Result<tonic::transport::Channel, String
         match &opts.ca_pem {
             Some(ca) => tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca)),
             None => {
-                return Err("an https:// controller needs --ca (the CA that signed its certificate)".into());
+                return Err(Dial::Untrusted(
+                    "an https:// controller needs --ca (the CA that signed its certificate)".into(),
+                ));
             }
         }
-        ep = ep.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
+        ep = ep.tls_config(tls).map_err(|e| Dial::Untrusted(format!("TLS: {e}")))?;
     }
-    ep.connect().await.map_err(|e| format!("cannot reach the controller at {}: {e}", opts.controller))
+    ep.connect().await.map_err(|e| {
+        let tls = tls_failure(&e);
+        let why = tls.as_ref().map(|t| format!("TLS: {t}")).unwrap_or_else(|| causes(&e));
+        let msg = format!("cannot reach the controller at {}: {why}", opts.controller);
+        match tls {
+            // a certificate this agent does not trust will not start being trusted: a person
+            // must change --ca or the controller's certificate
+            Some(_) => Dial::Untrusted(format!("{msg}; this agent trusts only the CA in --ca")),
+            None => Dial::Unreachable(msg),
+        }
+    })
+}
+
+/// Why dialing failed.
+enum Dial {
+    Unreachable(String),
+    /// The controller's certificate is not trusted (or TLS failed for good).
+    Untrusted(String),
+}
+
+/// The rustls error at the root of a connection failure, if it is one.
+fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<rustls::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<rustls::Error>() {
+            return Some(t.clone());
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+        {
+            return Some(t.clone());
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// An error and its causes, joined: tonic's own message is only "transport error".
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = c.source();
+    }
+    parts.join(": ")
 }
 
 async fn session(
@@ -304,14 +419,18 @@ async fn session(
 ) -> Result<Ended, String> {
     use pb::agent_message::Body as A;
     use pb::controller_message::Body as C;
-    let channel = connect(opts).await?;
+    let channel = match connect(opts).await {
+        Ok(c) => c,
+        Err(Dial::Unreachable(why)) => return Err(why),
+        Err(Dial::Untrusted(why)) => return Ok(Ended::Refused(why)),
+    };
     let mut client = ControllerClient::new(channel).max_decoding_message_size(16 << 20);
     let (out, out_rx) = mpsc::channel::<pb::AgentMessage>(1024);
     let nonce = auth::nonce();
     let hello = pb::Hello {
         name: opts.name.clone(),
         squall_version: env!("CARGO_PKG_VERSION").into(),
-        link_version: LINK_VERSION,
+        link_version: opts.link_version,
         nonce: nonce.to_vec(),
         capacity: Some(pb::Capacity {
             cores: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
@@ -355,7 +474,7 @@ async fn session(
     let ended = loop {
         let engine_events = async {
             match running.as_mut() {
-                Some(r) => r.handle.events.recv().await,
+                Some(r) => (r.handle.events.recv().await, r),
                 None => std::future::pending().await,
             }
         };
@@ -366,23 +485,20 @@ async fn session(
             _ = shutdown.changed() => {
                 if let Some(r) = running.take() {
                     let ev = AgentEvent::Failed { message: format!("agent `{}` was stopped (signal); its clients were closed", opts.name) };
-                    stop_engine(r, &out).await;
+                    let mut tally = stop_engine(r, &out).await;
                     for m in wire::event_messages(&ev) {
                         let _ = out.send(m).await;
                     }
+                    tally.end = "stopped";
+                    write_tally(opts, &tally);
                 }
                 break Ended::Stopped;
             }
-            ev = engine_events => match ev {
-                Some(ev) => {
-                    for m in wire::event_messages(&ev) {
-                        if out.send(m).await.is_err() {
-                            break;
-                        }
-                    }
-                }
+            (ev, r) = engine_events => match ev {
+                Some(ev) => forward(&ev, &mut r.tally, &out).await,
                 None => {
-                    tracing::info!(run = running.as_ref().map(|r| r.run.as_str()).unwrap_or(""), "Run finished on this agent");
+                    tracing::info!(run = %r.run, "Run finished on this agent");
+                    write_tally(opts, &r.tally);
                     running = None;
                 }
             },
@@ -411,7 +527,8 @@ async fn session(
                                         match engine.spawn(engine::start(a, opts.clock)).await {
                                             Ok(Ok(handle)) => {
                                                 chunks = Chunks::new(MAX_RUN_STREAMS);
-                                                running = Some(Running { run: asg.run.clone(), handle });
+                                                let tally = Tally::new(&asg.run, &opts.name);
+                                                running = Some(Running { run: asg.run.clone(), handle, tally });
                                                 Ok(())
                                             }
                                             Ok(Err(e)) => Err(e.to_string()),
@@ -450,26 +567,32 @@ async fn session(
         // whatever ended the link, no load goes on without a controller; what the engine
         // still reports (its last snapshot) goes up if the link still carries it
         tracing::warn!(run = %r.run, "Stopping all load: the run or the link to the controller ended");
-        stop_engine(r, &out).await;
+        let tally = stop_engine(r, &out).await;
+        write_tally(opts, &tally);
     }
     Ok(ended)
 }
 
+fn write_tally(opts: &LinkOptions, tally: &Tally) {
+    if let Some(path) = &opts.tally_file {
+        tally.write(path);
+    }
+}
+
 /// Aborts a running engine and waits (bounded) until its clients are closed, passing what it
-/// still reports (its last snapshot) to `out`.
-async fn stop_engine(r: Running, out: &mpsc::Sender<pb::AgentMessage>) {
-    let Running { handle, .. } = r;
+/// still reports (its last snapshot) to `out`. Returns its tally.
+async fn stop_engine(r: Running, out: &mpsc::Sender<pb::AgentMessage>) -> Tally {
+    let Running { handle, mut tally, .. } = r;
     let AgentHandle { commands, mut events } = handle;
     let _ = commands.try_send(squall_proto::link::Command::Abort);
     drop(commands);
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(ev) = events.recv().await {
-            for m in wire::event_messages(&ev) {
-                let _ = out.send(m).await;
-            }
+            forward(&ev, &mut tally, out).await;
         }
     })
     .await;
+    tally
 }
 
 fn refusal(r: pb::Refusal) -> Ended {

@@ -174,6 +174,7 @@ impl Aggregate {
             errors,
             snapshots: self.next_seq.get(&index).copied().unwrap_or(0),
             clock: None,
+            start_late_us: None,
         }
     }
 

@@ -70,6 +70,18 @@ pub enum RunError {
     Start(#[from] StartError),
 }
 
+/// The spread of the agents' start lateness, µs: `None` unless every agent reported one and
+/// there is more than one agent.
+fn start_skew_us(late: &[Option<i64>]) -> Option<f64> {
+    if late.len() < 2 {
+        return None;
+    }
+    let late: Option<Vec<i64>> = late.iter().copied().collect();
+    let late = late?;
+    let (lo, hi) = (late.iter().min()?, late.iter().max()?);
+    Some((hi - lo) as f64 / 1e3)
+}
+
 enum Incoming {
     Event(usize, AgentEvent),
     /// The agent's event channel closed.
@@ -111,6 +123,8 @@ pub async fn run(
     drop(tx);
     // per agent: what it ended as
     let mut status: Vec<Option<AgentStatus>> = vec![None; n_agents];
+    // per agent: how late it woke for the start instant, ns
+    let mut start_late: Vec<Option<i64>> = vec![None; n_agents];
 
     let clients = plan.clients();
     let mut agg = Aggregate::new(start_ns);
@@ -170,6 +184,7 @@ pub async fn run(
                         open_window(&mut window, &commands);
                     }
                 }
+                Some(Incoming::Event(i, AgentEvent::Started { late_ns })) => start_late[i] = Some(late_ns),
                 Some(Incoming::Event(_, AgentEvent::PublishDone { streams: s })) => {
                     streams.extend(s);
                     done_publishing += 1;
@@ -289,9 +304,11 @@ pub async fn run(
                 let mut r = agg.agent_report(i as u32, name.clone(), *clients);
                 r.status = st.unwrap_or(AgentStatus::Aborted);
                 r.clock = clock.as_ref().map(|c| c.borrow().clone().into());
+                r.start_late_us = start_late[i].map(|ns| ns as f64 / 1e3);
                 r
             })
             .collect(),
+        start_skew_us: start_skew_us(&start_late),
         started_at,
         elapsed_s: now.saturating_sub(start_ns) as f64 / 1e9,
         publish_window_s,

@@ -380,6 +380,24 @@ pub struct RemoteAgents {
     pub agents: Vec<Attached>,
     /// The run's id (hex run tag), for agents' "busy with run R".
     pub run: String,
+    /// Weights set by name (`--agent-weight NAME=W`); the others weigh their cores.
+    pub weights: Vec<(String, u32)>,
+}
+
+impl RemoteAgents {
+    /// Checks that every weight names an attached agent.
+    pub fn check_weights(&self) -> Result<(), String> {
+        for (name, _) in &self.weights {
+            if !self.agents.iter().any(|a| &a.name == name) {
+                let names: Vec<&str> = self.agents.iter().map(|a| a.name.as_str()).collect();
+                return Err(format!(
+                    "--agent-weight names agent `{name}`, which is not attached (attached: {})",
+                    names.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How long an agent may take to accept its assignment (it raises limits, resolves targets).
@@ -387,7 +405,13 @@ const ASSIGN_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Agents for RemoteAgents {
     fn weights(&self) -> Vec<u32> {
-        self.agents.iter().map(|a| a.capacity.cores.max(1)).collect()
+        self.agents
+            .iter()
+            .map(|a| {
+                let set = self.weights.iter().rev().find(|(n, _)| *n == a.name).map(|(_, w)| *w);
+                set.unwrap_or(a.capacity.cores.max(1))
+            })
+            .collect()
     }
 
     async fn start(self, assignments: Vec<Assignment>) -> Result<Vec<AgentLink>, StartError> {

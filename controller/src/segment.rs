@@ -1,5 +1,14 @@
 //! Splitting a plan among agents: each agent gets a contiguous share of every group, sized by
 //! its weight (its capacity). A local run is the one-agent case: segment 0 of 1, the same code.
+//!
+//! The rule is k6's execution segments: agent k owns the segment `[from, to)` of the unit
+//! interval (its cumulative weight over the total) and gets `round(N·to) − round(N·from)` of a
+//! group of N clients. Shares add up to N exactly, are contiguous index ranges (so `{i}` and
+//! client ids never collide), and differ from the exact proportion by less than one client. A
+//! group smaller than the number of agents lands whole-client on some of them (one fan-out
+//! publisher goes to exactly one agent); the others get none of it. Rates follow
+//! clients: a group's rate is spread over its clients, so an agent's share of the rate is its
+//! share of the clients and the shares sum to the group's rate.
 
 use squall_proto::plan::{Assignment, GroupAssignment};
 
@@ -31,10 +40,9 @@ pub fn segment(plan: &Plan, targets: &[squall_proto::target::TargetUrl], weights
         let n = g.clients as u64;
         let mut acc_w = 0u64;
         for (i, w) in weights.iter().enumerate() {
-            // boundaries at floor(n × cumulative weight / total): contiguous, no gaps, no overlap
-            let first = (n * acc_w / total_w) as u32;
+            let first = round_share(n, acc_w, total_w);
             acc_w += *w as u64;
-            let end = (n * acc_w / total_w) as u32;
+            let end = round_share(n, acc_w, total_w);
             if end > first {
                 out[i].groups.push(GroupAssignment {
                     spec: g.clone(),
@@ -51,6 +59,11 @@ pub fn segment(plan: &Plan, targets: &[squall_proto::target::TargetUrl], weights
         client_base += g.clients;
     }
     out
+}
+
+/// `round(n × num / den)`, halves up, in integers: k6's segment boundary.
+fn round_share(n: u64, num: u64, den: u64) -> u32 {
+    ((2 * n * num + den) / (2 * den)) as u32
 }
 
 #[cfg(test)]
@@ -79,6 +92,24 @@ mod tests {
         assert_eq!(g, vec![(0, 10, 0, 0), (0, 5, 10, 10)]);
     }
 
+    fn shares(clients: u32, weights: &[u32]) -> Vec<u32> {
+        let p = plan(&[clients]);
+        segment(&p, &[], weights).iter().map(|a| a.groups.first().map(|g| g.count).unwrap_or(0)).collect()
+    }
+
+    #[test]
+    fn shares_follow_k6_rounding() {
+        // 10 clients over 3 equal agents: round(10/3)=3, round(20/3)=7, 10 → 3, 4, 3
+        assert_eq!(shares(10, &[1, 1, 1]), vec![3, 4, 3]);
+        // a single fan-out publisher goes whole to the agent whose segment covers ½
+        assert_eq!(shares(1, &[1, 1, 1]), vec![0, 1, 0]);
+        assert_eq!(shares(1, &[1, 1]), vec![1, 0]);
+        // two clients, four agents: boundaries round(2·k/4) = 0, 1, 1, 2, 2
+        assert_eq!(shares(2, &[1, 1, 1, 1]), vec![1, 0, 1, 0]);
+        // weights: 2 cores against 1
+        assert_eq!(shares(9, &[2, 1]), vec![6, 3]);
+    }
+
     proptest! {
         /// Segments cover every client of every group exactly once, whatever the weights.
         #[test]
@@ -98,9 +129,15 @@ mod tests {
                 }
                 prop_assert!(covered.iter().all(|c| *c == 1));
             }
+            let total: u64 = weights.iter().map(|w| *w as u64).sum();
             for (agent, w) in a.iter().zip(&weights) {
                 if *w == 0 {
                     prop_assert!(agent.groups.is_empty());
+                }
+                // within one client of the exact proportion
+                for g in &agent.groups {
+                    let exact = g.spec.clients as f64 * *w as f64 / total as f64;
+                    prop_assert!((g.count as f64 - exact).abs() < 1.0 + 1e-9);
                 }
             }
         }

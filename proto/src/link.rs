@@ -26,6 +26,11 @@ pub enum AgentEvent {
         clients: u64,
         connected: u64,
     },
+    /// The agent reached the publishing window's start instant, `late_ns` after it (on the
+    /// controller's time base, as far as the agent's clock offset is known).
+    Started {
+        late_ns: i64,
+    },
     /// The publishing window is over; the final count of each of this agent's streams.
     PublishDone {
         streams: Vec<StreamFinal>,

@@ -543,6 +543,7 @@ pub fn event_messages(e: &AgentEvent) -> Vec<pb::AgentMessage> {
         AgentEvent::Ready { clients, connected } => {
             vec![ev(E::Ready(pb::Ready { clients: *clients, connected: *connected }))]
         }
+        AgentEvent::Started { late_ns } => vec![ev(E::Started(pb::Started { late_ns: *late_ns }))],
         AgentEvent::PublishDone { streams } => chunks(streams)
             .map(|c| pb::AgentMessage { body: Some(Body::StreamFinals(c)) })
             .chain([ev(E::PublishDone(pb::PublishDone {}))])
@@ -597,6 +598,7 @@ pub fn event_from_wire(e: pb::Event, chunks: &mut Chunks) -> Result<AgentEvent, 
     Ok(match e.body.ok_or_else(|| missing("event"))? {
         E::Snapshot(s) => AgentEvent::Snapshot(s.try_into()?),
         E::Ready(r) => AgentEvent::Ready { clients: r.clients, connected: r.connected },
+        E::Started(s) => AgentEvent::Started { late_ns: s.late_ns },
         E::PublishDone(_) => AgentEvent::PublishDone { streams: chunks.take() },
         E::Finished(r) => AgentEvent::Finished(r.try_into()?),
         E::Failed(f) => AgentEvent::Failed { message: f.message },

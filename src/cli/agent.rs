@@ -41,6 +41,14 @@ pub struct AgentArgs {
     /// Serve one run, then exit (for Jobs, and `squall run --local-agents`).
     #[arg(long)]
     pub once: bool,
+    /// After each run, write what this agent itself counted (JSON: counters summed from the
+    /// snapshots it sent, and its delivery totals) to this file: a record kept apart from the
+    /// controller's report, to check the merge against.
+    #[arg(long, value_name = "FILE")]
+    pub tally_file: Option<PathBuf>,
+    /// Tests only: speak this link version instead of squall's own.
+    #[arg(long, hide = true)]
+    pub test_link_version: Option<u32>,
     /// Tests only: shift this agent's clock by this many ms (to check offset estimation).
     #[arg(long, hide = true, default_value_t = 0, allow_hyphen_values = true)]
     pub test_clock_skew_ms: i64,
@@ -88,6 +96,8 @@ pub fn run(a: AgentArgs) -> u8 {
         clock: Clock::new().shifted(a.test_clock_skew_ms.saturating_mul(1_000_000)),
         once: a.once,
         fd_limit,
+        tally_file: a.tally_file.clone(),
+        link_version: a.test_link_version.unwrap_or(squall_proto::LINK_VERSION),
     };
     // the engine's runtime; the link keeps its own (this thread), so heartbeats never queue
     // behind 20k clients

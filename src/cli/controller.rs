@@ -42,6 +42,18 @@ pub struct ControllerArgs {
     /// An agent silent this long is lost (agents stop their load after the same silence).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub lease: Duration,
+    /// An agent's share of every group, by its --name (default: its core count). Repeat per agent.
+    #[arg(long = "agent-weight", value_name = "NAME=W", value_parser = parse_weight)]
+    pub agent_weights: Vec<(String, u32)>,
+}
+
+fn parse_weight(s: &str) -> Result<(String, u32), String> {
+    let (name, w) = s.split_once('=').ok_or("expected NAME=WEIGHT, e.g. a1=4")?;
+    let w: u32 = w.trim().parse().map_err(|_| format!("weight `{w}` is not a whole number"))?;
+    if !(1..=10_000).contains(&w) {
+        return Err(format!("weight {w} is out of range 1..=10000"));
+    }
+    Ok((name.trim().to_string(), w))
 }
 
 pub fn run(a: ControllerArgs) -> u8 {
@@ -129,7 +141,12 @@ pub fn run(a: ControllerArgs) -> u8 {
         let targets = plan.targets.clone();
         let run = format!("{:08x}", plan.run_tag);
         let setup = RunSetup { plan, targets, embedded_broker: false, live: a.scenario.live_mode() };
-        let result = coordinator::run(setup, RemoteAgents { agents, run }, interrupted()).await;
+        let remote = RemoteAgents { agents, run, weights: a.agent_weights };
+        if let Err(e) = remote.check_weights() {
+            eprintln!("error: {e}");
+            return exit::INVALID;
+        }
+        let result = coordinator::run(setup, remote, interrupted()).await;
         let code = match result {
             Ok(report) => a.scenario.finish(&report),
             Err(e) => start_failed(e),

@@ -41,6 +41,11 @@ pub struct Report {
     /// What each agent did (one entry for a local run).
     #[serde(default)]
     pub per_agent: Vec<AgentReport>,
+    /// With several agents: the spread of their `start_late_us`, µs, i.e. how far apart they
+    /// began publishing, on the controller's time base. Each agent's clock `bound_us` is the
+    /// uncertainty of its part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_skew_us: Option<f64>,
     pub clients: u64,
     pub groups: Vec<GroupReport>,
     pub verdict: Verdict,
@@ -90,6 +95,10 @@ pub struct AgentReport {
     pub snapshots: u64,
     /// Its clock against the controller's (remote agents only).
     pub clock: Option<ClockReport>,
+    /// How long after the agreed instant it woke to start publishing, µs (on the controller's
+    /// time base, as far as its clock offset is known). None if it never got that far.
+    #[serde(default)]
+    pub start_late_us: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -251,6 +260,7 @@ pub struct Inputs<'a> {
     pub embedded_broker: bool,
     pub agents: u32,
     pub per_agent: Vec<AgentReport>,
+    pub start_skew_us: Option<f64>,
     pub started_at: std::time::SystemTime,
     pub elapsed_s: f64,
     pub publish_window_s: f64,
@@ -326,6 +336,7 @@ pub fn build(i: Inputs<'_>) -> Report {
         embedded_broker: i.embedded_broker,
         agents: i.agents,
         per_agent: i.per_agent,
+        start_skew_us: i.start_skew_us,
         clients: plan.clients(),
         groups: plan.groups.iter().map(group_report).collect(),
         verdict: Verdict { status: Status::Pass, reasons: vec![] },

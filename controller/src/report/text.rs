@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::{Percentiles, Report, Status};
+use super::{AgentStatus, Percentiles, Report, Status};
 
 /// µs as a short human duration: `850µs`, `12.3ms`, `2.41s`.
 pub fn fmt_us(us: f64) -> String {
@@ -143,6 +143,9 @@ pub fn render(r: &Report) -> String {
         }
         let _ = writeln!(o, "  (corrected: from the intended send time; raw: from the actual send)");
     }
+    if r.per_agent.len() > 1 {
+        agents(&mut o, r);
+    }
     let _ = writeln!(o);
     if r.errors.is_empty() {
         let _ = writeln!(o, "  errors        none");
@@ -193,6 +196,37 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(o, "  {why}");
     }
     o
+}
+
+/// One line per agent: its share, its counts, its clock and its start.
+fn agents(o: &mut String, r: &Report) {
+    let _ = writeln!(o);
+    let skew = r.start_skew_us.map(|s| format!(" · start skew {}", fmt_us(s))).unwrap_or_default();
+    let _ = writeln!(o, "  agents{skew}");
+    for a in &r.per_agent {
+        let status = match a.status {
+            AgentStatus::Finished => "finished",
+            AgentStatus::Aborted => "aborted",
+            AgentStatus::Failed => "FAILED",
+            AgentStatus::Lost => "LOST",
+        };
+        let clock = a
+            .clock
+            .map(|c| format!(" · clock {:+.0}µs ±{:.0}µs", c.offset_us, c.bound_us))
+            .unwrap_or_default();
+        let start =
+            a.start_late_us.map(|l| format!(" · started +{}", fmt_us(l.max(0.0)))).unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "    {:<12} {:<8} {} clients · {} published · {} received · {} errors{clock}{start}",
+            a.name,
+            status,
+            count(a.clients),
+            count(a.published),
+            count(a.received),
+            count(a.errors),
+        );
+    }
 }
 
 fn is_latency(rule: &str) -> bool {

@@ -229,6 +229,7 @@ fn event() -> impl Strategy<Value = AgentEvent> {
                 })
             }),
         ".{0,20}".prop_map(|message| AgentEvent::Failed { message }),
+        any::<i64>().prop_map(|late_ns| AgentEvent::Started { late_ns }),
     ]
 }
 
