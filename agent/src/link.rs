@@ -226,6 +226,9 @@ fn jitter(max: Duration) -> Duration {
     max.mul_f64(fastrand::f64())
 }
 
+/// How long a `--once` agent keeps dialing a controller it has not reached yet.
+pub const ONCE_DIAL_FOR: Duration = Duration::from_secs(60);
+
 /// Serves controllers until `shutdown` turns true (or, with `once`, after one run).
 /// The engine runs on `engine` (another runtime).
 pub async fn serve(
@@ -234,11 +237,17 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), LinkError> {
     let mut backoff = Duration::from_millis(250);
+    let dialing_since = tokio::time::Instant::now();
     loop {
         if *shutdown.borrow() {
             return Ok(());
         }
         match session(&opts, &engine, &mut shutdown).await {
+            // not reached yet: a --once agent (a Job, a pod) may start before its controller
+            // listens, so it keeps dialing for a while before giving up
+            Err(why) if opts.once && dialing_since.elapsed() < ONCE_DIAL_FOR => {
+                tracing::info!(controller = %opts.controller, %why, "Controller not reachable yet; dialing again");
+            }
             Ok(Ended::Stopped) => return Ok(()),
             Ok(Ended::RunOver) => {
                 if opts.once {
@@ -566,7 +575,11 @@ async fn session(
     if let Some(r) = running.take() {
         // whatever ended the link, no load goes on without a controller; what the engine
         // still reports (its last snapshot) goes up if the link still carries it
-        tracing::warn!(run = %r.run, "Stopping all load: the run or the link to the controller ended");
+        if matches!(ended, Ended::RunOver) {
+            tracing::info!(run = %r.run, "The run is over; closing this agent's clients");
+        } else {
+            tracing::warn!(run = %r.run, "Stopping all load: the link to the controller ended");
+        }
         let tally = stop_engine(r, &out).await;
         write_tally(opts, &tally);
     }

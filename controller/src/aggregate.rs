@@ -175,6 +175,7 @@ impl Aggregate {
             snapshots: self.next_seq.get(&index).copied().unwrap_or(0),
             clock: None,
             start_late_us: None,
+            link_bytes_in: None,
         }
     }
 

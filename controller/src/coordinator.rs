@@ -32,6 +32,8 @@ pub struct AgentLink {
     pub events: mpsc::Receiver<AgentEvent>,
     /// The agent's clock against the controller's, for remote agents.
     pub clock: Option<watch::Receiver<ClockEstimate>>,
+    /// Bytes it has sent over its link, for remote agents.
+    pub bytes_in: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// Where a run's agents come from.
@@ -107,9 +109,9 @@ pub async fn run(
     let mut commands = Vec::new();
     let mut agent_info = Vec::new();
     for (i, link) in links.into_iter().enumerate() {
-        let AgentLink { name, commands: cmd, mut events, clock } = link;
+        let AgentLink { name, commands: cmd, mut events, clock, bytes_in } = link;
         commands.push(cmd);
-        agent_info.push((name, clock));
+        agent_info.push((name, clock, bytes_in));
         let tx = tx.clone();
         tokio::spawn(async move {
             while let Some(ev) = events.recv().await {
@@ -300,11 +302,12 @@ pub async fn run(
             .zip(&status)
             .zip(&agent_clients)
             .enumerate()
-            .map(|(i, (((name, clock), st), clients))| {
+            .map(|(i, (((name, clock, bytes_in), st), clients))| {
                 let mut r = agg.agent_report(i as u32, name.clone(), *clients);
                 r.status = st.unwrap_or(AgentStatus::Aborted);
                 r.clock = clock.as_ref().map(|c| c.borrow().clone().into());
                 r.start_late_us = start_late[i].map(|ns| ns as f64 / 1e3);
+                r.link_bytes_in = bytes_in.as_ref().map(|b| b.load(std::sync::atomic::Ordering::Relaxed));
                 r
             })
             .collect(),

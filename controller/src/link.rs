@@ -7,6 +7,8 @@
 //! coordinator reads as "agent lost" — when the agent says nothing for a lease.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use squall_proto::LINK_VERSION;
@@ -61,6 +63,8 @@ pub struct Attached {
     to_agent: mpsc::Sender<ToAgent>,
     events: mpsc::Receiver<AgentEvent>,
     clock: watch::Receiver<ClockEstimate>,
+    /// Bytes of everything it sent since it attached (protobuf encoding).
+    bytes_in: Arc<AtomicU64>,
 }
 
 enum ToAgent {
@@ -207,14 +211,23 @@ async fn session(svc: Service, peer: Option<SocketAddr>, mut inbound: Streaming<
     let (clock_tx, clock) = watch::channel(ClockEstimate::default());
     let secure = svc.settings.tls || peer.is_some_and(|p| p.ip().is_loopback());
     tracing::info!(name = %hello.name, ?peer, cores = capacity.cores, "Agent attached");
-    let attached =
-        Attached { name: hello.name.clone(), peer, capacity, secure, to_agent: to_agent_tx, events, clock };
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let attached = Attached {
+        name: hello.name.clone(),
+        peer,
+        capacity,
+        secure,
+        to_agent: to_agent_tx,
+        events,
+        clock,
+        bytes_in: bytes_in.clone(),
+    };
     if svc.arrivals.send(attached).await.is_err() {
         svc.names.lock().unwrap_or_else(|e| e.into_inner()).remove(&hello.name);
         return refuse(&out, pb::refusal::Reason::NotNeeded, "this controller needs no more agents".into())
             .await;
     }
-    let why = attached_loop(&svc, &mut inbound, &out, to_agent, events_tx, clock_tx).await;
+    let why = attached_loop(&svc, &mut inbound, &out, to_agent, events_tx, clock_tx, &bytes_in).await;
     tracing::info!(name = %hello.name, why, "Agent detached");
     svc.names.lock().unwrap_or_else(|e| e.into_inner()).remove(&hello.name);
 }
@@ -227,6 +240,7 @@ async fn attached_loop(
     mut to_agent: mpsc::Receiver<ToAgent>,
     events: mpsc::Sender<AgentEvent>,
     clock_tx: watch::Sender<ClockEstimate>,
+    bytes_in: &AtomicU64,
 ) -> &'static str {
     use pb::agent_message::Body as A;
     use pb::controller_message::Body as C;
@@ -249,6 +263,9 @@ async fn attached_loop(
             }
             _ = tokio::time::sleep_until(lease_end) => return "it said nothing for a lease",
             m = inbound.message() => {
+                if let Ok(Some(m)) = &m {
+                    bytes_in.fetch_add(wire::agent_message_len(m) as u64, Ordering::Relaxed);
+                }
                 let body = match m {
                     Ok(Some(pb::AgentMessage { body: Some(b) })) => b,
                     Ok(Some(_)) => continue,
@@ -315,6 +332,7 @@ async fn attached_loop(
                     let _ = out.send(msg(C::Refusal(refusal))).await;
                     let _ = tokio::time::timeout(Duration::from_secs(10), async {
                         while let Ok(Some(m)) = inbound.message().await {
+                            bytes_in.fetch_add(wire::agent_message_len(&m) as u64, Ordering::Relaxed);
                             match m.body {
                                 Some(A::StreamFinals(c)) => {
                                     if chunks.push(c).is_err() {
@@ -478,7 +496,13 @@ impl Agents for RemoteAgents {
                     }
                     // dropping `to_agent` ends the session once the coordinator is done
                 });
-                AgentLink { name: a.name, commands: cmd_tx, events: a.events, clock: Some(a.clock) }
+                AgentLink {
+                    name: a.name,
+                    commands: cmd_tx,
+                    events: a.events,
+                    clock: Some(a.clock),
+                    bytes_in: Some(a.bytes_in),
+                }
             })
             .collect())
     }

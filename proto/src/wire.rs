@@ -533,6 +533,11 @@ pub fn command_messages(c: &Command) -> Vec<pb::ControllerMessage> {
     }
 }
 
+/// The size of an agent message on the wire (its protobuf encoding), bytes.
+pub fn agent_message_len(m: &pb::AgentMessage) -> usize {
+    prost::Message::encoded_len(m)
+}
+
 /// The agent messages that carry `e`: stream chunks first, then the event.
 pub fn event_messages(e: &AgentEvent) -> Vec<pb::AgentMessage> {
     use pb::agent_message::Body;

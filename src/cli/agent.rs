@@ -38,6 +38,10 @@ pub struct AgentArgs {
     /// Stop all load after hearing nothing from the controller for this long.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub lease: Duration,
+    /// Engine worker threads (default: one per core). Several agents on one host share its
+    /// cores: give each cores ÷ agents (`squall run --local-agents` does).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
     /// Serve one run, then exit (for Jobs, and `squall run --local-agents`).
     #[arg(long)]
     pub once: bool,
@@ -101,8 +105,11 @@ pub fn run(a: AgentArgs) -> u8 {
     };
     // the engine's runtime; the link keeps its own (this thread), so heartbeats never queue
     // behind 20k clients
-    let engine = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("engine").build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = a.threads {
+        builder.worker_threads(n as usize);
+    }
+    let engine = match builder.enable_all().thread_name("engine").build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

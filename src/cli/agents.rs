@@ -32,6 +32,7 @@ impl Agents for InProcess {
                 commands: h.commands,
                 events: h.events,
                 clock: None,
+                bytes_in: None,
             });
         }
         Ok(links)
@@ -67,6 +68,10 @@ impl LocalProcesses {
         })
         .map_err(|e| format!("cannot serve agents: {e}"))?;
         let exe = std::env::current_exe().map_err(|e| format!("cannot find squall's own binary: {e}"))?;
+        // the agents share this host's cores: one engine thread per core in all, not per agent
+        // (oversubscribed runtimes cost 14–28 % more CPU per message; BENCHMARKS.md)
+        let cores = std::thread::available_parallelism().map(|c| c.get() as u32).unwrap_or(1);
+        let threads = (cores / n).max(1).to_string();
         let mut children = Vec::new();
         for k in 0..n {
             let child = tokio::process::Command::new(&exe)
@@ -74,6 +79,7 @@ impl LocalProcesses {
                 .arg(format!("http://{addr}"))
                 .arg("--token-file")
                 .arg(&token_file)
+                .args(["--threads", &threads])
                 .stdin(std::process::Stdio::null())
                 .kill_on_drop(true)
                 .spawn()

@@ -99,6 +99,10 @@ pub struct AgentReport {
     /// time base, as far as its clock offset is known). None if it never got that far.
     #[serde(default)]
     pub start_late_us: Option<f64>,
+    /// Bytes it sent the controller over its link (protobuf encoding: snapshots, stream
+    /// lists, pongs), remote agents only.
+    #[serde(default)]
+    pub link_bytes_in: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
