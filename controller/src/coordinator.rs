@@ -290,7 +290,7 @@ pub async fn run(
             ),
         ));
     }
-    let report = report::build(Inputs {
+    let mut report = report::build(Inputs {
         plan: &plan,
         agg: &agg,
         results: &results,
@@ -318,5 +318,28 @@ pub async fn run(
         failure,
         warnings,
     });
+    clock_warnings(&mut report);
     Ok(report)
+}
+
+/// An agent whose clock offset is known only to ± more than a tenth of the end-to-end median
+/// makes cross-agent latencies uncertain by that much: say so.
+fn clock_warnings(report: &mut Report) {
+    if report.per_agent.len() < 2 {
+        return;
+    }
+    let Some(p50) = report.latency.get("e2e").and_then(|l| l.raw.as_ref()).map(|p| p.p50_us) else {
+        return;
+    };
+    for a in &report.per_agent {
+        let Some(c) = a.clock else { continue };
+        if c.bound_us > 0.1 * p50 as f64 && c.bound_us > 50.0 {
+            report.warnings.push(format!(
+                "agent {}'s clock offset is known to ±{:.0} µs, not small against the end-to-end p50 of {p50} µs: \
+                 latencies between its clients and other agents' are uncertain by that much (a slow or asymmetric \
+                 controller link widens the bound; placing publishers and their subscribers on one agent avoids it)",
+                a.name, c.bound_us
+            ));
+        }
+    }
 }
