@@ -588,3 +588,103 @@ fn a_skewed_agent_clock_is_estimated_within_its_bound_and_corrected() {
     // and the report says the bound is not small against these latencies
     assert!(skewed["warnings"].to_string().contains("clock offset is known to"), "{}", skewed["warnings"]);
 }
+
+/// A shared subscription's members share one stream of deliveries: settled apart on several
+/// agents they would each look lossy. The group runs whole on one agent, so the ledger holds.
+#[test]
+fn a_shared_subscription_group_across_local_agents_settles_exactly() {
+    let broker = Mosquitto::start();
+    let text = format!(
+        r#"[target]
+urls = ["{}"]
+[run]
+duration = "2s"
+drain = "1s"
+[[group]]
+name = "sensors"
+clients = 30
+[group.publish]
+topic = "shr/{{i}}"
+qos = 1
+interval = "100ms"
+[[group]]
+name = "workers"
+clients = 4
+[group.subscribe]
+filters = ["$share/w/shr/+"]
+qos = 1
+"#,
+        broker.url()
+    );
+    let s = Setup::new(&text);
+    let mut cmd = support::squall();
+    cmd.arg("run")
+        .arg(s.path("s.toml"))
+        .args(["--local-agents", "3", "--live", "off", "-q", "--report"])
+        .arg(s.path("report.json"));
+    let mut run = Proc::spawn(cmd);
+    assert_eq!(run.wait(), 0, "stderr:\n{}", run.stderr());
+    let r = s.report();
+    // the publishers spread over the three agents; the workers sit together on one
+    let per = r["per_agent"].as_array().unwrap();
+    assert_eq!(per.iter().filter(|a| a["published"].as_u64().unwrap() > 0).count(), 3, "{per:?}");
+    assert_eq!(per.iter().filter(|a| a["received"].as_u64().unwrap() > 0).count(), 1, "{per:?}");
+    let d = &r["delivery"]["all"];
+    let published = counter(&r, "published_qos1");
+    assert!(published > 0);
+    assert_eq!(d["expected"].as_u64().unwrap(), published, "one share: each message once, {d}");
+    assert_eq!(d["delivered"], d["expected"], "{d}");
+    assert_eq!(d["lost"], 0, "{d}");
+}
+
+/// Zones: each agent sent to its own broker (`--agent-target`), and publisher i with subscriber
+/// i on the same agent (equal groups split alike), so every stream stays within its zone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_in_zones_load_their_own_brokers() {
+    let zone_a = support::broker(|_| {}).await;
+    let zone_b = support::broker(|_| {}).await;
+    let text = r#"[target]
+urls = ["mqtt://127.0.0.1:1"]
+[run]
+duration = "2s"
+drain = "1s"
+[[group]]
+name = "sensors"
+clients = 10
+[group.publish]
+topic = "zone/{i}"
+qos = 1
+interval = "100ms"
+[[group]]
+name = "watchers"
+clients = 10
+[group.subscribe]
+filters = ["zone/{i}"]
+qos = 1
+"#;
+    let s = Setup::new(text);
+    let (a_url, b_url) = (support::url(&zone_a), support::url(&zone_b));
+    let (mut controller, url) = s
+        .controller(2, &["--agent-target", &format!("za={a_url}"), "--agent-target", &format!("zb={b_url}")]);
+    let _agents: Vec<Proc> = ["za", "zb"].iter().map(|n| s.agent(&url, n, "token", &[])).collect();
+    let (code, err) =
+        tokio::task::spawn_blocking(move || (controller.wait(), controller.stderr())).await.unwrap();
+    assert_eq!(code, 0, "{err}");
+    let r = s.report();
+    let clients = |name: &str| {
+        r["per_agent"].as_array().unwrap().iter().find(|a| a["name"] == name).unwrap()["clients"]
+            .as_u64()
+            .unwrap()
+    };
+    let (a, b) = (zone_a.stats(), zone_b.stats());
+    assert_eq!(
+        (a.connects, b.connects),
+        (clients("za"), clients("zb")),
+        "each zone's broker saw its agent only"
+    );
+    assert_eq!(a.connects + b.connects, 20);
+    assert_eq!(a.messages_in[1] + b.messages_in[1], counter(&r, "published_qos1"));
+    let d = &r["delivery"]["all"];
+    assert_eq!(d["expected"].as_u64().unwrap(), counter(&r, "published_qos1"), "{d}");
+    assert_eq!(d["delivered"], d["expected"], "{d}");
+}

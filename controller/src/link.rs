@@ -16,6 +16,7 @@ use squall_proto::auth::{self, Role, Token};
 use squall_proto::clock::Clock;
 use squall_proto::link::{AgentEvent, Command};
 use squall_proto::plan::Assignment;
+use squall_proto::target::TargetUrl;
 use squall_proto::wire::pb::controller_server::{Controller, ControllerServer};
 use squall_proto::wire::{self, Chunks, pb};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -400,16 +401,20 @@ pub struct RemoteAgents {
     pub run: String,
     /// Weights set by name (`--agent-weight NAME=W`); the others weigh their cores.
     pub weights: Vec<(String, u32)>,
+    /// Targets set by name (`--agent-target NAME=URL`, repeatable): that agent's clients
+    /// connect there instead of to the scenario's targets (agents in zone A → broker node A).
+    pub targets: Vec<(String, TargetUrl)>,
 }
 
 impl RemoteAgents {
-    /// Checks that every weight names an attached agent.
-    pub fn check_weights(&self) -> Result<(), String> {
-        for (name, _) in &self.weights {
+    /// Checks that every weight and target names an attached agent.
+    pub fn check_names(&self) -> Result<(), String> {
+        let named = self.weights.iter().map(|(n, _)| (n, "--agent-weight"));
+        for (name, flag) in named.chain(self.targets.iter().map(|(n, _)| (n, "--agent-target"))) {
             if !self.agents.iter().any(|a| &a.name == name) {
                 let names: Vec<&str> = self.agents.iter().map(|a| a.name.as_str()).collect();
                 return Err(format!(
-                    "--agent-weight names agent `{name}`, which is not attached (attached: {})",
+                    "{flag} names agent `{name}`, which is not attached (attached: {})",
                     names.join(", ")
                 ));
             }
@@ -434,7 +439,12 @@ impl Agents for RemoteAgents {
 
     async fn start(self, assignments: Vec<Assignment>) -> Result<Vec<AgentLink>, StartError> {
         let mut replies = Vec::new();
-        for (agent, a) in self.agents.iter().zip(assignments) {
+        for (agent, mut a) in self.agents.iter().zip(assignments) {
+            let own: Vec<TargetUrl> =
+                self.targets.iter().filter(|(n, _)| *n == agent.name).map(|(_, t)| t.clone()).collect();
+            if !own.is_empty() {
+                a.targets = own;
+            }
             let has_password = a.groups.iter().any(|g| g.spec.password.is_some());
             if has_password && !agent.secure {
                 return Err(StartError::Invalid(format!(

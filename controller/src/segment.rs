@@ -36,8 +36,31 @@ pub fn segment(plan: &Plan, targets: &[squall_proto::target::TargetUrl], weights
         .collect();
     let mut stream_base = 0u32;
     let mut client_base = 0u32;
+    // shared-subscription groups run whole on one agent (the heaviest): the broker spreads a
+    // share's messages over its members, so only members settled together add up to what
+    // was sent; split over agents, each agent's part would look like loss
+    let share_agent =
+        weights.iter().enumerate().max_by_key(|(i, w)| (**w, std::cmp::Reverse(*i))).map(|(i, _)| i);
     for g in &plan.groups {
         let n = g.clients as u64;
+        let shared = g
+            .subscribe
+            .as_ref()
+            .is_some_and(|s| s.filters.iter().any(|f| squall_proto::topic::split_shared(f).0.is_some()));
+        if let (true, Some(k)) = (shared, share_agent) {
+            out[k].groups.push(GroupAssignment {
+                spec: g.clone(),
+                first: 0,
+                count: g.clients,
+                stream_base,
+                client_base,
+            });
+            if g.publish.is_some() {
+                stream_base += g.clients;
+            }
+            client_base += g.clients;
+            continue;
+        }
         let mut acc_w = 0u64;
         for (i, w) in weights.iter().enumerate() {
             let first = round_share(n, acc_w, total_w);
@@ -110,12 +133,42 @@ mod tests {
         assert_eq!(shares(9, &[2, 1]), vec![6, 3]);
     }
 
+    #[test]
+    fn a_shared_subscription_group_runs_whole_on_the_heaviest_agent() {
+        let text = "[[group]]\nname = \"pub\"\nclients = 6\n[group.publish]\ntopic = \"t/{i}\"\ninterval = \"1s\"\n\
+                    [[group]]\nname = \"workers\"\nclients = 5\n[group.subscribe]\nfilters = [\"$share/w/t/+\"]\n";
+        let p = load_source(&Source::new("p.toml", text), &Overrides::default()).unwrap();
+        let a = segment(&p, &[], &[1, 2, 2]);
+        let workers: Vec<u32> = a
+            .iter()
+            .map(|a| a.groups.iter().filter(|g| g.spec.name == "workers").map(|g| g.count).sum())
+            .collect();
+        assert_eq!(workers, vec![0, 5, 0]);
+        // the publishers still spread
+        let pubs: Vec<u32> = a
+            .iter()
+            .map(|a| a.groups.iter().filter(|g| g.spec.name == "pub").map(|g| g.count).sum())
+            .collect();
+        assert_eq!(pubs, vec![1, 3, 2]);
+    }
+
+    #[test]
+    fn equal_groups_split_alike_so_pairs_stay_on_one_agent() {
+        // publisher i and subscriber i of equal-size groups land on the same agent
+        let p = plan(&[7, 7]);
+        for agent in segment(&p, &[], &[3, 1, 2]) {
+            let ranges: Vec<(u32, u32)> = agent.groups.iter().map(|g| (g.first, g.count)).collect();
+            assert!(ranges.len() == 2 && ranges[0] == ranges[1], "{ranges:?}");
+        }
+    }
+
     proptest! {
         /// Segments cover every client of every group exactly once, whatever the weights.
         #[test]
         fn segments_cover_without_overlap(clients in proptest::collection::vec(1u32..500, 1..4),
                                           weights in proptest::collection::vec(0u32..8, 1..6)) {
             prop_assume!(weights.iter().any(|w| *w > 0));
+            // (no shared subscriptions here: those run whole on one agent, tested above)
             let p = plan(&clients);
             let a = segment(&p, &[], &weights);
             for (gi, n) in clients.iter().enumerate() {

@@ -92,7 +92,12 @@ impl LocalProcesses {
     /// Waits for every local agent to attach.
     pub async fn gather(&mut self, plan: &Plan) -> Result<RemoteAgents, String> {
         let agents = self.lobby.gather(self.n as usize, Duration::from_secs(30), |_| {}).await?;
-        Ok(RemoteAgents { agents, run: format!("{:08x}", plan.run_tag), weights: Vec::new() })
+        Ok(RemoteAgents {
+            agents,
+            run: format!("{:08x}", plan.run_tag),
+            weights: Vec::new(),
+            targets: Vec::new(),
+        })
     }
 
     /// Lets the agent processes exit (they serve one run), then kills any left.

@@ -9,6 +9,7 @@ use clap::Args;
 use squall_controller::coordinator::{self, RunSetup};
 use squall_controller::link::{self, LinkSettings, RemoteAgents, ServerTls};
 use squall_proto::auth::Token;
+use squall_proto::target::TargetUrl;
 
 use super::exit;
 use super::run::{ScenarioArgs, interrupted, parse_duration, start_failed};
@@ -45,6 +46,16 @@ pub struct ControllerArgs {
     /// An agent's share of every group, by its --name (default: its core count). Repeat per agent.
     #[arg(long = "agent-weight", value_name = "NAME=W", value_parser = parse_weight)]
     pub agent_weights: Vec<(String, u32)>,
+    /// An agent's clients connect to this broker instead of the scenario's targets, by its
+    /// --name (repeat for several URLs or agents): agents in zone A → broker node A.
+    #[arg(long = "agent-target", value_name = "NAME=URL", value_parser = parse_agent_target)]
+    pub agent_targets: Vec<(String, TargetUrl)>,
+}
+
+fn parse_agent_target(s: &str) -> Result<(String, TargetUrl), String> {
+    let (name, url) = s.split_once('=').ok_or("expected NAME=URL, e.g. zone-a-1=mqtt://broker-a:1883")?;
+    let url: TargetUrl = url.trim().parse().map_err(|e| format!("`{url}`: {e}"))?;
+    Ok((name.trim().to_string(), url))
 }
 
 fn parse_weight(s: &str) -> Result<(String, u32), String> {
@@ -141,8 +152,8 @@ pub fn run(a: ControllerArgs) -> u8 {
         let targets = plan.targets.clone();
         let run = format!("{:08x}", plan.run_tag);
         let setup = RunSetup { plan, targets, embedded_broker: false, live: a.scenario.live_mode() };
-        let remote = RemoteAgents { agents, run, weights: a.agent_weights };
-        if let Err(e) = remote.check_weights() {
+        let remote = RemoteAgents { agents, run, weights: a.agent_weights, targets: a.agent_targets };
+        if let Err(e) = remote.check_names() {
             eprintln!("error: {e}");
             return exit::INVALID;
         }
