@@ -185,6 +185,9 @@ fn controller_and_three_agents_merge_exactly_against_mosquitto() {
     for a in agents {
         assert_eq!(a["status"], "finished", "{a}");
         assert!(a["clock"]["samples"].as_u64().unwrap() > 0, "{a}");
+        // each agent's own CPU, measured in its process
+        assert!(a["cpu_s"].as_f64().unwrap() > 0.0 && a["cores"].as_u64().unwrap() >= 1, "{a}");
+        assert!(a["cpu_peak_cores"].as_f64().unwrap() > 0.0, "{a}");
     }
     // every client ran once, on exactly one agent
     assert_eq!(per_agent_sum(&r, "clients"), 63);

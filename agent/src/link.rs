@@ -40,6 +40,8 @@ pub struct LinkOptions {
     pub once: bool,
     /// The open-file limit (after raising the soft limit to the hard one).
     pub fd_limit: u64,
+    /// The cores it offers: its engine threads (default: the host's cores).
+    pub cores: u32,
     /// Where to write this agent's own tally after each run (JSON), if anywhere.
     pub tally_file: Option<std::path::PathBuf>,
     /// The link version this agent speaks ([`squall_proto::LINK_VERSION`]; tests set others).
@@ -442,7 +444,7 @@ async fn session(
         link_version: opts.link_version,
         nonce: nonce.to_vec(),
         capacity: Some(pb::Capacity {
-            cores: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+            cores: opts.cores,
             fd_limit: opts.fd_limit,
             source_addresses: opts.source_addresses.iter().map(|a| a.to_string()).collect(),
             ports_per_source: ports_per_source(),

@@ -55,6 +55,8 @@ pub struct Aggregate {
     pub missing_snapshots: u64,
     /// Per agent (by index): its own counters and error count.
     per_agent: BTreeMap<u32, (Counters, u64)>,
+    /// Per agent: the most CPU it used in one interval, in cores (CPU seconds per second).
+    cpu_peak: HashMap<u32, f64>,
     live_counters: Counters,
     live_errors: u64,
     live_e2e: Latency,
@@ -77,6 +79,7 @@ impl Aggregate {
             next_seq: HashMap::new(),
             missing_snapshots: 0,
             per_agent: BTreeMap::new(),
+            cpu_peak: HashMap::new(),
             live_counters: Counters::default(),
             live_errors: 0,
             live_e2e: Latency::new(),
@@ -103,6 +106,13 @@ impl Aggregate {
         let mine = self.per_agent.entry(s.agent).or_default();
         mine.0.add(&s.counters);
         mine.1 += n_errors;
+        let span_s = s.end_unix_ns.saturating_sub(s.start_unix_ns) as f64 / 1e9;
+        // intervals shorter than a tenth of a second (the last, cut short) say little about load
+        if span_s >= 0.1 {
+            let cores = s.counters.agent_cpu_us as f64 / 1e6 / span_s;
+            let peak = self.cpu_peak.entry(s.agent).or_insert(0.0);
+            *peak = peak.max(cores);
+        }
         let pending = self
             .pending
             .entry(s.seq)
@@ -174,6 +184,9 @@ impl Aggregate {
             errors,
             snapshots: self.next_seq.get(&index).copied().unwrap_or(0),
             clock: None,
+            cpu_s: c.agent_cpu_us as f64 / 1e6,
+            cpu_peak_cores: self.cpu_peak.get(&index).copied().unwrap_or(0.0),
+            cores: 0,
             start_late_us: None,
             link_bytes_in: None,
         }

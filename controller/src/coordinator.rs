@@ -34,6 +34,8 @@ pub struct AgentLink {
     pub clock: Option<watch::Receiver<ClockEstimate>>,
     /// Bytes it has sent over its link, for remote agents.
     pub bytes_in: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// The cores it runs on (its engine threads).
+    pub cores: u32,
 }
 
 /// Where a run's agents come from.
@@ -109,9 +111,9 @@ pub async fn run(
     let mut commands = Vec::new();
     let mut agent_info = Vec::new();
     for (i, link) in links.into_iter().enumerate() {
-        let AgentLink { name, commands: cmd, mut events, clock, bytes_in } = link;
+        let AgentLink { name, commands: cmd, mut events, clock, bytes_in, cores } = link;
         commands.push(cmd);
-        agent_info.push((name, clock, bytes_in));
+        agent_info.push((name, clock, bytes_in, cores));
         let tx = tx.clone();
         tokio::spawn(async move {
             while let Some(ev) = events.recv().await {
@@ -302,11 +304,12 @@ pub async fn run(
             .zip(&status)
             .zip(&agent_clients)
             .enumerate()
-            .map(|(i, (((name, clock, bytes_in), st), clients))| {
+            .map(|(i, (((name, clock, bytes_in, cores), st), clients))| {
                 let mut r = agg.agent_report(i as u32, name.clone(), *clients);
                 r.status = st.unwrap_or(AgentStatus::Aborted);
                 r.clock = clock.as_ref().map(|c| c.borrow().clone().into());
                 r.start_late_us = start_late[i].map(|ns| ns as f64 / 1e3);
+                r.cores = *cores;
                 r.link_bytes_in = bytes_in.as_ref().map(|b| b.load(std::sync::atomic::Ordering::Relaxed));
                 r
             })
@@ -319,7 +322,28 @@ pub async fn run(
         warnings,
     });
     clock_warnings(&mut report);
+    health_warnings(&mut report);
     Ok(report)
+}
+
+/// An agent that ran out of CPU measured its own queueing as much as the broker's: say which.
+fn health_warnings(report: &mut Report) {
+    if report.embedded_broker {
+        // one process holds the broker too: its CPU is not the tester's alone
+        return;
+    }
+    for a in &report.per_agent {
+        if a.cores > 0 && a.cpu_peak_cores >= 0.9 * a.cores as f64 {
+            report.warnings.push(format!(
+                "agent {} used {:.0} % of its {} core{} in its busiest second: its latency figures are suspect \
+                 (the tester may have been the bottleneck); spread the load over more agents or cores",
+                a.name,
+                100.0 * a.cpu_peak_cores / a.cores as f64,
+                a.cores,
+                if a.cores == 1 { "" } else { "s" }
+            ));
+        }
+    }
 }
 
 /// An agent whose clock offset is known only to ± more than a tenth of the end-to-end median

@@ -512,6 +512,7 @@ impl Agents for RemoteAgents {
                     events: a.events,
                     clock: Some(a.clock),
                     bytes_in: Some(a.bytes_in),
+                    cores: a.capacity.cores,
                 }
             })
             .collect())

@@ -100,6 +100,10 @@ pub fn run(a: AgentArgs) -> u8 {
         clock: Clock::new().shifted(a.test_clock_skew_ms.saturating_mul(1_000_000)),
         once: a.once,
         fd_limit,
+        cores: a
+            .threads
+            .map(u32::from)
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)),
         tally_file: a.tally_file.clone(),
         link_version: a.test_link_version.unwrap_or(squall_proto::LINK_VERSION),
     };

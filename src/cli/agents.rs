@@ -33,6 +33,7 @@ impl Agents for InProcess {
                 events: h.events,
                 clock: None,
                 bytes_in: None,
+                cores: std::thread::available_parallelism().map(|c| c.get() as u32).unwrap_or(1),
             });
         }
         Ok(links)

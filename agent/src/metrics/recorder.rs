@@ -95,11 +95,30 @@ pub struct Collector {
     seq: u64,
     agent: u32,
     last_ns: u64,
+    last_cpu_us: u64,
+}
+
+/// This process's CPU time so far (user + system), µs.
+pub fn process_cpu_us() -> u64 {
+    // SAFETY: getrusage writes the struct it is given; zeroed is a valid rusage
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return 0;
+    }
+    let us = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000 + tv.tv_usec as u64;
+    us(u.ru_utime) + us(u.ru_stime)
 }
 
 impl Collector {
     pub fn new(agent: u32, start_ns: u64) -> Collector {
-        Collector { spare: Hists::new(), interval: Hists::new(), seq: 0, agent, last_ns: start_ns }
+        Collector {
+            spare: Hists::new(),
+            interval: Hists::new(),
+            seq: 0,
+            agent,
+            last_ns: start_ns,
+            last_cpu_us: process_cpu_us(),
+        }
     }
 
     /// Takes everything recorded since the last call as one interval snapshot ending at `now_ns`.
@@ -129,6 +148,9 @@ impl Collector {
         }
         let histograms = self.interval.encode();
         self.interval.reset();
+        let cpu = process_cpu_us();
+        counters.agent_cpu_us = cpu.saturating_sub(self.last_cpu_us);
+        self.last_cpu_us = cpu;
         let snap = Snapshot {
             agent: self.agent,
             seq: self.seq,

@@ -95,6 +95,16 @@ pub struct AgentReport {
     pub snapshots: u64,
     /// Its clock against the controller's (remote agents only).
     pub clock: Option<ClockReport>,
+    /// CPU time its process used over the run (user + system), s.
+    #[serde(default)]
+    pub cpu_s: f64,
+    /// The most CPU it used in one snapshot interval, in cores (CPU seconds per second).
+    #[serde(default)]
+    pub cpu_peak_cores: f64,
+    /// The cores it said it would use (its engine threads); the report warns when
+    /// `cpu_peak_cores` comes within 10 % of it.
+    #[serde(default)]
+    pub cores: u32,
     /// How long after the agreed instant it woke to start publishing, µs (on the controller's
     /// time base, as far as its clock offset is known). None if it never got that far.
     #[serde(default)]

@@ -216,9 +216,14 @@ fn agents(o: &mut String, r: &Report) {
             .unwrap_or_default();
         let start =
             a.start_late_us.map(|l| format!(" · started +{}", fmt_us(l.max(0.0)))).unwrap_or_default();
+        let cpu = if a.cores > 0 {
+            format!(" · CPU peak {:.2}/{} cores", a.cpu_peak_cores, a.cores)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             o,
-            "    {:<12} {:<8} {} clients · {} published · {} received · {} errors{clock}{start}",
+            "    {:<12} {:<8} {} clients · {} published · {} received · {} errors{cpu}{clock}{start}",
             a.name,
             status,
             count(a.clients),

@@ -81,6 +81,9 @@ counters! {
     /// Bytes written to and read from brokers (MQTT bytes, before TLS).
     bytes_out,
     bytes_in,
+    /// CPU time (user + system) of the agents' processes, µs: the tester's own cost. In a
+    /// one-process `squall run` on the embedded broker, the broker's CPU is in it too.
+    agent_cpu_us,
 }
 
 impl Counters {
