@@ -184,6 +184,7 @@ async fn drive(text: &str, port: u16, at_ready: impl FnOnce(Duration)) -> Aggreg
             }
             AgentEvent::Finished(_) => break,
             AgentEvent::Failed { message } => panic!("{message}"),
+            AgentEvent::Started { .. } => {}
         }
     }
     agg
