@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use squall_controller::coordinator::{self, Agents, RunError, RunSetup, StartError};
 use squall_controller::report::live::LiveMode;
 use squall_controller::report::{self, Report, Status};
-use squall_controller::scenario::{self, LoadError, Overrides, Plan};
+use squall_controller::scenario::{self, Overrides, Plan, ScenarioError};
 
 use super::{agents, exit};
 
@@ -93,11 +93,11 @@ impl ScenarioArgs {
         };
         match scenario::load(&self.scenario, &overrides) {
             Ok(p) => Ok(p),
-            Err(LoadError::Read { path, source }) => {
+            Err(ScenarioError::Read { path, source }) => {
                 eprintln!("error: cannot read scenario {path}: {source}");
                 Err(exit::INVALID)
             }
-            Err(LoadError::Invalid(d)) => {
+            Err(ScenarioError::Invalid(d)) => {
                 eprint!("{d}");
                 Err(exit::INVALID)
             }

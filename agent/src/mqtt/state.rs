@@ -40,7 +40,8 @@ pub struct Options {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+/// Where a connection stands in its MQTT lifecycle (the run's phases are `client::Phase`).
+pub enum ConnState {
     Idle,
     AwaitingConnAck,
     Connected,
@@ -116,7 +117,7 @@ pub enum Refusal {
 pub struct Connection {
     codec: WireCodec,
     opts: Options,
-    phase: Phase,
+    phase: ConnState,
     connect_sent_ns: u64,
     last_sent_ns: u64,
     ping_sent_ns: Option<u64>,
@@ -132,7 +133,7 @@ impl Connection {
         Connection {
             codec: WireCodec::new(opts.protocol, opts.max_inbound_packet),
             opts,
-            phase: Phase::Idle,
+            phase: ConnState::Idle,
             connect_sent_ns: 0,
             last_sent_ns: 0,
             ping_sent_ns: None,
@@ -143,12 +144,12 @@ impl Connection {
         }
     }
 
-    pub fn phase(&self) -> Phase {
+    pub fn phase(&self) -> ConnState {
         self.phase
     }
 
     pub fn is_connected(&self) -> bool {
-        self.phase == Phase::Connected
+        self.phase == ConnState::Connected
     }
 
     pub fn protocol(&self) -> Protocol {
@@ -189,7 +190,7 @@ impl Connection {
         let mut out = BytePages::default();
         self.codec.encode_connect(spec, &mut out).map_err(Fault::Encode)?;
         self.out = Some(out);
-        self.phase = Phase::AwaitingConnAck;
+        self.phase = ConnState::AwaitingConnAck;
         self.connect_sent_ns = now;
         self.last_sent_ns = now;
         Ok(())
@@ -198,7 +199,7 @@ impl Connection {
     /// The network connection is gone (closed by either side or failed). Session state stays
     /// for a resumed session; returns whether anything was in flight.
     pub fn lost(&mut self) -> usize {
-        self.phase = Phase::Closed;
+        self.phase = ConnState::Closed;
         self.out = None;
         self.ping_sent_ns = None;
         self.window.len()
@@ -219,7 +220,7 @@ impl Connection {
     ) -> Result<(), Fault> {
         while let Some(pkt) = self.codec.decode(buf).map_err(Fault::Decode)? {
             self.handle_packet(pkt, now, &mut on_event)?;
-            if self.phase == Phase::Closed {
+            if self.phase == ConnState::Closed {
                 break;
             }
         }
@@ -232,21 +233,21 @@ impl Connection {
         now: u64,
         on_event: &mut impl FnMut(Event),
     ) -> Result<(), Fault> {
-        if self.phase == Phase::AwaitingConnAck && !matches!(pkt, Inbound::ConnAck { .. }) {
+        if self.phase == ConnState::AwaitingConnAck && !matches!(pkt, Inbound::ConnAck { .. }) {
             return Err(Fault::Protocol("a packet before CONNACK"));
         }
         match pkt {
             Inbound::ConnAck { session_present, code, limits } => {
-                if self.phase != Phase::AwaitingConnAck {
+                if self.phase != ConnState::AwaitingConnAck {
                     return Err(Fault::Protocol("a second CONNACK"));
                 }
                 let elapsed_ns = now.saturating_sub(self.connect_sent_ns);
                 if code != 0 {
-                    self.phase = Phase::Closed;
+                    self.phase = ConnState::Closed;
                     on_event(Event::ConnAck { session_present, code, limits, elapsed_ns });
                     return Ok(());
                 }
-                self.phase = Phase::Connected;
+                self.phase = ConnState::Connected;
                 self.server_receive_max = limits.receive_max.max(1);
                 if let Some(max) = limits.max_packet_size {
                     self.codec.set_max_outbound(max);
@@ -283,7 +284,7 @@ impl Connection {
                 on_event(Event::ConnAck { session_present, code, limits, elapsed_ns });
             }
             Inbound::Publish(p) => {
-                if self.phase != Phase::Connected {
+                if self.phase != ConnState::Connected {
                     return Err(Fault::Protocol("PUBLISH on a closed connection"));
                 }
                 match p.qos {
@@ -361,7 +362,7 @@ impl Connection {
                 }
             }
             Inbound::Disconnect { code } => {
-                self.phase = Phase::Closed;
+                self.phase = ConnState::Closed;
                 on_event(Event::Disconnect { code });
             }
             Inbound::Unexpected(_) => return Err(Fault::Protocol("a packet only clients send")),
@@ -398,7 +399,7 @@ impl Connection {
         payload_len: u32,
         write_payload: impl FnOnce(&mut BytePages),
     ) -> Result<Result<(), Refusal>, Fault> {
-        if self.phase != Phase::Connected {
+        if self.phase != ConnState::Connected {
             return Ok(Err(Refusal::NotConnected));
         }
         let pid = match qos {
@@ -465,7 +466,7 @@ impl Connection {
         filters: &[(ByteString, QoS)],
         token: Token,
     ) -> Result<Result<(), Refusal>, Fault> {
-        if self.phase != Phase::Connected {
+        if self.phase != ConnState::Connected {
             return Ok(Err(Refusal::NotConnected));
         }
         if self.window_room() == 0 {
@@ -485,7 +486,7 @@ impl Connection {
         filters: &[ByteString],
         token: Token,
     ) -> Result<Result<(), Refusal>, Fault> {
-        if self.phase != Phase::Connected {
+        if self.phase != ConnState::Connected {
             return Ok(Err(Refusal::NotConnected));
         }
         if self.window_room() == 0 {
@@ -502,12 +503,12 @@ impl Connection {
     /// Queues DISCONNECT (reason 0, or 4 "with will" on MQTT 5) and closes the session's
     /// connection. Open publishes stay in the window (see [`Connection::abandon_open`]).
     pub fn disconnect(&mut self, code: u8) -> Result<(), Fault> {
-        if self.phase == Phase::Connected {
+        if self.phase == ConnState::Connected {
             let codec = &self.codec;
             let out = self.out.get_or_insert_with(BytePages::default);
             codec.encode_disconnect(code, out).map_err(Fault::Encode)?;
         }
-        self.phase = Phase::Closed;
+        self.phase = ConnState::Closed;
         Ok(())
     }
 
@@ -516,8 +517,8 @@ impl Connection {
         let mut d: Option<u64> = None;
         let mut at = |t: u64| d = Some(d.map_or(t, |d| d.min(t)));
         match self.phase {
-            Phase::AwaitingConnAck => at(self.connect_sent_ns + self.opts.connect_timeout_ns),
-            Phase::Connected => {
+            ConnState::AwaitingConnAck => at(self.connect_sent_ns + self.opts.connect_timeout_ns),
+            ConnState::Connected => {
                 match self.ping_sent_ns {
                     Some(sent) => at(sent + self.opts.ack_timeout_ns),
                     None if self.opts.keepalive_secs > 0 => {
@@ -529,7 +530,7 @@ impl Connection {
                     at(sent + self.opts.ack_timeout_ns);
                 }
             }
-            Phase::Idle | Phase::Closed => {}
+            ConnState::Idle | ConnState::Closed => {}
         }
         d
     }
@@ -539,17 +540,17 @@ impl Connection {
     /// acknowledgements, each counted once).
     pub fn on_timer(&mut self, now: u64) -> Result<u32, Fault> {
         match self.phase {
-            Phase::AwaitingConnAck => {
+            ConnState::AwaitingConnAck => {
                 if now >= self.connect_sent_ns + self.opts.connect_timeout_ns {
-                    self.phase = Phase::Closed;
+                    self.phase = ConnState::Closed;
                     return Err(Fault::ConnAckTimeout);
                 }
                 Ok(0)
             }
-            Phase::Connected => {
+            ConnState::Connected => {
                 match self.ping_sent_ns {
                     Some(sent) if now >= sent + self.opts.ack_timeout_ns => {
-                        self.phase = Phase::Closed;
+                        self.phase = ConnState::Closed;
                         return Err(Fault::PingTimeout);
                     }
                     None if self.opts.keepalive_secs > 0
@@ -565,13 +566,13 @@ impl Connection {
                 }
                 Ok(self.window.mark_overdue(now.saturating_sub(self.opts.ack_timeout_ns)))
             }
-            Phase::Idle | Phase::Closed => Ok(0),
+            ConnState::Idle | ConnState::Closed => Ok(0),
         }
     }
 
     /// Sends PINGREQ now (used by `squall check` for a round trip without a broker's help).
     pub fn ping(&mut self, now: u64) -> Result<(), Fault> {
-        if self.phase != Phase::Connected {
+        if self.phase != ConnState::Connected {
             return Err(Fault::NotConnected);
         }
         let codec = &self.codec;

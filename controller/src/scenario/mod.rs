@@ -49,7 +49,7 @@ impl Plan {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum LoadError {
+pub enum ScenarioError {
     #[error("cannot read scenario {path}: {source}")]
     Read { path: String, source: std::io::Error },
     #[error("{0}")]
@@ -57,9 +57,9 @@ pub enum LoadError {
 }
 
 /// Reads, parses and resolves a scenario file.
-pub fn load(path: &Path, overrides: &Overrides) -> Result<Plan, LoadError> {
+pub fn load(path: &Path, overrides: &Overrides) -> Result<Plan, ScenarioError> {
     let text = std::fs::read_to_string(path)
-        .map_err(|source| LoadError::Read { path: path.display().to_string(), source })?;
+        .map_err(|source| ScenarioError::Read { path: path.display().to_string(), source })?;
     let src = Source::new(path, text);
     Ok(resolve::resolve(&src, overrides)?)
 }

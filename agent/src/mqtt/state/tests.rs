@@ -331,7 +331,7 @@ fn connack_refusal_is_an_event_and_closes() {
         broker.read(&mut conn);
         let ev = feed(&mut conn, broker.connack(false, code, 10), 5).unwrap();
         assert!(matches!(ev[..], [Event::ConnAck { code: c, .. }] if c == code), "{p}: {ev:?}");
-        assert_eq!(conn.phase(), Phase::Closed);
+        assert_eq!(conn.phase(), ConnState::Closed);
     }
 }
 
@@ -449,7 +449,7 @@ fn keepalive_sends_pingreq_and_a_missing_pingresp_ends_the_connection() {
         conn.on_timer(20 * S).unwrap();
         assert_eq!(broker.read(&mut conn), vec![Seen::PingReq]);
         assert_eq!(conn.on_timer(23 * S), Err(Fault::PingTimeout));
-        assert_eq!(conn.phase(), Phase::Closed);
+        assert_eq!(conn.phase(), ConnState::Closed);
     }
 }
 
@@ -598,7 +598,7 @@ fn server_disconnect_reason_is_reported() {
     );
     let ev = feed(&mut conn, bytes, 5).unwrap();
     assert!(matches!(ev[..], [Event::Disconnect { code: 0x8E }]), "{ev:?}");
-    assert_eq!(conn.phase(), Phase::Closed);
+    assert_eq!(conn.phase(), ConnState::Closed);
 }
 
 #[test]
@@ -607,6 +607,6 @@ fn clean_disconnect_is_written() {
         let (mut conn, broker) = connected(p);
         conn.disconnect(0).unwrap();
         assert_eq!(broker.read(&mut conn), vec![Seen::Disconnect]);
-        assert_eq!(conn.phase(), Phase::Closed);
+        assert_eq!(conn.phase(), ConnState::Closed);
     }
 }
