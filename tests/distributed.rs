@@ -207,15 +207,10 @@ fn controller_and_three_agents_merge_exactly_against_mosquitto() {
 
     // each agent's own tally, written apart from the controller: the merge adds up to them,
     // counter by counter (the controller's sum is not its own witness)
-    let tallies: Vec<Value> =
-        (0..3).map(|k| serde_json::from_str(&std::fs::read_to_string(tally(k)).unwrap()).unwrap()).collect();
+    let tallies = support::assert_counters_match_tallies(&r, &(0..3).map(tally).collect::<Vec<_>>());
     for t in &tallies {
         assert_eq!(t["end"], "finished", "{t}");
         assert_eq!(t["run"], r["run_tag"], "{t}");
-    }
-    for (name, value) in r["counters"].as_object().unwrap() {
-        let summed: u64 = tallies.iter().map(|t| t["counters"][name].as_u64().unwrap_or(0)).sum();
-        assert_eq!(value.as_u64().unwrap(), summed, "counter {name}: report against the agents' tallies");
     }
     for field in ["expected", "received", "lost", "duplicates"] {
         let summed: u64 = tallies.iter().map(|t| t["delivery"][field].as_u64().unwrap()).sum();
@@ -253,25 +248,28 @@ async fn merged_counts_equal_what_squalls_broker_counted() {
     assert_eq!(b.messages_out[1], counter(&r, "received_qos1"), "{b:?}");
     assert_eq!(b.connects, counter(&r, "connects"), "{b:?}");
     // 60 sensors: round(60·¾) = 45 and 15; 3 backends: round(3·¾) = 2 and 1
-    let clients = |name: &str| {
-        r["per_agent"].as_array().unwrap().iter().find(|a| a["name"] == name).unwrap()["clients"].as_u64()
-    };
+    let clients = |name: &str| agent(&r, name)["clients"].as_u64();
     assert_eq!((clients("b0"), clients("b1")), (Some(47), Some(16)));
+}
+
+/// Waits (off the async threads) for an agent, then its controller, to exit: their codes and stderr.
+async fn both_exit(mut agent: Proc, mut controller: Proc) -> (i32, String, i32, String) {
+    tokio::task::spawn_blocking(move || {
+        let a = agent.wait();
+        let c = controller.wait();
+        (a, agent.stderr(), c, controller.stderr())
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_token_is_refused_before_any_mqtt_traffic() {
     let broker = support::broker(|_| {}).await;
     let s = Setup::new(&scenario(&support::url(&broker), "2s"));
-    let (mut controller, url) = s.controller(1, &["--agent-timeout", "3s"]);
-    let mut agent = s.agent(&url, "intruder", "other-token", &[]);
-    let (agent_code, agent_err, code, err) = tokio::task::spawn_blocking(move || {
-        let a = agent.wait();
-        let c = controller.wait();
-        (a, agent.stderr(), c, controller.stderr())
-    })
-    .await
-    .unwrap();
+    let (controller, url) = s.controller(1, &["--agent-timeout", "3s"]);
+    let agent = s.agent(&url, "intruder", "other-token", &[]);
+    let (agent_code, agent_err, code, err) = both_exit(agent, controller).await;
     // the agent checks the controller's proof first: a controller it cannot trust gets nothing
     assert_eq!(agent_code, 2, "{agent_err}");
     assert!(agent_err.contains("could not prove it holds the token"), "{agent_err}");
@@ -284,15 +282,9 @@ async fn a_wrong_token_is_refused_before_any_mqtt_traffic() {
 async fn an_agent_of_another_link_version_is_refused_with_the_reason() {
     let broker = support::broker(|_| {}).await;
     let s = Setup::new(&scenario(&support::url(&broker), "2s"));
-    let (mut controller, url) = s.controller(1, &["--agent-timeout", "3s"]);
-    let mut agent = s.agent(&url, "from-the-future", "token", &["--test-link-version", "99"]);
-    let (agent_code, agent_err, code, err) = tokio::task::spawn_blocking(move || {
-        let a = agent.wait();
-        let c = controller.wait();
-        (a, agent.stderr(), c, controller.stderr())
-    })
-    .await
-    .unwrap();
+    let (controller, url) = s.controller(1, &["--agent-timeout", "3s"]);
+    let agent = s.agent(&url, "from-the-future", "token", &["--test-link-version", "99"]);
+    let (agent_code, agent_err, code, err) = both_exit(agent, controller).await;
     assert_eq!(agent_code, 2, "a refusal a person must act on: {agent_err}");
     assert!(agent_err.contains("link version 99"), "{agent_err}");
     assert_eq!(code, 3, "{err}");
@@ -387,7 +379,7 @@ fn an_agent_killed_mid_run_is_reported_lost_with_its_data_so_far() {
     assert_eq!(r["verdict"]["status"], "error");
     let reasons = r["verdict"]["reasons"].to_string();
     assert!(reasons.contains("victim") && reasons.contains("lost"), "{reasons}");
-    let victim_r = r["per_agent"].as_array().unwrap().iter().find(|a| a["name"] == "victim").unwrap().clone();
+    let victim_r = agent(&r, "victim").clone();
     assert_eq!(victim_r["status"], "lost");
     assert!(
         victim_r["snapshots"].as_u64().unwrap() > 0 && victim_r["connects"].as_u64().unwrap() > 0,
@@ -674,11 +666,7 @@ qos = 1
         tokio::task::spawn_blocking(move || (controller.wait(), controller.stderr())).await.unwrap();
     assert_eq!(code, 0, "{err}");
     let r = s.report();
-    let clients = |name: &str| {
-        r["per_agent"].as_array().unwrap().iter().find(|a| a["name"] == name).unwrap()["clients"]
-            .as_u64()
-            .unwrap()
-    };
+    let clients = |name: &str| agent(&r, name)["clients"].as_u64().unwrap();
     let (a, b) = (zone_a.stats(), zone_b.stats());
     assert_eq!(
         (a.connects, b.connects),

@@ -220,7 +220,7 @@ async fn drive(
                 Some(Command::Publish { start_unix_ns, until_unix_ns }) if !publishing => {
                     publishing = true;
                     let _ = phase_tx.send(Phase::Publish { start_ns: start_unix_ns, until_ns: until_unix_ns });
-                    mark_start(shared.clock.clone(), start_unix_ns, events.clone());
+                    mark_start(shared.clock, start_unix_ns, events.clone());
                 }
                 Some(Command::Publish { .. }) => {}
                 Some(Command::Finish { streams, drain_ms }) => {

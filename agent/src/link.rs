@@ -355,7 +355,7 @@ async fn forward(ev: &AgentEvent, tally: &mut Tally, out: &mpsc::Sender<pb::Agen
 
 async fn connect(opts: &LinkOptions) -> Result<tonic::transport::Channel, Dial> {
     let mut ep = tonic::transport::Endpoint::from_shared(opts.controller.clone())
-        .map_err(|e| Dial::Untrusted(format!("bad controller URL `{}`: {e}", opts.controller)))?
+        .map_err(|e| Dial::Refused(format!("bad controller URL `{}`: {e}", opts.controller)))?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(2))
         .keep_alive_timeout(opts.lease)
@@ -365,12 +365,12 @@ async fn connect(opts: &LinkOptions) -> Result<tonic::transport::Channel, Dial> 
         match &opts.ca_pem {
             Some(ca) => tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca)),
             None => {
-                return Err(Dial::Untrusted(
+                return Err(Dial::Refused(
                     "an https:// controller needs --ca (the CA that signed its certificate)".into(),
                 ));
             }
         }
-        ep = ep.tls_config(tls).map_err(|e| Dial::Untrusted(format!("TLS: {e}")))?;
+        ep = ep.tls_config(tls).map_err(|e| Dial::Refused(format!("TLS: {e}")))?;
     }
     ep.connect().await.map_err(|e| {
         let tls = tls_failure(&e);
@@ -379,7 +379,7 @@ async fn connect(opts: &LinkOptions) -> Result<tonic::transport::Channel, Dial> 
         match tls {
             // a certificate this agent does not trust will not start being trusted: a person
             // must change --ca or the controller's certificate
-            Some(_) => Dial::Untrusted(format!("{msg}; this agent trusts only the CA in --ca")),
+            Some(_) => Dial::Refused(format!("{msg}; this agent trusts only the CA in --ca")),
             None => Dial::Unreachable(msg),
         }
     })
@@ -388,8 +388,8 @@ async fn connect(opts: &LinkOptions) -> Result<tonic::transport::Channel, Dial> 
 /// Why dialing failed.
 enum Dial {
     Unreachable(String),
-    /// The controller's certificate is not trusted (or TLS failed for good).
-    Untrusted(String),
+    /// Dialing again cannot help (a bad URL, a certificate --ca did not sign): a person must act.
+    Refused(String),
 }
 
 /// The rustls error at the root of a connection failure, if it is one.
@@ -433,7 +433,7 @@ async fn session(
     let channel = match connect(opts).await {
         Ok(c) => c,
         Err(Dial::Unreachable(why)) => return Err(why),
-        Err(Dial::Untrusted(why)) => return Ok(Ended::Refused(why)),
+        Err(Dial::Refused(why)) => return Ok(Ended::Refused(why)),
     };
     let mut client = ControllerClient::new(channel).max_decoding_message_size(16 << 20);
     let (out, out_rx) = mpsc::channel::<pb::AgentMessage>(1024);

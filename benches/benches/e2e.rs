@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use squall_agent::engine::{self, AgentEvent, Command as Cmd};
+use squall_benches::{cpu_s, free_port, rss_kib};
 use squall_controller::aggregate::Aggregate;
 use squall_controller::scenario::{Overrides, Source, load_source};
 use squall_controller::segment::segment;
@@ -69,10 +70,6 @@ impl Drop for Broker {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn start_broker(kind: &str) -> Broker {
     match kind {
         "mosquitto" => {
@@ -127,25 +124,6 @@ fn serve_broker() {
         .unwrap();
         eprintln!("broker: {}", serde_json::to_string(&b.stats()).unwrap());
     });
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-/// CPU seconds (user + system) of a process.
-fn cpu_s(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &s[s.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 fn self_cpu_s() -> f64 {

@@ -80,8 +80,7 @@ fn start_skew_us(late: &[Option<i64>]) -> Option<f64> {
     if late.len() < 2 {
         return None;
     }
-    let late: Option<Vec<i64>> = late.iter().copied().collect();
-    let late = late?;
+    let late: Vec<i64> = late.iter().copied().collect::<Option<_>>()?;
     let (lo, hi) = (late.iter().min()?, late.iter().max()?);
     Some((hi - lo) as f64 / 1e3)
 }
@@ -301,13 +300,11 @@ pub async fn run(
         agents: n_agents as u32,
         per_agent: agent_info
             .iter()
-            .zip(&status)
-            .zip(&agent_clients)
             .enumerate()
-            .map(|(i, (((name, clock, bytes_in, cores), st), clients))| {
-                let mut r = agg.agent_report(i as u32, name.clone(), *clients);
-                r.status = st.unwrap_or(AgentStatus::Aborted);
-                r.clock = clock.as_ref().map(|c| c.borrow().clone().into());
+            .map(|(i, (name, clock, bytes_in, cores))| {
+                let mut r = agg.agent_report(i as u32, name.clone(), agent_clients[i]);
+                r.status = status[i].unwrap_or(AgentStatus::Aborted);
+                r.clock = clock.as_ref().map(|c| (*c.borrow()).into());
                 r.start_late_us = start_late[i].map(|ns| ns as f64 / 1e3);
                 r.cores = *cores;
                 r.link_bytes_in = bytes_in.as_ref().map(|b| b.load(std::sync::atomic::Ordering::Relaxed));

@@ -47,25 +47,21 @@ pub fn segment(plan: &Plan, targets: &[squall_proto::target::TargetUrl], weights
             .subscribe
             .as_ref()
             .is_some_and(|s| s.filters.iter().any(|f| squall_proto::topic::split_shared(f).0.is_some()));
-        if let (true, Some(k)) = (shared, share_agent) {
-            out[k].groups.push(GroupAssignment {
-                spec: g.clone(),
-                first: 0,
-                count: g.clients,
-                stream_base,
-                client_base,
-            });
-            if g.publish.is_some() {
-                stream_base += g.clients;
+        // each agent's [first, end) of the group
+        let ranges: Vec<(usize, u32, u32)> = match (shared, share_agent) {
+            (true, Some(k)) => vec![(k, 0, g.clients)],
+            _ => {
+                let mut acc_w = 0u64;
+                (0..weights.len())
+                    .map(|i| {
+                        let first = round_share(n, acc_w, total_w);
+                        acc_w += weights[i] as u64;
+                        (i, first, round_share(n, acc_w, total_w))
+                    })
+                    .collect()
             }
-            client_base += g.clients;
-            continue;
-        }
-        let mut acc_w = 0u64;
-        for (i, w) in weights.iter().enumerate() {
-            let first = round_share(n, acc_w, total_w);
-            acc_w += *w as u64;
-            let end = round_share(n, acc_w, total_w);
+        };
+        for (i, first, end) in ranges {
             if end > first {
                 out[i].groups.push(GroupAssignment {
                     spec: g.clone(),

@@ -100,10 +100,7 @@ pub fn run(a: AgentArgs) -> u8 {
         clock: Clock::new().shifted(a.test_clock_skew_ms.saturating_mul(1_000_000)),
         once: a.once,
         fd_limit,
-        cores: a
-            .threads
-            .map(u32::from)
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)),
+        cores: a.threads.map(u32::from).unwrap_or_else(super::host_cores),
         tally_file: a.tally_file.clone(),
         link_version: a.test_link_version.unwrap_or(squall_proto::LINK_VERSION),
     };
@@ -113,19 +110,13 @@ pub fn run(a: AgentArgs) -> u8 {
     if let Some(n) = a.threads {
         builder.worker_threads(n as usize);
     }
-    let engine = match builder.enable_all().thread_name("engine").build() {
+    let engine = match super::runtime(builder.thread_name("engine")) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return exit::RUNTIME;
-        }
+        Err(code) => return code,
     };
-    let link_rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let link_rt = match super::runtime(&mut tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return exit::RUNTIME;
-        }
+        Err(code) => return code,
     };
     tracing::info!(controller = %opts.controller, name = %opts.name, fd_limit, "Agent starting");
     let result = link_rt.block_on(async {

@@ -33,7 +33,7 @@ impl Agents for InProcess {
                 events: h.events,
                 clock: None,
                 bytes_in: None,
-                cores: std::thread::available_parallelism().map(|c| c.get() as u32).unwrap_or(1),
+                cores: super::host_cores(),
             });
         }
         Ok(links)
@@ -71,7 +71,7 @@ impl LocalProcesses {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find squall's own binary: {e}"))?;
         // the agents share this host's cores: one engine thread per core in all, not per agent
         // (oversubscribed runtimes cost 14–28 % more CPU per message; BENCHMARKS.md)
-        let cores = std::thread::available_parallelism().map(|c| c.get() as u32).unwrap_or(1);
+        let cores = super::host_cores();
         let threads = (cores / n).max(1).to_string();
         let mut children = Vec::new();
         for k in 0..n {

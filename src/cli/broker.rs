@@ -81,12 +81,9 @@ pub fn run(a: BrokerArgs) -> u8 {
             }
         }
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match super::runtime(&mut tokio::runtime::Builder::new_multi_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return exit::RUNTIME;
-        }
+        Err(code) => return code,
     };
     rt.block_on(async move {
         let broker = match Broker::start(config).await {

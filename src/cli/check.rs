@@ -157,12 +157,9 @@ pub fn run(a: CheckArgs) -> u8 {
         },
         extended: a.extended,
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match super::runtime(&mut tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return exit::RUNTIME;
-        }
+        Err(code) => return code,
     };
     let r = rt.block_on(squall_check::run(o));
     let rendered = match a.format {

@@ -68,14 +68,10 @@ fn parse_weight(s: &str) -> Result<(String, u32), String> {
 }
 
 pub fn run(a: ControllerArgs) -> u8 {
-    let plan = match a.scenario.load() {
+    let plan = match a.scenario.plan_to_run() {
         Ok(p) => p,
         Err(code) => return code,
     };
-    if a.scenario.check {
-        ScenarioArgs::print_plan(&plan);
-        return exit::PASS;
-    }
     if plan.targets.is_empty() {
         eprintln!(
             "error: the scenario names no target: give the broker agents load with [target] urls or --target"
@@ -109,12 +105,9 @@ pub fn run(a: ControllerArgs) -> u8 {
         }
         eprintln!("warning: the agent link on {} is plaintext (--insecure-link)", a.listen);
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match super::runtime(&mut tokio::runtime::Builder::new_multi_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return exit::RUNTIME;
-        }
+        Err(code) => return code,
     };
     rt.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(a.listen).await {

@@ -86,3 +86,17 @@ fn init_tracing(verbose: u8) {
         .with_target(false)
         .try_init();
 }
+
+/// Builds a tokio runtime (enable_all) from `builder`; on failure says why on stderr and gives
+/// the runtime-failure exit code.
+pub fn runtime(builder: &mut tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, u8> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("error: cannot start the runtime: {e}");
+        exit::RUNTIME
+    })
+}
+
+/// The cores this host offers (at least 1).
+pub fn host_cores() -> u32 {
+    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+}

@@ -105,6 +105,17 @@ impl ScenarioArgs {
     }
 
     /// `--check`: prints the resolved plan.
+    /// The plan to run, or the exit code to end with: the load's error, or a pass after
+    /// `--check` printed the plan.
+    pub fn plan_to_run(&self) -> Result<Plan, u8> {
+        let plan = self.load()?;
+        if self.check {
+            Self::print_plan(&plan);
+            return Err(exit::PASS);
+        }
+        Ok(plan)
+    }
+
     pub fn print_plan(plan: &Plan) {
         println!(
             "{}: {} group(s), {} clients, publish for {}, targets: {}",
@@ -180,20 +191,13 @@ pub async fn interrupted() {
 }
 
 pub fn run(a: RunArgs) -> u8 {
-    let plan = match a.scenario.load() {
+    let plan = match a.scenario.plan_to_run() {
         Ok(p) => p,
         Err(code) => return code,
     };
-    if a.scenario.check {
-        ScenarioArgs::print_plan(&plan);
-        return exit::PASS;
-    }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match super::runtime(&mut tokio::runtime::Builder::new_multi_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return exit::RUNTIME;
-        }
+        Err(code) => return code,
     };
     rt.block_on(run_async(a, plan))
 }

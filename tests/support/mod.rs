@@ -44,3 +44,22 @@ pub async fn broker(config: impl FnOnce(&mut squall_broker::BrokerConfig)) -> sq
 pub fn url(b: &squall_broker::Broker) -> String {
     format!("mqtt://{}", b.local_addr())
 }
+
+/// Reads the agents' `--tally-file`s and asserts that every counter of the merged `report` is
+/// their sum (each agent's own record, kept apart from the controller). Returns the tallies.
+pub fn assert_counters_match_tallies(
+    report: &serde_json::Value,
+    files: &[std::path::PathBuf],
+) -> Vec<serde_json::Value> {
+    let tallies: Vec<serde_json::Value> = files
+        .iter()
+        .map(|f| {
+            serde_json::from_str(&std::fs::read_to_string(f).expect("the agent wrote its tally")).unwrap()
+        })
+        .collect();
+    for (name, value) in report["counters"].as_object().unwrap() {
+        let summed: u64 = tallies.iter().map(|t| t["counters"][name].as_u64().unwrap_or(0)).sum();
+        assert_eq!(value.as_u64().unwrap(), summed, "counter {name}: report against the agents' tallies");
+    }
+    tallies
+}
