@@ -12,6 +12,7 @@ use squall_proto::auth::{self, Role, Token};
 use squall_proto::clock::Clock;
 use squall_proto::link::AgentEvent;
 use squall_proto::plan::Assignment;
+use squall_proto::replay::{Full, Inbox, Outbox};
 use squall_proto::wire::pb::controller_client::ControllerClient;
 use squall_proto::wire::{self, Chunks, pb};
 use tokio::sync::{mpsc, watch};
@@ -240,11 +241,34 @@ pub async fn serve(
 ) -> Result<(), LinkError> {
     let mut backoff = Duration::from_millis(250);
     let dialing_since = tokio::time::Instant::now();
+    // a run whose link broke: its load goes on while the lease lasts and the agent dials again
+    let mut carried: Option<Attachment> = None;
     loop {
         if *shutdown.borrow() {
+            if let Some(att) = carried.take() {
+                att.stop(&opts, None, "stopped (signal) while its link was down").await;
+            }
             return Ok(());
         }
-        match session(&opts, &engine, &mut shutdown).await {
+        if let Some(att) = carried.take_if(|a| a.lease_end <= tokio::time::Instant::now()) {
+            let why = format!(
+                "the link to the controller stayed down for the lease ({}): all load stopped",
+                humantime_secs(opts.lease)
+            );
+            tracing::warn!("{why}");
+            att.stop(&opts, None, &why).await;
+            if opts.once {
+                return Err(LinkError::Unreachable(why));
+            }
+        }
+        let ended = session(&opts, &engine, &mut shutdown, &mut carried).await;
+        let mut wait = jitter(backoff);
+        match ended {
+            // the link broke mid-run: dial again at once (a little jitter), within the lease
+            Ok(Ended::Lost(why) | Ended::Broke(why)) | Err(why) if carried.is_some() => {
+                tracing::warn!(controller = %opts.controller, %why, "Link to the controller broken mid-run; the load goes on while the lease lasts, dialing again");
+                wait = Duration::from_millis(50) + jitter(Duration::from_millis(200));
+            }
             // not reached yet: a --once agent (a Job, a pod) may start before its controller
             // listens, so it keeps dialing for a while before giving up
             Err(why) if opts.once && dialing_since.elapsed() < ONCE_DIAL_FOR => {
@@ -257,7 +281,7 @@ pub async fn serve(
                 }
                 backoff = Duration::from_millis(250);
             }
-            Ok(Ended::Lost(why)) | Err(why) => {
+            Ok(Ended::Lost(why) | Ended::Broke(why)) | Err(why) => {
                 if opts.once {
                     return Err(LinkError::Unreachable(why));
                 }
@@ -266,7 +290,6 @@ pub async fn serve(
             Ok(Ended::Refused(why)) => return Err(LinkError::Refused(why)),
         }
         // full jitter: many agents losing one controller do not dial back in lockstep
-        let wait = jitter(backoff);
         backoff = (backoff * 2).min(Duration::from_secs(10));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -282,14 +305,57 @@ enum Ended {
     RunOver,
     /// The link was lost (or never made); dial again.
     Lost(String),
+    /// The connection broke: resumable, if a run is going on.
+    Broke(String),
     /// The controller refused this agent for good, or failed its proof.
     Refused(String),
 }
 
 struct Running {
-    run: String,
     handle: AgentHandle,
     tally: Tally,
+}
+
+/// Messages unacknowledged by the controller, at most: it acknowledges every ping (twice a
+/// second), so only a controller that stopped acknowledging fills this.
+const OUTBOX_LIMIT: usize = 100_000;
+
+/// One attachment to a controller: what lives across a broken connection while a run goes on.
+struct Attachment {
+    /// The run accepted (Assign.run), until the controller says it is over.
+    run: Option<String>,
+    /// Its engine, until it has reported everything.
+    running: Option<Running>,
+    chunks: Chunks,
+    outbox: Outbox<pb::AgentMessage>,
+    inbox: Inbox,
+    /// When the lease runs out: the last word from the controller, plus the lease.
+    lease_end: tokio::time::Instant,
+}
+
+impl Attachment {
+    fn new(opts: &LinkOptions) -> Attachment {
+        Attachment {
+            run: None,
+            running: None,
+            chunks: Chunks::new(0),
+            outbox: Outbox::new(OUTBOX_LIMIT),
+            inbox: Inbox::default(),
+            lease_end: tokio::time::Instant::now() + opts.lease,
+        }
+    }
+
+    /// Stops its engine (if it still runs), passing what it reports to `out` if there is a
+    /// link, and writes the tally.
+    async fn stop(self, opts: &LinkOptions, out: Option<&mpsc::Sender<pb::AgentMessage>>, why: &str) {
+        if let Some(r) = self.running {
+            tracing::warn!(run = self.run.as_deref().unwrap_or(""), why, "Stopping all load");
+            let (none, _) = mpsc::channel(1);
+            let mut outbox = self.outbox;
+            let tally = stop_engine(r, &mut outbox, out.unwrap_or(&none)).await;
+            write_tally(opts, &tally);
+        }
+    }
 }
 
 /// What this agent itself counted in a run, summed from the snapshots it sent up, written to
@@ -343,14 +409,21 @@ impl Tally {
     }
 }
 
-/// Sends an engine event up the link (as wire messages), counting it in the tally.
-async fn forward(ev: &AgentEvent, tally: &mut Tally, out: &mpsc::Sender<pb::AgentMessage>) {
+/// Sends an engine event up the link (as numbered wire messages, kept until acknowledged),
+/// counting it in the tally. `Err` if the controller stopped acknowledging.
+async fn forward(
+    ev: &AgentEvent,
+    tally: &mut Tally,
+    outbox: &mut Outbox<pb::AgentMessage>,
+    out: &mpsc::Sender<pb::AgentMessage>,
+) -> Result<(), Full> {
     tally.observe(ev);
     for m in wire::event_messages(ev) {
-        if out.send(m).await.is_err() {
-            return;
-        }
+        let m = outbox.stamp(m)?;
+        // a closed link: the message stays in the outbox, for the next connection
+        let _ = out.send(m).await;
     }
+    Ok(())
 }
 
 async fn connect(opts: &LinkOptions) -> Result<tonic::transport::Channel, Dial> {
@@ -423,21 +496,33 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-async fn session(
+/// A connection that passed the handshake.
+struct Linked {
+    inbound: tonic::Streaming<pb::ControllerMessage>,
+    out: mpsc::Sender<pb::AgentMessage>,
+}
+
+fn agent_msg(body: pb::agent_message::Body) -> pb::AgentMessage {
+    pb::AgentMessage { body: Some(body), seq: 0 }
+}
+
+/// Dials the controller and runs the handshake (both sides prove they hold the token).
+/// `resume`: the run to go on with, and the last controller message this agent has.
+async fn handshake(
     opts: &LinkOptions,
-    engine: &tokio::runtime::Handle,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Result<Ended, String> {
+    resume: Option<(String, u64)>,
+) -> Result<Linked, Result<Ended, String>> {
     use pb::agent_message::Body as A;
     use pb::controller_message::Body as C;
     let channel = match connect(opts).await {
         Ok(c) => c,
-        Err(Dial::Unreachable(why)) => return Err(why),
-        Err(Dial::Refused(why)) => return Ok(Ended::Refused(why)),
+        Err(Dial::Unreachable(why)) => return Err(Err(why)),
+        Err(Dial::Refused(why)) => return Err(Ok(Ended::Refused(why))),
     };
     let mut client = ControllerClient::new(channel).max_decoding_message_size(16 << 20);
     let (out, out_rx) = mpsc::channel::<pb::AgentMessage>(1024);
     let nonce = auth::nonce();
+    let (resume_run, resume_received_seq) = resume.unwrap_or_default();
     let hello = pb::Hello {
         name: opts.name.clone(),
         squall_version: env!("CARGO_PKG_VERSION").into(),
@@ -452,83 +537,157 @@ async fn session(
             allowed_targets: opts.allow.iter().map(|r| r.to_string()).collect(),
         }),
         busy_with_run: String::new(),
+        resume_run,
+        resume_received_seq,
     };
-    let send = |m: A| pb::AgentMessage { body: Some(m) };
-    out.send(send(A::Hello(hello))).await.map_err(|_| "link closed".to_string())?;
+    let closed = || Err("link closed".to_string());
+    out.send(agent_msg(A::Hello(hello))).await.map_err(|_| closed())?;
     let mut inbound = client
         .attach(ReceiverStream::new(out_rx))
         .await
-        .map_err(|e| format!("the controller did not accept the link: {}", e.message()))?
+        .map_err(|e| Err(format!("the controller did not accept the link: {}", e.message())))?
         .into_inner();
     let first = tokio::time::timeout(Duration::from_secs(10), inbound.message()).await;
     let challenge = match first {
-        Ok(Ok(Some(pb::ControllerMessage { body: Some(C::Challenge(c)) }))) => c,
-        Ok(Ok(Some(pb::ControllerMessage { body: Some(C::Refusal(r)) }))) => return Ok(refusal(r)),
-        Ok(Ok(_)) => return Ok(Ended::Lost("the controller closed the link during the handshake".into())),
-        Ok(Err(e)) => return Ok(Ended::Lost(format!("handshake: {}", e.message()))),
-        Err(_) => return Ok(Ended::Lost("the controller did not answer the handshake".into())),
+        Ok(Ok(Some(pb::ControllerMessage { body: Some(C::Challenge(c)), .. }))) => c,
+        Ok(Ok(Some(pb::ControllerMessage { body: Some(C::Refusal(r)), .. }))) => return Err(Ok(refusal(r))),
+        Ok(Ok(_)) => {
+            return Err(Ok(Ended::Lost("the controller closed the link during the handshake".into())));
+        }
+        Ok(Err(e)) => return Err(Ok(Ended::Lost(format!("handshake: {}", e.message())))),
+        Err(_) => return Err(Ok(Ended::Lost("the controller did not answer the handshake".into()))),
     };
     if !opts.token.verify(Role::Controller, &nonce, &challenge.nonce, &challenge.proof) {
         // a controller without the token gets no proof and no work
-        return Ok(Ended::Refused(format!(
+        return Err(Ok(Ended::Refused(format!(
             "the controller at {} could not prove it holds the token: the tokens differ, or it is not your controller; no work accepted",
             opts.controller
-        )));
+        ))));
     }
     let proof = opts.token.prove(Role::Agent, &challenge.nonce, &nonce);
-    out.send(send(A::Auth(pb::Auth { proof }))).await.map_err(|_| "link closed".to_string())?;
-    tracing::info!(controller = %opts.controller, "Attached to the controller");
+    out.send(agent_msg(A::Auth(pb::Auth { proof }))).await.map_err(|_| closed())?;
+    Ok(Linked { inbound, out })
+}
 
-    let mut running: Option<Running> = None;
-    let mut chunks = Chunks::new(0);
-    let mut lease_end = tokio::time::Instant::now() + opts.lease;
+/// One connection to the controller. `carried` holds a run whose previous connection broke:
+/// this one resumes it. When this connection breaks mid-run, the run is left in `carried`.
+async fn session(
+    opts: &LinkOptions,
+    engine: &tokio::runtime::Handle,
+    shutdown: &mut watch::Receiver<bool>,
+    carried: &mut Option<Attachment>,
+) -> Result<Ended, String> {
+    use pb::agent_message::Body as A;
+    use pb::controller_message::Body as C;
+    let resume = carried.as_ref().map(|a| (a.run.clone().unwrap_or_default(), a.inbox.received()));
+    // resuming, the dial and handshake must end within the lease
+    let deadline = carried.as_ref().map(|a| a.lease_end);
+    let linked = tokio::select! {
+        l = handshake(opts, resume) => l,
+        _ = tokio::time::sleep_until(deadline.unwrap_or_else(far_future)) => {
+            return Err("the controller could not be reached again within the lease".into());
+        }
+        _ = shutdown.changed() => return Ok(Ended::Stopped),
+    };
+    let Linked { mut inbound, out } = match linked {
+        Ok(l) => l,
+        Err(ended) => return ended,
+    };
+    let mut att = match carried.take() {
+        None => {
+            tracing::info!(controller = %opts.controller, "Attached to the controller");
+            Attachment::new(opts)
+        }
+        Some(mut att) => {
+            // the controller says what it has; each side then replays what the other missed
+            match tokio::time::timeout(Duration::from_secs(10), inbound.message()).await {
+                Ok(Ok(Some(pb::ControllerMessage { body: Some(C::Resume(r)), .. }))) => {
+                    att.outbox.ack(r.received_seq);
+                    let replay: Vec<pb::AgentMessage> = att.outbox.after(r.received_seq).cloned().collect();
+                    tracing::warn!(controller = %opts.controller, replayed = replay.len(), "Link resumed; the run goes on");
+                    for m in replay {
+                        let _ = out.send(m).await;
+                    }
+                    att.lease_end = tokio::time::Instant::now() + opts.lease;
+                    att
+                }
+                Ok(Ok(Some(pb::ControllerMessage { body: Some(C::Refusal(r)), .. }))) => {
+                    // the controller gave the run up (or is another one): no load without it
+                    att.stop(opts, Some(&out), "the controller would not resume the run").await;
+                    return Ok(Ended::Lost(format!(
+                        "the controller would not resume the run: {}",
+                        r.message
+                    )));
+                }
+                _ => {
+                    *carried = Some(att);
+                    return Ok(Ended::Lost("the controller did not answer the resume".into()));
+                }
+            }
+        }
+    };
+
     let ended = loop {
         let engine_events = async {
-            match running.as_mut() {
-                Some(r) => (r.handle.events.recv().await, r),
+            match att.running.as_mut() {
+                Some(r) => r.handle.events.recv().await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
-            _ = tokio::time::sleep_until(lease_end) => {
+            _ = tokio::time::sleep_until(att.lease_end) => {
                 break Ended::Lost(format!("nothing from the controller for {} (the lease): all load stopped", humantime_secs(opts.lease)));
             }
             _ = shutdown.changed() => {
-                if let Some(r) = running.take() {
+                if let Some(r) = att.running.take() {
                     let ev = AgentEvent::Failed { message: format!("agent `{}` was stopped (signal); its clients were closed", opts.name) };
-                    let mut tally = stop_engine(r, &out).await;
-                    for m in wire::event_messages(&ev) {
-                        let _ = out.send(m).await;
-                    }
+                    let mut tally = stop_engine(r, &mut att.outbox, &out).await;
+                    let _ = forward(&ev, &mut tally, &mut att.outbox, &out).await;
                     tally.end = "stopped";
                     write_tally(opts, &tally);
                 }
                 break Ended::Stopped;
             }
-            (ev, r) = engine_events => match ev {
-                Some(ev) => forward(&ev, &mut r.tally, &out).await,
-                None => {
-                    tracing::info!(run = %r.run, "Run finished on this agent");
-                    write_tally(opts, &r.tally);
-                    running = None;
+            ev = engine_events => match (ev, att.running.as_mut()) {
+                (Some(ev), Some(r)) => {
+                    if let Err(e) = forward(&ev, &mut r.tally, &mut att.outbox, &out).await {
+                        break Ended::Lost(e.to_string());
+                    }
+                }
+                _ => {
+                    if let Some(r) = att.running.take() {
+                        tracing::info!(run = %r.tally.run, "Run finished on this agent");
+                        write_tally(opts, &r.tally);
+                    }
                 }
             },
             m = inbound.message() => {
-                let body = match m {
-                    Ok(Some(pb::ControllerMessage { body: Some(b) })) => b,
-                    Ok(Some(_)) => continue,
-                    Ok(None) => break Ended::Lost("the controller closed the link".into()),
-                    Err(e) => break Ended::Lost(format!("the link broke: {}", e.message())),
+                let m = match m {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break Ended::Broke("the controller closed the link".into()),
+                    Err(e) => break Ended::Broke(format!("the link broke: {}", e.message())),
                 };
-                lease_end = tokio::time::Instant::now() + opts.lease;
+                att.lease_end = tokio::time::Instant::now() + opts.lease;
+                match att.inbox.accept(m.seq) {
+                    Ok(true) => {}
+                    Ok(false) => continue, // replayed, and taken before
+                    Err(gap) => break Ended::Lost(format!("the controller's messages skipped: {gap}")),
+                }
+                let Some(body) = m.body else { continue };
                 match body {
                     C::Ping(p) => {
-                        let pong = pb::Pong { id: p.id, ping_sent_unix_ns: p.sent_unix_ns, agent_unix_ns: opts.clock.now_ns() };
-                        let _ = out.send(send(A::Pong(pong))).await;
+                        att.outbox.ack(p.received_seq);
+                        let pong = pb::Pong {
+                            id: p.id,
+                            ping_sent_unix_ns: p.sent_unix_ns,
+                            agent_unix_ns: opts.clock.now_ns(),
+                            received_seq: att.inbox.received(),
+                        };
+                        let _ = out.send(agent_msg(A::Pong(pong))).await;
                     }
                     C::Assign(asg) => {
-                        let reply = match (&running, asg.assignment) {
-                            (Some(r), _) => Err(format!("busy with run {}", r.run)),
+                        let reply = match (&att.run, asg.assignment) {
+                            (Some(run), _) => Err(format!("busy with run {run}")),
                             (None, None) => Err("an Assign without an assignment".into()),
                             (None, Some(a)) => match Assignment::try_from(a) {
                                 Err(e) => Err(format!("invalid assignment: {e}")),
@@ -537,9 +696,10 @@ async fn session(
                                     Ok(()) => {
                                         match engine.spawn(engine::start(a, opts.clock)).await {
                                             Ok(Ok(handle)) => {
-                                                chunks = Chunks::new(MAX_RUN_STREAMS);
+                                                att.chunks = Chunks::new(MAX_RUN_STREAMS);
                                                 let tally = Tally::new(&asg.run, &opts.name);
-                                                running = Some(Running { run: asg.run.clone(), handle, tally });
+                                                att.run = Some(asg.run.clone());
+                                                att.running = Some(Running { handle, tally });
                                                 Ok(())
                                             }
                                             Ok(Err(e)) => Err(e.to_string()),
@@ -553,36 +713,46 @@ async fn session(
                             tracing::warn!(%why, "Refused an assignment");
                         }
                         let r = pb::AssignReply { accepted: reply.is_ok(), reason: reply.err().unwrap_or_default(), fd_limit: opts.fd_limit };
-                        let _ = out.send(send(A::AssignReply(r))).await;
+                        match att.outbox.stamp(agent_msg(A::AssignReply(r))) {
+                            Ok(m) => { let _ = out.send(m).await; }
+                            Err(e) => break Ended::Lost(e.to_string()),
+                        }
                     }
                     C::StreamFinals(c) => {
-                        if let Err(e) = chunks.push(c) {
+                        if let Err(e) = att.chunks.push(c) {
                             break Ended::Lost(format!("the controller sent a broken stream list: {e}"));
                         }
                     }
-                    C::Command(c) => match wire::command_from_wire(c, &mut chunks) {
+                    C::Command(c) => match wire::command_from_wire(c, &mut att.chunks) {
                         Ok(cmd) => {
-                            if let Some(r) = &running {
+                            if let Some(r) = &att.running {
                                 let _ = r.handle.commands.send(cmd).await;
                             }
                         }
                         Err(e) => break Ended::Lost(format!("the controller sent a broken command: {e}")),
                     },
                     C::Refusal(r) => break refusal(r),
-                    C::Challenge(_) => break Ended::Lost("the controller repeated its handshake".into()),
+                    C::Challenge(_) | C::Resume(_) => break Ended::Lost("the controller repeated its handshake".into()),
                 }
             }
         }
     };
-    if let Some(r) = running.take() {
+    if let Ended::Broke(why) = ended {
+        if att.run.is_some() {
+            // the load goes on while the lease lasts; serve dials again and resumes
+            *carried = Some(att);
+        }
+        return Ok(Ended::Lost(why));
+    }
+    if let Some(r) = att.running.take() {
         // whatever ended the link, no load goes on without a controller; what the engine
         // still reports (its last snapshot) goes up if the link still carries it
         if matches!(ended, Ended::RunOver) {
-            tracing::info!(run = %r.run, "The run is over; closing this agent's clients");
+            tracing::info!(run = %r.tally.run, "The run is over; closing this agent's clients");
         } else {
-            tracing::warn!(run = %r.run, "Stopping all load: the link to the controller ended");
+            tracing::warn!(run = %r.tally.run, "Stopping all load: the link to the controller ended");
         }
-        let tally = stop_engine(r, &out).await;
+        let tally = stop_engine(r, &mut att.outbox, &out).await;
         write_tally(opts, &tally);
     }
     // End our stream and wait (bounded) until the controller ends its own: it does so after
@@ -597,6 +767,10 @@ async fn session(
     Ok(ended)
 }
 
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
 fn write_tally(opts: &LinkOptions, tally: &Tally) {
     if let Some(path) = &opts.tally_file {
         tally.write(path);
@@ -605,14 +779,20 @@ fn write_tally(opts: &LinkOptions, tally: &Tally) {
 
 /// Aborts a running engine and waits (bounded) until its clients are closed, passing what it
 /// still reports (its last snapshot) to `out`. Returns its tally.
-async fn stop_engine(r: Running, out: &mpsc::Sender<pb::AgentMessage>) -> Tally {
-    let Running { handle, mut tally, .. } = r;
+async fn stop_engine(
+    r: Running,
+    outbox: &mut Outbox<pb::AgentMessage>,
+    out: &mpsc::Sender<pb::AgentMessage>,
+) -> Tally {
+    let Running { handle, mut tally } = r;
     let AgentHandle { commands, mut events } = handle;
     let _ = commands.try_send(squall_proto::link::Command::Abort);
     drop(commands);
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(ev) = events.recv().await {
-            forward(&ev, &mut tally, out).await;
+            if forward(&ev, &mut tally, outbox, out).await.is_err() {
+                return;
+            }
         }
     })
     .await;

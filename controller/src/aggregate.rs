@@ -189,6 +189,7 @@ impl Aggregate {
             cores: 0,
             start_late_us: None,
             link_bytes_in: None,
+            link_resumes: None,
         }
     }
 

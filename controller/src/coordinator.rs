@@ -32,8 +32,8 @@ pub struct AgentLink {
     pub events: mpsc::Receiver<AgentEvent>,
     /// The agent's clock against the controller's, for remote agents.
     pub clock: Option<watch::Receiver<ClockEstimate>>,
-    /// Bytes it has sent over its link, for remote agents.
-    pub bytes_in: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// What its link carried, for remote agents.
+    pub link: Option<std::sync::Arc<crate::link::LinkStats>>,
     /// The cores it runs on (its engine threads).
     pub cores: u32,
 }
@@ -110,9 +110,9 @@ pub async fn run(
     let mut commands = Vec::new();
     let mut agent_info = Vec::new();
     for (i, link) in links.into_iter().enumerate() {
-        let AgentLink { name, commands: cmd, mut events, clock, bytes_in, cores } = link;
+        let AgentLink { name, commands: cmd, mut events, clock, link, cores } = link;
         commands.push(cmd);
-        agent_info.push((name, clock, bytes_in, cores));
+        agent_info.push((name, clock, link, cores));
         let tx = tx.clone();
         tokio::spawn(async move {
             while let Some(ev) = events.recv().await {
@@ -301,13 +301,15 @@ pub async fn run(
         per_agent: agent_info
             .iter()
             .enumerate()
-            .map(|(i, (name, clock, bytes_in, cores))| {
+            .map(|(i, (name, clock, link, cores))| {
                 let mut r = agg.agent_report(i as u32, name.clone(), agent_clients[i]);
                 r.status = status[i].unwrap_or(AgentStatus::Aborted);
                 r.clock = clock.as_ref().map(|c| (*c.borrow()).into());
                 r.start_late_us = start_late[i].map(|ns| ns as f64 / 1e3);
                 r.cores = *cores;
-                r.link_bytes_in = bytes_in.as_ref().map(|b| b.load(std::sync::atomic::Ordering::Relaxed));
+                r.link_bytes_in =
+                    link.as_ref().map(|l| l.bytes_in.load(std::sync::atomic::Ordering::Relaxed));
+                r.link_resumes = link.as_ref().map(|l| l.resumes.load(std::sync::atomic::Ordering::Relaxed));
                 r
             })
             .collect(),

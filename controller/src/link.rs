@@ -6,9 +6,10 @@
 //! messages and wire events back, and ends — closing the agent's event channel, which the
 //! coordinator reads as "agent lost" — when the agent says nothing for a lease.
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use squall_proto::LINK_VERSION;
@@ -16,6 +17,7 @@ use squall_proto::auth::{self, Role, Token};
 use squall_proto::clock::Clock;
 use squall_proto::link::{AgentEvent, Command};
 use squall_proto::plan::Assignment;
+use squall_proto::replay::{Inbox, Outbox};
 use squall_proto::target::TargetUrl;
 use squall_proto::wire::pb::controller_server::{Controller, ControllerServer};
 use squall_proto::wire::{self, Chunks, pb};
@@ -54,6 +56,15 @@ pub struct Capacity {
     pub allowed_targets: Vec<String>,
 }
 
+/// What a link carried, for the report.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// Bytes of everything the agent sent since it attached (protobuf encoding).
+    pub bytes_in: AtomicU64,
+    /// Times its connection broke mid-run and the agent resumed the run over a new one.
+    pub resumes: AtomicU64,
+}
+
 /// An agent that attached and proved it holds the token.
 pub struct Attached {
     pub name: String,
@@ -64,8 +75,7 @@ pub struct Attached {
     to_agent: mpsc::Sender<ToAgent>,
     events: mpsc::Receiver<AgentEvent>,
     clock: watch::Receiver<ClockEstimate>,
-    /// Bytes of everything it sent since it attached (protobuf encoding).
-    bytes_in: Arc<AtomicU64>,
+    stats: Arc<LinkStats>,
 }
 
 enum ToAgent {
@@ -83,8 +93,24 @@ struct Service {
     settings: LinkSettings,
     arrivals: mpsc::Sender<Attached>,
     /// Names of the agents attached now (a second agent with a taken name is refused).
-    names: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    names: Arc<Mutex<HashSet<String>>>,
+    /// By agent name: the run it runs, and where a new connection resuming it goes.
+    resumable: Arc<Mutex<HashMap<String, (String, mpsc::Sender<Resumed>)>>>,
     clock: Clock,
+}
+
+/// A new connection from an agent whose connection broke mid-run, past the handshake.
+struct Resumed {
+    inbound: Streaming<pb::AgentMessage>,
+    out: Out,
+    peer: Option<SocketAddr>,
+    /// The last controller message the agent has.
+    received_seq: u64,
+}
+
+/// Locks, whether or not a holder panicked (the maps stay consistent: one insert or remove).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// TLS identity for the controller's endpoint (PEM).
@@ -101,8 +127,13 @@ pub fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Lobby, tonic::transport::Error> {
     let (arrivals_tx, arrivals) = mpsc::channel(64);
-    let names = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
-    let svc = Service { settings: settings.clone(), arrivals: arrivals_tx, names, clock: Clock::new() };
+    let svc = Service {
+        settings: settings.clone(),
+        arrivals: arrivals_tx,
+        names: Default::default(),
+        resumable: Default::default(),
+        clock: Clock::new(),
+    };
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(2)))
         .http2_keepalive_timeout(Some(settings.lease));
@@ -140,7 +171,7 @@ impl Controller for Service {
 type Out = mpsc::Sender<Result<pb::ControllerMessage, Status>>;
 
 fn msg(body: pb::controller_message::Body) -> Result<pb::ControllerMessage, Status> {
-    Ok(pb::ControllerMessage { body: Some(body) })
+    Ok(pb::ControllerMessage { body: Some(body), seq: 0 })
 }
 
 async fn refuse(out: &Out, reason: pb::refusal::Reason, message: String) {
@@ -160,6 +191,9 @@ async fn next(
         _ => None,
     }
 }
+
+/// Unacknowledged messages to an agent, at most (it acknowledges every ping).
+const OUTBOX_LIMIT: usize = 100_000;
 
 /// One attached agent, from Hello to the end of its stream.
 async fn session(svc: Service, peer: Option<SocketAddr>, mut inbound: Streaming<pb::AgentMessage>, out: Out) {
@@ -195,7 +229,26 @@ async fn session(svc: Service, peer: Option<SocketAddr>, mut inbound: Streaming<
             format!("agent `{}` at {peer:?} did not prove it holds the token: the tokens differ", hello.name);
         return refuse(&out, pb::refusal::Reason::Auth, m).await;
     }
-    if !svc.names.lock().unwrap_or_else(|e| e.into_inner()).insert(hello.name.clone()) {
+    if !hello.resume_run.is_empty() {
+        let slot = lock(&svc.resumable)
+            .get(&hello.name)
+            .filter(|(run, _)| *run == hello.resume_run)
+            .map(|(_, tx)| tx.clone());
+        let resumed = Resumed { inbound, out, peer, received_seq: hello.resume_received_seq };
+        let refused = match slot {
+            Some(tx) => match tx.send(resumed).await {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(r)) => r,
+            },
+            None => resumed,
+        };
+        let m = format!(
+            "agent `{}` asked to go on with run {}, which this controller no longer runs with it (the run ended, or the agent was given up after the lease)",
+            hello.name, hello.resume_run
+        );
+        return refuse(&refused.out, pb::refusal::Reason::RunOver, m).await;
+    }
+    if !lock(&svc.names).insert(hello.name.clone()) {
         let m =
             format!("an agent named `{}` is attached already: give each agent its own --name", hello.name);
         return refuse(&out, pb::refusal::Reason::DuplicateName, m).await;
@@ -212,7 +265,7 @@ async fn session(svc: Service, peer: Option<SocketAddr>, mut inbound: Streaming<
     let (clock_tx, clock) = watch::channel(ClockEstimate::default());
     let secure = svc.settings.tls || peer.is_some_and(|p| p.ip().is_loopback());
     tracing::info!(name = %hello.name, ?peer, cores = capacity.cores, "Agent attached");
-    let bytes_in = Arc::new(AtomicU64::new(0));
+    let stats = Arc::new(LinkStats::default());
     let attached = Attached {
         name: hello.name.clone(),
         peer,
@@ -221,139 +274,231 @@ async fn session(svc: Service, peer: Option<SocketAddr>, mut inbound: Streaming<
         to_agent: to_agent_tx,
         events,
         clock,
-        bytes_in: bytes_in.clone(),
+        stats: stats.clone(),
     };
     if svc.arrivals.send(attached).await.is_err() {
-        svc.names.lock().unwrap_or_else(|e| e.into_inner()).remove(&hello.name);
+        lock(&svc.names).remove(&hello.name);
         return refuse(&out, pb::refusal::Reason::NotNeeded, "this controller needs no more agents".into())
             .await;
     }
-    let why = attached_loop(&svc, &mut inbound, &out, to_agent, events_tx, clock_tx, &bytes_in).await;
+    let (resume_tx, resume_rx) = mpsc::channel(1);
+    let mut state = AgentSession {
+        svc: &svc,
+        name: &hello.name,
+        conn: Some((inbound, out)),
+        resume_tx,
+        resume_rx,
+        to_agent,
+        events: events_tx,
+        clock_tx,
+        stats: &stats,
+        outbox: Outbox::new(OUTBOX_LIMIT),
+        inbox: Inbox::default(),
+    };
+    let why = state.run().await;
     tracing::info!(name = %hello.name, why, "Agent detached");
-    svc.names.lock().unwrap_or_else(|e| e.into_inner()).remove(&hello.name);
+    lock(&svc.resumable).remove(&hello.name);
+    lock(&svc.names).remove(&hello.name);
 }
 
-/// After the handshake: pings, assignment, commands down, events up. Returns why it ended.
-async fn attached_loop(
-    svc: &Service,
-    inbound: &mut Streaming<pb::AgentMessage>,
-    out: &Out,
-    mut to_agent: mpsc::Receiver<ToAgent>,
+/// One attached agent after the handshake: pings, assignment, commands down, events up, over
+/// one connection after another (an agent whose connection breaks mid-run dials again and
+/// resumes, within the lease).
+struct AgentSession<'a> {
+    svc: &'a Service,
+    name: &'a str,
+    /// The current connection; none while the agent is dialing again.
+    conn: Option<(Streaming<pb::AgentMessage>, Out)>,
+    resume_tx: mpsc::Sender<Resumed>,
+    resume_rx: mpsc::Receiver<Resumed>,
+    to_agent: mpsc::Receiver<ToAgent>,
     events: mpsc::Sender<AgentEvent>,
     clock_tx: watch::Sender<ClockEstimate>,
-    bytes_in: &AtomicU64,
-) -> &'static str {
-    use pb::agent_message::Body as A;
-    use pb::controller_message::Body as C;
-    let lease = svc.settings.lease;
-    let mut estimator = Estimator::default();
-    let mut ping_id = 0u64;
-    let mut next_ping = tokio::time::Instant::now();
-    let mut lease_end = tokio::time::Instant::now() + lease;
-    let mut reply: Option<oneshot::Sender<Result<(), String>>> = None;
-    let mut chunks = Chunks::new(0);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(next_ping) => {
-                ping_id += 1;
-                let ping = pb::Ping { id: ping_id, sent_unix_ns: svc.clock.now_ns() };
-                if out.send(msg(C::Ping(ping))).await.is_err() {
-                    return "its stream closed";
-                }
-                next_ping += if ping_id < FAST_PINGS { PING_FAST } else { PING_EVERY };
+    stats: &'a LinkStats,
+    outbox: Outbox<pb::ControllerMessage>,
+    inbox: Inbox,
+}
+
+/// What one agent message did.
+enum Took {
+    Going,
+    /// The session ends, for this reason.
+    End(&'static str),
+}
+
+impl AgentSession<'_> {
+    /// Sends a numbered message (kept until the agent acknowledges it). A broken connection
+    /// keeps it for the next one.
+    async fn send_numbered(&mut self, m: pb::ControllerMessage) -> Result<(), &'static str> {
+        let m = self.outbox.stamp(m).map_err(|_| "it stopped acknowledging")?;
+        if let Some((_, out)) = &self.conn
+            && out.send(Ok(m)).await.is_err()
+        {
+            self.conn = None;
+        }
+        Ok(())
+    }
+
+    /// Takes one message from the agent.
+    async fn take(
+        &mut self,
+        m: pb::AgentMessage,
+        estimator: &mut Estimator,
+        chunks: &mut Chunks,
+        reply: &mut Option<oneshot::Sender<Result<(), String>>>,
+        run: &Option<String>,
+    ) -> Took {
+        use pb::agent_message::Body as A;
+        self.stats.bytes_in.fetch_add(wire::agent_message_len(&m) as u64, Ordering::Relaxed);
+        match self.inbox.accept(m.seq) {
+            Ok(true) => {}
+            Ok(false) => return Took::Going, // replayed, and taken before
+            Err(gap) => {
+                tracing::error!(name = self.name, %gap, "An agent's messages skipped");
+                return Took::End("its messages skipped");
             }
-            _ = tokio::time::sleep_until(lease_end) => return "it said nothing for a lease",
-            m = inbound.message() => {
-                if let Ok(Some(m)) = &m {
-                    bytes_in.fetch_add(wire::agent_message_len(m) as u64, Ordering::Relaxed);
+        }
+        let Some(body) = m.body else { return Took::Going };
+        match body {
+            A::Pong(p) => {
+                self.outbox.ack(p.received_seq);
+                if let Some(mut est) =
+                    estimator.add(p.ping_sent_unix_ns, p.agent_unix_ns, self.svc.clock.now_ns())
+                {
+                    est.start_offset_ns = self.clock_tx.borrow().start_offset_ns;
+                    let _ = self.clock_tx.send(est);
                 }
-                let body = match m {
-                    Ok(Some(pb::AgentMessage { body: Some(b) })) => b,
-                    Ok(Some(_)) => continue,
-                    Ok(None) => return "it closed its stream",
-                    Err(_) => return "its stream broke",
-                };
-                lease_end = tokio::time::Instant::now() + lease;
-                match body {
-                    A::Pong(p) => {
-                        if let Some(mut est) = estimator.add(p.ping_sent_unix_ns, p.agent_unix_ns, svc.clock.now_ns()) {
-                            est.start_offset_ns = clock_tx.borrow().start_offset_ns;
-                            let _ = clock_tx.send(est);
+            }
+            A::AssignReply(r) => {
+                if let Some(tx) = reply.take() {
+                    if r.accepted
+                        && let Some(run) = run
+                    {
+                        // from now on a new connection from this agent may resume the run
+                        lock(&self.svc.resumable)
+                            .insert(self.name.to_string(), (run.clone(), self.resume_tx.clone()));
+                    }
+                    let _ = tx.send(if r.accepted { Ok(()) } else { Err(r.reason) });
+                }
+            }
+            A::StreamFinals(c) => {
+                if let Err(e) = chunks.push(c) {
+                    tracing::error!(error = %e, "An agent sent a broken stream list");
+                    return Took::End("it sent a broken stream list");
+                }
+            }
+            A::Event(e) => match wire::event_from_wire(e, chunks) {
+                Ok(ev) => {
+                    if self.events.send(ev).await.is_err() {
+                        return Took::End("the run no longer listens");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "An agent sent a broken event");
+                    return Took::End("it sent a broken event");
+                }
+            },
+            A::Hello(_) | A::Auth(_) => return Took::End("it repeated its handshake"),
+        }
+        Took::Going
+    }
+
+    /// Runs to the end of the attachment; returns why it ended.
+    async fn run(&mut self) -> &'static str {
+        use pb::controller_message::Body as C;
+        let lease = self.svc.settings.lease;
+        let mut estimator = Estimator::default();
+        let mut ping_id = 0u64;
+        let mut next_ping = tokio::time::Instant::now();
+        let mut lease_end = tokio::time::Instant::now() + lease;
+        let mut reply: Option<oneshot::Sender<Result<(), String>>> = None;
+        let mut chunks = Chunks::new(0);
+        let mut run: Option<String> = None;
+        loop {
+            let connected = self.conn.is_some();
+            let inbound = async {
+                match self.conn.as_mut() {
+                    Some((inbound, _)) => inbound.message().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_ping), if connected => {
+                    ping_id += 1;
+                    let ping = pb::Ping { id: ping_id, sent_unix_ns: self.svc.clock.now_ns(), received_seq: self.inbox.received() };
+                    if let Some((_, out)) = &self.conn && out.send(msg(C::Ping(ping))).await.is_err() {
+                        self.conn = None;
+                    }
+                    next_ping += if ping_id < FAST_PINGS { PING_FAST } else { PING_EVERY };
+                }
+                _ = tokio::time::sleep_until(lease_end) => return "it said nothing for a lease",
+                m = inbound => match m {
+                    Ok(Some(m)) => {
+                        lease_end = tokio::time::Instant::now() + lease;
+                        if let Took::End(why) = self.take(m, &mut estimator, &mut chunks, &mut reply, &run).await {
+                            return why;
                         }
                     }
-                    A::AssignReply(r) => {
-                        if let Some(tx) = reply.take() {
-                            let _ = tx.send(if r.accepted { Ok(()) } else { Err(r.reason) });
+                    Ok(None) | Err(_) => {
+                        if run.is_none() {
+                            return "its stream ended";
+                        }
+                        tracing::warn!(name = self.name, "An agent's connection broke mid-run; waiting (for up to the lease) for it to resume");
+                        self.conn = None;
+                    }
+                },
+                Some(r) = self.resume_rx.recv() => {
+                    // a new connection from the agent (the old one may not have looked broken
+                    // from here yet): go on over it, each side replaying what the other missed
+                    tracing::info!(name = self.name, peer = ?r.peer, "Agent resumed its run over a new connection");
+                    self.stats.resumes.fetch_add(1, Ordering::Relaxed);
+                    let resume = pb::Resume { received_seq: self.inbox.received() };
+                    let _ = r.out.send(msg(C::Resume(resume))).await;
+                    self.outbox.ack(r.received_seq);
+                    for m in self.outbox.after(r.received_seq) {
+                        let _ = r.out.send(Ok(m.clone())).await;
+                    }
+                    self.conn = Some((r.inbound, r.out));
+                    lease_end = tokio::time::Instant::now() + lease;
+                }
+                cmd = self.to_agent.recv(), if connected => match cmd {
+                    Some(ToAgent::Assign { run: id, mut assignment, reply: r }) => {
+                        let est = *self.clock_tx.borrow();
+                        assignment.clock_offset_ns = est.offset_ns;
+                        self.clock_tx.send_modify(|e| e.start_offset_ns = Some(est.offset_ns));
+                        // the agent may publish as many streams as it runs publishing clients
+                        chunks = Chunks::new(assignment.groups.iter().filter(|g| g.spec.publish.is_some()).map(|g| g.count as usize).sum());
+                        let m = msg(C::Assign(pb::Assign { run: id.clone(), assignment: Some((&*assignment).into()) }));
+                        run = Some(id);
+                        reply = Some(r);
+                        if let Err(why) = self.send_numbered(m.unwrap_or_default()).await {
+                            return why;
                         }
                     }
-                    A::StreamFinals(c) => {
-                        if let Err(e) = chunks.push(c) {
-                            tracing::error!(error = %e, "An agent sent a broken stream list");
-                            return "it sent a broken stream list";
-                        }
-                    }
-                    A::Event(e) => match wire::event_from_wire(e, &mut chunks) {
-                        Ok(ev) => {
-                            if events.send(ev).await.is_err() {
-                                return "the run no longer listens";
+                    Some(ToAgent::Command(c)) => {
+                        for m in wire::command_messages(&c) {
+                            if let Err(why) = self.send_numbered(m).await {
+                                return why;
                             }
                         }
-                        Err(e) => {
-                            tracing::error!(error = %e, "An agent sent a broken event");
-                            return "it sent a broken event";
-                        }
-                    },
-                    A::Hello(_) | A::Auth(_) => return "it repeated its handshake",
-                }
-            }
-            cmd = to_agent.recv() => match cmd {
-                Some(ToAgent::Assign { run, mut assignment, reply: r }) => {
-                    let est = *clock_tx.borrow();
-                    assignment.clock_offset_ns = est.offset_ns;
-                    clock_tx.send_modify(|e| e.start_offset_ns = Some(est.offset_ns));
-                    // the agent may publish as many streams as it runs publishing clients
-                    chunks = Chunks::new(assignment.groups.iter().filter(|g| g.spec.publish.is_some()).map(|g| g.count as usize).sum());
-                    let m = C::Assign(pb::Assign { run, assignment: Some((&*assignment).into()) });
-                    if out.send(msg(m)).await.is_err() {
-                        return "its stream closed";
                     }
-                    reply = Some(r);
-                }
-                Some(ToAgent::Command(c)) => {
-                    for m in wire::command_messages(&c) {
-                        if out.send(Ok(m)).await.is_err() {
-                            return "its stream closed";
-                        }
-                    }
-                }
-                None => {
-                    // the run is over: tell the agent, then take what its engine still reports
-                    // (after an abort, its last snapshot) until it closes its stream
-                    let refusal = pb::Refusal { reason: pb::refusal::Reason::RunOver as i32, message: "the run is over".into() };
-                    let _ = out.send(msg(C::Refusal(refusal))).await;
-                    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-                        while let Ok(Some(m)) = inbound.message().await {
-                            bytes_in.fetch_add(wire::agent_message_len(&m) as u64, Ordering::Relaxed);
-                            match m.body {
-                                Some(A::StreamFinals(c)) => {
-                                    if chunks.push(c).is_err() {
-                                        return;
-                                    }
+                    None => {
+                        // the run is over: tell the agent, then take what its engine still
+                        // reports (after an abort, its last snapshot) until it closes its stream
+                        lock(&self.svc.resumable).remove(self.name);
+                        let Some((mut inbound, out)) = self.conn.take() else { return "its run is over" };
+                        let refusal = pb::Refusal { reason: pb::refusal::Reason::RunOver as i32, message: "the run is over".into() };
+                        let _ = out.send(msg(C::Refusal(refusal))).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                            while let Ok(Some(m)) = inbound.message().await {
+                                if let Took::End(_) = self.take(m, &mut estimator, &mut chunks, &mut reply, &run).await {
+                                    return;
                                 }
-                                Some(A::Event(e)) => match wire::event_from_wire(e, &mut chunks) {
-                                    Ok(ev) => {
-                                        if events.send(ev).await.is_err() {
-                                            return;
-                                        }
-                                    }
-                                    Err(_) => return,
-                                },
-                                _ => {}
                             }
-                        }
-                    })
-                    .await;
-                    return "its run is over";
+                        })
+                        .await;
+                        return "its run is over";
+                    }
                 }
             }
         }
@@ -511,7 +656,7 @@ impl Agents for RemoteAgents {
                     commands: cmd_tx,
                     events: a.events,
                     clock: Some(a.clock),
-                    bytes_in: Some(a.bytes_in),
+                    link: Some(a.stats),
                     cores: a.capacity.cores,
                 }
             })

@@ -13,6 +13,7 @@
 //!   (both sides need them: the controller validates, the agent renders and matches).
 //! - [`clock`]: the shared time base (Unix ns, advancing monotonically).
 //! - [`auth`]: the link's mutual HMAC authentication.
+//! - [`replay`]: sequence numbers and replay, so a link reset mid-run loses nothing.
 //! - [`wire`]: the generated gRPC types and service, and conversions from and to the plain types.
 
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod link;
 pub mod metrics;
 pub mod plan;
 pub mod protocol;
+pub mod replay;
 pub mod target;
 pub mod template;
 pub mod tls;
@@ -28,4 +30,4 @@ pub mod topic;
 pub mod wire;
 
 /// The link protocol's version: a controller and an agent must agree on it.
-pub const LINK_VERSION: u32 = 1;
+pub const LINK_VERSION: u32 = 2;

@@ -517,7 +517,8 @@ fn chunks(streams: &[StreamFinal]) -> impl Iterator<Item = pb::StreamFinals> + '
 /// The controller messages that carry `c`: stream chunks first, then the command.
 pub fn command_messages(c: &Command) -> Vec<pb::ControllerMessage> {
     use pb::controller_message::Body;
-    let cmd = |body| pb::ControllerMessage { body: Some(Body::Command(pb::Command { body: Some(body) })) };
+    let cmd =
+        |body| pb::ControllerMessage { body: Some(Body::Command(pb::Command { body: Some(body) })), seq: 0 };
     match c {
         Command::Publish { start_unix_ns, until_unix_ns } => {
             vec![cmd(pb::command::Body::Publish(pb::Publish {
@@ -526,7 +527,7 @@ pub fn command_messages(c: &Command) -> Vec<pb::ControllerMessage> {
             }))]
         }
         Command::Finish { streams, drain_ms } => chunks(streams)
-            .map(|c| pb::ControllerMessage { body: Some(Body::StreamFinals(c)) })
+            .map(|c| pb::ControllerMessage { body: Some(Body::StreamFinals(c)), seq: 0 })
             .chain([cmd(pb::command::Body::Finish(pb::Finish { drain_ms: *drain_ms }))])
             .collect(),
         Command::Abort => vec![cmd(pb::command::Body::Abort(pb::Abort { reason: String::new() }))],
@@ -542,7 +543,7 @@ pub fn agent_message_len(m: &pb::AgentMessage) -> usize {
 pub fn event_messages(e: &AgentEvent) -> Vec<pb::AgentMessage> {
     use pb::agent_message::Body;
     use pb::event::Body as E;
-    let ev = |body| pb::AgentMessage { body: Some(Body::Event(pb::Event { body: Some(body) })) };
+    let ev = |body| pb::AgentMessage { body: Some(Body::Event(pb::Event { body: Some(body) })), seq: 0 };
     match e {
         AgentEvent::Snapshot(s) => vec![ev(E::Snapshot(s.into()))],
         AgentEvent::Ready { clients, connected } => {
@@ -550,7 +551,7 @@ pub fn event_messages(e: &AgentEvent) -> Vec<pb::AgentMessage> {
         }
         AgentEvent::Started { late_ns } => vec![ev(E::Started(pb::Started { late_ns: *late_ns }))],
         AgentEvent::PublishDone { streams } => chunks(streams)
-            .map(|c| pb::AgentMessage { body: Some(Body::StreamFinals(c)) })
+            .map(|c| pb::AgentMessage { body: Some(Body::StreamFinals(c)), seq: 0 })
             .chain([ev(E::PublishDone(pb::PublishDone {}))])
             .collect(),
         AgentEvent::Finished(r) => vec![ev(E::Finished(r.into()))],

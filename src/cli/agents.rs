@@ -32,7 +32,7 @@ impl Agents for InProcess {
                 commands: h.commands,
                 events: h.events,
                 clock: None,
-                bytes_in: None,
+                link: None,
                 cores: super::host_cores(),
             });
         }

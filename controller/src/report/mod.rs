@@ -113,6 +113,10 @@ pub struct AgentReport {
     /// lists, pongs), remote agents only.
     #[serde(default)]
     pub link_bytes_in: Option<u64>,
+    /// Times its link broke mid-run and it resumed the run over a new connection (nothing
+    /// lost: both sides replay what the other missed), remote agents only.
+    #[serde(default)]
+    pub link_resumes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
