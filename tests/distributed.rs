@@ -560,12 +560,12 @@ async fn a_link_reset_mid_run_is_resumed_and_loses_nothing() {
 
 /// Two publishers and two subscribers (each on every stream), one of each per agent: half the
 /// deliveries cross agents. Returns the report.
-fn cross_agent_run(broker: &Mosquitto, skewed: &[&str], via_proxy: bool) -> Value {
+fn cross_agent_run(broker: &Mosquitto, skewed: &[&str], via_proxy: bool, duration: &str) -> Value {
     let text = format!(
         r#"[target]
 urls = ["{}"]
 [run]
-duration = "3s"
+duration = "{duration}"
 drain = "1s"
 [[group]]
 name = "pubs"
@@ -606,8 +606,8 @@ fn agent<'a>(r: &'a Value, name: &str) -> &'a Value {
 #[test]
 fn a_skewed_agent_clock_is_estimated_within_its_bound_and_corrected() {
     let broker = Mosquitto::start();
-    let base = cross_agent_run(&broker, &[], false);
-    let skewed = cross_agent_run(&broker, &["--test-clock-skew-ms", "50"], true);
+    let base = cross_agent_run(&broker, &[], false, "3s");
+    let skewed = cross_agent_run(&broker, &["--test-clock-skew-ms", "50"], true, "3s");
     for r in [&base, &skewed] {
         let per = r["per_agent"].as_array().unwrap();
         assert_eq!(per.iter().map(|a| a["clients"].as_u64().unwrap()).collect::<Vec<_>>(), [2, 2], "{r}");
@@ -635,6 +635,36 @@ fn a_skewed_agent_clock_is_estimated_within_its_bound_and_corrected() {
     );
     // and the report says the bound is not small against these latencies
     assert!(skewed["warnings"].to_string().contains("clock offset is known to"), "{}", skewed["warnings"]);
+}
+
+/// An agent whose clock runs 2,000 ppm fast (2 ms per second; real clocks drift tens of ppm,
+/// so an hour's soak is the same test stretched): the controller fits the drift through the
+/// run and the agent follows the fit, so cross-agent end-to-end latency stays near the same
+/// run's without drift. Uncorrected, the drifting agent's deliveries would be up to 20 ms off
+/// by the end of the 10 s window.
+#[test]
+fn a_drifting_agent_clock_is_fitted_and_followed() {
+    let broker = Mosquitto::start();
+    let base = cross_agent_run(&broker, &[], false, "10s");
+    let drifting = cross_agent_run(&broker, &["--test-clock-drift-ppm", "2000"], false, "10s");
+    assert_eq!(drifting["delivery"]["all"]["lost"], 0);
+    let clock = &agent(&drifting, "skewed")["clock"];
+    let drift = clock["drift_ppm"].as_f64().expect("a drift was fitted");
+    eprintln!("drifting agent: {clock}");
+    assert!((drift - 2_000.0).abs() <= 20.0, "fitted {drift} ppm against 2,000");
+    // over the run the offset moved by ~2 ms per s, and the report says so
+    assert!(clock["drift_us"].as_f64().unwrap() >= 10_000.0, "{clock}");
+    let plain = &agent(&drifting, "plain")["clock"];
+    assert!(plain["drift_ppm"].as_f64().unwrap().abs() <= 20.0, "{plain}");
+    let p90 = |r: &Value| r["latency"]["e2e"]["raw"]["p90_us"].as_f64().unwrap();
+    eprintln!("e2e p90: {} µs without drift, {} µs with", p90(&base), p90(&drifting));
+    let bound = clock["bound_us"].as_f64().unwrap();
+    assert!(
+        (p90(&drifting) - p90(&base)).abs() <= bound + 5_000.0,
+        "e2e p90 {} µs against {} µs without drift (bound {bound} µs)",
+        p90(&drifting),
+        p90(&base)
+    );
 }
 
 /// A shared subscription's members share one stream of deliveries: settled apart on several

@@ -84,7 +84,7 @@ async fn run(
     let n_publishers: usize =
         a.groups.iter().filter(|g| g.spec.publish.is_some()).map(|g| g.count as usize).sum();
     let shared = Arc::new(Shared {
-        clock,
+        clock: clock.clone(),
         rec: rec.clone(),
         endpoints,
         sources: a.source_addresses.clone(),
@@ -118,6 +118,7 @@ async fn run(
         let events = events.clone();
         let interval = Duration::from_millis(a.snapshot_interval_ms);
         let agent = a.agent;
+        let clock = clock.clone();
         tokio::spawn(async move {
             let mut collector = Collector::new(agent, start_ns);
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -220,7 +221,7 @@ async fn drive(
                 Some(Command::Publish { start_unix_ns, until_unix_ns }) if !publishing => {
                     publishing = true;
                     let _ = phase_tx.send(Phase::Publish { start_ns: start_unix_ns, until_ns: until_unix_ns });
-                    mark_start(shared.clock, start_unix_ns, events.clone());
+                    mark_start(shared.clock.clone(), start_unix_ns, events.clone());
                 }
                 Some(Command::Publish { .. }) => {}
                 Some(Command::Finish { streams, drain_ms }) => {

@@ -6,6 +6,8 @@
 //! 20k clients still answers pings and keeps its lease.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
 use squall_proto::auth::{self, Role, Token};
@@ -314,7 +316,31 @@ enum Ended {
 struct Running {
     handle: AgentHandle,
     tally: Tally,
+    /// What the engine's clock subtracts beyond the start offset (the clock fit's drift so far).
+    correction: Arc<AtomicI64>,
+    /// The offset the engine's clock was shifted by at the start (Assignment.clock_offset_ns).
+    start_offset_ns: i64,
+    /// The controller's latest fit of this agent's clock.
+    fit: Option<pb::ClockFit>,
 }
+
+impl Running {
+    /// Sets the correction from the fit, for now.
+    fn follow_fit(&self, clock: &Clock) {
+        let Some(f) = &self.fit else { return };
+        // drift beyond 1 % is no clock: a broken controller
+        let drift = f.drift_ppb.clamp(-10_000_000, 10_000_000) as i128;
+        // controller time now, as near as the fit knows it
+        let t = clock.now_ns() as i128 - f.offset_ns as i128;
+        let offset = f.offset_ns as i128 + (t - f.at_unix_ns as i128) * drift / 1_000_000_000;
+        let c = (offset - self.start_offset_ns as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+        self.correction.store(c, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// How often the engine's clock correction follows the fit: the correction steps by at most
+/// drift × this (50 ppm: 0.5 µs).
+const FOLLOW_EVERY: Duration = Duration::from_millis(10);
 
 /// Messages unacknowledged by the controller, at most: it acknowledges every ping (twice a
 /// second), so only a controller that stopped acknowledging fills this.
@@ -627,7 +653,10 @@ async fn session(
         }
     };
 
+    let mut follow = tokio::time::interval(FOLLOW_EVERY);
+    follow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ended = loop {
+        let following = att.running.as_ref().is_some_and(|r| r.fit.is_some());
         let engine_events = async {
             match att.running.as_mut() {
                 Some(r) => r.handle.events.recv().await,
@@ -637,6 +666,11 @@ async fn session(
         tokio::select! {
             _ = tokio::time::sleep_until(att.lease_end) => {
                 break Ended::Lost(format!("nothing from the controller for {} (the lease): all load stopped", humantime_secs(opts.lease)));
+            }
+            _ = follow.tick(), if following => {
+                if let Some(r) = &att.running {
+                    r.follow_fit(&opts.clock);
+                }
             }
             _ = shutdown.changed() => {
                 if let Some(r) = att.running.take() {
@@ -694,12 +728,15 @@ async fn session(
                                 Ok(a) => match check_assignment(&a, opts).await {
                                     Err(e) => Err(e),
                                     Ok(()) => {
-                                        match engine.spawn(engine::start(a, opts.clock)).await {
+                                        let correction = Arc::new(AtomicI64::new(0));
+                                        let start_offset_ns = a.clock_offset_ns;
+                                        let clock = opts.clock.clone().corrected_by(correction.clone());
+                                        match engine.spawn(engine::start(a, clock)).await {
                                             Ok(Ok(handle)) => {
                                                 att.chunks = Chunks::new(MAX_RUN_STREAMS);
                                                 let tally = Tally::new(&asg.run, &opts.name);
                                                 att.run = Some(asg.run.clone());
-                                                att.running = Some(Running { handle, tally });
+                                                att.running = Some(Running { handle, tally, correction, start_offset_ns, fit: None });
                                                 Ok(())
                                             }
                                             Ok(Err(e)) => Err(e.to_string()),
@@ -731,6 +768,12 @@ async fn session(
                         }
                         Err(e) => break Ended::Lost(format!("the controller sent a broken command: {e}")),
                     },
+                    C::ClockFit(f) => {
+                        if let Some(r) = att.running.as_mut() {
+                            r.fit = Some(f);
+                            r.follow_fit(&opts.clock);
+                        }
+                    }
                     C::Refusal(r) => break refusal(r),
                     C::Challenge(_) | C::Resume(_) => break Ended::Lost("the controller repeated its handshake".into()),
                 }
@@ -784,7 +827,7 @@ async fn stop_engine(
     outbox: &mut Outbox<pb::AgentMessage>,
     out: &mpsc::Sender<pb::AgentMessage>,
 ) -> Tally {
-    let Running { handle, mut tally } = r;
+    let Running { handle, mut tally, .. } = r;
     let AgentHandle { commands, mut events } = handle;
     let _ = commands.try_send(squall_proto::link::Command::Abort);
     drop(commands);

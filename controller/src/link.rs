@@ -294,6 +294,8 @@ async fn session(svc: Service, peer: Option<SocketAddr>, mut inbound: Streaming<
         stats: &stats,
         outbox: Outbox::new(OUTBOX_LIMIT),
         inbox: Inbox::default(),
+        accepted: false,
+        last_fit: None,
     };
     let why = state.run().await;
     tracing::info!(name = %hello.name, why, "Agent detached");
@@ -317,7 +319,14 @@ struct AgentSession<'a> {
     stats: &'a LinkStats,
     outbox: Outbox<pb::ControllerMessage>,
     inbox: Inbox,
+    /// The agent accepted its run: its clock follows the fits sent from then on.
+    accepted: bool,
+    /// When the last clock fit was sent.
+    last_fit: Option<tokio::time::Instant>,
 }
+
+/// How often the agent gets the clock fit (it changes slowly).
+const FIT_EVERY: Duration = Duration::from_secs(1);
 
 /// What one agent message did.
 enum Took {
@@ -349,6 +358,7 @@ impl AgentSession<'_> {
         run: &Option<String>,
     ) -> Took {
         use pb::agent_message::Body as A;
+        use pb::controller_message::Body as C;
         self.stats.bytes_in.fetch_add(wire::agent_message_len(&m) as u64, Ordering::Relaxed);
         match self.inbox.accept(m.seq) {
             Ok(true) => {}
@@ -368,9 +378,24 @@ impl AgentSession<'_> {
                     est.start_offset_ns = self.clock_tx.borrow().start_offset_ns;
                     let _ = self.clock_tx.send(est);
                 }
+                let due = self.last_fit.is_none_or(|t| t.elapsed() >= FIT_EVERY);
+                if self.accepted
+                    && due
+                    && let Some(f) = estimator.fit()
+                    && let Some((_, out)) = &self.conn
+                {
+                    self.last_fit = Some(tokio::time::Instant::now());
+                    let fit = pb::ClockFit {
+                        offset_ns: f.offset_ns,
+                        at_unix_ns: f.at_unix_ns,
+                        drift_ppb: f.drift_ppb,
+                    };
+                    let _ = out.send(msg(C::ClockFit(fit))).await;
+                }
             }
             A::AssignReply(r) => {
                 if let Some(tx) = reply.take() {
+                    self.accepted = r.accepted;
                     if r.accepted
                         && let Some(run) = run
                     {

@@ -5,15 +5,24 @@
 //! plus the monotonic time elapsed since. So readings never go backwards (NTP steps cannot bend a
 //! latency), and they are still comparable across processes and hosts whose wall clocks agree,
 //! which is what end-to-end latency between two agents needs.
+//!
+//! An agent's clock can also follow a correction that changes during a run (the controller's
+//! fit of the agent's clock offset and drift): one atomic, read with every timestamp.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// A monotonic clock that reads in Unix nanoseconds. Cheap to copy.
-#[derive(Debug, Clone, Copy)]
+/// A monotonic clock that reads in Unix nanoseconds. Cheap to clone.
+#[derive(Debug, Clone)]
 pub struct Clock {
     anchor: Instant,
     // ns since the Unix epoch at `anchor`
     anchor_unix_ns: u64,
+    // a test's fake drift: the clock runs this many ns per s fast (negative: slow)
+    drift_ppb: i64,
+    // subtracted from every reading, ns (changes during a run)
+    correction: Option<Arc<AtomicI64>>,
 }
 
 impl Clock {
@@ -21,29 +30,59 @@ impl Clock {
         let anchor = Instant::now();
         let anchor_unix_ns =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-        Clock { anchor, anchor_unix_ns }
+        Clock { anchor, anchor_unix_ns, drift_ppb: 0, correction: None }
     }
 
     /// This clock moved by `ns` (positive: it reads later). Agents use it to read on the
     /// controller's time base (`-offset`), and tests to fake a skewed host.
     pub fn shifted(self, ns: i64) -> Clock {
-        Clock { anchor: self.anchor, anchor_unix_ns: self.anchor_unix_ns.saturating_add_signed(ns) }
+        Clock { anchor_unix_ns: self.anchor_unix_ns.saturating_add_signed(ns), ..self }
     }
 
-    /// Now, in ns since the Unix epoch; monotonic.
+    /// This clock running `ppb` ns per second fast (tests fake a drifting host with it).
+    pub fn drifting(self, ppb: i64) -> Clock {
+        Clock { drift_ppb: ppb.clamp(-100_000_000, 100_000_000), ..self }
+    }
+
+    /// This clock less whatever `correction` holds when it is read (ns).
+    pub fn corrected_by(self, correction: Arc<AtomicI64>) -> Clock {
+        Clock { correction: Some(correction), ..self }
+    }
+
+    // ns since the anchor, as this clock counts them
+    #[inline]
+    fn since_anchor(&self, elapsed_ns: u64) -> i128 {
+        let mut e = elapsed_ns as i128;
+        if self.drift_ppb != 0 {
+            e += e * self.drift_ppb as i128 / 1_000_000_000;
+        }
+        if let Some(c) = &self.correction {
+            e -= c.load(Ordering::Relaxed) as i128;
+        }
+        e
+    }
+
+    /// Now, in ns since the Unix epoch; monotonic unless a correction steps back.
     #[inline]
     pub fn now_ns(&self) -> u64 {
-        self.anchor_unix_ns + self.anchor.elapsed().as_nanos() as u64
+        let e = self.anchor.elapsed().as_nanos() as u64;
+        if self.drift_ppb == 0 && self.correction.is_none() {
+            return self.anchor_unix_ns + e;
+        }
+        (self.anchor_unix_ns as i128 + self.since_anchor(e)).max(0) as u64
     }
 
     /// The tokio instant at which this clock reads `unix_ns` (clamped to the anchor, and to
     /// a year from now for "never").
     pub fn instant_at(&self, unix_ns: u64) -> tokio::time::Instant {
-        const YEAR_NS: u64 = 365 * 86_400 * 1_000_000_000;
-        let offset = unix_ns
-            .saturating_sub(self.anchor_unix_ns)
-            .min(self.now_ns().saturating_sub(self.anchor_unix_ns) + YEAR_NS);
-        tokio::time::Instant::from_std(self.anchor + Duration::from_nanos(offset))
+        const YEAR_NS: i128 = 365 * 86_400 * 1_000_000_000;
+        // invert since_anchor: e·(1 + drift) − c = target
+        let c = self.correction.as_ref().map_or(0, |c| c.load(Ordering::Relaxed)) as i128;
+        let target = unix_ns as i128 - self.anchor_unix_ns as i128 + c;
+        let e = target * 1_000_000_000 / (1_000_000_000 + self.drift_ppb as i128);
+        let now = self.anchor.elapsed().as_nanos() as i128;
+        let e = e.clamp(0, now + YEAR_NS) as u64;
+        tokio::time::Instant::from_std(self.anchor + Duration::from_nanos(e))
     }
 }
 
@@ -75,5 +114,23 @@ mod tests {
         let at = clock.instant_at(t).into_std();
         let back = clock.anchor_unix_ns + (at - clock.anchor).as_nanos() as u64;
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn a_drifting_corrected_clock_reads_and_inverts_alike() {
+        let correction = Arc::new(AtomicI64::new(0));
+        let clock = Clock::new().drifting(2_000_000).corrected_by(correction.clone());
+        let a = clock.now_ns();
+        std::thread::sleep(Duration::from_millis(20));
+        let b = clock.now_ns();
+        // 2 ms per s fast: 20 ms read as ~20.04 ms
+        assert!(b - a >= 20_040_000, "{}", b - a);
+        correction.store(5_000_000, Ordering::Relaxed);
+        let c = clock.now_ns();
+        assert!(c + 5_000_000 >= b && c < b, "a correction of 5 ms steps it back: {b} → {c}");
+        let t = clock.now_ns() + 10_000_000;
+        let at = clock.instant_at(t).into_std();
+        let read = clock.anchor_unix_ns as i128 + clock.since_anchor((at - clock.anchor).as_nanos() as u64);
+        assert!((read - t as i128).abs() <= 2, "{read} vs {t}");
     }
 }

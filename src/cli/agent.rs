@@ -56,6 +56,9 @@ pub struct AgentArgs {
     /// Tests only: shift this agent's clock by this many ms (to check offset estimation).
     #[arg(long, hide = true, default_value_t = 0, allow_hyphen_values = true)]
     pub test_clock_skew_ms: i64,
+    /// Tests only: run this agent's clock this many ppm fast (to check drift fitting).
+    #[arg(long, hide = true, default_value_t = 0, allow_hyphen_values = true)]
+    pub test_clock_drift_ppm: i64,
 }
 
 pub fn run(a: AgentArgs) -> u8 {
@@ -97,7 +100,9 @@ pub fn run(a: AgentArgs) -> u8 {
         allow: a.allow_targets.clone(),
         source_addresses: a.source_addresses.clone(),
         lease: a.lease,
-        clock: Clock::new().shifted(a.test_clock_skew_ms.saturating_mul(1_000_000)),
+        clock: Clock::new()
+            .shifted(a.test_clock_skew_ms.saturating_mul(1_000_000))
+            .drifting(a.test_clock_drift_ppm.saturating_mul(1_000)),
         once: a.once,
         fd_limit,
         cores: a.threads.map(u32::from).unwrap_or_else(super::host_cores),

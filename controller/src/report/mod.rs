@@ -140,8 +140,13 @@ pub struct ClockReport {
     pub offset_us: f64,
     /// The estimate is within ± this much (half the round trip of its best sample), µs.
     pub bound_us: f64,
-    /// Offset − start offset at the end of the run, µs: drift (plus estimation error) over the run.
+    /// Offset − start offset at the end of the run, µs: drift (plus estimation error) over the
+    /// run. The agent followed it: its timestamps were corrected by the fitted line as it went.
     pub drift_us: f64,
+    /// How fast the agent's clock ran against the controller's, ppm (positive: fast), from a
+    /// line fitted through the run's tightest exchanges; absent for runs under ~3 s.
+    #[serde(default)]
+    pub drift_ppm: Option<f64>,
     /// Ping-pong samples taken.
     pub samples: u64,
 }
