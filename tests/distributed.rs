@@ -337,6 +337,22 @@ async fn a_target_outside_the_allow_list_is_refused_and_nothing_is_sent() {
     assert_eq!(broker.stats().connects, 0, "no MQTT traffic");
 }
 
+/// An assignment that does not fit the agent's memory is refused before any client connects,
+/// with the estimate and the hint (the agent here says it has 100 KB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assignment_beyond_the_agents_memory_is_refused_and_nothing_is_sent() {
+    let broker = support::broker(|_| {}).await;
+    let s = Setup::new(&scenario(&support::url(&broker), "2s"));
+    let (mut controller, url) = s.controller(1, &[]);
+    let _agent = s.agent(&url, "small", "token", &["--test-memory-bytes", "100000"]);
+    let (code, err) =
+        tokio::task::spawn_blocking(move || (controller.wait(), controller.stderr())).await.unwrap();
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("refused its assignment") && err.contains("63 clients need ~1 MiB"), "{err}");
+    assert!(err.contains("add agents"), "{err}");
+    assert_eq!(broker.stats().connects, 0, "no MQTT traffic");
+}
+
 /// Polls (bounded) until `cond` holds; returns how long it took.
 async fn until(what: &str, limit: Duration, cond: impl Fn() -> bool) -> Duration {
     let t = Instant::now();

@@ -49,6 +49,8 @@ pub struct LinkOptions {
     pub tally_file: Option<std::path::PathBuf>,
     /// The link version this agent speaks ([`squall_proto::LINK_VERSION`]; tests set others).
     pub link_version: u32,
+    /// Memory available to runs, bytes; `None` = read it when a run is offered (tests set it).
+    pub memory_bytes: Option<u64>,
 }
 
 /// How serving ended.
@@ -169,6 +171,25 @@ fn ports_per_source() -> u32 {
         .unwrap_or(28_232)
 }
 
+/// Memory this process may still take, bytes: the host's MemAvailable, or less if its cgroup
+/// (a container's limit) leaves less; 0 = unknown.
+pub fn available_memory() -> u64 {
+    let host = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib * 1024);
+    let read =
+        |f: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{f}")).ok()?.trim().parse::<u64>().ok();
+    match (read("memory.max"), read("memory.current")) {
+        (Some(max), Some(cur)) if host == 0 => max.saturating_sub(cur),
+        (Some(max), Some(cur)) => host.min(max.saturating_sub(cur)),
+        _ => host,
+    }
+}
+
 /// Checks an assignment against what this agent may and can do. `Err` is the reason, for the
 /// controller and its user.
 pub async fn check_assignment(a: &Assignment, opts: &LinkOptions) -> Result<(), String> {
@@ -198,6 +219,16 @@ pub async fn check_assignment(a: &Assignment, opts: &LinkOptions) -> Result<(), 
         return Err(format!(
             "{clients} clients need ~{fds_needed} file descriptors and this agent's limit is {} (hard limit; raise it with `ulimit -n` or LimitNOFILE=, or add agents)",
             opts.fd_limit
+        ));
+    }
+    let available = opts.memory_bytes.unwrap_or_else(available_memory);
+    let needed = a.memory_estimate();
+    if available > 0 && needed > available / 10 * 8 {
+        return Err(format!(
+            "{clients} clients need ~{} MiB ({} KiB per connection, plus each publisher's payload once per message its QoS 1/2 in-flight window holds) and this agent has {} MiB available (MemAvailable, or its cgroup's memory.max): add agents, or lower payload_size or max_inflight",
+            needed.div_ceil(1 << 20),
+            squall_proto::plan::CLIENT_BYTES / 1024,
+            available >> 20
         ));
     }
     // connections per (source address, target), as the engine spreads clients round-robin
@@ -559,7 +590,7 @@ async fn handshake(
             fd_limit: opts.fd_limit,
             source_addresses: opts.source_addresses.iter().map(|a| a.to_string()).collect(),
             ports_per_source: ports_per_source(),
-            memory_bytes: 0,
+            memory_bytes: opts.memory_bytes.unwrap_or_else(available_memory),
             allowed_targets: opts.allow.iter().map(|r| r.to_string()).collect(),
         }),
         busy_with_run: String::new(),

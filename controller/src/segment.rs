@@ -102,6 +102,17 @@ mod tests {
     }
 
     #[test]
+    fn memory_estimates_count_connections_payloads_and_in_flight_copies() {
+        let text = "[[group]]\nname = \"big\"\nclients = 1000\nmax_inflight = 16\n[group.publish]\ntopic = \"t/{i}\"\nqos = 1\npayload_size = 1000000\ninterval = \"1s\"\n\
+                    [[group]]\nname = \"subs\"\nclients = 10\n[group.subscribe]\nfilters = [\"t/+\"]\n";
+        let p = load_source(&Source::new("m.toml", text.to_string()), &Overrides::default()).unwrap();
+        let a = segment(&p, &[], &[1, 1]);
+        // 500 publishers × (4 KiB + 1 MB × (1 + 16)), 5 subscribers × 4 KiB
+        assert_eq!(a[0].memory_estimate(), 500 * (4096 + 17_000_000) + 5 * 4096);
+        assert_eq!(a[0].memory_estimate() + a[1].memory_estimate(), 1000 * (4096 + 17_000_000) + 10 * 4096);
+    }
+
+    #[test]
     fn one_agent_gets_everything() {
         let p = plan(&[10, 5]);
         let a = segment(&p, &[], &[1]);

@@ -59,6 +59,9 @@ pub struct AgentArgs {
     /// Tests only: run this agent's clock this many ppm fast (to check drift fitting).
     #[arg(long, hide = true, default_value_t = 0, allow_hyphen_values = true)]
     pub test_clock_drift_ppm: i64,
+    /// Tests only: the memory this agent says it has, bytes (to check the memory estimate).
+    #[arg(long, hide = true)]
+    pub test_memory_bytes: Option<u64>,
 }
 
 pub fn run(a: AgentArgs) -> u8 {
@@ -104,6 +107,7 @@ pub fn run(a: AgentArgs) -> u8 {
             .shifted(a.test_clock_skew_ms.saturating_mul(1_000_000))
             .drifting(a.test_clock_drift_ppm.saturating_mul(1_000)),
         once: a.once,
+        memory_bytes: a.test_memory_bytes,
         fd_limit,
         cores: a.threads.map(u32::from).unwrap_or_else(super::host_cores),
         tally_file: a.tally_file.clone(),
