@@ -353,6 +353,29 @@ async fn an_assignment_beyond_the_agents_memory_is_refused_and_nothing_is_sent()
     assert_eq!(broker.stats().connects, 0, "no MQTT traffic");
 }
 
+/// An agent whose engine thread is taken away 300 ms in every second (a busy host) sends late
+/// against its schedule: its figures are marked suspect with the reason, the other agent's
+/// are not, and a threshold on `agents_suspect` fails the run.
+#[test]
+fn a_stalled_agent_is_judged_suspect_and_thresholds_see_it() {
+    let broker = Mosquitto::start();
+    let text = format!("thresholds = [\"agents_suspect == 0\"]\n{}", scenario(&broker.url(), "4s"));
+    let s = Setup::new(&text);
+    let (mut controller, url) = s.controller(2, &[]);
+    let _healthy = s.agent(&url, "healthy", "token", &["--threads", "1"]);
+    let _stalled = s.agent(&url, "stalled", "token", &["--threads", "1", "--test-engine-stall-ms", "300"]);
+    assert_eq!(controller.wait(), 1, "the threshold fails: {}", controller.stderr());
+    let r = s.report();
+    let stalled = agent(&r, "stalled");
+    let healthy = agent(&r, "healthy");
+    eprintln!("lag p99: stalled {} µs, healthy {} µs", stalled["lag_p99_us"], healthy["lag_p99_us"]);
+    assert!(stalled["suspect"].to_string().contains("late at p99"), "{stalled}");
+    assert_eq!(healthy["suspect"].as_array().unwrap().len(), 0, "{healthy}");
+    assert_eq!(r["thresholds"][0]["value"], 1.0, "{}", r["thresholds"]);
+    assert!(r["warnings"].to_string().contains("agent stalled's figures are suspect"), "{}", r["warnings"]);
+    assert_eq!(r["delivery"]["all"]["lost"], 0, "a slow tester still delivers everything");
+}
+
 /// Polls (bounded) until `cond` holds; returns how long it took.
 async fn until(what: &str, limit: Duration, cond: impl Fn() -> bool) -> Duration {
     let t = Instant::now();

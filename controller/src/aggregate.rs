@@ -57,6 +57,8 @@ pub struct Aggregate {
     per_agent: BTreeMap<u32, (Counters, u64)>,
     /// Per agent: the most CPU it used in one interval, in cores (CPU seconds per second).
     cpu_peak: HashMap<u32, f64>,
+    /// Per agent: its timer lag (how late its sends went out against their schedule).
+    lag: HashMap<u32, Latency>,
     live_counters: Counters,
     live_errors: u64,
     live_e2e: Latency,
@@ -80,6 +82,7 @@ impl Aggregate {
             missing_snapshots: 0,
             per_agent: BTreeMap::new(),
             cpu_peak: HashMap::new(),
+            lag: HashMap::new(),
             live_counters: Counters::default(),
             live_errors: 0,
             live_e2e: Latency::new(),
@@ -127,6 +130,9 @@ impl Aggregate {
             let mut l = Latency::from_v2(&h.v2)?;
             l.clamped = h.clamped;
             self.hists.get_mut(h.metric, h.timing).add(&l);
+            if h.metric == Metric::Lag {
+                self.lag.entry(s.agent).or_insert_with(Latency::new).add(&l);
+            }
             if h.metric == Metric::E2e && h.timing == Timing::Corrected {
                 pending.e2e.add(&l);
                 self.live_e2e.add(&l);
@@ -186,6 +192,10 @@ impl Aggregate {
             clock: None,
             cpu_s: c.agent_cpu_us as f64 / 1e6,
             cpu_peak_cores: self.cpu_peak.get(&index).copied().unwrap_or(0.0),
+            lag_p99_us: self.lag.get(&index).filter(|l| !l.is_empty()).map(|l| l.quantile_us(0.99)),
+            behind_schedule: c.behind_schedule,
+            send_buffer_full: c.send_buffer_full,
+            suspect: Vec::new(),
             cores: 0,
             start_late_us: None,
             link_bytes_in: None,

@@ -321,28 +321,7 @@ pub async fn run(
         warnings,
     });
     clock_warnings(&mut report);
-    health_warnings(&mut report);
     Ok(report)
-}
-
-/// An agent that ran out of CPU measured its own queueing as much as the broker's: say which.
-fn health_warnings(report: &mut Report) {
-    if report.embedded_broker {
-        // one process holds the broker too: its CPU is not the tester's alone
-        return;
-    }
-    for a in &report.per_agent {
-        if a.cores > 0 && a.cpu_peak_cores >= 0.9 * a.cores as f64 {
-            report.warnings.push(format!(
-                "agent {} used {:.0} % of its {} core{} in its busiest second: its latency figures are suspect \
-                 (the tester may have been the bottleneck); spread the load over more agents or cores",
-                a.name,
-                100.0 * a.cpu_peak_cores / a.cores as f64,
-                a.cores,
-                if a.cores == 1 { "" } else { "s" }
-            ));
-        }
-    }
 }
 
 /// An agent whose clock offset is known only to ± more than a tenth of the end-to-end median

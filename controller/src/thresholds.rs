@@ -78,6 +78,7 @@ pub const COUNT_NAMES: &[&str] = &[
     "received",
     "publish.rate",
     "receive.rate",
+    "agents_suspect",
 ];
 
 const LEDGER_NAMES: &[&str] =

@@ -62,6 +62,9 @@ pub struct AgentArgs {
     /// Tests only: the memory this agent says it has, bytes (to check the memory estimate).
     #[arg(long, hide = true)]
     pub test_memory_bytes: Option<u64>,
+    /// Tests only: block an engine thread this many ms every second (to check health verdicts).
+    #[arg(long, hide = true)]
+    pub test_engine_stall_ms: Option<u64>,
 }
 
 pub fn run(a: AgentArgs) -> u8 {
@@ -123,6 +126,15 @@ pub fn run(a: AgentArgs) -> u8 {
         Ok(rt) => rt,
         Err(code) => return code,
     };
+    if let Some(ms) = a.test_engine_stall_ms {
+        // a thread of the engine's taken away, as a busy host or a noisy neighbour would
+        engine.spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                std::thread::sleep(std::time::Duration::from_millis(ms.min(900)));
+            }
+        });
+    }
     let link_rt = match super::runtime(&mut tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,
         Err(code) => return code,

@@ -591,6 +591,9 @@ impl Client {
                     held_back = self.publish_due(now);
                 } else {
                     held_back = true;
+                    if self.pacer.as_ref().is_some_and(|p| p.next_due_ns().is_some_and(|d| d <= now)) {
+                        self.sh.rec.shard(self.key).counters.send_buffer_full += 1;
+                    }
                 }
             }
             if self.open_window_until().is_some_and(|u| now >= u) {

@@ -101,6 +101,21 @@ pub struct AgentReport {
     /// The most CPU it used in one snapshot interval, in cores (CPU seconds per second).
     #[serde(default)]
     pub cpu_peak_cores: f64,
+    /// Its timer lag at p99, µs: how late its sends went out against their schedule (this
+    /// is in every corrected latency it measured). None if it sent nothing on a schedule.
+    #[serde(default)]
+    pub lag_p99_us: Option<u64>,
+    /// Scheduled messages it never sent (see the counter of that name).
+    #[serde(default)]
+    pub behind_schedule: u64,
+    /// Times a message came due with its client's send buffer above the high-water mark.
+    #[serde(default)]
+    pub send_buffer_full: u64,
+    /// Why its figures are suspect, if they are (the tester, not the broker, may have been
+    /// the bottleneck): empty when it was healthy. Thresholds see the count of suspect agents
+    /// as `agents_suspect`.
+    #[serde(default)]
+    pub suspect: Vec<String>,
     /// The cores it said it would use (its engine threads); the report warns when
     /// `cpu_peak_cores` comes within 10 % of it.
     #[serde(default)]
@@ -384,6 +399,7 @@ pub fn build(i: Inputs<'_>) -> Report {
         warnings: i.warnings,
         broker: None,
     };
+    judge_agents(&mut report);
     report.thresholds = plan
         .thresholds
         .iter()
@@ -410,6 +426,49 @@ pub fn build(i: Inputs<'_>) -> Report {
         }
     };
     report
+}
+
+/// Timer lag at p99 above which an agent's figures are suspect: its sends went out this late
+/// against their schedule, and every corrected latency it measured carries that. Set well
+/// above the timer's own floor (tokio's 1 ms tick: p99 1.5–2 ms idle, 6.6 ms seen on this
+/// 2-core box with two agents, a broker and a controller on it), so it flags a tester that
+/// fell behind, not the floor.
+pub const LAG_SUSPECT_US: u64 = 20_000;
+
+/// Why an agent's figures are suspect (the tester, not the broker, may have been the
+/// bottleneck); empty when it was healthy. Its CPU is not judged when the embedded broker
+/// shares its process.
+pub fn suspect_reasons(a: &AgentReport, embedded_broker: bool) -> Vec<String> {
+    let mut why = Vec::new();
+    if !embedded_broker && a.cores > 0 && a.cpu_peak_cores >= 0.9 * a.cores as f64 {
+        why.push(format!(
+            "it used {:.0} % of its {} core{} in its busiest second",
+            100.0 * a.cpu_peak_cores / a.cores as f64,
+            a.cores,
+            if a.cores == 1 { "" } else { "s" }
+        ));
+    }
+    if let Some(lag) = a.lag_p99_us.filter(|l| *l > LAG_SUSPECT_US) {
+        why.push(format!(
+            "its sends went out {} late at p99 against their schedule (timer lag; its corrected latencies carry it)",
+            text::fmt_us(lag as f64)
+        ));
+    }
+    why
+}
+
+/// Judges each agent's health, and warns about the suspect ones.
+fn judge_agents(report: &mut Report) {
+    for a in &mut report.per_agent {
+        a.suspect = suspect_reasons(a, report.embedded_broker);
+        if !a.suspect.is_empty() {
+            report.warnings.push(format!(
+                "agent {}'s figures are suspect: {}; the tester may have been the bottleneck: spread the load over more agents or cores",
+                a.name,
+                a.suspect.join("; ")
+            ));
+        }
+    }
 }
 
 fn describe_failure(r: &ThresholdResult, t: &Threshold) -> String {
@@ -515,6 +574,7 @@ fn count_value(r: &Report, name: &str) -> Option<f64> {
             ["received_qos0", "received_qos1", "received_qos2"].iter().map(|k| r.counters[*k]).sum::<u64>()
                 as f64,
         ),
+        ["agents_suspect"] => Some(r.per_agent.iter().filter(|a| !a.suspect.is_empty()).count() as f64),
         ["publish", "rate"] => Some(r.rates.publish_per_s),
         ["receive", "rate"] => Some(r.rates.receive_per_s),
         [field] if d(&r.delivery.all, field).is_some() => ledger_value(field, &r.delivery.all),
@@ -530,4 +590,29 @@ fn count_value(r: &Report, name: &str) -> Option<f64> {
 /// The JSON Schema of [`Report`], as committed in `schemas/report.schema.json`.
 pub fn schema() -> serde_json::Value {
     serde_json::to_value(schemars::schema_for!(Report)).expect("a schema serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(cores: u32, cpu_peak_cores: f64, lag_p99_us: Option<u64>) -> AgentReport {
+        let mut a = crate::aggregate::Aggregate::new(0).agent_report(0, "a1".into(), 10);
+        a.cores = cores;
+        a.cpu_peak_cores = cpu_peak_cores;
+        a.lag_p99_us = lag_p99_us;
+        a
+    }
+
+    #[test]
+    fn an_agent_is_suspect_for_cpu_or_lag_and_says_which() {
+        assert!(suspect_reasons(&agent(2, 1.7, Some(2_000)), false).is_empty());
+        let cpu = suspect_reasons(&agent(2, 1.9, None), false);
+        assert_eq!(cpu, ["it used 95 % of its 2 cores in its busiest second"]);
+        assert!(suspect_reasons(&agent(2, 1.9, None), true).is_empty(), "the embedded broker shares its CPU");
+        let lag = suspect_reasons(&agent(2, 0.1, Some(LAG_SUSPECT_US + 1)), true);
+        assert_eq!(lag.len(), 1);
+        assert!(lag[0].contains("late at p99"), "{lag:?}");
+        assert_eq!(suspect_reasons(&agent(1, 1.0, Some(50_000)), false).len(), 2);
+    }
 }

@@ -221,9 +221,11 @@ fn agents(o: &mut String, r: &Report) {
         } else {
             String::new()
         };
+        let lag = a.lag_p99_us.map(|l| format!(" · lag p99 {}", fmt_us(l as f64))).unwrap_or_default();
+        let suspect = if a.suspect.is_empty() { "" } else { " · SUSPECT" };
         let _ = writeln!(
             o,
-            "    {:<12} {:<8} {} clients · {} published · {} received · {} errors{cpu}{clock}{start}",
+            "    {:<12} {:<8} {} clients · {} published · {} received · {} errors{cpu}{lag}{clock}{start}{suspect}",
             a.name,
             status,
             count(a.clients),

@@ -66,6 +66,9 @@ counters! {
     /// Messages the schedule held in the publishing window that were never sent (the client
     /// was disconnected, or its window stayed full): the offered load fell short by this much.
     behind_schedule,
+    /// Times a message came due while its client's unsent bytes were above the high-water
+    /// mark (256 KiB), so it waited: the socket was not draining as fast as the schedule.
+    send_buffer_full,
     /// Messages received, by the QoS they arrived with.
     received_qos0,
     received_qos1,
