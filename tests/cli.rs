@@ -43,6 +43,25 @@ fn bad_flags_exit_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--target: `localhost` has no scheme"));
 }
 
+/// A scenario whose memory cannot fit is refused before anything is allocated for it (here
+/// 1,000 publishers of 100 MB at QoS 1: terabytes), with the estimate and a hint.
+#[test]
+fn a_scenario_beyond_this_hosts_memory_exits_2_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "huge.toml",
+        "[[group]]\nclients = 1000\n[group.publish]\ntopic = \"t/{i}\"\ninterval = \"1s\"\nqos = 1\npayload_size = 100000000\n",
+    );
+    let out = support::squall().args(["run", f.to_str().unwrap(), "-q", "--live", "off"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("1000 clients need ~") && err.contains("lower payload_size or max_inflight"),
+        "{err}"
+    );
+}
+
 #[test]
 fn an_unreachable_broker_exits_3_with_a_hint() {
     let port = free_port(); // nobody listens there

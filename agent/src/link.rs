@@ -190,6 +190,22 @@ pub fn available_memory() -> u64 {
     }
 }
 
+/// Checks that an assignment's estimated memory fits in 80 % of `available` bytes (0 =
+/// unknown: not checked), before anything is allocated for it.
+pub fn check_memory(a: &Assignment, available: u64) -> Result<(), String> {
+    let needed = a.memory_estimate();
+    if available > 0 && needed > available / 10 * 8 {
+        return Err(format!(
+            "{} clients need ~{} MiB ({} KiB per connection, plus each publisher's payload once per message its QoS 1/2 in-flight window holds) and this agent has {} MiB available (MemAvailable, or its cgroup's memory.max): add agents, or lower payload_size or max_inflight",
+            a.clients(),
+            needed.div_ceil(1 << 20),
+            squall_proto::plan::CLIENT_BYTES / 1024,
+            available >> 20
+        ));
+    }
+    Ok(())
+}
+
 /// Checks an assignment against what this agent may and can do. `Err` is the reason, for the
 /// controller and its user.
 pub async fn check_assignment(a: &Assignment, opts: &LinkOptions) -> Result<(), String> {
@@ -221,16 +237,7 @@ pub async fn check_assignment(a: &Assignment, opts: &LinkOptions) -> Result<(), 
             opts.fd_limit
         ));
     }
-    let available = opts.memory_bytes.unwrap_or_else(available_memory);
-    let needed = a.memory_estimate();
-    if available > 0 && needed > available / 10 * 8 {
-        return Err(format!(
-            "{clients} clients need ~{} MiB ({} KiB per connection, plus each publisher's payload once per message its QoS 1/2 in-flight window holds) and this agent has {} MiB available (MemAvailable, or its cgroup's memory.max): add agents, or lower payload_size or max_inflight",
-            needed.div_ceil(1 << 20),
-            squall_proto::plan::CLIENT_BYTES / 1024,
-            available >> 20
-        ));
-    }
+    check_memory(a, opts.memory_bytes.unwrap_or_else(available_memory))?;
     // connections per (source address, target), as the engine spreads clients round-robin
     let n_t = a.targets.len().max(1) as u64;
     let n_s = a.source_addresses.len().max(1) as u64;

@@ -226,6 +226,16 @@ impl GroupSpec {
             let sample = t.render(&crate::template::Vars { group: g, index: 0, agent: 0, run_tag: 0 });
             topic::validate_topic(&sample).map_err(|e| gerr(g, "publish.topic", e))?;
             qos_ok(p.qos).ok_or_else(|| gerr(g, "publish.qos", "must be 0, 1 or 2"))?;
+            if p.payload.len() > MAX_PAYLOAD {
+                return Err(gerr(
+                    g,
+                    "publish.payload_size",
+                    format!(
+                        "{} bytes is more than an MQTT packet can carry: at most {MAX_PAYLOAD} (268,435,455 bytes per packet, less the topic)",
+                        p.payload.len()
+                    ),
+                ));
+            }
             if let PayloadSpec::Size(n) = p.payload
                 && (n as usize) < HEADER_LEN
             {
@@ -243,6 +253,28 @@ impl GroupSpec {
             };
             if !ok {
                 return Err(gerr(g, "publish.rate", "must be positive"));
+            }
+            // one client's interval: a schedule tighter than this is none a connection can keep
+            let interval_ms = match p.rate {
+                RateSpec::IntervalMs(ms) => ms,
+                RateSpec::GroupPerSec(r) => self.clients as f64 * 1e3 / r,
+            };
+            if interval_ms < MIN_INTERVAL_MS {
+                let per_client = 1e3 / MIN_INTERVAL_MS;
+                return Err(gerr(
+                    g,
+                    "publish.rate",
+                    match p.rate {
+                        RateSpec::IntervalMs(_) => format!(
+                            "an interval under 10µs is more than one connection can publish ({per_client:.0} messages a second); use more clients at a longer interval"
+                        ),
+                        RateSpec::GroupPerSec(r) => format!(
+                            "{r} messages a second over {} clients is more than {per_client:.0} each, more than one connection can publish; add clients, or lower group_rate to at most {}",
+                            self.clients,
+                            self.clients as f64 * per_client
+                        ),
+                    },
+                ));
             }
         }
         if let Some(s) = &self.subscribe {
@@ -311,6 +343,13 @@ impl Assignment {
             .fold(0u64, u64::saturating_add)
     }
 }
+
+/// The largest payload squall sends: an MQTT packet's remaining length is at most 268,435,455
+/// bytes, and the topic and packet id take some of it (a topic of up to ~64 KiB).
+pub const MAX_PAYLOAD: usize = 268_435_455 - 65_540;
+
+/// The shortest publish interval of one client, ms (100,000 messages a second).
+pub const MIN_INTERVAL_MS: f64 = 0.01;
 
 /// What one client costs an agent at rest, bytes: measured 3.68 KiB per connection held (RSS
 /// over 100,000 connections, BENCHMARKS.md), rounded up.

@@ -23,6 +23,9 @@ impl Agents for InProcess {
     async fn start(self, assignments: Vec<Assignment>) -> Result<Vec<AgentLink>, StartError> {
         let mut links = Vec::new();
         for a in assignments {
+            // before anything is allocated for it
+            squall_agent::link::check_memory(&a, squall_agent::link::available_memory())
+                .map_err(StartError::Invalid)?;
             let h = engine::start(a, Clock::new()).await.map_err(|e| match e {
                 EngineError::Resolve { .. } => StartError::Runtime(e.to_string()),
                 EngineError::Plan(_) | EngineError::Tls(_) => StartError::Invalid(e.to_string()),

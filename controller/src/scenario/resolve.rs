@@ -55,6 +55,17 @@ impl Ctx<'_> {
         match v {
             None => default,
             Some(s) => match humantime::parse_duration(s.trim()) {
+                Ok(d) if d > MAX_DURATION => {
+                    self.err(
+                        path,
+                        format!(
+                            "`{s}` is longer than squall runs anything ({})",
+                            humantime::format_duration(MAX_DURATION)
+                        ),
+                        "split a longer soak into several runs".to_string(),
+                    );
+                    default
+                }
                 Ok(d) => d,
                 Err(_) => {
                     self.err(
@@ -90,6 +101,9 @@ impl Ctx<'_> {
         }
     }
 }
+
+/// The longest any duration in a scenario may be: a run, a timeout, a backoff.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 86_400);
 
 pub fn resolve(src: &Source, ov: &Overrides) -> Result<Plan, Diagnostics> {
     let scenario: Scenario = toml::from_str(&src.text).map_err(|e| {
@@ -184,6 +198,21 @@ pub fn resolve(src: &Source, ov: &Overrides) -> Result<Plan, Diagnostics> {
     }
     if duration.is_zero() {
         cx.err(path!["run", "duration"], "the publishing window cannot be empty", None);
+    }
+    for (flag, d) in [("--duration", ov.duration), ("--drain", ov.drain), ("--max-duration", ov.max_duration)]
+    {
+        if let Some(d) = d.filter(|d| *d > MAX_DURATION) {
+            let hint = "split a longer soak into several runs".to_string();
+            cx.flag(
+                flag,
+                format!(
+                    "{} is longer than squall runs anything ({})",
+                    humantime::format_duration(d),
+                    humantime::format_duration(MAX_DURATION)
+                ),
+                hint,
+            );
+        }
     }
     let mut drain = cx.duration(path!["run", "drain"], &run.drain, DEFAULT_DRAIN);
     if let Some(d) = ov.drain {

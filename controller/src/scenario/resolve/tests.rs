@@ -145,3 +145,37 @@ fn password_from_the_environment() {
     let d = first_error("[[group]]\nclients = 1\npassword_env = \"SQUALL_TEST_PW_UNSET\"\n");
     assert!(d.message.contains("not set"), "{d}");
 }
+
+/// Numbers that would overflow, hang the engine or allocate without bound are refused at
+/// load, each pointing at its line with the bound in the message.
+#[test]
+fn numbers_beyond_what_squall_can_run_are_refused_with_the_bound() {
+    let group = |publish: &str| {
+        format!("[[group]]\nname = \"g\"\nclients = 1000\n[group.publish]\ntopic = \"t/{{i}}\"\n{publish}\n")
+    };
+    for (text, line, says) in [
+        (
+            format!("[run]\nduration = \"100000000000h\"\n{}", group("interval = \"1s\"")),
+            2,
+            "longer than squall runs anything",
+        ),
+        (
+            format!("[run]\nduration = \"31d\"\n{}", group("interval = \"1s\"")),
+            2,
+            "longer than squall runs anything",
+        ),
+        (group("interval = \"1s\"\npayload_size = 4000000000"), 7, "more than an MQTT packet can carry"),
+        (group("group_rate = 1e30"), 4, "lower group_rate to at most 100000000"),
+        (group("interval = \"1ns\""), 4, "an interval under 10µs"),
+    ] {
+        let d = first_error(&text);
+        assert_eq!(d.line, line, "{d}");
+        assert!(d.message.contains(says), "{d}");
+    }
+    // at the bounds: accepted
+    load(&group("group_rate = 100000000")).unwrap();
+    load(&format!("[run]\nduration = \"30d\"\n{}", group("interval = \"10us\""))).unwrap();
+    let ov = Overrides { duration: Some(Duration::from_secs(31 * 86_400)), ..Default::default() };
+    let d = resolve(&Source::new("s.toml", group("interval = \"1s\"")), &ov).expect_err("flag checked too");
+    assert!(d.0[0].message.contains("--duration"), "{}", d.0[0]);
+}
