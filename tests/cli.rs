@@ -62,6 +62,30 @@ fn a_scenario_beyond_this_hosts_memory_exits_2_before_allocating() {
     );
 }
 
+/// A scenario of connections only (idle clients and subscribers: an idle-connection soak)
+/// holds them for the whole window instead of ending once they connect.
+#[test]
+fn a_connections_only_scenario_holds_for_its_duration() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "idle.toml",
+        "[run]\nduration = \"3s\"\ndrain = \"0s\"\n[[group]]\nname = \"idle\"\nclients = 10\n[[group]]\nname = \"subs\"\nclients = 2\n[group.subscribe]\nfilters = [\"x/#\"]\n",
+    );
+    let report = dir.path().join("r.json");
+    let out = support::squall()
+        .args(["run", f.to_str().unwrap(), "-q", "--live", "off", "--report"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    // the window is measured on the controller's clock: ended early, it would be shorter
+    assert!(r["publish_window_s"].as_f64().unwrap() >= 3.0, "{}", r["publish_window_s"]);
+    assert_eq!(r["counters"]["connects"], 12);
+    assert_eq!(r["counters"]["connections_lost"], 0);
+}
+
 #[test]
 fn an_unreachable_broker_exits_3_with_a_hint() {
     let port = free_port(); // nobody listens there

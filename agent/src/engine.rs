@@ -199,7 +199,14 @@ async fn drive(
     let mut ready_sent = false;
     let mut publishing = false;
     let mut published_sent = false;
+    // when the publishing window closes: the window is over when it has closed *and* every
+    // publisher is done (a run without publishers still holds its connections that long)
+    let mut window_end = tokio::time::Instant::now();
     loop {
+        let window_over = async {
+            shared.publishers.wait().await;
+            tokio::time::sleep_until(window_end).await;
+        };
         tokio::select! {
             _ = shared.ready.wait(), if !ready_sent => {
                 ready_sent = true;
@@ -209,7 +216,7 @@ async fn drive(
                     return Ok(None);
                 }
             }
-            _ = shared.publishers.wait(), if publishing && !published_sent => {
+            _ = window_over, if publishing && !published_sent => {
                 published_sent = true;
                 let streams = local_streams(groups, shared);
                 if events.send(AgentEvent::PublishDone { streams }).await.is_err() {
@@ -220,6 +227,7 @@ async fn drive(
             cmd = cmds.recv() => match cmd {
                 Some(Command::Publish { start_unix_ns, until_unix_ns }) if !publishing => {
                     publishing = true;
+                    window_end = shared.clock.instant_at(until_unix_ns);
                     let _ = phase_tx.send(Phase::Publish { start_ns: start_unix_ns, until_ns: until_unix_ns });
                     mark_start(shared.clock.clone(), start_unix_ns, events.clone());
                 }
