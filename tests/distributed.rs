@@ -450,6 +450,11 @@ async fn sigterm_on_the_controller_reports_every_message_sent() {
     let published = counter(&r, "published_qos1");
     assert!(published > 0);
     assert_eq!(broker.stats().messages_in[1], published, "every PUBLISH the broker took is in the report");
+    // the window was cut at the signal; every agent settled on what was sent
+    let d = &r["delivery"];
+    assert_eq!(d["complete"], true, "{d}");
+    assert_eq!(d["all"]["lost"], 0, "{d}");
+    assert_eq!(d["all"]["delivered"], d["all"]["expected"], "{d}");
 }
 
 unsafe extern "C" {

@@ -231,7 +231,17 @@ async fn drive(
                     let _ = phase_tx.send(Phase::Publish { start_ns: start_unix_ns, until_ns: until_unix_ns });
                     mark_start(shared.clock.clone(), start_unix_ns, events.clone());
                 }
-                Some(Command::Publish { .. }) => {}
+                Some(Command::Publish { start_unix_ns, until_unix_ns }) => {
+                    // a second Publish may only cut the window short (an interrupted run ends
+                    // its window now and settles on what was sent)
+                    let current = *phase_tx.borrow();
+                    if let Phase::Publish { start_ns, until_ns } = current
+                        && until_unix_ns < until_ns
+                    {
+                        window_end = shared.clock.instant_at(until_unix_ns);
+                        let _ = phase_tx.send(Phase::Publish { start_ns: start_ns.min(start_unix_ns), until_ns: until_unix_ns });
+                    }
+                }
                 Some(Command::Finish { streams, drain_ms }) => {
                     // late subscribers keep receiving until the drain is over
                     let until = tokio::time::Instant::now() + Duration::from_millis(drain_ms);

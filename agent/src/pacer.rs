@@ -87,10 +87,17 @@ impl Pacer {
 
     /// How many messages the schedule holds in the whole window.
     pub fn scheduled(&self) -> u64 {
-        if self.until_ns <= self.first_ns {
+        self.due_before(u64::MAX)
+    }
+
+    /// How many messages the schedule holds before `t` (and inside the window): what was owed
+    /// by then, for a window cut short.
+    pub fn due_before(&self, t: u64) -> u64 {
+        let end = t.min(self.until_ns);
+        if end <= self.first_ns {
             return 0;
         }
-        (self.until_ns - self.first_ns).div_ceil(self.interval_ns)
+        (end - self.first_ns).div_ceil(self.interval_ns)
     }
 }
 

@@ -85,6 +85,11 @@ fn start_skew_us(late: &[Option<i64>]) -> Option<f64> {
     Some((hi - lo) as f64 / 1e3)
 }
 
+/// After an interrupt, how long the agents may take to settle before the run stops at once,
+/// and the drain they get.
+const SETTLE_AFTER_INTERRUPT: Duration = Duration::from_secs(10);
+const INTERRUPTED_DRAIN: Duration = Duration::from_secs(1);
+
 enum Incoming {
     Event(usize, AgentEvent),
     /// The agent's event channel closed.
@@ -141,6 +146,8 @@ pub async fn run(
     // the live line follows the snapshots: one update per interval, once every agent reported it
     let mut live_seq: std::collections::HashMap<usize, u64> = std::collections::HashMap::new();
     let mut shown_seq = 0u64;
+    // interrupted while publishing: the window was cut short, and the run settles by then
+    let mut stopping: Option<tokio::time::Instant> = None;
     tokio::pin!(interrupt);
 
     let broadcast = |commands: &[mpsc::Sender<Command>], c: Command| {
@@ -192,7 +199,9 @@ pub async fn run(
                     streams.extend(s);
                     done_publishing += 1;
                     if done_publishing == n_agents {
-                        let c = Command::Finish { streams: std::mem::take(&mut streams), drain_ms: plan.drain.as_millis() as u64 };
+                        // interrupted: a short drain, so the run ends soon as asked
+                        let drain = if stopping.is_some() { plan.drain.min(INTERRUPTED_DRAIN) } else { plan.drain };
+                        let c = Command::Finish { streams: std::mem::take(&mut streams), drain_ms: drain.as_millis() as u64 };
                         broadcast(&commands, c);
                     }
                 }
@@ -201,7 +210,7 @@ pub async fn run(
                     results.push(r);
                     finished += 1;
                     if finished == n_agents {
-                        break None;
+                        break stopping.map(|_| (Status::Aborted, "interrupted: the publishing window was cut short; the ledger settled on what was sent".into()));
                     }
                 }
                 Some(Incoming::Event(i, AgentEvent::Failed { message })) => {
@@ -222,7 +231,21 @@ pub async fn run(
             _ = tokio::time::sleep_until(hard_deadline) => {
                 break Some((Status::Error, format!("the run exceeded its maximum duration ({})", humantime::format_duration(plan.max_duration))));
             }
-            _ = &mut interrupt => break Some((Status::Aborted, "interrupted".into())),
+            _ = &mut interrupt, if stopping.is_none() => {
+                // publishing or draining: cut the window now, then settle as a run that ended
+                // (bounded); before the window, there is nothing to settle
+                let Some((start, until)) = window else { break Some((Status::Aborted, "interrupted".into())) };
+                let now = clock.now_ns();
+                if now < until {
+                    window = Some((start, now));
+                    broadcast(&commands, Command::Publish { start_unix_ns: start, until_unix_ns: now });
+                }
+                tracing::warn!("Interrupted: publishing stops now; settling what was sent (interrupt again, or wait {}, to stop at once)", humantime::format_duration(SETTLE_AFTER_INTERRUPT));
+                stopping = Some(tokio::time::Instant::now() + SETTLE_AFTER_INTERRUPT);
+            }
+            _ = tokio::time::sleep_until(stopping.unwrap_or_else(tokio::time::Instant::now)), if stopping.is_some() => {
+                break Some((Status::Aborted, format!("interrupted, and the agents did not settle within {}", humantime::format_duration(SETTLE_AFTER_INTERRUPT))));
+            }
         }
     };
     if failure.is_some() {

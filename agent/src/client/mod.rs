@@ -305,6 +305,8 @@ pub struct Client {
     topic: Option<ByteString>,
     stream: u32,
     pacer: Option<Pacer>,
+    /// The publishing window's end as the phase last said (a window may be cut short).
+    window_until: u64,
     publish_fixed: bool,
     filters: Vec<(ByteString, QoS)>,
     granted: Vec<Option<u8>>,
@@ -355,6 +357,7 @@ impl Client {
             topic: g.topic_of(index, &sh).map(ByteString::from),
             stream: g.a.stream_base + index,
             pacer: None,
+            window_until: u64::MAX,
             publish_fixed: g.topic.is_none(),
             granted: vec![None; filters.len()],
             filters,
@@ -385,13 +388,15 @@ impl Client {
     }
 
     /// Fixes the final sent count once the publishing window is over (or the run stops).
-    fn fix_publishing(&mut self) {
+    /// Ends this client's publishing: what it sent is final, and what the schedule held
+    /// before `end_ns` (and before the window's end) and was not sent is behind schedule.
+    fn fix_publishing(&mut self, end_ns: u64) {
         if self.publish_fixed {
             return;
         }
         self.publish_fixed = true;
         let (sent, behind) = match &self.pacer {
-            Some(p) => (p.taken(), p.scheduled() - p.taken()),
+            Some(p) => (p.taken(), p.due_before(end_ns.min(self.window_until)).saturating_sub(p.taken())),
             None => (0, 0),
         };
         self.g.sent[self.local as usize].store(sent, Ordering::Release);
@@ -420,6 +425,7 @@ impl Client {
         match phase {
             Phase::Ramp => Ok(None),
             Phase::Publish { start_ns, until_ns } => {
+                self.window_until = until_ns;
                 if !self.publish_fixed && self.pacer.is_none() {
                     let rate = self.g.rate.expect("publishers have a rate");
                     let clients = self.g.a.spec.clients;
@@ -433,11 +439,13 @@ impl Client {
                 Ok(None)
             }
             Phase::Finish { at_ns } => {
-                self.fix_publishing();
+                self.fix_publishing(u64::MAX);
                 Ok(Some(self.g.disconnect_at_ns(self.local, at_ns)))
             }
             Phase::Abort => {
-                self.fix_publishing();
+                // stopped mid-window: only what was owed by now fell behind
+                let now = self.now();
+                self.fix_publishing(now);
                 Err(())
             }
         }
@@ -490,7 +498,7 @@ impl Client {
                 Ok(None) => {}
             }
             if self.open_window_until().is_some_and(|u| now >= u) {
-                self.fix_publishing();
+                self.fix_publishing(u64::MAX);
             }
             if now >= at_ns {
                 return true;
@@ -597,7 +605,7 @@ impl Client {
                 }
             }
             if self.open_window_until().is_some_and(|u| now >= u) {
-                self.fix_publishing();
+                self.fix_publishing(u64::MAX);
             }
             if let Some(mut out) = self.conn.take_output() {
                 match pending.as_mut() {
@@ -943,7 +951,7 @@ impl Client {
 
     /// The client's accounting at the end of the run.
     fn finish(mut self) -> Outcome {
-        self.fix_publishing();
+        self.fix_publishing(u64::MAX);
         let open = self.conn.abandon_open();
         let unacked = open
             .iter()

@@ -311,7 +311,8 @@ pub fn build(i: Inputs<'_>) -> Report {
     let plan = i.plan;
     let agg = i.agg;
     let c = &agg.counters;
-    let complete = i.failure.is_none() && !i.results.is_empty();
+    // every agent settled its ledger (a run that ended early, interrupted, may have)
+    let complete = !i.results.is_empty() && i.results.len() as u32 == i.agents;
     let mut ledger = LedgerTotals::default();
     let mut by_group: BTreeMap<String, DeliveryCounts> = BTreeMap::new();
     let mut receivers = 0;
