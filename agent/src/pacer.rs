@@ -123,6 +123,17 @@ mod tests {
     }
 
     #[test]
+    fn a_window_cut_short_owes_only_what_fell_due_before_the_cut() {
+        // 10 messages at 1_000, 1_100 … 1_900
+        let p = Pacer::new(1_000, 2_000, 100, 0);
+        assert_eq!(p.due_before(1_000), 0);
+        assert_eq!(p.due_before(1_001), 1);
+        assert_eq!(p.due_before(1_350), 4);
+        assert_eq!(p.due_before(u64::MAX), p.scheduled());
+        assert_eq!(p.due_before(5_000), 10, "never past the window");
+    }
+
+    #[test]
     fn group_rate_divides_among_clients() {
         let r = Rate::GroupTotal { per_sec: 1000.0, clients: 100 };
         assert_eq!(r.client_interval_ns(), 100_000_000); // each client 10/s
