@@ -110,6 +110,36 @@ fn signal_ends_the_run_with_a_settled_report(signal: i32) {
     assert!(!r["warnings"].to_string().contains("offered load fell short"), "{}", r["warnings"]);
 }
 
+/// A rule marked `abort` ends the run the moment it fails (here: once 2,000 messages were
+/// published in what would be an hour's run): the window is cut, the run settles on what was
+/// sent, the verdict says which rule, and the exit code is 1.
+#[test]
+fn an_abort_rule_ends_the_run_early_with_a_settled_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("r.json");
+    let out = support::squall()
+        .args(["run", "scenarios/quickstart.toml", "--duration", "1h", "--live", "off", "-q"])
+        .args(["--threshold", "published < 2000 abort", "--report"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", r["verdict"]);
+    assert_eq!(r["verdict"]["status"], "fail");
+    assert!(
+        r["verdict"]["reasons"][0].as_str().unwrap().contains("abort rule `published < 2000 abort` failed"),
+        "{}",
+        r["verdict"]
+    );
+    assert!(r["publish_window_s"].as_f64().unwrap() < 60.0, "cut short: {}", r["publish_window_s"]);
+    let published =
+        r["counters"]["published_qos1"].as_u64().unwrap() + r["counters"]["published_qos0"].as_u64().unwrap();
+    assert!(published >= 2000, "{published}");
+    assert_eq!(r["delivery"]["complete"], true, "{}", r["delivery"]);
+    assert_eq!(r["delivery"]["all"]["lost"], 0, "{}", r["delivery"]);
+    assert_eq!(r["thresholds"][2]["pass"], false, "{}", r["thresholds"]);
+}
+
 unsafe extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
 }

@@ -85,6 +85,27 @@ fn start_skew_us(late: &[Option<i64>]) -> Option<f64> {
     Some((hi - lo) as f64 / 1e3)
 }
 
+/// Ends the publishing window `w` at `now` (if it is still open) on every agent: a second
+/// Publish may only shorten the window.
+fn cut_window(w: &mut (u64, u64), now: u64, commands: &[mpsc::Sender<Command>]) {
+    if now < w.1 {
+        w.1 = now;
+        for tx in commands {
+            let _ = tx.try_send(Command::Publish { start_unix_ns: w.0, until_unix_ns: now });
+        }
+    }
+}
+
+/// The first `abort` rule that fails on the run so far, said for the report.
+fn abort_rule_failed(rules: &[crate::thresholds::Threshold], agg: &Aggregate) -> Option<String> {
+    rules.iter().filter(|t| t.abort).find_map(|t| {
+        let v = report::live_value(agg, &t.metric)?;
+        (!t.op.holds(v, t.value)).then(|| {
+            format!("abort rule `{}` failed during the run (measured {v}): the run was stopped", t.expr)
+        })
+    })
+}
+
 /// After an interrupt, how long the agents may take to settle before the run stops at once,
 /// and the drain they get.
 const SETTLE_AFTER_INTERRUPT: Duration = Duration::from_secs(10);
@@ -147,7 +168,8 @@ pub async fn run(
     let mut live_seq: std::collections::HashMap<usize, u64> = std::collections::HashMap::new();
     let mut shown_seq = 0u64;
     // interrupted while publishing: the window was cut short, and the run settles by then
-    let mut stopping: Option<tokio::time::Instant> = None;
+    // (settle by, the verdict, why): stopped early by an interrupt or an abort rule
+    let mut stopping: Option<(tokio::time::Instant, Status, String)> = None;
     tokio::pin!(interrupt);
 
     let broadcast = |commands: &[mpsc::Sender<Command>], c: Command| {
@@ -181,6 +203,16 @@ pub async fn run(
                     if let Err(e) = agg.apply(&s) {
                         break Some((Status::Error, format!("agent {} sent a broken snapshot: {e}", s.agent)));
                     }
+                    if stopping.is_none()
+                        && let Some(why) = abort_rule_failed(&plan.thresholds, &agg)
+                    {
+                        tracing::warn!("{why}; settling what was sent");
+                        // a rule failed mid-window: cut it now and settle; before the window
+                        // (a connect-error rule in the ramp), there is nothing to settle
+                        let Some(w) = window.as_mut() else { break Some((Status::Fail, why)) };
+                        cut_window(w, clock.now_ns(), &commands);
+                        stopping = Some((tokio::time::Instant::now() + SETTLE_AFTER_INTERRUPT, Status::Fail, why));
+                    }
                     live_seq.insert(i, s.seq + 1);
                     let all = if live_seq.len() == n_agents { live_seq.values().copied().min().unwrap_or(0) } else { 0 };
                     if all > shown_seq {
@@ -210,7 +242,7 @@ pub async fn run(
                     results.push(r);
                     finished += 1;
                     if finished == n_agents {
-                        break stopping.map(|_| (Status::Aborted, "interrupted: the publishing window was cut short; the ledger settled on what was sent".into()));
+                        break stopping.map(|(_, status, why)| (status, why));
                     }
                 }
                 Some(Incoming::Event(i, AgentEvent::Failed { message })) => {
@@ -234,17 +266,15 @@ pub async fn run(
             _ = &mut interrupt, if stopping.is_none() => {
                 // publishing or draining: cut the window now, then settle as a run that ended
                 // (bounded); before the window, there is nothing to settle
-                let Some((start, until)) = window else { break Some((Status::Aborted, "interrupted".into())) };
-                let now = clock.now_ns();
-                if now < until {
-                    window = Some((start, now));
-                    broadcast(&commands, Command::Publish { start_unix_ns: start, until_unix_ns: now });
-                }
-                tracing::warn!("Interrupted: publishing stops now; settling what was sent (interrupt again, or wait {}, to stop at once)", humantime::format_duration(SETTLE_AFTER_INTERRUPT));
-                stopping = Some(tokio::time::Instant::now() + SETTLE_AFTER_INTERRUPT);
+                let Some(w) = window.as_mut() else { break Some((Status::Aborted, "interrupted".into())) };
+                cut_window(w, clock.now_ns(), &commands);
+                tracing::warn!("Interrupted: publishing stops now; settling what was sent (at most {})", humantime::format_duration(SETTLE_AFTER_INTERRUPT));
+                let why = "interrupted: the publishing window was cut short; the ledger settled on what was sent".to_string();
+                stopping = Some((tokio::time::Instant::now() + SETTLE_AFTER_INTERRUPT, Status::Aborted, why));
             }
-            _ = tokio::time::sleep_until(stopping.unwrap_or_else(tokio::time::Instant::now)), if stopping.is_some() => {
-                break Some((Status::Aborted, format!("interrupted, and the agents did not settle within {}", humantime::format_duration(SETTLE_AFTER_INTERRUPT))));
+            _ = tokio::time::sleep_until(stopping.as_ref().map_or_else(tokio::time::Instant::now, |s| s.0)), if stopping.is_some() => {
+                let (_, status, why) = stopping.take().unwrap_or((tokio::time::Instant::now(), Status::Aborted, String::new()));
+                break Some((status, format!("{why}; the agents did not settle within {}", humantime::format_duration(SETTLE_AFTER_INTERRUPT))));
             }
         }
     };

@@ -61,7 +61,13 @@ pub struct Threshold {
     pub metric: MetricRef,
     pub op: Op,
     pub value: f64,
+    /// Written with a trailing `abort`: checked every second during the run, and the first
+    /// time it fails the run stops (k6's abortOnFail).
+    pub abort: bool,
 }
+
+/// The word that marks a rule as one that ends the run the moment it fails.
+const ABORT: &str = "abort";
 
 /// Names of counts and rates a rule may use, besides every raw counter name.
 pub const COUNT_NAMES: &[&str] = &[
@@ -104,7 +110,11 @@ fn known_counts() -> String {
 }
 
 impl Threshold {
-    pub fn parse(expr: &str) -> Result<Threshold, ThresholdError> {
+    pub fn parse(written: &str) -> Result<Threshold, ThresholdError> {
+        let (expr, abort) = match written.trim_end().strip_suffix(ABORT) {
+            Some(rest) if rest.ends_with(char::is_whitespace) => (rest.trim_end(), true),
+            _ => (written, false),
+        };
         let ops =
             [("<=", Op::Le), (">=", Op::Ge), ("==", Op::Eq), ("!=", Op::Ne), ("<", Op::Lt), (">", Op::Gt)];
         let (pos, len, op) = ops
@@ -132,7 +142,28 @@ impl Threshold {
             }
             MetricRef::Latency { .. } => parse_latency_us(value)?,
         };
-        Ok(Threshold { expr: expr.trim().to_string(), metric, op, value })
+        if abort && !metric.known_mid_run() {
+            return Err(err(
+                format!("`{}` is only known once the run has settled: it cannot end a run early", name),
+                "an `abort` rule may use latencies and counts (errors, connect.errors, errors.<kind>, published, received, any counter); delivery counts, rates and agents_suspect are judged at the end".to_string(),
+            ));
+        }
+        Ok(Threshold { expr: written.trim().to_string(), metric, op, value, abort })
+    }
+}
+
+impl MetricRef {
+    /// Whether the metric has a meaningful value while the run goes on (the delivery ledger
+    /// settles at the end, rates need the whole window, tester health is judged at the end).
+    pub fn known_mid_run(&self) -> bool {
+        match self {
+            MetricRef::Latency { .. } => true,
+            MetricRef::Count(name) => {
+                let base = name.split('.').next().unwrap_or("");
+                !LEDGER_NAMES.contains(&base)
+                    && !["publish.rate", "receive.rate", "agents_suspect"].contains(&name.as_str())
+            }
+        }
     }
 }
 
@@ -265,6 +296,29 @@ mod tests {
         assert!(Threshold::parse("ack_timeouts == 0").is_ok());
         assert!(Threshold::parse("publish.rate >= 1000").is_ok());
         assert_eq!(Threshold::parse("e2e.count > 10").unwrap().value, 10.0);
+    }
+
+    #[test]
+    fn a_trailing_abort_marks_a_rule_checked_during_the_run() {
+        let t = Threshold::parse("errors < 1000 abort").unwrap();
+        assert!(t.abort);
+        assert_eq!((t.op, t.value), (Op::Lt, 1000.0));
+        assert_eq!(t.expr, "errors < 1000 abort");
+        let t = Threshold::parse("e2e.p99 < 2s  abort ").unwrap();
+        assert!(t.abort && t.value == 2_000_000.0, "{t:?}");
+        assert!(!Threshold::parse("errors < 1000").unwrap().abort);
+        // only what is known mid-run may end a run
+        for rule in [
+            "lost == 0 abort",
+            "lost.qos1 == 0 abort",
+            "publish.rate > 10 abort",
+            "agents_suspect == 0 abort",
+        ] {
+            let e = Threshold::parse(rule).unwrap_err();
+            assert!(e.message.contains("cannot end a run early"), "{rule}: {e:?}");
+        }
+        assert!(Threshold::parse("errors.connect_refused == 0 abort").unwrap().abort);
+        assert!(Threshold::parse("errors < 1000abort").is_err(), "the word stands apart");
     }
 
     #[test]

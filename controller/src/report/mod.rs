@@ -525,21 +525,46 @@ fn group_report(g: &squall_proto::plan::GroupSpec) -> GroupReport {
 /// (any quantile).
 pub fn value_of(r: &Report, agg: &Aggregate, m: &MetricRef) -> Option<f64> {
     match m {
-        MetricRef::Latency { metric, timing, stat } => {
-            let h: &Latency = agg.hists.get(*metric, *timing);
-            if h.is_empty() {
-                return (*stat == Stat::Count).then_some(0.0);
-            }
-            let s = h.summary();
-            Some(match stat {
-                Stat::Quantile(q) => h.quantile_us(*q) as f64,
-                Stat::Min => s.min_us as f64,
-                Stat::Mean => s.mean_us,
-                Stat::Max => s.max_us as f64,
-                Stat::Count => s.count as f64,
-            })
-        }
+        MetricRef::Latency { metric, timing, stat } => latency_value(agg.hists.get(*metric, *timing), *stat),
         MetricRef::Count(name) => count_value(r, name),
+    }
+}
+
+fn latency_value(h: &Latency, stat: Stat) -> Option<f64> {
+    if h.is_empty() {
+        return (stat == Stat::Count).then_some(0.0);
+    }
+    let s = h.summary();
+    Some(match stat {
+        Stat::Quantile(q) => h.quantile_us(q) as f64,
+        Stat::Min => s.min_us as f64,
+        Stat::Mean => s.mean_us,
+        Stat::Max => s.max_us as f64,
+        Stat::Count => s.count as f64,
+    })
+}
+
+/// A metric's value over the run so far, for `abort` rules (only metrics that are
+/// [`known_mid_run`](MetricRef::known_mid_run)).
+pub fn live_value(agg: &Aggregate, m: &MetricRef) -> Option<f64> {
+    let c = &agg.counters;
+    match m {
+        MetricRef::Latency { metric, timing, stat } => latency_value(agg.hists.get(*metric, *timing), *stat),
+        MetricRef::Count(name) => {
+            let parts: Vec<&str> = name.split('.').collect();
+            let v = match parts.as_slice() {
+                ["errors"] => agg.error_count(),
+                ["connect", "errors"] => c.connect_failures,
+                ["errors", kind] => {
+                    agg.errors.iter().filter(|(e, _)| e.name() == *kind).map(|(_, n)| n).sum()
+                }
+                ["published"] => c.published(),
+                ["received"] => c.received(),
+                [counter] => c.fields().into_iter().find(|(n, _)| n == counter)?.1,
+                _ => return None,
+            };
+            Some(v as f64)
+        }
     }
 }
 
