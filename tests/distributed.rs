@@ -354,17 +354,21 @@ async fn an_assignment_beyond_the_agents_memory_is_refused_and_nothing_is_sent()
 }
 
 /// An agent whose engine thread is taken away 300 ms in every second (a busy host) sends late
-/// against its schedule: its figures are marked suspect with the reason, the other agent's
-/// are not, and a threshold on `agents_suspect` fails the run.
+/// against its schedule: its figures are marked suspect with the reason, live and in the
+/// report, the other agent's are not, and a threshold on `agents_suspect` fails the run.
 #[test]
 fn a_stalled_agent_is_judged_suspect_and_thresholds_see_it() {
     let broker = Mosquitto::start();
     let text = format!("thresholds = [\"agents_suspect == 0\"]\n{}", scenario(&broker.url(), "4s"));
     let s = Setup::new(&text);
-    let (mut controller, url) = s.controller(2, &[]);
+    let (mut controller, url) = s.controller(2, &["--live", "lines"]);
     let _healthy = s.agent(&url, "healthy", "token", &["--threads", "1"]);
     let _stalled = s.agent(&url, "stalled", "token", &["--threads", "1", "--test-engine-stall-ms", "300"]);
     assert_eq!(controller.wait(), 1, "the threshold fails: {}", controller.stderr());
+    // said live, as it happens, too
+    let live = controller.stderr();
+    assert!(live.lines().any(|l| l.contains("SUSPECT stalled: lag p99")), "{live}");
+    assert!(!live.contains("healthy: lag"), "{live}");
     let r = s.report();
     let stalled = agent(&r, "stalled");
     let healthy = agent(&r, "healthy");

@@ -40,6 +40,16 @@ pub struct LiveView {
     pub errors: u64,
     pub e2e_p50_us: Option<u64>,
     pub e2e_p99_us: Option<u64>,
+    /// Agents whose figures look suspect in this window, with why (filled by the caller).
+    pub suspect: Vec<String>,
+}
+
+/// One agent over the live window: its busiest interval's CPU (cores) and its timer lag.
+#[derive(Debug, Clone)]
+pub struct LiveHealth {
+    pub agent: u32,
+    pub cpu_peak_cores: f64,
+    pub lag_p99_us: Option<u64>,
 }
 
 pub struct Aggregate {
@@ -59,6 +69,8 @@ pub struct Aggregate {
     cpu_peak: HashMap<u32, f64>,
     /// Per agent: its timer lag (how late its sends went out against their schedule).
     lag: HashMap<u32, Latency>,
+    /// Per agent, over the live window: its busiest interval's CPU, and its lag.
+    live_health: HashMap<u32, (f64, Latency)>,
     live_counters: Counters,
     live_errors: u64,
     live_e2e: Latency,
@@ -83,6 +95,7 @@ impl Aggregate {
             per_agent: BTreeMap::new(),
             cpu_peak: HashMap::new(),
             lag: HashMap::new(),
+            live_health: HashMap::new(),
             live_counters: Counters::default(),
             live_errors: 0,
             live_e2e: Latency::new(),
@@ -115,6 +128,8 @@ impl Aggregate {
             let cores = s.counters.agent_cpu_us as f64 / 1e6 / span_s;
             let peak = self.cpu_peak.entry(s.agent).or_insert(0.0);
             *peak = peak.max(cores);
+            let live = self.live_health.entry(s.agent).or_insert_with(|| (0.0, Latency::new()));
+            live.0 = live.0.max(cores);
         }
         let pending = self
             .pending
@@ -132,6 +147,7 @@ impl Aggregate {
             self.hists.get_mut(h.metric, h.timing).add(&l);
             if h.metric == Metric::Lag {
                 self.lag.entry(s.agent).or_insert_with(Latency::new).add(&l);
+                self.live_health.entry(s.agent).or_insert_with(|| (0.0, Latency::new())).1.add(&l);
             }
             if h.metric == Metric::E2e && h.timing == Timing::Corrected {
                 pending.e2e.add(&l);
@@ -203,6 +219,21 @@ impl Aggregate {
         }
     }
 
+    /// Each agent's health over the live window since the last call.
+    pub fn take_live_health(&mut self) -> Vec<LiveHealth> {
+        let mut v: Vec<LiveHealth> = self
+            .live_health
+            .drain()
+            .map(|(agent, (cpu, lag))| LiveHealth {
+                agent,
+                cpu_peak_cores: cpu,
+                lag_p99_us: (!lag.is_empty()).then(|| lag.quantile_us(0.99)),
+            })
+            .collect();
+        v.sort_by_key(|h| h.agent);
+        v
+    }
+
     /// The live window since the last call.
     pub fn take_live(&mut self, now_ns: u64, clients: u64) -> LiveView {
         let window_s = (now_ns.saturating_sub(self.live_since_ns) as f64 / 1e9).max(1e-9);
@@ -216,6 +247,7 @@ impl Aggregate {
             errors: self.live_errors,
             e2e_p50_us: (!self.live_e2e.is_empty()).then(|| self.live_e2e.quantile_us(0.5)),
             e2e_p99_us: (!self.live_e2e.is_empty()).then(|| self.live_e2e.quantile_us(0.99)),
+            suspect: Vec::new(),
         };
         self.live_counters = Counters::default();
         self.live_errors = 0;

@@ -217,7 +217,23 @@ pub async fn run(
                     let all = if live_seq.len() == n_agents { live_seq.values().copied().min().unwrap_or(0) } else { 0 };
                     if all > shown_seq {
                         shown_seq = all;
-                        live::show(live_mode, &agg.take_live(clock.now_ns(), clients));
+                        let mut view = agg.take_live(clock.now_ns(), clients);
+                        view.suspect = agg
+                            .take_live_health()
+                            .into_iter()
+                            .filter_map(|h| {
+                                let (name, _, _, cores) = agent_info.get(h.agent as usize)?;
+                                let mut why = Vec::new();
+                                if report::cpu_suspect(*cores, h.cpu_peak_cores, embedded_broker) {
+                                    why.push(format!("CPU {:.0}%", 100.0 * h.cpu_peak_cores / *cores as f64));
+                                }
+                                if let Some(l) = h.lag_p99_us.filter(|l| report::lag_suspect(*l)) {
+                                    why.push(format!("lag p99 {}", report::text::fmt_us(l as f64)));
+                                }
+                                (!why.is_empty()).then(|| format!("{name}: {}", why.join(" ")))
+                            })
+                            .collect();
+                        live::show(live_mode, &view);
                     }
                 }
                 Some(Incoming::Event(_, AgentEvent::Ready { .. })) => {

@@ -27,8 +27,10 @@ pub fn line(v: &LiveView) -> String {
         (Some(p50), Some(p99)) => format!("e2e p50 {} p99 {}", fmt_us(p50 as f64), fmt_us(p99 as f64)),
         _ => "e2e -".to_string(),
     };
+    let suspect =
+        if v.suspect.is_empty() { String::new() } else { format!("  SUSPECT {}", v.suspect.join(", ")) };
     format!(
-        "[{:>6.1}s] connected {}/{}  pub {:.0}/s  recv {:.0}/s  {}  errors {}",
+        "[{:>6.1}s] connected {}/{}  pub {:.0}/s  recv {:.0}/s  {}  errors {}{suspect}",
         v.elapsed_s,
         v.connected,
         v.clients,

@@ -441,7 +441,7 @@ pub const LAG_SUSPECT_US: u64 = 20_000;
 /// shares its process.
 pub fn suspect_reasons(a: &AgentReport, embedded_broker: bool) -> Vec<String> {
     let mut why = Vec::new();
-    if !embedded_broker && a.cores > 0 && a.cpu_peak_cores >= 0.9 * a.cores as f64 {
+    if cpu_suspect(a.cores, a.cpu_peak_cores, embedded_broker) {
         why.push(format!(
             "it used {:.0} % of its {} core{} in its busiest second",
             100.0 * a.cpu_peak_cores / a.cores as f64,
@@ -449,13 +449,23 @@ pub fn suspect_reasons(a: &AgentReport, embedded_broker: bool) -> Vec<String> {
             if a.cores == 1 { "" } else { "s" }
         ));
     }
-    if let Some(lag) = a.lag_p99_us.filter(|l| *l > LAG_SUSPECT_US) {
+    if let Some(lag) = a.lag_p99_us.filter(|l| lag_suspect(*l)) {
         why.push(format!(
             "its sends went out {} late at p99 against their schedule (timer lag; its corrected latencies carry it)",
             text::fmt_us(lag as f64)
         ));
     }
     why
+}
+
+/// Busier than this makes an agent's figures suspect: within 10 % of its cores (not judged
+/// when the embedded broker shares its process).
+pub fn cpu_suspect(cores: u32, cpu_peak_cores: f64, embedded_broker: bool) -> bool {
+    !embedded_broker && cores > 0 && cpu_peak_cores >= 0.9 * cores as f64
+}
+
+pub fn lag_suspect(lag_p99_us: u64) -> bool {
+    lag_p99_us > LAG_SUSPECT_US
 }
 
 /// Judges each agent's health, and warns about the suspect ones.
