@@ -143,6 +143,16 @@ fn measurement(c: &mut Criterion) {
             black_box(fan_in.observe((k % 1000) as u32, k / 1000, 1));
         })
     });
+    // steady loss: every other message never arrives, so the ledger holds MAX_AHEAD received
+    // sequences above gaps and declares one gap lost per message
+    let mut lossy = ReceiverLedger::new();
+    let mut j = 0u64;
+    g.bench_function("ledger_observe_steady_loss", |b| {
+        b.iter(|| {
+            j += 2;
+            black_box(lossy.observe(black_box(5), j, 1));
+        })
+    });
     let mut pacer = Pacer::new(0, u64::MAX, 1_000, 0);
     let mut now = 0u64;
     g.bench_function("pacer_take_due", |b| {

@@ -37,11 +37,52 @@ pub enum Seen {
     Recovered,
 }
 
+/// Sorted sequences, dropped from the front without shifting the rest: under steady loss the
+/// front is declared lost once per message, and a plain Vec would move up to [`MAX_AHEAD`]
+/// entries each time (measured: 520 ns per message against 75 ns).
+#[derive(Debug, Clone, Default)]
+struct Ahead {
+    v: Vec<u64>,
+    head: usize,
+}
+
+impl Ahead {
+    #[inline]
+    fn get(&self) -> &[u64] {
+        &self.v[self.head..]
+    }
+
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.head == self.v.len()
+    }
+
+    fn len(&self) -> usize {
+        self.v.len() - self.head
+    }
+
+    fn insert(&mut self, pos: usize, seq: u64) {
+        self.v.insert(self.head + pos, seq);
+    }
+
+    /// Drops the first `n`; the space is reclaimed once the dropped part is half the vector.
+    fn drop_front(&mut self, n: usize) {
+        self.head += n;
+        if self.head == self.v.len() {
+            self.v.clear();
+            self.head = 0;
+        } else if self.head >= 64 && self.head * 2 >= self.v.len() {
+            self.v.drain(..self.head);
+            self.head = 0;
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct StreamLedger {
     base: u64,                    // every sequence below is received or declared lost
     max_next: u64,                // highest sequence seen + 1
-    ahead: Vec<u64>,              // sorted received sequences above `base`
+    ahead: Ahead,                 // sorted received sequences above `base`
     offline_gap: bool,            // the next gap is the subscriber's time offline
     lost_ranges: Vec<(u64, u64)>, // recently declared-lost [start, end)
     qos: u8,
@@ -77,7 +118,7 @@ impl StreamLedger {
             self.base += 1;
             self.drain_consecutive();
         } else {
-            let Err(pos) = self.ahead.binary_search(&seq) else {
+            let Err(pos) = self.ahead.get().binary_search(&seq) else {
                 self.duplicates += 1;
                 return Seen::Duplicate;
             };
@@ -90,7 +131,7 @@ impl StreamLedger {
             } else {
                 self.ahead.insert(pos, seq);
                 if self.ahead.len() > MAX_AHEAD {
-                    let next = self.ahead[0];
+                    let next = self.ahead.get()[0];
                     self.declare_lost(self.base, next);
                     self.base = next;
                     self.drain_consecutive();
@@ -106,14 +147,17 @@ impl StreamLedger {
     }
 
     fn drain_consecutive(&mut self) {
-        let n = self.ahead.iter().zip(self.base..).take_while(|(a, b)| **a == *b).count();
+        if self.ahead.is_empty() {
+            return; // in order: the common case
+        }
+        let n = self.ahead.get().iter().zip(self.base..).take_while(|(a, b)| **a == *b).count();
         if n > 0 {
-            self.ahead.drain(..n);
+            self.ahead.drop_front(n);
             self.base += n as u64;
         }
         // entries below base (after an offline jump) are already counted
-        let below = self.ahead.partition_point(|a| *a < self.base);
-        self.ahead.drain(..below);
+        let below = self.ahead.get().partition_point(|a| *a < self.base);
+        self.ahead.drop_front(below);
     }
 
     fn declare_lost(&mut self, start: u64, end: u64) {
@@ -130,7 +174,7 @@ impl StreamLedger {
     /// gap is time offline.
     fn mark_offline(&mut self) {
         let mut base = self.base;
-        for a in std::mem::take(&mut self.ahead) {
+        for a in std::mem::take(&mut self.ahead).get().iter().copied() {
             self.declare_lost(base, a);
             base = a + 1;
         }
@@ -148,12 +192,12 @@ impl StreamLedger {
             missed_offline: self.missed_offline,
             phantom: 0,
         };
-        let beyond = self.ahead.iter().filter(|a| **a >= sent).count() as u64
+        let beyond = self.ahead.get().iter().filter(|a| **a >= sent).count() as u64
             + self.base.saturating_sub(sent).min(self.received);
         d.phantom = beyond;
         d.received -= beyond.min(d.received);
         if sent > self.base {
-            let held = self.ahead.iter().filter(|a| **a < sent).count() as u64;
+            let held = self.ahead.get().iter().filter(|a| **a < sent).count() as u64;
             d.lost += (sent - self.base) - held;
         }
         d
