@@ -164,5 +164,32 @@ fn measurement(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, codec, measurement);
+/// Settling the ledger: which of 100,000 streams each subscriber's filter matches (issue 8's
+/// scale hazard: 100k subscribers with their own wildcard filter). Per filter, the topic index
+/// against the scan of every stream it replaced.
+fn settle(c: &mut Criterion) {
+    let mut g = c.benchmark_group("settle");
+    let topics: Vec<String> = (0..100_000).map(|i| format!("dev/{i}/temp")).collect();
+    let mut index = squall_proto::topic::TopicIndex::new();
+    for (i, t) in topics.iter().enumerate() {
+        index.insert(t, i);
+    }
+    let mut k = 0usize;
+    g.bench_function("filter_100k_streams_index", |b| {
+        b.iter(|| {
+            k = (k + 7_919) % 100_000;
+            black_box(index.matching(&format!("dev/{k}/+")))
+        })
+    });
+    g.bench_function("filter_100k_streams_scan", |b| {
+        b.iter(|| {
+            k = (k + 7_919) % 100_000;
+            let f = format!("dev/{k}/+");
+            black_box(topics.iter().filter(|t| squall_proto::topic::matches(&f, t)).count())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, codec, measurement, settle);
 criterion_main!(benches);
