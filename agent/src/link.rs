@@ -285,18 +285,25 @@ pub async fn serve(
     let mut carried: Option<Attachment> = None;
     loop {
         if *shutdown.borrow() {
-            if let Some(att) = carried.take() {
-                att.stop(&opts, None, "stopped (signal) while its link was down").await;
+            if let Some(mut att) = carried.take() {
+                tracing::warn!(
+                    "Stopped (signal) while the link to the controller was down: stopping all load"
+                );
+                if let Some(tally) = att.stop(None).await {
+                    write_tally(&opts, &tally);
+                }
             }
             return Ok(());
         }
-        if let Some(att) = carried.take_if(|a| a.lease_end <= tokio::time::Instant::now()) {
+        if let Some(mut att) = carried.take_if(|a| a.lease_end <= tokio::time::Instant::now()) {
             let why = format!(
                 "the link to the controller stayed down for the lease ({}): all load stopped",
                 humantime_secs(opts.lease)
             );
             tracing::warn!("{why}");
-            att.stop(&opts, None, &why).await;
+            if let Some(tally) = att.stop(None).await {
+                write_tally(&opts, &tally);
+            }
             if opts.once {
                 return Err(LinkError::Unreachable(why));
             }
@@ -409,16 +416,12 @@ impl Attachment {
         }
     }
 
-    /// Stops its engine (if it still runs), passing what it reports to `out` if there is a
-    /// link, and writes the tally.
-    async fn stop(self, opts: &LinkOptions, out: Option<&mpsc::Sender<pb::AgentMessage>>, why: &str) {
-        if let Some(r) = self.running {
-            tracing::warn!(run = self.run.as_deref().unwrap_or(""), why, "Stopping all load");
-            let (none, _) = mpsc::channel(1);
-            let mut outbox = self.outbox;
-            let tally = stop_engine(r, &mut outbox, out.unwrap_or(&none)).await;
-            write_tally(opts, &tally);
-        }
+    /// Stops its engine, if it still runs, passing what it still reports up `out` (when there
+    /// is a link); returns its tally, to write.
+    async fn stop(&mut self, out: Option<&mpsc::Sender<pb::AgentMessage>>) -> Option<Tally> {
+        let r = self.running.take()?;
+        let (none, _) = mpsc::channel(1);
+        Some(stop_engine(r, &mut self.outbox, out.unwrap_or(&none)).await)
     }
 }
 
@@ -666,8 +669,7 @@ async fn session(
             // the controller says what it has; each side then replays what the other missed
             match tokio::time::timeout(Duration::from_secs(10), inbound.message()).await {
                 Ok(Ok(Some(pb::ControllerMessage { body: Some(C::Resume(r)), .. }))) => {
-                    att.outbox.ack(r.received_seq);
-                    let replay: Vec<pb::AgentMessage> = att.outbox.after(r.received_seq).cloned().collect();
+                    let replay: Vec<pb::AgentMessage> = att.outbox.resume(r.received_seq).cloned().collect();
                     tracing::warn!(controller = %opts.controller, replayed = replay.len(), "Link resumed; the run goes on");
                     for m in replay {
                         let _ = out.send(m).await;
@@ -677,7 +679,10 @@ async fn session(
                 }
                 Ok(Ok(Some(pb::ControllerMessage { body: Some(C::Refusal(r)), .. }))) => {
                     // the controller gave the run up (or is another one): no load without it
-                    att.stop(opts, Some(&out), "the controller would not resume the run").await;
+                    tracing::warn!("The controller would not resume the run: stopping all load");
+                    if let Some(tally) = att.stop(Some(&out)).await {
+                        write_tally(opts, &tally);
+                    }
                     return Ok(Ended::Lost(format!(
                         "the controller would not resume the run: {}",
                         r.message
@@ -711,9 +716,8 @@ async fn session(
                 }
             }
             _ = shutdown.changed() => {
-                if let Some(r) = att.running.take() {
+                if let Some(mut tally) = att.stop(Some(&out)).await {
                     let ev = AgentEvent::Failed { message: format!("agent `{}` was stopped (signal); its clients were closed", opts.name) };
-                    let mut tally = stop_engine(r, &mut att.outbox, &out).await;
                     let _ = forward(&ev, &mut tally, &mut att.outbox, &out).await;
                     tally.end = "stopped";
                     write_tally(opts, &tally);
@@ -825,15 +829,17 @@ async fn session(
         }
         return Ok(Ended::Lost(why));
     }
-    if let Some(r) = att.running.take() {
-        // whatever ended the link, no load goes on without a controller; what the engine
-        // still reports (its last snapshot) goes up if the link still carries it
+    // whatever ended the link, no load goes on without a controller; what the engine still
+    // reports (its last snapshot) goes up if the link still carries it
+    if att.running.is_some() {
+        let run = att.run.as_deref().unwrap_or_default();
         if matches!(ended, Ended::RunOver) {
-            tracing::info!(run = %r.tally.run, "The run is over; closing this agent's clients");
+            tracing::info!(run, "The run is over; closing this agent's clients");
         } else {
-            tracing::warn!(run = %r.tally.run, "Stopping all load: the link to the controller ended");
+            tracing::warn!(run, "Stopping all load: the link to the controller ended");
         }
-        let tally = stop_engine(r, &mut att.outbox, &out).await;
+    }
+    if let Some(tally) = att.stop(Some(&out)).await {
         write_tally(opts, &tally);
     }
     // End our stream and wait (bounded) until the controller ends its own: it does so after

@@ -85,6 +85,29 @@ fn start_skew_us(late: &[Option<i64>]) -> Option<f64> {
     Some((hi - lo) as f64 / 1e3)
 }
 
+/// The agents whose figures look suspect over the live window, with why, for the live line.
+/// `agent` gives an agent's name and cores by index.
+fn live_suspects<'a>(
+    health: Vec<crate::aggregate::LiveHealth>,
+    agent: impl Fn(u32) -> Option<(&'a str, u32)>,
+    embedded_broker: bool,
+) -> Vec<String> {
+    health
+        .into_iter()
+        .filter_map(|h| {
+            let (name, cores) = agent(h.agent)?;
+            let mut why = Vec::new();
+            if report::cpu_suspect(cores, h.cpu_peak_cores, embedded_broker) {
+                why.push(format!("CPU {:.0}%", 100.0 * h.cpu_peak_cores / cores as f64));
+            }
+            if let Some(l) = h.lag_p99_us.filter(|l| report::lag_suspect(*l)) {
+                why.push(format!("lag p99 {}", report::text::fmt_us(l as f64)));
+            }
+            (!why.is_empty()).then(|| format!("{name}: {}", why.join(" ")))
+        })
+        .collect()
+}
+
 /// Ends the publishing window `w` at `now` (if it is still open) on every agent: a second
 /// Publish may only shorten the window.
 fn cut_window(w: &mut (u64, u64), now: u64, commands: &[mpsc::Sender<Command>]) {
@@ -218,21 +241,8 @@ pub async fn run(
                     if all > shown_seq {
                         shown_seq = all;
                         let mut view = agg.take_live(clock.now_ns(), clients);
-                        view.suspect = agg
-                            .take_live_health()
-                            .into_iter()
-                            .filter_map(|h| {
-                                let (name, _, _, cores) = agent_info.get(h.agent as usize)?;
-                                let mut why = Vec::new();
-                                if report::cpu_suspect(*cores, h.cpu_peak_cores, embedded_broker) {
-                                    why.push(format!("CPU {:.0}%", 100.0 * h.cpu_peak_cores / *cores as f64));
-                                }
-                                if let Some(l) = h.lag_p99_us.filter(|l| report::lag_suspect(*l)) {
-                                    why.push(format!("lag p99 {}", report::text::fmt_us(l as f64)));
-                                }
-                                (!why.is_empty()).then(|| format!("{name}: {}", why.join(" ")))
-                            })
-                            .collect();
+                        let cores = |a: u32| agent_info.get(a as usize).map(|(name, _, _, cores)| (name.as_str(), *cores));
+                        view.suspect = live_suspects(agg.take_live_health(), cores, embedded_broker);
                         live::show(live_mode, &view);
                     }
                 }

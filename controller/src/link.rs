@@ -170,8 +170,12 @@ impl Controller for Service {
 
 type Out = mpsc::Sender<Result<pb::ControllerMessage, Status>>;
 
-fn msg(body: pb::controller_message::Body) -> Result<pb::ControllerMessage, Status> {
-    Ok(pb::ControllerMessage { body: Some(body), seq: 0 })
+fn body(b: pb::controller_message::Body) -> pb::ControllerMessage {
+    pb::ControllerMessage { body: Some(b), seq: 0 }
+}
+
+fn msg(b: pb::controller_message::Body) -> Result<pb::ControllerMessage, Status> {
+    Ok(body(b))
 }
 
 async fn refuse(out: &Out, reason: pb::refusal::Reason, message: String) {
@@ -294,6 +298,10 @@ async fn session(svc: Service, peer: Option<SocketAddr>, mut inbound: Streaming<
         stats: &stats,
         outbox: Outbox::new(OUTBOX_LIMIT),
         inbox: Inbox::default(),
+        estimator: Estimator::default(),
+        chunks: Chunks::new(0),
+        run: None,
+        reply: None,
         accepted: false,
         last_fit: None,
     };
@@ -319,6 +327,12 @@ struct AgentSession<'a> {
     stats: &'a LinkStats,
     outbox: Outbox<pb::ControllerMessage>,
     inbox: Inbox,
+    estimator: Estimator,
+    /// The stream list of the agent's next PublishDone, as its chunks arrive.
+    chunks: Chunks,
+    /// The run assigned (its id), and the answer awaited to its assignment.
+    run: Option<String>,
+    reply: Option<oneshot::Sender<Result<(), String>>>,
     /// The agent accepted its run: its clock follows the fits sent from then on.
     accepted: bool,
     /// When the last clock fit was sent.
@@ -349,14 +363,7 @@ impl AgentSession<'_> {
     }
 
     /// Takes one message from the agent.
-    async fn take(
-        &mut self,
-        m: pb::AgentMessage,
-        estimator: &mut Estimator,
-        chunks: &mut Chunks,
-        reply: &mut Option<oneshot::Sender<Result<(), String>>>,
-        run: &Option<String>,
-    ) -> Took {
+    async fn take(&mut self, m: pb::AgentMessage) -> Took {
         use pb::agent_message::Body as A;
         use pb::controller_message::Body as C;
         self.stats.bytes_in.fetch_add(wire::agent_message_len(&m) as u64, Ordering::Relaxed);
@@ -373,7 +380,7 @@ impl AgentSession<'_> {
             A::Pong(p) => {
                 self.outbox.ack(p.received_seq);
                 if let Some(mut est) =
-                    estimator.add(p.ping_sent_unix_ns, p.agent_unix_ns, self.svc.clock.now_ns())
+                    self.estimator.add(p.ping_sent_unix_ns, p.agent_unix_ns, self.svc.clock.now_ns())
                 {
                     est.start_offset_ns = self.clock_tx.borrow().start_offset_ns;
                     let _ = self.clock_tx.send(est);
@@ -381,7 +388,7 @@ impl AgentSession<'_> {
                 let due = self.last_fit.is_none_or(|t| t.elapsed() >= FIT_EVERY);
                 if self.accepted
                     && due
-                    && let Some(f) = estimator.fit()
+                    && let Some(f) = self.estimator.fit()
                     && let Some((_, out)) = &self.conn
                 {
                     self.last_fit = Some(tokio::time::Instant::now());
@@ -394,10 +401,10 @@ impl AgentSession<'_> {
                 }
             }
             A::AssignReply(r) => {
-                if let Some(tx) = reply.take() {
+                if let Some(tx) = self.reply.take() {
                     self.accepted = r.accepted;
                     if r.accepted
-                        && let Some(run) = run
+                        && let Some(run) = &self.run
                     {
                         // from now on a new connection from this agent may resume the run
                         lock(&self.svc.resumable)
@@ -407,12 +414,12 @@ impl AgentSession<'_> {
                 }
             }
             A::StreamFinals(c) => {
-                if let Err(e) = chunks.push(c) {
+                if let Err(e) = self.chunks.push(c) {
                     tracing::error!(error = %e, "An agent sent a broken stream list");
                     return Took::End("it sent a broken stream list");
                 }
             }
-            A::Event(e) => match wire::event_from_wire(e, chunks) {
+            A::Event(e) => match wire::event_from_wire(e, &mut self.chunks) {
                 Ok(ev) => {
                     if self.events.send(ev).await.is_err() {
                         return Took::End("the run no longer listens");
@@ -432,13 +439,9 @@ impl AgentSession<'_> {
     async fn run(&mut self) -> &'static str {
         use pb::controller_message::Body as C;
         let lease = self.svc.settings.lease;
-        let mut estimator = Estimator::default();
         let mut ping_id = 0u64;
         let mut next_ping = tokio::time::Instant::now();
         let mut lease_end = tokio::time::Instant::now() + lease;
-        let mut reply: Option<oneshot::Sender<Result<(), String>>> = None;
-        let mut chunks = Chunks::new(0);
-        let mut run: Option<String> = None;
         loop {
             let connected = self.conn.is_some();
             let inbound = async {
@@ -460,12 +463,12 @@ impl AgentSession<'_> {
                 m = inbound => match m {
                     Ok(Some(m)) => {
                         lease_end = tokio::time::Instant::now() + lease;
-                        if let Took::End(why) = self.take(m, &mut estimator, &mut chunks, &mut reply, &run).await {
+                        if let Took::End(why) = self.take(m).await {
                             return why;
                         }
                     }
                     Ok(None) | Err(_) => {
-                        if run.is_none() {
+                        if self.run.is_none() {
                             return "its stream ended";
                         }
                         tracing::warn!(name = self.name, "An agent's connection broke mid-run; waiting (for up to the lease) for it to resume");
@@ -479,8 +482,7 @@ impl AgentSession<'_> {
                     self.stats.resumes.fetch_add(1, Ordering::Relaxed);
                     let resume = pb::Resume { received_seq: self.inbox.received() };
                     let _ = r.out.send(msg(C::Resume(resume))).await;
-                    self.outbox.ack(r.received_seq);
-                    for m in self.outbox.after(r.received_seq) {
+                    for m in self.outbox.resume(r.received_seq) {
                         let _ = r.out.send(Ok(m.clone())).await;
                     }
                     self.conn = Some((r.inbound, r.out));
@@ -492,11 +494,11 @@ impl AgentSession<'_> {
                         assignment.clock_offset_ns = est.offset_ns;
                         self.clock_tx.send_modify(|e| e.start_offset_ns = Some(est.offset_ns));
                         // the agent may publish as many streams as it runs publishing clients
-                        chunks = Chunks::new(assignment.groups.iter().filter(|g| g.spec.publish.is_some()).map(|g| g.count as usize).sum());
-                        let m = msg(C::Assign(pb::Assign { run: id.clone(), assignment: Some((&*assignment).into()) }));
-                        run = Some(id);
-                        reply = Some(r);
-                        if let Err(why) = self.send_numbered(m.unwrap_or_default()).await {
+                        self.chunks = Chunks::new(assignment.groups.iter().filter(|g| g.spec.publish.is_some()).map(|g| g.count as usize).sum());
+                        let m = body(C::Assign(pb::Assign { run: id.clone(), assignment: Some((&*assignment).into()) }));
+                        self.run = Some(id);
+                        self.reply = Some(r);
+                        if let Err(why) = self.send_numbered(m).await {
                             return why;
                         }
                     }
@@ -516,7 +518,7 @@ impl AgentSession<'_> {
                         let _ = out.send(msg(C::Refusal(refusal))).await;
                         let _ = tokio::time::timeout(Duration::from_secs(10), async {
                             while let Ok(Some(m)) = inbound.message().await {
-                                if let Took::End(_) = self.take(m, &mut estimator, &mut chunks, &mut reply, &run).await {
+                                if let Took::End(_) = self.take(m).await {
                                     return;
                                 }
                             }

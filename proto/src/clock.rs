@@ -49,34 +49,31 @@ impl Clock {
         Clock { correction: Some(correction), ..self }
     }
 
-    // ns since the anchor, as this clock counts them
+    /// The reading `elapsed_ns` after the anchor: the monotonic time, run fast or slow by a
+    /// test's drift, less the correction. One branch on the common path (neither).
     #[inline]
-    fn since_anchor(&self, elapsed_ns: u64) -> i128 {
-        let mut e = elapsed_ns as i128;
+    fn reading(&self, elapsed_ns: u64) -> u64 {
+        let mut t = self.anchor_unix_ns + elapsed_ns;
         if self.drift_ppb != 0 {
-            e += e * self.drift_ppb as i128 / 1_000_000_000;
+            t = t.saturating_add_signed((elapsed_ns as i128 * self.drift_ppb as i128 / 1_000_000_000) as i64);
         }
-        if let Some(c) = &self.correction {
-            e -= c.load(Ordering::Relaxed) as i128;
+        match &self.correction {
+            Some(c) => t.saturating_add_signed(-c.load(Ordering::Relaxed)),
+            None => t,
         }
-        e
     }
 
     /// Now, in ns since the Unix epoch; monotonic unless a correction steps back.
     #[inline]
     pub fn now_ns(&self) -> u64 {
-        let e = self.anchor.elapsed().as_nanos() as u64;
-        if self.drift_ppb == 0 && self.correction.is_none() {
-            return self.anchor_unix_ns + e;
-        }
-        (self.anchor_unix_ns as i128 + self.since_anchor(e)).max(0) as u64
+        self.reading(self.anchor.elapsed().as_nanos() as u64)
     }
 
     /// The tokio instant at which this clock reads `unix_ns` (clamped to the anchor, and to
     /// a year from now for "never").
     pub fn instant_at(&self, unix_ns: u64) -> tokio::time::Instant {
         const YEAR_NS: i128 = 365 * 86_400 * 1_000_000_000;
-        // invert since_anchor: e·(1 + drift) − c = target
+        // invert `reading`: anchor + e·(1 + drift) − c = unix_ns
         let c = self.correction.as_ref().map_or(0, |c| c.load(Ordering::Relaxed)) as i128;
         let target = unix_ns as i128 - self.anchor_unix_ns as i128 + c;
         let e = target * 1_000_000_000 / (1_000_000_000 + self.drift_ppb as i128);
@@ -130,7 +127,7 @@ mod tests {
         assert!(c + 5_000_000 >= b && c < b, "a correction of 5 ms steps it back: {b} → {c}");
         let t = clock.now_ns() + 10_000_000;
         let at = clock.instant_at(t).into_std();
-        let read = clock.anchor_unix_ns as i128 + clock.since_anchor((at - clock.anchor).as_nanos() as u64);
-        assert!((read - t as i128).abs() <= 2, "{read} vs {t}");
+        let read = clock.reading((at - clock.anchor).as_nanos() as u64);
+        assert!(read.abs_diff(t) <= 2, "{read} vs {t}");
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Each side numbers the messages that must arrive ([`Outbox::stamp`]), keeps them until the
 //! other side acknowledges them ([`Outbox::ack`]), and after a reconnect sends again the ones
-//! the other side did not get ([`Outbox::after`]). The receiver takes each number once, in
+//! the other side did not get ([`Outbox::resume`]). The receiver takes each number once, in
 //! order ([`Inbox::accept`]): a replayed message it already has is dropped, a gap is an error
 //! (the transport is ordered, so a gap means a broken or hostile peer).
 
@@ -72,9 +72,11 @@ impl<M: Sequenced> Outbox<M> {
         }
     }
 
-    /// The messages after `seq`, to send again after a reconnect.
-    pub fn after(&self, seq: u64) -> impl Iterator<Item = &M> {
-        self.unacked.iter().filter(move |m| m.seq() > seq)
+    /// After a reconnect: the other side has every message up to `received`; forgets those and
+    /// gives the rest, to send again.
+    pub fn resume(&mut self, received: u64) -> impl Iterator<Item = &M> {
+        self.ack(received);
+        self.unacked.iter()
     }
 
     /// Messages held.
@@ -153,7 +155,7 @@ mod tests {
         assert_eq!(o.stamp(msg(2)), Err(Full(2)));
         o.ack(1);
         assert_eq!(o.stamp(msg(2)).unwrap().seq, 3);
-        assert_eq!(o.after(0).map(|m| m.seq).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(o.resume(0).map(|m| m.seq).collect::<Vec<_>>(), [2, 3]);
         o.ack(u64::MAX);
         assert!(o.is_empty());
     }
@@ -185,7 +187,7 @@ mod tests {
             let mut next = 0u32;
             for (sent, arrive, acked) in breaks.into_iter().chain([(usize::MAX, usize::MAX, usize::MAX)]) {
                 // a new connection: replay what the receiver lacks, then new messages
-                let mut wire: Vec<pb::AgentMessage> = out.after(inbox.received()).cloned().collect();
+                let mut wire: Vec<pb::AgentMessage> = out.resume(inbox.received()).cloned().collect();
                 while next < n && wire.len() < sent {
                     wire.push(out.stamp(msg(next)).unwrap());
                     next += 1;
