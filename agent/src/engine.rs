@@ -23,6 +23,7 @@ use crate::client::{Client, Countdown, GroupRuntime, Outcome, Phase, Shared};
 use crate::metrics::{Collector, LedgerTotals, ReceiverLedger, Recorder, StreamFinal};
 use crate::mqtt::tls;
 use crate::mqtt::transport::Endpoint;
+use crate::timer::Timers;
 use squall_proto::clock::Clock;
 pub use squall_proto::link::{AgentEvent, AgentResult, Command};
 use squall_proto::plan::{Assignment, PlanError};
@@ -42,6 +43,8 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("cannot resolve {target}: {source}")]
     Resolve { target: String, source: std::io::Error },
+    #[error("cannot create the engine's timer (timerfd): {0}")]
+    Timer(std::io::Error),
 }
 
 /// Checks and prepares an assignment (TLS material, DNS) and starts it on the current tokio
@@ -66,7 +69,8 @@ pub async fn start(a: Assignment, clock: Clock) -> Result<AgentHandle, StartErro
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
     let (ev_tx, ev_rx) = mpsc::channel(1024);
     let clock = clock.shifted(a.clock_offset_ns.saturating_neg());
-    tokio::spawn(run(a, clock, endpoints, cmd_rx, ev_tx));
+    let timers = Timers::new(Duration::from_micros(a.timer_coalesce_us as u64)).map_err(StartError::Timer)?;
+    tokio::spawn(run(a, clock, endpoints, timers, cmd_rx, ev_tx));
     Ok(AgentHandle { commands: cmd_tx, events: ev_rx })
 }
 
@@ -74,6 +78,7 @@ async fn run(
     a: Assignment,
     clock: Clock,
     endpoints: Vec<Endpoint>,
+    timers: Timers,
     mut cmds: mpsc::Receiver<Command>,
     events: mpsc::Sender<AgentEvent>,
 ) {
@@ -95,6 +100,7 @@ async fn run(
         publishers: Countdown::new(n_publishers),
         start_ns,
         connecting: Arc::new(tokio::sync::Semaphore::new(a.max_connecting as usize)),
+        timers,
     });
     let groups: Vec<Arc<GroupRuntime>> = a
         .groups

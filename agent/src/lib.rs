@@ -9,6 +9,7 @@
 //! - [`mqtt`]: the wire (ntex-mqtt's codec), the I/O-free connection state machine, TCP/TLS
 //!   transport and source addresses.
 //! - [`pacer`]: when each message is intended to be sent (the basis of corrected latency).
+//! - [`timer`]: wake-ups on those times to the microsecond (one timerfd per engine).
 //! - [`payload`]: the measurement header every squall payload starts with.
 //! - [`metrics`]: recording shards, the snapshot collector, the delivery ledger.
 //! - [`link`]: the agent's side of the gRPC link: dialing, authentication, the lease.
@@ -25,3 +26,4 @@ pub mod metrics;
 pub mod mqtt;
 pub mod pacer;
 pub mod payload;
+pub mod timer;

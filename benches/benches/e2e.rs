@@ -6,6 +6,7 @@
 //! cargo bench -p squall-benches --bench e2e -- idle --clients 19000 [--broker squall]
 //! cargo bench -p squall-benches --bench e2e -- connect --clients 10000 --rate 40000
 //! cargo bench -p squall-benches --bench e2e -- throughput --qos 0 --rate 1000000 --seconds 10
+//! cargo bench -p squall-benches --bench e2e -- lag --clients 1000 --rate 10 --seconds 10 [--coalesce-us 250]
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -26,6 +27,7 @@ struct Args {
     seconds: u64,
     payload: u32,
     inflight: u32,
+    coalesce_us: u64,
 }
 
 fn args() -> Args {
@@ -38,6 +40,7 @@ fn args() -> Args {
         seconds: 10,
         payload: 64,
         inflight: 256,
+        coalesce_us: 0,
     };
     let mut it = std::env::args().skip(1).filter(|s| s != "--bench");
     while let Some(x) = it.next() {
@@ -50,6 +53,7 @@ fn args() -> Args {
             "--seconds" => a.seconds = val().parse().unwrap(),
             "--payload" => a.payload = val().parse().unwrap(),
             "--inflight" => a.inflight = val().parse().unwrap(),
+            "--coalesce-us" => a.coalesce_us = val().parse().unwrap(),
             m if !m.starts_with('-') => a.mode = m.to_string(),
             other => panic!("unknown argument {other}"),
         }
@@ -274,6 +278,111 @@ fn main() {
                 tester * 1e6 / received.max(1) as f64
             );
         }
-        other => panic!("mode idle|connect|throughput, not `{other}`"),
+        "lag" => lag(&a, &rt, broker.port, bpid),
+        other => panic!("mode idle|connect|throughput|lag, not `{other}`"),
     }
+}
+
+/// The tester's own lag: `--clients` publishers at `--rate` msg/s each (QoS 0) and one
+/// subscriber, beside two floors measured in the same run: as many bare tasks waking on the
+/// same schedule with tokio's `sleep_until`, and with squall's timer.
+fn lag(a: &Args, rt: &tokio::runtime::Runtime, port: u16, bpid: u32) {
+    use squall_agent::metrics::{Metric, Timing};
+    let interval = Duration::from_secs_f64(1.0 / a.rate);
+    let floor_secs = a.seconds.min(5);
+    for kind in ["tokio::time::sleep_until", "squall_agent::timer"] {
+        let (p50, p99, cpu) = rt.block_on(floor(
+            kind,
+            a.clients,
+            interval,
+            Duration::from_secs(floor_secs),
+            Duration::from_micros(a.coalesce_us),
+        ));
+        println!(
+            "floor, {} tasks × {:.0}/s on {kind}: lag µs p50 {p50} p99 {p99}; CPU {:.3} µs per wake",
+            a.clients, a.rate, cpu
+        );
+    }
+    let text = format!(
+        "[run]\nduration = \"{}s\"\ndrain = \"1s\"\ntimer_coalesce = \"{}us\"\n[[group]]\nname = \"pub\"\nclients = {}\nconnect_rate = 5000\n[group.publish]\ntopic = \"lag/{{i}}\"\nqos = 0\npayload_size = {}\ninterval = \"{}us\"\n[[group]]\nname = \"sub\"\nclients = 1\n[group.subscribe]\nfilters = [\"lag/#\"]\nqos = 0\n",
+        a.seconds,
+        a.coalesce_us,
+        a.clients,
+        a.payload,
+        interval.as_micros()
+    );
+    let (c0, b0) = (self_cpu_s(), cpu_s(bpid));
+    let agg = rt.block_on(drive(&text, port, |_| {}));
+    let (tester, brok) = (self_cpu_s() - c0, cpu_s(bpid) - b0);
+    let h = |m, t| agg.hists.get(m, t).summary();
+    let lag = h(Metric::Lag, Timing::Raw);
+    let (raw, cor) = (h(Metric::E2e, Timing::Raw), h(Metric::E2e, Timing::Corrected));
+    println!(
+        "squall, {} clients × {:.0}/s: published {}, received {}; lag µs p50 {} p99 {} max {}",
+        a.clients,
+        a.rate,
+        agg.counters.published(),
+        agg.counters.received(),
+        lag.p50_us,
+        lag.p99_us,
+        lag.max_us
+    );
+    println!(
+        "e2e µs: raw p50 {} p99 {}; corrected p50 {} p99 {}; corrected − raw at p50: {} µs",
+        raw.p50_us,
+        raw.p99_us,
+        cor.p50_us,
+        cor.p99_us,
+        cor.p50_us as i64 - raw.p50_us as i64
+    );
+    println!(
+        "CPU: tester {tester:.2}s, broker {brok:.2}s → tester/broker {:.2}; tester {:.2} µs per message",
+        tester / brok.max(1e-9),
+        tester * 1e6 / agg.counters.received().max(1) as f64
+    );
+}
+
+/// `n` tasks each waking every `interval` (staggered) for `secs`; lag p50, p99 in µs, and
+/// CPU per wake in µs.
+async fn floor(
+    kind: &'static str,
+    n: u32,
+    interval: Duration,
+    secs: Duration,
+    coalesce: Duration,
+) -> (u64, u64, f64) {
+    let timers = std::sync::Arc::new(squall_agent::timer::Timers::new(coalesce).unwrap());
+    let t0 = Instant::now() + Duration::from_millis(300);
+    let end = t0 + secs;
+    let c0 = self_cpu_s();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let timers = timers.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+            let mut at = t0 + interval.mul_f64(i as f64 / n as f64);
+            let mut sleep = timers.sleep();
+            while at < end {
+                if kind == "squall_agent::timer" {
+                    sleep.reset(at);
+                    (&mut sleep).await;
+                } else {
+                    tokio::time::sleep_until(at.into()).await;
+                }
+                h.record(Instant::now().saturating_duration_since(at).as_nanos() as u64).unwrap();
+                at += interval;
+            }
+            h
+        }));
+    }
+    let mut all = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+    for t in tasks {
+        all.add(t.await.unwrap()).unwrap();
+    }
+    let cpu = self_cpu_s() - c0;
+    (
+        all.value_at_quantile(0.5) / 1000,
+        all.value_at_quantile(0.99) / 1000,
+        cpu * 1e6 / all.len().max(1) as f64,
+    )
 }

@@ -41,6 +41,9 @@ pub struct Assignment {
     /// Connection handshakes (TCP, TLS, CONNECT→CONNACK) in flight at once, at most: a burst
     /// beyond a broker's accept queue loses SYNs, which clients retry only after a second.
     pub max_connecting: u32,
+    /// Wake-ups closer together than this share one, µs (0: every client wakes on its own
+    /// deadline). Cuts the tester's CPU at many clients; adds up to this much lag.
+    pub timer_coalesce_us: u32,
     /// The agent stops all load after this long, whatever the controller says, ms.
     pub max_duration_ms: u64,
     /// The controller's estimate of (agent clock − controller clock), ns: the agent subtracts
@@ -311,6 +314,12 @@ impl Assignment {
                 "snapshot interval, max duration and max connecting must be positive".into(),
             ));
         }
+        if self.timer_coalesce_us > MAX_TIMER_COALESCE_US {
+            return Err(PlanError::Run(format!(
+                "timer coalescing of {} µs is above {MAX_TIMER_COALESCE_US} µs",
+                self.timer_coalesce_us
+            )));
+        }
         for g in &self.groups {
             g.spec.validate()?;
             if g.first.checked_add(g.count).is_none_or(|end| end > g.spec.clients) {
@@ -350,6 +359,9 @@ pub const MAX_PAYLOAD: usize = 268_435_455 - 65_540;
 
 /// The shortest publish interval of one client, ms (100,000 messages a second).
 pub const MIN_INTERVAL_MS: f64 = 0.01;
+
+/// The most wake-ups may be coalesced, µs: past 10 ms the schedule itself would blur.
+pub const MAX_TIMER_COALESCE_US: u32 = 10_000;
 
 /// What one client costs an agent at rest, bytes: measured 3.68 KiB per connection held (RSS
 /// over 100,000 connections, BENCHMARKS.md), rounded up.

@@ -113,6 +113,7 @@ impl From<&Assignment> for pb::Assignment {
             snapshot_interval_ms: a.snapshot_interval_ms,
             max_connecting: a.max_connecting,
             max_duration_ms: a.max_duration_ms,
+            timer_coalesce_us: a.timer_coalesce_us,
             clock_offset_ns: a.clock_offset_ns,
         }
     }
@@ -142,6 +143,7 @@ impl TryFrom<pb::Assignment> for Assignment {
             snapshot_interval_ms: a.snapshot_interval_ms,
             max_connecting: a.max_connecting,
             max_duration_ms: a.max_duration_ms,
+            timer_coalesce_us: a.timer_coalesce_us,
             clock_offset_ns: a.clock_offset_ns,
         })
     }

@@ -27,7 +27,7 @@ impl Agents for InProcess {
             squall_agent::link::check_memory(&a, squall_agent::link::available_memory())
                 .map_err(StartError::Invalid)?;
             let h = engine::start(a, Clock::new()).await.map_err(|e| match e {
-                EngineError::Resolve { .. } => StartError::Runtime(e.to_string()),
+                EngineError::Resolve { .. } | EngineError::Timer(_) => StartError::Runtime(e.to_string()),
                 EngineError::Plan(_) | EngineError::Tls(_) => StartError::Invalid(e.to_string()),
             })?;
             links.push(AgentLink {

@@ -32,6 +32,7 @@ use crate::mqtt::state::{Connection, Event, Fault, Options};
 use crate::mqtt::transport::{self, ConnectFailure, Endpoint, Stream};
 use crate::pacer::{Pacer, Rate};
 use crate::payload::{HEADER_LEN, Header};
+use crate::timer::{Sleep, Timers};
 use backoff::Backoff;
 use io::{IoEvent, poll_io};
 use squall_proto::clock::Clock;
@@ -104,6 +105,8 @@ pub struct Shared {
     pub start_ns: u64,
     /// Permits for handshakes in flight.
     pub connecting: Arc<tokio::sync::Semaphore>,
+    /// Wake-ups on schedule (tokio's own timer is 1 ms coarse).
+    pub timers: Timers,
 }
 
 /// Where a subscriber's deliveries are accounted.
@@ -316,6 +319,8 @@ pub struct Client {
     backoff: Backoff,
     rng: fastrand::Rng,
     phase_rx: watch::Receiver<Phase>,
+    /// Its one timer, reset to whatever is due next.
+    sleep: Sleep,
 }
 
 impl Client {
@@ -367,6 +372,7 @@ impl Client {
             backoff: Backoff::new(s.reconnect.min_backoff_ms, s.reconnect.max_backoff_ms),
             rng: fastrand::Rng::with_seed(((sh.run_tag as u64) << 32) ^ global as u64),
             phase_rx: sh.phase.clone(),
+            sleep: sh.timers.sleep(),
             key: global as usize,
             spec,
             index,
@@ -504,8 +510,9 @@ impl Client {
                 return true;
             }
             let wake = self.open_window_until().map_or(at_ns, |u| u.min(at_ns));
+            self.sleep.reset(self.sh.clock.instant_at(wake).into_std());
             tokio::select! {
-                _ = tokio::time::sleep_until(self.sh.clock.instant_at(wake)) => {}
+                _ = &mut self.sleep => {}
                 r = self.phase_rx.changed() => if r.is_err() { return false },
             }
         }
@@ -571,8 +578,7 @@ impl Client {
         let mut pending: Option<BytePages> = None;
         let mut connected = false;
         let mut deadline = u64::MAX;
-        let sleep = tokio::time::sleep_until(self.sh.clock.instant_at(u64::MAX / 2));
-        tokio::pin!(sleep);
+        self.sleep.reset(self.sh.clock.instant_at(u64::MAX / 2).into_std());
         // Publishing happens when the schedule's timer fires, or when whatever held messages
         // back (a full window, unsent bytes, the per-wake cap) may have let go. Not after every
         // flush: that would write a few messages per syscall instead of a tick's worth.
@@ -632,13 +638,13 @@ impl Client {
             }
             if next != deadline {
                 deadline = next;
-                sleep.as_mut().reset(self.sh.clock.instant_at(next.min(u64::MAX / 2)));
+                self.sleep.reset(self.sh.clock.instant_at(next.min(u64::MAX / 2)).into_std());
             }
             let mut bytes_out = 0u64;
             let wake = tokio::select! {
                 biased;
                 r = std::future::poll_fn(|cx| poll_io(cx, &mut stream, &mut pending, &mut rbuf, &mut bytes_out)) => Wake::Io(r),
-                _ = &mut sleep => Wake::Timer,
+                _ = &mut self.sleep => Wake::Timer,
                 r = self.phase_rx.changed() => Wake::Phase(r.is_ok()),
             };
             if bytes_out > 0 {

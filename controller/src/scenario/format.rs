@@ -77,6 +77,11 @@ pub struct Run {
     /// Connection handshakes in flight at once, per agent (default 256). Brokers drop SYNs
     /// beyond their accept queue (mosquitto's is small), which costs a second per client.
     pub max_connecting: Option<u32>,
+    /// Wake-ups of clients due closer together than this share one (default "0s": every
+    /// client wakes on its own deadline, as precisely as the host allows; at most "10ms").
+    /// Thousands of clients each waking on its own cost the tester CPU; "250us" or "1ms"
+    /// trades that much timer lag (reported, and in corrected latency) for fewer wake-ups.
+    pub timer_coalesce: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]

@@ -39,6 +39,8 @@ pub struct Plan {
     pub snapshot_interval: Duration,
     /// Handshakes in flight per agent.
     pub max_connecting: u32,
+    /// Wake-ups closer together than this share one.
+    pub timer_coalesce: Duration,
     pub thresholds: Vec<Threshold>,
 }
 

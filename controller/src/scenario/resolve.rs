@@ -262,11 +262,20 @@ pub fn resolve(src: &Source, ov: &Overrides) -> Result<Plan, Diagnostics> {
         Some(n) => n,
         None => 256,
     };
+    let timer_coalesce = cx.duration(path!["run", "timer_coalesce"], &run.timer_coalesce, Duration::ZERO);
+    if timer_coalesce.as_micros() > squall_proto::plan::MAX_TIMER_COALESCE_US as u128 {
+        cx.err(
+            path!["run", "timer_coalesce"],
+            format!("`{}` would blur the schedule itself", humantime::format_duration(timer_coalesce)),
+            format!("at most {} µs", squall_proto::plan::MAX_TIMER_COALESCE_US),
+        );
+    }
     if !cx.errors.is_empty() {
         return Err(Diagnostics(cx.errors));
     }
     Ok(Plan {
         max_connecting,
+        timer_coalesce,
         name,
         run_tag: fastrand::u32(..),
         targets,

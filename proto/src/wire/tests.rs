@@ -106,10 +106,18 @@ fn assignment() -> impl Strategy<Value = Assignment> {
         tls,
         proptest::collection::vec(any::<std::net::IpAddr>(), 0..3),
         proptest::collection::vec(group, 0..3),
-        (any::<u64>(), any::<u32>(), any::<u64>(), any::<i64>()),
+        (any::<u64>(), any::<u32>(), any::<u64>(), any::<i64>(), any::<u32>()),
     )
         .prop_map(
-            |(run_tag, agent, targets, tls, source_addresses, groups, (snap, maxc, maxd, offset))| {
+            |(
+                run_tag,
+                agent,
+                targets,
+                tls,
+                source_addresses,
+                groups,
+                (snap, maxc, maxd, offset, coalesce),
+            )| {
                 Assignment {
                     run_tag,
                     agent,
@@ -121,6 +129,7 @@ fn assignment() -> impl Strategy<Value = Assignment> {
                     max_connecting: maxc,
                     max_duration_ms: maxd,
                     clock_offset_ns: offset,
+                    timer_coalesce_us: coalesce,
                 }
             },
         )

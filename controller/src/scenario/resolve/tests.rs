@@ -28,6 +28,7 @@ fn a_minimal_scenario_gets_defaults() {
     let p = g.publish.as_ref().unwrap();
     assert_eq!((p.qos, &p.payload, p.rate), (0, &PayloadSpec::Size(64), RateSpec::IntervalMs(100.0)));
     assert_eq!(plan.duration, DEFAULT_DURATION);
+    assert_eq!(plan.timer_coalesce, Duration::ZERO, "every client wakes on its own deadline");
     assert!(plan.max_duration > plan.duration + plan.drain);
 }
 
@@ -167,6 +168,7 @@ fn numbers_beyond_what_squall_can_run_are_refused_with_the_bound() {
         (group("interval = \"1s\"\npayload_size = 4000000000"), 7, "more than an MQTT packet can carry"),
         (group("group_rate = 1e30"), 4, "lower group_rate to at most 100000000"),
         (group("interval = \"1ns\""), 4, "an interval under 10µs"),
+        (format!("[run]\ntimer_coalesce = \"11ms\"\n{}", group("interval = \"1s\"")), 2, "blur the schedule"),
     ] {
         let d = first_error(&text);
         assert_eq!(d.line, line, "{d}");
@@ -174,6 +176,8 @@ fn numbers_beyond_what_squall_can_run_are_refused_with_the_bound() {
     }
     // at the bounds: accepted
     load(&group("group_rate = 100000000")).unwrap();
+    let plan = load(&format!("[run]\ntimer_coalesce = \"10ms\"\n{}", group("interval = \"1s\""))).unwrap();
+    assert_eq!(plan.timer_coalesce, Duration::from_millis(10));
     load(&format!("[run]\nduration = \"30d\"\n{}", group("interval = \"10us\""))).unwrap();
     let ov = Overrides { duration: Some(Duration::from_secs(31 * 86_400)), ..Default::default() };
     let d = resolve(&Source::new("s.toml", group("interval = \"1s\"")), &ov).expect_err("flag checked too");
