@@ -110,7 +110,7 @@ async fn run(
         .collect();
     let mut tasks: JoinSet<Outcome> = JoinSet::new();
     for g in &groups {
-        for local in 0..g.a.count {
+        for local in 0..g.assignment.count {
             let c = Client::new(g.clone(), shared.clone(), local);
             tasks.spawn(c.run());
         }
@@ -151,9 +151,9 @@ async fn run(
     let grace = groups
         .iter()
         .map(|g| {
-            let share = g.a.count as f64 / g.a.spec.clients.max(1) as f64;
-            g.a.count as f64 / (g.a.spec.disconnect_rate * share).max(1e-9)
-                + g.a.spec.connect_timeout_ms as f64 / 1e3
+            let share = g.assignment.count as f64 / g.assignment.spec.clients.max(1) as f64;
+            g.assignment.count as f64 / (g.assignment.spec.disconnect_rate * share).max(1e-9)
+                + g.assignment.spec.connect_timeout_ms as f64 / 1e3
         })
         .fold(0.0, f64::max)
         + 5.0;
@@ -299,13 +299,13 @@ fn mark_start(clock: Clock, start_ns: u64, events: mpsc::Sender<AgentEvent>) {
 fn local_streams(groups: &[Arc<GroupRuntime>], shared: &Shared) -> Vec<StreamFinal> {
     let mut out = Vec::new();
     for g in groups {
-        if g.a.spec.publish.as_ref().is_none_or(|p| !p.payload.measured()) {
+        if g.assignment.spec.publish.as_ref().is_none_or(|p| !p.payload.measured()) {
             continue;
         }
-        for local in 0..g.a.count {
-            let index = g.a.first + local;
+        for local in 0..g.assignment.count {
+            let index = g.assignment.first + local;
             out.push(StreamFinal {
-                stream: g.a.stream_base + index,
+                stream: g.assignment.stream_base + index,
                 topic: g.topic_of(index, shared).unwrap_or_default(),
                 qos: g.publish_qos(),
                 sent: g.sent[local as usize].load(std::sync::atomic::Ordering::Acquire),
@@ -391,8 +391,8 @@ fn finalize(groups: &[Arc<GroupRuntime>], outcomes: Vec<Outcome>, streams: &[Str
     result.ledger_by_group = groups
         .iter()
         .zip(by_group)
-        .filter(|(g, _)| g.a.spec.subscribe.is_some())
-        .map(|(g, t)| (g.a.spec.name.clone(), t))
+        .filter(|(g, _)| g.assignment.spec.subscribe.is_some())
+        .map(|(g, t)| (g.assignment.spec.name.clone(), t))
         .collect();
     result
 }

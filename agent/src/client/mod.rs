@@ -10,34 +10,32 @@
 //! and the engine aborts tasks that outlive their shutdown grace.
 
 pub mod backoff;
+mod group;
 mod io;
 
+pub use group::{GroupRuntime, PayloadPlan};
+
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::clock::{Clock as _, MonotonicClock};
-use governor::middleware::NoOpMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
-use ntex_bytes::{BufMut, BytePages, ByteString, Bytes, BytesMut};
+use ntex_bytes::{BytePages, ByteString, Bytes, BytesMut};
 use tokio::sync::{Notify, watch};
 
 use crate::metrics::ledger::Seen;
 use crate::metrics::{LoadError, Metric, ReceiverLedger, Recorder, Shard, Timing};
 use crate::mqtt::codec::{ConnectSpec, QoS, Will, qos_from_u8};
 use crate::mqtt::inflight::{Kind, Token};
-use crate::mqtt::state::{Connection, Event, Fault, Options};
+use crate::mqtt::state::{Connection, Event, Fault};
 use crate::mqtt::transport::{self, ConnectFailure, Endpoint, Stream};
-use crate::pacer::{Pacer, Rate};
-use crate::payload::{HEADER_LEN, Header};
+use crate::pacer::Pacer;
+use crate::payload::Header;
 use crate::timer::{Sleep, Timers};
 use backoff::Backoff;
 use io::{IoEvent, poll_io};
 use squall_proto::clock::Clock;
-use squall_proto::plan::{GroupAssignment, PayloadSpec, RateSpec};
-use squall_proto::template::{Template, Vars};
 
 /// The largest packet a client accepts from a broker: a broken or hostile broker cannot make
 /// a client buffer more than this.
@@ -116,160 +114,6 @@ pub enum Receiver {
     Shared(Arc<Mutex<ReceiverLedger>>),
 }
 
-/// What the publish side of a group needs per message.
-pub struct PayloadPlan {
-    pub len: u32,
-    pub measured: bool,
-    /// Bytes after the header (filler or text), or the whole raw payload.
-    pub body: Bytes,
-}
-
-impl PayloadPlan {
-    pub fn from_spec(p: &PayloadSpec) -> PayloadPlan {
-        match p {
-            PayloadSpec::Size(n) => PayloadPlan {
-                len: *n,
-                measured: true,
-                body: Bytes::from(vec![b'x'; (*n as usize).saturating_sub(HEADER_LEN)]),
-            },
-            PayloadSpec::Text(t) => PayloadPlan {
-                len: (HEADER_LEN + t.len()) as u32,
-                measured: true,
-                body: Bytes::copy_from_slice(t.as_bytes()),
-            },
-            PayloadSpec::Raw(t) => PayloadPlan {
-                len: t.len() as u32,
-                measured: false,
-                body: Bytes::copy_from_slice(t.as_bytes()),
-            },
-        }
-    }
-
-    #[inline]
-    pub fn write(&self, h: &Header, out: &mut BytePages) {
-        if self.measured {
-            out.put_slice(&h.to_bytes());
-        }
-        out.put_slice(&self.body);
-    }
-}
-
-type Limiter = RateLimiter<NotKeyed, InMemoryState, MonotonicClock, NoOpMiddleware<std::time::Instant>>;
-
-/// What the clients of one group share.
-pub struct GroupRuntime {
-    pub a: GroupAssignment,
-    pub index: usize,
-    client_id: Template,
-    topic: Option<Template>,
-    filters: Vec<Template>,
-    will_topic: Option<Template>,
-    pub_qos: QoS,
-    sub_qos: QoS,
-    payload: Option<PayloadPlan>,
-    rate: Option<Rate>,
-    opts: Options,
-    reconnect_limiter: Option<Limiter>,
-    /// Shared-subscription ledgers by the rendered filter list.
-    pub shared: std::collections::HashMap<Vec<String>, Arc<Mutex<ReceiverLedger>>>,
-    /// Final sent count of each of this agent's publishers, by local index.
-    pub sent: Box<[AtomicU64]>,
-}
-
-impl GroupRuntime {
-    /// Builds the runtime of a validated group.
-    pub fn new(a: GroupAssignment, index: usize, run_tag: u32, agent: u32) -> GroupRuntime {
-        let s = &a.spec;
-        let t = |x: &str| Template::parse(x).expect("validated");
-        let reconnect_limiter = s.reconnect.enabled.then(|| {
-            let share = (a.count as f64 / s.clients.max(1) as f64).max(1e-9);
-            let per_sec = (s.reconnect.max_rate * share).max(0.001);
-            let quota = Quota::with_period(Duration::from_secs_f64(1.0 / per_sec))
-                .unwrap_or_else(|| Quota::per_second(std::num::NonZeroU32::MAX));
-            RateLimiter::direct_with_clock(quota, MonotonicClock)
-        });
-        let filters: Vec<Template> =
-            s.subscribe.iter().flat_map(|x| x.filters.iter()).map(|f| t(f)).collect();
-        let mut shared = std::collections::HashMap::new();
-        if let Some(sub) = &s.subscribe {
-            let is_shared = sub.filters.iter().any(|f| f.starts_with("$share/"));
-            if is_shared {
-                for i in a.first..a.first + a.count {
-                    let vars = Vars { group: &s.name, index: i, agent, run_tag };
-                    let key: Vec<String> = filters.iter().map(|f| f.render(&vars)).collect();
-                    shared.entry(key).or_insert_with(|| Arc::new(Mutex::new(ReceiverLedger::new())));
-                }
-            }
-        }
-        GroupRuntime {
-            index,
-            client_id: t(&s.client_id),
-            topic: s.publish.as_ref().map(|p| t(&p.topic)),
-            filters,
-            will_topic: s.will.as_ref().map(|w| t(&w.topic)),
-            pub_qos: s.publish.as_ref().and_then(|p| qos_from_u8(p.qos)).unwrap_or(QoS::AtMostOnce),
-            sub_qos: s.subscribe.as_ref().and_then(|x| qos_from_u8(x.qos)).unwrap_or(QoS::AtMostOnce),
-            payload: s.publish.as_ref().map(|p| PayloadPlan::from_spec(&p.payload)),
-            rate: s.publish.as_ref().map(|p| match p.rate {
-                RateSpec::IntervalMs(ms) => {
-                    Rate::PerClientInterval { interval_ns: (ms * 1e6).round() as u64 }
-                }
-                RateSpec::GroupPerSec(r) => Rate::GroupTotal { per_sec: r, clients: s.clients },
-            }),
-            opts: Options {
-                protocol: s.protocol,
-                keepalive_secs: s.keepalive_secs,
-                max_inflight: s.max_inflight,
-                connect_timeout_ns: s.connect_timeout_ms * 1_000_000,
-                ack_timeout_ns: s.ack_timeout_ms * 1_000_000,
-                max_inbound_packet: MAX_INBOUND_PACKET,
-            },
-            reconnect_limiter,
-            shared,
-            sent: (0..a.count).map(|_| AtomicU64::new(0)).collect(),
-            a,
-        }
-    }
-
-    pub fn vars(&self, index: u32, sh: &Shared) -> Vars<'_> {
-        Vars { group: &self.a.spec.name, index, agent: sh.agent, run_tag: sh.run_tag }
-    }
-
-    /// The group's publish topic for client `index`, if it publishes.
-    pub fn topic_of(&self, index: u32, sh: &Shared) -> Option<String> {
-        self.topic.as_ref().map(|t| t.render(&self.vars(index, sh)))
-    }
-
-    /// The rendered filters of client `index`.
-    pub fn filters_of(&self, index: u32, sh: &Shared) -> Vec<String> {
-        self.filters.iter().map(|f| f.render(&self.vars(index, sh))).collect()
-    }
-
-    pub fn publish_qos(&self) -> u8 {
-        u8::from(self.pub_qos)
-    }
-
-    pub fn subscribe_qos(&self) -> u8 {
-        u8::from(self.sub_qos)
-    }
-
-    fn local_rate(&self, per_sec: f64) -> f64 {
-        per_sec * self.a.count as f64 / self.a.spec.clients.max(1) as f64
-    }
-
-    /// When local client `local` makes its first attempt: the ramp spreads this agent's share
-    /// of the group evenly at its share of the group's connect rate.
-    fn first_attempt_ns(&self, local: u32, start_ns: u64) -> u64 {
-        let rate = self.local_rate(self.a.spec.connect_rate).max(1e-9);
-        start_ns + (local as f64 / rate * 1e9) as u64
-    }
-
-    fn disconnect_at_ns(&self, local: u32, at_ns: u64) -> u64 {
-        let rate = self.local_rate(self.a.spec.disconnect_rate).max(1e-9);
-        at_ns + (local as f64 / rate * 1e9) as u64
-    }
-}
-
 /// What a client hands back when it ends.
 pub struct Outcome {
     pub group: usize,
@@ -296,8 +140,8 @@ enum End {
 }
 
 pub struct Client {
-    g: Arc<GroupRuntime>,
-    sh: Arc<Shared>,
+    group: Arc<GroupRuntime>,
+    shared: Arc<Shared>,
     index: u32,
     local: u32,
     key: usize,
@@ -325,9 +169,9 @@ pub struct Client {
 
 impl Client {
     pub fn new(g: Arc<GroupRuntime>, sh: Arc<Shared>, local: u32) -> Client {
-        let index = g.a.first + local;
-        let global = g.a.client_base + index;
-        let s = &g.a.spec;
+        let index = g.assignment.first + local;
+        let global = g.assignment.client_base + index;
+        let s = &g.assignment.spec;
         let vars = g.vars(index, &sh);
         let spec = ConnectSpec {
             client_id: ByteString::from(g.client_id.render(&vars)),
@@ -360,7 +204,7 @@ impl Client {
             endpoint: global as usize % sh.endpoints.len(),
             source: (nsrc > 0).then(|| sh.sources[global as usize % nsrc]),
             topic: g.topic_of(index, &sh).map(ByteString::from),
-            stream: g.a.stream_base + index,
+            stream: g.assignment.stream_base + index,
             pacer: None,
             window_until: u64::MAX,
             publish_fixed: g.topic.is_none(),
@@ -377,19 +221,19 @@ impl Client {
             spec,
             index,
             local,
-            g,
-            sh,
+            group: g,
+            shared: sh,
         }
     }
 
     fn now(&self) -> u64 {
-        self.sh.clock.now_ns()
+        self.shared.clock.now_ns()
     }
 
     fn signal_ready(&mut self) {
         if !self.ready_signalled {
             self.ready_signalled = true;
-            self.sh.ready.done();
+            self.shared.ready.done();
         }
     }
 
@@ -405,11 +249,11 @@ impl Client {
             Some(p) => (p.taken(), p.due_before(end_ns.min(self.window_until)).saturating_sub(p.taken())),
             None => (0, 0),
         };
-        self.g.sent[self.local as usize].store(sent, Ordering::Release);
+        self.group.sent[self.local as usize].store(sent, Ordering::Release);
         if behind > 0 {
-            self.sh.rec.shard(self.key).counters.behind_schedule += behind;
+            self.shared.rec.shard(self.key).counters.behind_schedule += behind;
         }
-        self.sh.publishers.done();
+        self.shared.publishers.done();
     }
 
     /// The end of the publishing window, while it is still to come.
@@ -433,8 +277,8 @@ impl Client {
             Phase::Publish { start_ns, until_ns } => {
                 self.window_until = until_ns;
                 if !self.publish_fixed && self.pacer.is_none() {
-                    let rate = self.g.rate.expect("publishers have a rate");
-                    let clients = self.g.a.spec.clients;
+                    let rate = self.group.rate.expect("publishers have a rate");
+                    let clients = self.group.assignment.spec.clients;
                     self.pacer = Some(Pacer::new(
                         start_ns,
                         until_ns,
@@ -446,7 +290,7 @@ impl Client {
             }
             Phase::Finish { at_ns } => {
                 self.fix_publishing(u64::MAX);
-                Ok(Some(self.g.disconnect_at_ns(self.local, at_ns)))
+                Ok(Some(self.group.disconnect_at_ns(self.local, at_ns)))
             }
             Phase::Abort => {
                 // stopped mid-window: only what was owed by now fell behind
@@ -459,15 +303,15 @@ impl Client {
 
     /// Runs the client to the end of the run.
     pub async fn run(mut self) -> Outcome {
-        let mut attempt_at = self.g.first_attempt_ns(self.local, self.sh.start_ns);
+        let mut attempt_at = self.group.first_attempt_ns(self.local, self.shared.start_ns);
         let mut first = true;
         loop {
             if !self.idle_until(attempt_at).await {
                 break;
             }
-            if !first && self.g.reconnect_limiter.is_some() {
+            if !first && self.group.reconnect_limiter.is_some() {
                 // a storm limit on reconnections across the group's share
-                let g = self.g.clone();
+                let g = self.group.clone();
                 let l = g.reconnect_limiter.as_ref().expect("checked");
                 while let Err(not_until) = l.check() {
                     let wait = not_until.wait_time_from(MonotonicClock.now());
@@ -482,7 +326,7 @@ impl Client {
             self.signal_ready();
             match end {
                 End::Stop => break,
-                End::Retry if self.g.a.spec.reconnect.enabled => {
+                End::Retry if self.group.assignment.spec.reconnect.enabled => {
                     attempt_at = self.now() + self.backoff.next_delay_ns(&mut self.rng);
                 }
                 End::Retry => {
@@ -510,7 +354,7 @@ impl Client {
                 return true;
             }
             let wake = self.open_window_until().map_or(at_ns, |u| u.min(at_ns));
-            self.sleep.reset(self.sh.clock.instant_at(wake).into_std());
+            self.sleep.reset(self.shared.clock.instant_at(wake).into_std());
             tokio::select! {
                 _ = &mut self.sleep => {}
                 r = self.phase_rx.changed() => if r.is_err() { return false },
@@ -523,7 +367,7 @@ impl Client {
         // a handshake slot; the wait counts in corrected connect latency
         let permit = loop {
             tokio::select! {
-                p = self.sh.connecting.clone().acquire_owned() => break p.ok(),
+                p = self.shared.connecting.clone().acquire_owned() => break p.ok(),
                 r = self.phase_rx.changed() => {
                     if r.is_err() || matches!(*self.phase_rx.borrow(), Phase::Abort | Phase::Finish { .. }) {
                         return End::Stop;
@@ -531,9 +375,9 @@ impl Client {
                 }
             }
         };
-        self.sh.rec.shard(self.key).counters.connect_attempts += 1;
-        let ep = &self.sh.endpoints[self.endpoint];
-        let timeout = Duration::from_millis(self.g.a.spec.connect_timeout_ms);
+        self.shared.rec.shard(self.key).counters.connect_attempts += 1;
+        let ep = &self.shared.endpoints[self.endpoint];
+        let timeout = Duration::from_millis(self.group.assignment.spec.connect_timeout_ms);
         let stream = match tokio::time::timeout(timeout, transport::connect(ep, self.source)).await {
             Ok(Ok(s)) => s,
             Ok(Err(f)) => {
@@ -562,7 +406,7 @@ impl Client {
     }
 
     fn connect_failed(&mut self, e: LoadError) {
-        let mut s = self.sh.rec.shard(self.key);
+        let mut s = self.shared.rec.shard(self.key);
         s.counters.connect_failures += 1;
         s.error(e);
     }
@@ -578,7 +422,7 @@ impl Client {
         let mut pending: Option<BytePages> = None;
         let mut connected = false;
         let mut deadline = u64::MAX;
-        self.sleep.reset(self.sh.clock.instant_at(u64::MAX / 2).into_std());
+        self.sleep.reset(self.shared.clock.instant_at(u64::MAX / 2).into_std());
         // Publishing happens when the schedule's timer fires, or when whatever held messages
         // back (a full window, unsent bytes, the per-wake cap) may have let go. Not after every
         // flush: that would write a few messages per syscall instead of a tick's worth.
@@ -606,7 +450,7 @@ impl Client {
                 } else {
                     held_back = true;
                     if self.pacer.as_ref().is_some_and(|p| p.next_due_ns().is_some_and(|d| d <= now)) {
-                        self.sh.rec.shard(self.key).counters.send_buffer_full += 1;
+                        self.shared.rec.shard(self.key).counters.send_buffer_full += 1;
                     }
                 }
             }
@@ -624,7 +468,7 @@ impl Client {
             let backlog = pending.as_ref().map_or(0, |p| p.len());
             if connected
                 && backlog < WRITE_HIGH_WATER
-                && (self.g.pub_qos == QoS::AtMostOnce || self.conn.window_room() > 0)
+                && (self.group.pub_qos == QoS::AtMostOnce || self.conn.window_room() > 0)
             {
                 if let Some(p) = self.pacer.as_ref().filter(|_| !self.publish_fixed) {
                     next = next.min(p.next_due_ns().unwrap_or(u64::MAX));
@@ -638,7 +482,7 @@ impl Client {
             }
             if next != deadline {
                 deadline = next;
-                self.sleep.reset(self.sh.clock.instant_at(next.min(u64::MAX / 2)).into_std());
+                self.sleep.reset(self.shared.clock.instant_at(next.min(u64::MAX / 2)).into_std());
             }
             let mut bytes_out = 0u64;
             let wake = tokio::select! {
@@ -648,7 +492,7 @@ impl Client {
                 r = self.phase_rx.changed() => Wake::Phase(r.is_ok()),
             };
             if bytes_out > 0 {
-                self.sh.rec.shard(self.key).counters.bytes_out += bytes_out;
+                self.shared.rec.shard(self.key).counters.bytes_out += bytes_out;
             }
             let ev = match wake {
                 Wake::Io(r) => {
@@ -671,7 +515,7 @@ impl Client {
                     let now = self.now();
                     match self.conn.on_timer(now) {
                         Ok(0) => {}
-                        Ok(n) => self.sh.rec.shard(self.key).counters.ack_timeouts += n as u64,
+                        Ok(n) => self.shared.rec.shard(self.key).counters.ack_timeouts += n as u64,
                         Err(f) => break self.faulted(f, connected),
                     }
                 }
@@ -704,7 +548,7 @@ impl Client {
             }
         };
         if connected {
-            self.sh.rec.connected_dec();
+            self.shared.rec.connected_dec();
         }
         end
     }
@@ -719,10 +563,12 @@ impl Client {
         if pacer.next_due_ns().is_none_or(|t| t > now) {
             return false;
         }
-        let (Some(topic), Some(plan)) = (self.topic.as_ref(), self.g.payload.as_ref()) else { return false };
-        let qos = self.g.pub_qos;
-        let retain = self.g.a.spec.publish.as_ref().is_some_and(|p| p.retain);
-        let mut shard = self.sh.rec.shard(self.key);
+        let (Some(topic), Some(plan)) = (self.topic.as_ref(), self.group.payload.as_ref()) else {
+            return false;
+        };
+        let qos = self.group.pub_qos;
+        let retain = self.group.assignment.spec.publish.as_ref().is_some_and(|p| p.retain);
+        let mut shard = self.shared.rec.shard(self.key);
         let mut sent = 0u64;
         // bounded per wake-up so one late client cannot starve its worker thread
         while sent < 1024 {
@@ -731,7 +577,7 @@ impl Client {
             }
             let Some((seq, intended_ns)) = pacer.take_due(now) else { break };
             let header =
-                Header { run_tag: self.sh.run_tag, stream: self.stream, seq, intended_ns, sent_ns: now };
+                Header { run_tag: self.shared.run_tag, stream: self.stream, seq, intended_ns, sent_ns: now };
             match self.conn.publish(now, topic, qos, retain, Token { seq, intended_ns }, plan.len, |out| {
                 plan.write(&header, out)
             }) {
@@ -762,10 +608,10 @@ impl Client {
     ) -> Result<Option<End>, Fault> {
         let mut deferred: Vec<Event> = Vec::new();
         {
-            let rec = &self.sh.rec;
+            let rec = &self.shared.rec;
             let mut shard = rec.shard(self.key);
             shard.counters.bytes_in += n;
-            let run_tag = self.sh.run_tag;
+            let run_tag = self.shared.run_tag;
             let mut shared_guard;
             let ledger: Option<&mut ReceiverLedger> = match self.receiver.as_mut() {
                 Some(Receiver::Own(l)) => Some(l),
@@ -812,10 +658,10 @@ impl Client {
                         return Ok(Some(End::Retry));
                     }
                     *connected = true;
-                    self.sh.rec.connected_inc();
+                    self.shared.rec.connected_inc();
                     self.backoff.reset();
                     {
-                        let mut s = self.sh.rec.shard(self.key);
+                        let mut s = self.shared.rec.shard(self.key);
                         s.counters.connects += 1;
                         s.record(Metric::Connect, Timing::Raw, elapsed_ns);
                         s.record(Metric::Connect, Timing::Corrected, now.saturating_sub(intended_ns));
@@ -850,10 +696,10 @@ impl Client {
                             matches!(s.kind, Kind::AwaitPubAck | Kind::AwaitPubRec | Kind::AwaitPubComp)
                         })
                         .count();
-                    self.sh.rec.shard(self.key).counters.unacked += n as u64;
+                    self.shared.rec.shard(self.key).counters.unacked += n as u64;
                 }
                 Event::SubAck { codes, sent_ns, .. } => {
-                    let mut s = self.sh.rec.shard(self.key);
+                    let mut s = self.shared.rec.shard(self.key);
                     s.record(Metric::Subscribe, Timing::Raw, now.saturating_sub(sent_ns));
                     for (i, code) in codes.iter().enumerate() {
                         if *code < 0x80 {
@@ -884,9 +730,11 @@ impl Client {
 
     /// Resends open publishes on a resumed session, rebuilding each payload from its token.
     fn resend(&mut self, now: u64) -> Result<(), Fault> {
-        let (Some(topic), Some(plan)) = (self.topic.clone(), self.g.payload.as_ref()) else { return Ok(()) };
-        let retain = self.g.a.spec.publish.as_ref().is_some_and(|p| p.retain);
-        let (run_tag, stream) = (self.sh.run_tag, self.stream);
+        let (Some(topic), Some(plan)) = (self.topic.clone(), self.group.payload.as_ref()) else {
+            return Ok(());
+        };
+        let retain = self.group.assignment.spec.publish.as_ref().is_some_and(|p| p.retain);
+        let (run_tag, stream) = (self.shared.run_tag, self.stream);
         self.conn.resend_open(now, |slot, out| {
             let h = Header {
                 run_tag,
@@ -903,7 +751,7 @@ impl Client {
 
     fn lost(&mut self, e: LoadError, connected: bool) -> End {
         self.conn.lost();
-        let mut s = self.sh.rec.shard(self.key);
+        let mut s = self.shared.rec.shard(self.key);
         if connected {
             s.counters.connections_lost += 1;
         } else {
@@ -964,11 +812,11 @@ impl Client {
             .filter(|s| matches!(s.kind, Kind::AwaitPubAck | Kind::AwaitPubRec | Kind::AwaitPubComp))
             .count() as u64;
         if unacked > 0 {
-            self.sh.rec.shard(self.key).counters.unacked += unacked;
+            self.shared.rec.shard(self.key).counters.unacked += unacked;
         }
         self.signal_ready();
         Outcome {
-            group: self.g.index,
+            group: self.group.index,
             index: self.index,
             ledger: match self.receiver {
                 Some(Receiver::Own(l)) => Some(l),

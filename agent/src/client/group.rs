@@ -1,0 +1,175 @@
+//! What the clients of one group share: rendered templates, the payload, the rate, the
+//! reconnect limiter, shared-subscription ledgers, and each publisher's final count.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::MonotonicClock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use ntex_bytes::{BufMut, BytePages, Bytes};
+
+use super::{MAX_INBOUND_PACKET, Shared};
+use crate::metrics::ReceiverLedger;
+use crate::mqtt::codec::{QoS, qos_from_u8};
+use crate::mqtt::state::Options;
+use crate::pacer::Rate;
+use crate::payload::{HEADER_LEN, Header};
+use squall_proto::plan::{GroupAssignment, PayloadSpec, RateSpec};
+use squall_proto::template::{Template, Vars};
+
+/// What the publish side of a group needs per message.
+pub struct PayloadPlan {
+    pub len: u32,
+    pub measured: bool,
+    /// Bytes after the header (filler or text), or the whole raw payload.
+    pub body: Bytes,
+}
+
+impl PayloadPlan {
+    pub fn from_spec(p: &PayloadSpec) -> PayloadPlan {
+        match p {
+            PayloadSpec::Size(n) => PayloadPlan {
+                len: *n,
+                measured: true,
+                body: Bytes::from(vec![b'x'; (*n as usize).saturating_sub(HEADER_LEN)]),
+            },
+            PayloadSpec::Text(t) => PayloadPlan {
+                len: (HEADER_LEN + t.len()) as u32,
+                measured: true,
+                body: Bytes::copy_from_slice(t.as_bytes()),
+            },
+            PayloadSpec::Raw(t) => PayloadPlan {
+                len: t.len() as u32,
+                measured: false,
+                body: Bytes::copy_from_slice(t.as_bytes()),
+            },
+        }
+    }
+
+    #[inline]
+    pub fn write(&self, h: &Header, out: &mut BytePages) {
+        if self.measured {
+            out.put_slice(&h.to_bytes());
+        }
+        out.put_slice(&self.body);
+    }
+}
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, MonotonicClock, NoOpMiddleware<std::time::Instant>>;
+
+/// What the clients of one group share.
+pub struct GroupRuntime {
+    pub assignment: GroupAssignment,
+    pub index: usize,
+    pub(super) client_id: Template,
+    pub(super) topic: Option<Template>,
+    pub(super) filters: Vec<Template>,
+    pub(super) will_topic: Option<Template>,
+    pub(super) pub_qos: QoS,
+    pub(super) sub_qos: QoS,
+    pub(super) payload: Option<PayloadPlan>,
+    pub(super) rate: Option<Rate>,
+    pub(super) opts: Options,
+    pub(super) reconnect_limiter: Option<Limiter>,
+    /// Shared-subscription ledgers by the rendered filter list.
+    pub shared: std::collections::HashMap<Vec<String>, Arc<Mutex<ReceiverLedger>>>,
+    /// Final sent count of each of this agent's publishers, by local index.
+    pub sent: Box<[AtomicU64]>,
+}
+
+impl GroupRuntime {
+    /// Builds the runtime of a validated group.
+    pub fn new(a: GroupAssignment, index: usize, run_tag: u32, agent: u32) -> GroupRuntime {
+        let s = &a.spec;
+        let t = |x: &str| Template::parse(x).expect("validated");
+        let reconnect_limiter = s.reconnect.enabled.then(|| {
+            let share = (a.count as f64 / s.clients.max(1) as f64).max(1e-9);
+            let per_sec = (s.reconnect.max_rate * share).max(0.001);
+            let quota = Quota::with_period(Duration::from_secs_f64(1.0 / per_sec))
+                .unwrap_or_else(|| Quota::per_second(std::num::NonZeroU32::MAX));
+            RateLimiter::direct_with_clock(quota, MonotonicClock)
+        });
+        let filters: Vec<Template> =
+            s.subscribe.iter().flat_map(|x| x.filters.iter()).map(|f| t(f)).collect();
+        let mut shared = std::collections::HashMap::new();
+        if let Some(sub) = &s.subscribe {
+            let is_shared = sub.filters.iter().any(|f| f.starts_with("$share/"));
+            if is_shared {
+                for i in a.first..a.first + a.count {
+                    let vars = Vars { group: &s.name, index: i, agent, run_tag };
+                    let key: Vec<String> = filters.iter().map(|f| f.render(&vars)).collect();
+                    shared.entry(key).or_insert_with(|| Arc::new(Mutex::new(ReceiverLedger::new())));
+                }
+            }
+        }
+        GroupRuntime {
+            index,
+            client_id: t(&s.client_id),
+            topic: s.publish.as_ref().map(|p| t(&p.topic)),
+            filters,
+            will_topic: s.will.as_ref().map(|w| t(&w.topic)),
+            pub_qos: s.publish.as_ref().and_then(|p| qos_from_u8(p.qos)).unwrap_or(QoS::AtMostOnce),
+            sub_qos: s.subscribe.as_ref().and_then(|x| qos_from_u8(x.qos)).unwrap_or(QoS::AtMostOnce),
+            payload: s.publish.as_ref().map(|p| PayloadPlan::from_spec(&p.payload)),
+            rate: s.publish.as_ref().map(|p| match p.rate {
+                RateSpec::IntervalMs(ms) => {
+                    Rate::PerClientInterval { interval_ns: (ms * 1e6).round() as u64 }
+                }
+                RateSpec::GroupPerSec(r) => Rate::GroupTotal { per_sec: r, clients: s.clients },
+            }),
+            opts: Options {
+                protocol: s.protocol,
+                keepalive_secs: s.keepalive_secs,
+                max_inflight: s.max_inflight,
+                connect_timeout_ns: s.connect_timeout_ms * 1_000_000,
+                ack_timeout_ns: s.ack_timeout_ms * 1_000_000,
+                max_inbound_packet: MAX_INBOUND_PACKET,
+            },
+            reconnect_limiter,
+            shared,
+            sent: (0..a.count).map(|_| AtomicU64::new(0)).collect(),
+            assignment: a,
+        }
+    }
+
+    pub fn vars(&self, index: u32, sh: &Shared) -> Vars<'_> {
+        Vars { group: &self.assignment.spec.name, index, agent: sh.agent, run_tag: sh.run_tag }
+    }
+
+    /// The group's publish topic for client `index`, if it publishes.
+    pub fn topic_of(&self, index: u32, sh: &Shared) -> Option<String> {
+        self.topic.as_ref().map(|t| t.render(&self.vars(index, sh)))
+    }
+
+    /// The rendered filters of client `index`.
+    pub fn filters_of(&self, index: u32, sh: &Shared) -> Vec<String> {
+        self.filters.iter().map(|f| f.render(&self.vars(index, sh))).collect()
+    }
+
+    pub fn publish_qos(&self) -> u8 {
+        u8::from(self.pub_qos)
+    }
+
+    pub fn subscribe_qos(&self) -> u8 {
+        u8::from(self.sub_qos)
+    }
+
+    pub(super) fn local_rate(&self, per_sec: f64) -> f64 {
+        per_sec * self.assignment.count as f64 / self.assignment.spec.clients.max(1) as f64
+    }
+
+    /// When local client `local` makes its first attempt: the ramp spreads this agent's share
+    /// of the group evenly at its share of the group's connect rate.
+    pub(super) fn first_attempt_ns(&self, local: u32, start_ns: u64) -> u64 {
+        let rate = self.local_rate(self.assignment.spec.connect_rate).max(1e-9);
+        start_ns + (local as f64 / rate * 1e9) as u64
+    }
+
+    pub(super) fn disconnect_at_ns(&self, local: u32, at_ns: u64) -> u64 {
+        let rate = self.local_rate(self.assignment.spec.disconnect_rate).max(1e-9);
+        at_ns + (local as f64 / rate * 1e9) as u64
+    }
+}
