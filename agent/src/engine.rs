@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::client::window::ConnectWindow;
 use crate::client::{Client, Countdown, GroupRuntime, Outcome, Phase, Shared};
 use crate::metrics::{Collector, LedgerTotals, ReceiverLedger, Recorder, StreamFinal};
 use crate::mqtt::tls;
@@ -99,7 +100,7 @@ async fn run(
         ready: Countdown::new(n_clients),
         publishers: Countdown::new(n_publishers),
         start_ns,
-        connecting: Arc::new(tokio::sync::Semaphore::new(a.max_connecting as usize)),
+        connecting: ConnectWindow::new(a.max_connecting, a.adaptive_connecting),
         timers,
     });
     let groups: Vec<Arc<GroupRuntime>> = a

@@ -4,7 +4,7 @@
 //! apart: RSS from /proc, CPU from getrusage (tester) and /proc/<pid>/stat (broker).
 //!
 //! cargo bench -p squall-benches --bench e2e -- idle --clients 19000 [--broker squall]
-//! cargo bench -p squall-benches --bench e2e -- connect --clients 10000 --rate 40000
+//! cargo bench -p squall-benches --bench e2e -- connect --clients 10000 --rate 40000 [--inflight N|0] [--broker squall --connack-delay-ms 20]
 //! cargo bench -p squall-benches --bench e2e -- throughput --qos 0 --rate 1000000 --seconds 10
 //! cargo bench -p squall-benches --bench e2e -- lag --clients 1000 --rate 10 --seconds 10 [--coalesce-us 250]
 
@@ -28,6 +28,7 @@ struct Args {
     payload: u32,
     inflight: u32,
     coalesce_us: u64,
+    connack_delay_ms: u64,
 }
 
 fn args() -> Args {
@@ -41,6 +42,7 @@ fn args() -> Args {
         payload: 64,
         inflight: 256,
         coalesce_us: 0,
+        connack_delay_ms: 0,
     };
     let mut it = std::env::args().skip(1).filter(|s| s != "--bench");
     while let Some(x) = it.next() {
@@ -54,6 +56,7 @@ fn args() -> Args {
             "--payload" => a.payload = val().parse().unwrap(),
             "--inflight" => a.inflight = val().parse().unwrap(),
             "--coalesce-us" => a.coalesce_us = val().parse().unwrap(),
+            "--connack-delay-ms" => a.connack_delay_ms = val().parse().unwrap(),
             m if !m.starts_with('-') => a.mode = m.to_string(),
             other => panic!("unknown argument {other}"),
         }
@@ -74,7 +77,7 @@ impl Drop for Broker {
     }
 }
 
-fn start_broker(kind: &str) -> Broker {
+fn start_broker(kind: &str, connack_delay_ms: u64) -> Broker {
     match kind {
         "mosquitto" => {
             let port = free_port();
@@ -100,6 +103,7 @@ fn start_broker(kind: &str) -> Broker {
         "squall" => {
             let mut child = Command::new(std::env::current_exe().unwrap())
                 .arg("--serve-broker")
+                .arg(connack_delay_ms.to_string())
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -115,9 +119,19 @@ fn start_broker(kind: &str) -> Broker {
 
 /// Child mode: squall's broker on a free port until stdin closes.
 fn serve_broker() {
+    let delay_ms: u64 =
+        std::env::args().skip_while(|a| a != "--serve-broker").nth(1).unwrap().parse().unwrap();
+    let mut config = squall_broker::BrokerConfig::default();
+    if delay_ms > 0 {
+        // a broker far away, or slow to accept: every CONNACK takes this long
+        config.faults = vec![squall_broker::Rule::all(squall_broker::Action::Delay {
+            packet: squall_broker::AckPacket::ConnAck,
+            by: squall_broker::Delay::Fixed(Duration::from_millis(delay_ms)),
+        })];
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let b = squall_broker::Broker::start(squall_broker::BrokerConfig::default()).await.unwrap();
+        let b = squall_broker::Broker::start(config).await.unwrap();
         println!("PORT {}", b.local_addr().port());
         std::io::stdout().flush().unwrap();
         tokio::task::spawn_blocking(|| {
@@ -180,7 +194,10 @@ fn main() {
     let workers: usize = std::env::var("WORKERS").ok().and_then(|w| w.parse().ok()).unwrap_or(2);
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().unwrap();
-    let broker = start_broker(&a.broker);
+    if a.connack_delay_ms > 0 {
+        assert_eq!(a.broker, "squall", "--connack-delay-ms needs --broker squall");
+    }
+    let broker = start_broker(&a.broker, a.connack_delay_ms);
     let bpid = broker.child.id();
     let me = std::process::id();
     println!(
@@ -217,9 +234,12 @@ fn main() {
             );
         }
         "connect" => {
+            // --inflight 0: the default, adaptive window
+            let window =
+                if a.inflight == 0 { String::new() } else { format!("max_connecting = {}\n", a.inflight) };
             let text = format!(
-                "[run]\nduration = \"1s\"\ndrain = \"0s\"\nmax_connecting = {}\n[[group]]\nname = \"c\"\nclients = {}\nconnect_rate = {}\nkeepalive = \"300s\"\n",
-                a.inflight, a.clients, a.rate
+                "[run]\nduration = \"1s\"\ndrain = \"0s\"\n{window}[[group]]\nname = \"c\"\nclients = {}\nconnect_rate = {}\nkeepalive = \"300s\"\n",
+                a.clients, a.rate
             );
             let mut took = Duration::ZERO;
             let agg = rt.block_on(drive(&text, broker.port, |d| took = d));

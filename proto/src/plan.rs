@@ -41,6 +41,8 @@ pub struct Assignment {
     /// Connection handshakes (TCP, TLS, CONNECT→CONNACK) in flight at once, at most: a burst
     /// beyond a broker's accept queue loses SYNs, which clients retry only after a second.
     pub max_connecting: u32,
+    /// Whether the handshake window adapts (up to `max_connecting`) or stays at it.
+    pub adaptive_connecting: bool,
     /// Wake-ups closer together than this share one, µs (0: every client wakes on its own
     /// deadline). Cuts the tester's CPU at many clients; adds up to this much lag.
     pub timer_coalesce_us: u32,

@@ -114,6 +114,7 @@ impl From<&Assignment> for pb::Assignment {
             max_connecting: a.max_connecting,
             max_duration_ms: a.max_duration_ms,
             timer_coalesce_us: a.timer_coalesce_us,
+            adaptive_connecting: a.adaptive_connecting,
             clock_offset_ns: a.clock_offset_ns,
         }
     }
@@ -144,6 +145,7 @@ impl TryFrom<pb::Assignment> for Assignment {
             max_connecting: a.max_connecting,
             max_duration_ms: a.max_duration_ms,
             timer_coalesce_us: a.timer_coalesce_us,
+            adaptive_connecting: a.adaptive_connecting,
             clock_offset_ns: a.clock_offset_ns,
         })
     }

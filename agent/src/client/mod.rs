@@ -12,6 +12,7 @@
 pub mod backoff;
 mod group;
 mod io;
+pub mod window;
 
 pub use group::{GroupRuntime, PayloadPlan};
 
@@ -36,6 +37,7 @@ use crate::timer::{Sleep, Timers};
 use backoff::Backoff;
 use io::{IoEvent, poll_io};
 use squall_proto::clock::Clock;
+use window::{ConnectWindow, Slot};
 
 /// The largest packet a client accepts from a broker: a broken or hostile broker cannot make
 /// a client buffer more than this.
@@ -101,8 +103,8 @@ pub struct Shared {
     pub publishers: Countdown,
     /// When ramp-up started (connect schedules count from here), ns.
     pub start_ns: u64,
-    /// Permits for handshakes in flight.
-    pub connecting: Arc<tokio::sync::Semaphore>,
+    /// Slots for handshakes in flight.
+    pub connecting: Arc<ConnectWindow>,
     /// Wake-ups on schedule (tokio's own timer is 1 ms coarse).
     pub timers: Timers,
 }
@@ -367,7 +369,7 @@ impl Client {
         // a handshake slot; the wait counts in corrected connect latency
         let permit = loop {
             tokio::select! {
-                p = self.shared.connecting.clone().acquire_owned() => break p.ok(),
+                p = self.shared.connecting.acquire() => break p,
                 r = self.phase_rx.changed() => {
                     if r.is_err() || matches!(*self.phase_rx.borrow(), Phase::Abort | Phase::Finish { .. }) {
                         return End::Stop;
@@ -378,7 +380,11 @@ impl Client {
         self.shared.rec.shard(self.key).counters.connect_attempts += 1;
         let ep = &self.shared.endpoints[self.endpoint];
         let timeout = Duration::from_millis(self.group.assignment.spec.connect_timeout_ms);
-        let stream = match tokio::time::timeout(timeout, transport::connect(ep, self.source)).await {
+        let tcp_start = self.now();
+        let connected = tokio::time::timeout(timeout, transport::connect(ep, self.source)).await;
+        // a lost SYN shows as a connect of a second or more: the handshake window backs off
+        self.shared.connecting.tcp_connect(self.now().saturating_sub(tcp_start));
+        let stream = match connected {
             Ok(Ok(s)) => s,
             Ok(Err(f)) => {
                 let e = match f {
@@ -412,12 +418,7 @@ impl Client {
     }
 
     /// The connected part: returns when the connection ends.
-    async fn session(
-        &mut self,
-        mut stream: Stream,
-        intended_ns: u64,
-        mut permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    ) -> End {
+    async fn session(&mut self, mut stream: Stream, intended_ns: u64, mut permit: Option<Slot>) -> End {
         let mut rbuf = BytesMut::new();
         let mut pending: Option<BytePages> = None;
         let mut connected = false;
@@ -534,7 +535,9 @@ impl Client {
                     }
                     if connected && !was_connected {
                         publish_now = true;
-                        drop(permit.take()); // the handshake is over: free its slot
+                        // the handshake is over: it counts toward the window's rate, its slot is free
+                        self.shared.connecting.handshake(now);
+                        drop(permit.take());
                     }
                     if rbuf.is_empty() {
                         // an idle connection holds no read buffer

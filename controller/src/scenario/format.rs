@@ -74,8 +74,10 @@ pub struct Run {
     pub max_duration: Option<String>,
     /// How often agents report (default "1s").
     pub snapshot_interval: Option<String>,
-    /// Connection handshakes in flight at once, per agent (default 256). Brokers drop SYNs
-    /// beyond their accept queue (mosquitto's is small), which costs a second per client.
+    /// Connection handshakes in flight at once, per agent, fixed. Left out (the default), the
+    /// window adapts from 64 up to 4096: it grows while handshakes take no longer, and backs
+    /// off when they queue or a SYN is lost (brokers drop SYNs beyond their accept queue,
+    /// mosquitto's is small, and each costs its client a second).
     pub max_connecting: Option<u32>,
     /// Wake-ups of clients due closer together than this share one (default "0s": every
     /// client wakes on its own deadline, as precisely as the host allows; at most "10ms").

@@ -37,8 +37,10 @@ pub struct Plan {
     pub ramp_timeout: Duration,
     pub max_duration: Duration,
     pub snapshot_interval: Duration,
-    /// Handshakes in flight per agent.
+    /// Handshakes in flight per agent: the cap of an adaptive window, or the fixed window.
     pub max_connecting: u32,
+    /// True unless the scenario fixed `max_connecting`.
+    pub adaptive_connecting: bool,
     /// Wake-ups closer together than this share one.
     pub timer_coalesce: Duration,
     pub thresholds: Vec<Threshold>,

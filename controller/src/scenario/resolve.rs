@@ -13,6 +13,9 @@ use squall_proto::target::TargetUrl;
 use squall_proto::tls::TlsMaterial;
 
 use super::Plan;
+
+/// The most handshakes an adaptive window keeps in flight.
+pub const ADAPTIVE_CONNECTING_MAX: u32 = 4096;
 use super::format::{self, Scenario};
 use super::source::{Diagnostic, Diagnostics, Seg, Source};
 use crate::path;
@@ -260,7 +263,7 @@ pub fn resolve(src: &Source, ov: &Overrides) -> Result<Plan, Diagnostics> {
             1
         }
         Some(n) => n,
-        None => 256,
+        None => ADAPTIVE_CONNECTING_MAX,
     };
     let timer_coalesce = cx.duration(path!["run", "timer_coalesce"], &run.timer_coalesce, Duration::ZERO);
     if timer_coalesce.as_micros() > squall_proto::plan::MAX_TIMER_COALESCE_US as u128 {
@@ -275,6 +278,7 @@ pub fn resolve(src: &Source, ov: &Overrides) -> Result<Plan, Diagnostics> {
     }
     Ok(Plan {
         max_connecting,
+        adaptive_connecting: run.max_connecting.is_none(),
         timer_coalesce,
         name,
         run_tag: fastrand::u32(..),
