@@ -143,3 +143,34 @@ fn an_abort_rule_ends_the_run_early_with_a_settled_report() {
 unsafe extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
 }
+
+/// A stalled broker stops taking bytes; the clients' unsent bytes stay within the agent's one
+/// budget (not 256 KiB per client), and what the schedule owed and could not send is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_broker_cannot_make_the_agent_hold_more_than_its_unsent_budget() {
+    const BUDGET: u64 = 64 << 10;
+    let broker = support::broker(|_| {}).await;
+    // one publisher flooding: the kernel's socket buffers fill first (a few MiB on loopback),
+    // then the client's own, up to the budget
+    let text = format!(
+        "[run]\nduration = \"6s\"\ndrain = \"0s\"\nmax_unsent_bytes = {BUDGET}\n[[group]]\nname = \"f\"\nclients = 1\n[group.publish]\ntopic = \"flood/0\"\nqos = 0\npayload_size = 64\ngroup_rate = 100000\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let plan = support::plan(&text, &support::url(&broker), dir.path());
+    let run = tokio::spawn(support::run(plan));
+    connections(&broker, 1).await;
+    broker.stall_for(Duration::from_secs(30));
+    let report = run.await.unwrap();
+    let c = &report.counters;
+    let published = c["published_qos0"];
+    // PUBLISH: header 1 + remaining length 1 + topic 2 + 7 + payload 64
+    let encoded = published * 75;
+    // CONNECT went out too, so this is at least what was left unsent at the end
+    let unsent = encoded.saturating_sub(c["bytes_out"]);
+    eprintln!("published {published}, bytes out {}, unsent ≥ {unsent}, {c:?}", c["bytes_out"]);
+    assert!(c["send_buffer_full"] > 0, "the budget was never reached: the test proves nothing");
+    assert!(c["behind_schedule"] > 0, "what could not be sent is counted behind schedule");
+    assert!(unsent <= BUDGET + 75, "{unsent} bytes unsent, over the {BUDGET}-byte budget");
+    // the per-client limit (256 KiB) alone would have let it hold four times as much
+    assert!(unsent > BUDGET / 2, "only {unsent} bytes were held: the budget did not bind");
+}

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::client::window::ConnectWindow;
-use crate::client::{Client, Countdown, GroupRuntime, Outcome, Phase, Shared};
+use crate::client::{Client, Countdown, GroupRuntime, Outcome, Phase, Shared, Unsent};
 use crate::metrics::{Collector, LedgerTotals, ReceiverLedger, Recorder, StreamFinal};
 use crate::mqtt::tls;
 use crate::mqtt::transport::Endpoint;
@@ -102,6 +102,7 @@ async fn run(
         start_ns,
         connecting: ConnectWindow::new(a.max_connecting, a.adaptive_connecting),
         timers,
+        unsent: Unsent::new(a.max_unsent_bytes),
     });
     let groups: Vec<Arc<GroupRuntime>> = a
         .groups

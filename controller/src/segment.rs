@@ -30,6 +30,7 @@ pub fn segment(plan: &Plan, targets: &[squall_proto::target::TargetUrl], weights
             snapshot_interval_ms: plan.snapshot_interval.as_millis().max(1) as u64,
             max_connecting: plan.max_connecting,
             adaptive_connecting: plan.adaptive_connecting,
+            max_unsent_bytes: plan.max_unsent_bytes,
             timer_coalesce_us: plan.timer_coalesce.as_micros() as u32,
             max_duration_ms: plan.max_duration.as_millis().max(1) as u64,
             // set by the link, which knows the agent's clock

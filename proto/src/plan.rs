@@ -43,6 +43,9 @@ pub struct Assignment {
     pub max_connecting: u32,
     /// Whether the handshake window adapts (up to `max_connecting`) or stays at it.
     pub adaptive_connecting: bool,
+    /// Bytes all of this agent's clients may hold written but not yet taken by the kernel:
+    /// past it, no client takes more messages from its schedule (they fall behind, counted).
+    pub max_unsent_bytes: u64,
     /// Wake-ups closer together than this share one, µs (0: every client wakes on its own
     /// deadline). Cuts the tester's CPU at many clients; adds up to this much lag.
     pub timer_coalesce_us: u32,
@@ -316,6 +319,12 @@ impl Assignment {
                 "snapshot interval, max duration and max connecting must be positive".into(),
             ));
         }
+        if self.max_unsent_bytes < MIN_UNSENT_BYTES {
+            return Err(PlanError::Run(format!(
+                "an unsent-bytes budget of {} bytes is below {MIN_UNSENT_BYTES}",
+                self.max_unsent_bytes
+            )));
+        }
         if self.timer_coalesce_us > MAX_TIMER_COALESCE_US {
             return Err(PlanError::Run(format!(
                 "timer coalescing of {} µs is above {MAX_TIMER_COALESCE_US} µs",
@@ -364,6 +373,12 @@ pub const MIN_INTERVAL_MS: f64 = 0.01;
 
 /// The most wake-ups may be coalesced, µs: past 10 ms the schedule itself would blur.
 pub const MAX_TIMER_COALESCE_US: u32 = 10_000;
+
+/// What an agent's clients may hold unsent by default, bytes: a stalled broker must not let
+/// 100,000 clients queue 256 KiB each (25 GB).
+pub const DEFAULT_UNSENT_BYTES: u64 = 256 << 20;
+/// The smallest unsent-bytes budget, bytes.
+pub const MIN_UNSENT_BYTES: u64 = 64 << 10;
 
 /// What one client costs an agent at rest, bytes: measured 3.68 KiB per connection held (RSS
 /// over 100,000 connections, BENCHMARKS.md), rounded up.

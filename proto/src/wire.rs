@@ -115,6 +115,7 @@ impl From<&Assignment> for pb::Assignment {
             max_duration_ms: a.max_duration_ms,
             timer_coalesce_us: a.timer_coalesce_us,
             adaptive_connecting: a.adaptive_connecting,
+            max_unsent_bytes: a.max_unsent_bytes,
             clock_offset_ns: a.clock_offset_ns,
         }
     }
@@ -146,6 +147,7 @@ impl TryFrom<pb::Assignment> for Assignment {
             max_duration_ms: a.max_duration_ms,
             timer_coalesce_us: a.timer_coalesce_us,
             adaptive_connecting: a.adaptive_connecting,
+            max_unsent_bytes: a.max_unsent_bytes,
             clock_offset_ns: a.clock_offset_ns,
         })
     }

@@ -17,7 +17,7 @@ pub mod window;
 pub use group::{GroupRuntime, PayloadPlan};
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -107,6 +107,56 @@ pub struct Shared {
     pub connecting: Arc<ConnectWindow>,
     /// Wake-ups on schedule (tokio's own timer is 1 ms coarse).
     pub timers: Timers,
+    /// Bytes written by clients and not yet taken by the kernel, against the agent's budget.
+    pub unsent: Unsent,
+}
+
+/// The agent's unsent bytes: one budget for all its clients, so a stalled broker cannot make
+/// 100,000 clients hold 256 KiB each.
+#[derive(Debug)]
+pub struct Unsent {
+    bytes: AtomicU64,
+    budget: u64,
+}
+
+impl Unsent {
+    pub fn new(budget: u64) -> Unsent {
+        Unsent { bytes: AtomicU64::new(0), budget }
+    }
+
+    fn add(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn sub(&self, n: u64) {
+        self.bytes.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Room left in the budget, bytes.
+    pub fn room(&self) -> u64 {
+        self.budget.saturating_sub(self.bytes.load(Ordering::Relaxed))
+    }
+
+    /// Takes up to `want` bytes of the room (all clients reserve before they write, so the
+    /// budget holds however many threads write at once). Returns what was granted.
+    fn reserve(&self, want: u64) -> u64 {
+        let mut cur = self.bytes.load(Ordering::Relaxed);
+        loop {
+            let grant = want.min(self.budget.saturating_sub(cur));
+            if grant == 0 {
+                return 0;
+            }
+            match self.bytes.compare_exchange_weak(cur, cur + grant, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return grant,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
 }
 
 /// Where a subscriber's deliveries are accounted.
@@ -429,6 +479,8 @@ impl Client {
         // flush: that would write a few messages per syscall instead of a tick's worth.
         let mut publish_now = true;
         let mut held_back = false;
+        // bytes this connection queued and the kernel has not taken: the agent's budget holds them
+        let mut queued = 0u64;
         let end = loop {
             let now = self.now();
             let disconnect_at = match self.follow_phase() {
@@ -443,14 +495,22 @@ impl Client {
             // backpressure: while the broker is not taking what was written, take no more from
             // the schedule (the messages stay owed; what is never sent is behind schedule)
             let backlog = pending.as_ref().map_or(0, |p| p.len());
+            let mut reserved = 0;
             if connected && publish_now {
-                if backlog < WRITE_HIGH_WATER {
+                let due = !self.publish_fixed
+                    && self.pacer.as_ref().is_some_and(|p| p.next_due_ns().is_some_and(|d| d <= now));
+                // what this client may write: its own room, out of the agent's
+                let own = WRITE_HIGH_WATER.saturating_sub(backlog) as u64;
+                if due && own > 0 {
+                    reserved = self.shared.unsent.reserve(own);
+                }
+                if reserved > 0 {
                     // messages intended inside the window go out at the first chance, even if
                     // that chance comes after the window closed (a timer tick late)
-                    held_back = self.publish_due(now);
+                    held_back = self.publish_due(now, reserved);
                 } else {
-                    held_back = true;
-                    if self.pacer.as_ref().is_some_and(|p| p.next_due_ns().is_some_and(|d| d <= now)) {
+                    held_back = due;
+                    if due {
                         self.shared.rec.shard(self.key).counters.send_buffer_full += 1;
                     }
                 }
@@ -458,7 +518,16 @@ impl Client {
             if self.open_window_until().is_some_and(|u| now >= u) {
                 self.fix_publishing(u64::MAX);
             }
-            if let Some(mut out) = self.conn.take_output() {
+            let out = self.conn.take_output();
+            // the reservation becomes what was really queued, in one step
+            let n = out.as_ref().map_or(0, |o| o.len() as u64);
+            if n >= reserved {
+                self.shared.unsent.add(n - reserved);
+            } else {
+                self.shared.unsent.sub(reserved - n);
+            }
+            queued += n;
+            if let Some(mut out) = out {
                 match pending.as_mut() {
                     Some(p) => out.move_to(p),
                     None => pending = Some(out),
@@ -472,7 +541,11 @@ impl Client {
                 && (self.group.pub_qos == QoS::AtMostOnce || self.conn.window_room() > 0)
             {
                 if let Some(p) = self.pacer.as_ref().filter(|_| !self.publish_fixed) {
-                    next = next.min(p.next_due_ns().unwrap_or(u64::MAX));
+                    let due = p.next_due_ns().unwrap_or(u64::MAX);
+                    // the agent's budget is full with other clients' bytes: nothing of this
+                    // client's will free it, so look again in a millisecond
+                    let due = if self.shared.unsent.room() == 0 { due.max(now + 1_000_000) } else { due };
+                    next = next.min(due);
                 }
             }
             if let Some(u) = self.open_window_until() {
@@ -494,6 +567,9 @@ impl Client {
             };
             if bytes_out > 0 {
                 self.shared.rec.shard(self.key).counters.bytes_out += bytes_out;
+                let taken = bytes_out.min(queued);
+                self.shared.unsent.sub(taken);
+                queued -= taken;
             }
             let ev = match wake {
                 Wake::Io(r) => {
@@ -550,15 +626,17 @@ impl Client {
                 Some(Err(_)) => break self.lost(LoadError::ConnectionLost, connected),
             }
         };
+        // whatever it still held leaves with the connection
+        self.shared.unsent.sub(queued);
         if connected {
             self.shared.rec.connected_dec();
         }
         end
     }
 
-    /// Publishes every message that is due, as far as the window allows. Returns true when
-    /// due messages were held back (window full, or the per-wake cap).
-    fn publish_due(&mut self, now: u64) -> bool {
+    /// Publishes every message that is due, as far as the window and `room` (bytes) allow.
+    /// Returns true when due messages were held back (window full, no room, the per-wake cap).
+    fn publish_due(&mut self, now: u64, room: u64) -> bool {
         if self.publish_fixed {
             return false;
         }
@@ -573,8 +651,12 @@ impl Client {
         let retain = self.group.assignment.spec.publish.as_ref().is_some_and(|p| p.retain);
         let mut shard = self.shared.rec.shard(self.key);
         let mut sent = 0u64;
-        // bounded per wake-up so one late client cannot starve its worker thread
-        while sent < 1024 {
+        // a packet's size: fixed header (≤ 5), topic (2 + len), packet id (2), payload
+        let packet = 9 + topic.len() as u64 + plan.len as u64;
+        let mut written = 0u64;
+        // bounded per wake-up so one late client cannot starve its worker thread; within the
+        // bytes reserved (the last message may pass them by less than its size)
+        while sent < 1024 && written < room {
             if qos != QoS::AtMostOnce && self.conn.window_room() == 0 {
                 break;
             }
@@ -586,6 +668,7 @@ impl Client {
             }) {
                 Ok(Ok(())) => {
                     sent += 1;
+                    written += packet;
                     shard.record(Metric::Lag, Timing::Raw, now - intended_ns);
                 }
                 // cannot happen after the room check; the message stays unsent and due
@@ -861,5 +944,34 @@ fn on_message(
             Seen::Duplicate => shard.counters.duplicates += 1,
             Seen::New { out_of_order: false } => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_never_pass_the_budget_however_many_threads_take() {
+        let unsent = Arc::new(Unsent::new(1 << 20));
+        let peak = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (unsent, peak) = (unsent.clone(), peak.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        let got = unsent.reserve(64 << 10);
+                        peak.fetch_max(unsent.held(), Ordering::Relaxed);
+                        unsent.sub(got);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(peak.load(Ordering::Relaxed) <= 1 << 20);
+        assert_eq!(unsent.held(), 0, "every reservation given back");
+        assert_eq!(unsent.reserve(u64::MAX), 1 << 20, "a grant is at most the room");
     }
 }

@@ -84,6 +84,11 @@ pub struct Run {
     /// Thousands of clients each waking on its own cost the tester CPU; "250us" or "1ms"
     /// trades that much timer lag (reported, and in corrected latency) for fewer wake-ups.
     pub timer_coalesce: Option<String>,
+    /// Bytes all clients of one agent may hold written but not yet taken by the network
+    /// (default 268435456, 256 MiB; at least 65536). A stalled broker fills every client's
+    /// buffer: past this, clients take no more messages from their schedules, and what they
+    /// owe is counted behind schedule. Each client also stops at 256 KiB of its own.
+    pub max_unsent_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]

@@ -41,6 +41,8 @@ pub struct Plan {
     pub max_connecting: u32,
     /// True unless the scenario fixed `max_connecting`.
     pub adaptive_connecting: bool,
+    /// Bytes each agent's clients may hold unsent, all together.
+    pub max_unsent_bytes: u64,
     /// Wake-ups closer together than this share one.
     pub timer_coalesce: Duration,
     pub thresholds: Vec<Threshold>,

@@ -273,10 +273,19 @@ pub fn resolve(src: &Source, ov: &Overrides) -> Result<Plan, Diagnostics> {
             format!("at most {} µs", squall_proto::plan::MAX_TIMER_COALESCE_US),
         );
     }
+    let max_unsent_bytes = run.max_unsent_bytes.unwrap_or(squall_proto::plan::DEFAULT_UNSENT_BYTES);
+    if max_unsent_bytes < squall_proto::plan::MIN_UNSENT_BYTES {
+        cx.err(
+            path!["run", "max_unsent_bytes"],
+            format!("{max_unsent_bytes} bytes leaves no room to send"),
+            format!("at least {}", squall_proto::plan::MIN_UNSENT_BYTES),
+        );
+    }
     if !cx.errors.is_empty() {
         return Err(Diagnostics(cx.errors));
     }
     Ok(Plan {
+        max_unsent_bytes,
         max_connecting,
         adaptive_connecting: run.max_connecting.is_none(),
         timer_coalesce,

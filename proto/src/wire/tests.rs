@@ -106,7 +106,7 @@ fn assignment() -> impl Strategy<Value = Assignment> {
         tls,
         proptest::collection::vec(any::<std::net::IpAddr>(), 0..3),
         proptest::collection::vec(group, 0..3),
-        (any::<u64>(), any::<u32>(), any::<u64>(), any::<i64>(), any::<u32>(), any::<bool>()),
+        (any::<u64>(), any::<u32>(), any::<u64>(), any::<i64>(), any::<u32>(), any::<bool>(), any::<u64>()),
     )
         .prop_map(
             |(
@@ -116,7 +116,7 @@ fn assignment() -> impl Strategy<Value = Assignment> {
                 tls,
                 source_addresses,
                 groups,
-                (snap, maxc, maxd, offset, coalesce, adaptive),
+                (snap, maxc, maxd, offset, coalesce, adaptive, unsent),
             )| {
                 Assignment {
                     run_tag,
@@ -131,6 +131,7 @@ fn assignment() -> impl Strategy<Value = Assignment> {
                     clock_offset_ns: offset,
                     timer_coalesce_us: coalesce,
                     adaptive_connecting: adaptive,
+                    max_unsent_bytes: unsent,
                 }
             },
         )

@@ -172,6 +172,7 @@ fn numbers_beyond_what_squall_can_run_are_refused_with_the_bound() {
         (group("group_rate = 1e30"), 4, "lower group_rate to at most 100000000"),
         (group("interval = \"1ns\""), 4, "an interval under 10µs"),
         (format!("[run]\ntimer_coalesce = \"11ms\"\n{}", group("interval = \"1s\"")), 2, "blur the schedule"),
+        (format!("[run]\nmax_unsent_bytes = 100\n{}", group("interval = \"1s\"")), 2, "no room to send"),
     ] {
         let d = first_error(&text);
         assert_eq!(d.line, line, "{d}");
