@@ -239,3 +239,76 @@ qos = 1
     );
     assert_eq!((stats.dropped_queue_full, stats.dropped_offline_qos0), (0, 0));
 }
+
+/// Two device classes in one run, one behind a slow broker path: each group's latencies are
+/// its own (the slow group's PUBACKs carry the delay, the fast group's do not), e2e belongs to
+/// the group that published (not to the subscriber's), and rules can name a group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_group_reports_its_own_latency_and_rules_can_name_it() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let d = Duration::from_millis(20);
+    let broker = support::broker(|c| {
+        c.faults = vec![Rule::for_clients(
+            "slow-*",
+            Action::Delay { packet: AckPacket::PubAck, by: Delay::Fixed(d) },
+        )];
+    })
+    .await;
+    let text = r#"
+thresholds = [
+  "puback{group=slow}.p50 >= 20ms",
+  "puback{group=fast}.raw.p99 < 20ms",
+  "e2e{group=app}.count == 0",
+  "e2e{group=fast}.count > 0",
+]
+[run]
+duration = "3s"
+drain = "500ms"
+[[group]]
+name = "fast"
+clients = 3
+client_id = "fast-{i}"
+[group.publish]
+topic = "g/fast/{i}"
+qos = 1
+interval = "50ms"
+[[group]]
+name = "slow"
+clients = 2
+client_id = "slow-{i}"
+[group.publish]
+topic = "g/slow/{i}"
+qos = 1
+interval = "50ms"
+[[group]]
+name = "app"
+clients = 1
+[group.subscribe]
+filters = ["g/#"]
+qos = 1
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let report = support::run(support::plan(text, &support::url(&broker), dir.path())).await;
+    assert_eq!(report.delivery.all.lost, 0, "{:?}", report.delivery);
+    let group = |name: &str| report.groups.iter().find(|g| g.name == name).unwrap();
+    let corrected = |g: &str, m: &str| group(g).latency.get(m).and_then(|l| l.corrected);
+    let raw = |g: &str, m: &str| group(g).latency.get(m).and_then(|l| l.raw);
+    let (fast, slow) = (corrected("fast", "puback").unwrap(), corrected("slow", "puback").unwrap());
+    eprintln!("fast puback {fast:?}\nslow puback {slow:?}");
+    assert!(slow.min_us >= d.as_micros() as u64, "every slow PUBACK was held: {slow:?}");
+    let fast_raw = raw("fast", "puback").unwrap();
+    assert!(fast_raw.p99_us < d.as_micros() as u64, "no fast PUBACK was held: {fast_raw:?}");
+    // e2e: the publishers' groups, the subscriber's none; together, the run's total
+    let e2e = |g: &str| corrected(g, "e2e").map_or(0, |p| p.count);
+    assert_eq!(e2e("app"), 0, "the subscriber published nothing");
+    assert!(e2e("fast") > 0 && e2e("slow") > 0);
+    assert_eq!(e2e("fast") + e2e("slow"), report.latency["e2e"].corrected.unwrap().count);
+    assert_eq!(
+        (corrected("fast", "puback").unwrap().count + slow.count),
+        report.latency["puback"].corrected.unwrap().count
+    );
+    for t in &report.thresholds {
+        assert!(t.pass, "{t:?}");
+    }
+    broker.shutdown().await;
+}

@@ -103,6 +103,7 @@ async fn run(
         connecting: ConnectWindow::new(a.max_connecting, a.adaptive_connecting),
         timers,
         unsent: Unsent::new(a.max_unsent_bytes),
+        publish_ranges: a.publish_ranges.clone(),
     });
     let groups: Vec<Arc<GroupRuntime>> = a
         .groups

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use squall_proto::metrics::{Counters, Hists, Latency, LoadError, Metric, Snapshot, Timing};
+use squall_proto::metrics::{Counters, GroupedHists, Hists, Latency, LoadError, Metric, Snapshot, Timing};
 
 use crate::report::{AgentReport, AgentStatus};
 
@@ -56,7 +56,13 @@ pub struct Aggregate {
     start_ns: u64,
     pub counters: Counters,
     pub errors: BTreeMap<LoadError, u64>,
+    /// The run's latencies, all groups together.
     pub hists: Hists,
+    /// The same by scenario group (its position); e2e by the publishing group.
+    pub by_group: GroupedHists,
+    /// Groups in the scenario: a histogram labelled past them is a rogue agent's.
+    groups: u32,
+    group_names: Vec<String>,
     pub timeline: Vec<IntervalRow>,
     pending: BTreeMap<u64, PendingRow>,
     connected: HashMap<u32, u64>,
@@ -77,16 +83,35 @@ pub struct Aggregate {
     live_since_ns: u64,
 }
 
+/// The most groups an aggregate keeps apart, unless told the scenario's count.
+const MAX_GROUPS: u32 = 1024;
+
 /// Rows wait this many intervals for slower agents before they are final.
 const ROW_LAG: u64 = 3;
 
 impl Aggregate {
+    /// Names the scenario's groups, in order (snapshots naming others are refused).
+    pub fn with_groups(mut self, names: Vec<String>) -> Aggregate {
+        self.groups = names.len().min(MAX_GROUPS as usize) as u32;
+        self.group_names = names;
+        self
+    }
+
+    /// The histograms of the group called `name`, if it recorded anything.
+    pub fn group_hists(&self, name: &str) -> Option<&Hists> {
+        let index = self.group_names.iter().position(|g| g == name)?;
+        self.by_group.group(index as u32)
+    }
+
     pub fn new(start_ns: u64) -> Aggregate {
         Aggregate {
             start_ns,
             counters: Counters::default(),
             errors: BTreeMap::new(),
             hists: Hists::new(),
+            by_group: GroupedHists::new(),
+            groups: MAX_GROUPS,
+            group_names: Vec::new(),
             timeline: Vec::new(),
             pending: BTreeMap::new(),
             connected: HashMap::new(),
@@ -141,10 +166,14 @@ impl Aggregate {
         pending.row.received += s.counters.received();
         pending.row.connects += s.counters.connects;
         pending.row.errors += n_errors;
+        if let Some(h) = s.histograms.iter().find(|h| h.group >= self.groups) {
+            return Err(format!("a histogram of group {}, which the scenario does not have", h.group));
+        }
         for h in &s.histograms {
             let mut l = Latency::from_v2(&h.v2)?;
             l.clamped = h.clamped;
             self.hists.get_mut(h.metric, h.timing).add(&l);
+            self.by_group.group_mut(h.group).get_mut(h.metric, h.timing).add(&l);
             if h.metric == Metric::Lag {
                 self.lag.entry(s.agent).or_insert_with(Latency::new).add(&l);
                 self.live_health.entry(s.agent).or_insert_with(|| (0.0, Latency::new())).1.add(&l);
@@ -280,6 +309,7 @@ mod tests {
                 timing: Timing::Corrected,
                 v2: l.to_v2(),
                 clamped: 0,
+                group: agent,
             }],
         }
     }
@@ -296,10 +326,26 @@ mod tests {
         assert_eq!(a.error_count(), 12);
         assert_eq!(a.connected(), 10);
         assert_eq!(a.hists.get(Metric::E2e, Timing::Corrected).len(), 18);
+        // each agent's snapshot was labelled with its own group here: the totals are the sum
+        assert_eq!(a.by_group.group(0).unwrap().get(Metric::E2e, Timing::Corrected).len(), 12);
+        assert_eq!(a.by_group.group(1).unwrap().get(Metric::E2e, Timing::Corrected).len(), 6);
         assert_eq!(a.timeline.len(), 6);
         assert!(a.timeline.iter().all(|r| r.published == 15 && r.connected == 10));
         assert_eq!(a.timeline[0].e2e_max_us, Some(300));
         assert_eq!(a.missing_snapshots, 0);
+    }
+
+    #[test]
+    fn a_histogram_of_a_group_the_scenario_lacks_is_refused_before_any_allocation() {
+        let mut a = Aggregate::new(0).with_groups(vec!["only".into()]);
+        let mut s = snap(0, 0, 1, &[5]);
+        s.histograms[0].group = u32::MAX;
+        let e = a.apply(&s).unwrap_err();
+        assert!(e.contains("group 4294967295"), "{e}");
+        assert!(a.by_group.group(0).is_none() && a.hists.get(Metric::E2e, Timing::Corrected).is_empty());
+        assert!(a.group_hists("only").is_none());
+        a.apply(&snap(0, 1, 1, &[5])).unwrap();
+        assert_eq!(a.group_hists("only").unwrap().get(Metric::E2e, Timing::Corrected).len(), 1);
     }
 
     #[test]

@@ -179,7 +179,7 @@ pub async fn run(
     let mut start_late: Vec<Option<i64>> = vec![None; n_agents];
 
     let clients = plan.clients();
-    let mut agg = Aggregate::new(start_ns);
+    let mut agg = Aggregate::new(start_ns).with_groups(plan.groups.iter().map(|g| g.name.clone()).collect());
     let mut warnings = Vec::new();
     let (mut ready, mut done_publishing, mut finished) = (0, 0, 0);
     let mut results: Vec<AgentResult> = Vec::new();

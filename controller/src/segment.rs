@@ -10,7 +10,7 @@
 //! clients: a group's rate is spread over its clients, so an agent's share of the rate is its
 //! share of the clients and the shares sum to the group's rate.
 
-use squall_proto::plan::{Assignment, GroupAssignment};
+use squall_proto::plan::{Assignment, GroupAssignment, PublishRange};
 
 use crate::scenario::Plan;
 
@@ -31,6 +31,7 @@ pub fn segment(plan: &Plan, targets: &[squall_proto::target::TargetUrl], weights
             max_connecting: plan.max_connecting,
             adaptive_connecting: plan.adaptive_connecting,
             max_unsent_bytes: plan.max_unsent_bytes,
+            publish_ranges: Vec::new(),
             timer_coalesce_us: plan.timer_coalesce.as_micros() as u32,
             max_duration_ms: plan.max_duration.as_millis().max(1) as u64,
             // set by the link, which knows the agent's clock
@@ -44,7 +45,8 @@ pub fn segment(plan: &Plan, targets: &[squall_proto::target::TargetUrl], weights
     // was sent; split over agents, each agent's part would look like loss
     let share_agent =
         weights.iter().enumerate().max_by_key(|(i, w)| (**w, std::cmp::Reverse(*i))).map(|(i, _)| i);
-    for g in &plan.groups {
+    let mut publish_ranges = Vec::new();
+    for (index, g) in plan.groups.iter().enumerate() {
         let n = g.clients as u64;
         let shared = g
             .subscribe
@@ -72,13 +74,18 @@ pub fn segment(plan: &Plan, targets: &[squall_proto::target::TargetUrl], weights
                     count: end - first,
                     stream_base,
                     client_base,
+                    group: index as u32,
                 });
             }
         }
         if g.publish.is_some() {
+            publish_ranges.push(PublishRange { stream_base, clients: g.clients, group: index as u32 });
             stream_base += g.clients;
         }
         client_base += g.clients;
+    }
+    for a in &mut out {
+        a.publish_ranges = publish_ranges.clone();
     }
     out
 }

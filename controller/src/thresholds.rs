@@ -26,6 +26,8 @@ pub enum MetricRef {
         metric: Metric,
         timing: Timing,
         stat: Stat,
+        /// One scenario group's (`e2e{group=sensors}.p99`); `None`: the whole run's.
+        group: Option<String>,
     },
     /// A count or rate by its report name (see [`COUNT_NAMES`]).
     Count(String),
@@ -167,7 +169,42 @@ impl MetricRef {
     }
 }
 
-fn parse_metric(name: &str) -> Result<MetricRef, ThresholdError> {
+fn parse_metric(written: &str) -> Result<MetricRef, ThresholdError> {
+    // `metric{group=NAME}.stat`: the label comes out first (a group name may hold dots)
+    let (name, group) = match (written.find('{'), written.find('}')) {
+        (None, None) => (written.to_string(), None),
+        (Some(open), Some(close)) if open < close => {
+            let label = &written[open + 1..close];
+            let Some(group) = label.strip_prefix("group=").filter(|g| !g.is_empty()) else {
+                return Err(err(
+                    format!("`{{{label}}}` in `{written}` is not a group label"),
+                    "write `e2e{group=NAME}.p99`: the one label is a scenario group's name".to_string(),
+                ));
+            };
+            (format!("{}{}", &written[..open], &written[close + 1..]), Some(group.to_string()))
+        }
+        _ => {
+            return Err(err(
+                format!("unbalanced braces in `{written}`"),
+                "write `e2e{group=NAME}.p99`".to_string(),
+            ));
+        }
+    };
+    let name = name.as_str();
+    let r = parse_unlabelled(name)?;
+    match (r, group) {
+        (MetricRef::Latency { metric, timing, stat, .. }, group) => {
+            Ok(MetricRef::Latency { metric, timing, stat, group })
+        }
+        (r, None) => Ok(r),
+        (MetricRef::Count(_), Some(_)) => Err(err(
+            format!("`{written}`: only latencies are kept per group"),
+            "counts are the whole run's; by group, use a latency such as `e2e{group=NAME}.count`".to_string(),
+        )),
+    }
+}
+
+fn parse_unlabelled(name: &str) -> Result<MetricRef, ThresholdError> {
     let parts: Vec<&str> = name.split('.').collect();
     if COUNT_NAMES.contains(&name) {
         return Ok(MetricRef::Count(name.to_string()));
@@ -199,7 +236,7 @@ fn parse_metric(name: &str) -> Result<MetricRef, ThresholdError> {
                 return Err(err(format!("`{name}` needs a statistic"), format!("e.g. `{}.p99`", parts[0])));
             }
         };
-        return Ok(MetricRef::Latency { metric, timing, stat });
+        return Ok(MetricRef::Latency { metric, timing, stat, group: None });
     }
     let base = parts[0];
     let ok = COUNT_NAMES.contains(&name)
@@ -281,7 +318,12 @@ mod tests {
         let t = Threshold::parse("e2e.p99 < 50ms").unwrap();
         assert_eq!(
             t.metric,
-            MetricRef::Latency { metric: Metric::E2e, timing: Timing::Corrected, stat: Stat::Quantile(0.99) }
+            MetricRef::Latency {
+                metric: Metric::E2e,
+                timing: Timing::Corrected,
+                stat: Stat::Quantile(0.99),
+                group: None
+            }
         );
         assert_eq!((t.op, t.value), (Op::Lt, 50_000.0));
         let t = Threshold::parse("puback.raw.p999<=1.5s").unwrap();
@@ -296,6 +338,30 @@ mod tests {
         assert!(Threshold::parse("ack_timeouts == 0").is_ok());
         assert!(Threshold::parse("publish.rate >= 1000").is_ok());
         assert_eq!(Threshold::parse("e2e.count > 10").unwrap().value, 10.0);
+    }
+
+    #[test]
+    fn latency_rules_may_name_a_group() {
+        let t = Threshold::parse("e2e{group=sensors.eu}.raw.p99 < 20ms abort").unwrap();
+        assert_eq!(
+            t.metric,
+            MetricRef::Latency {
+                metric: Metric::E2e,
+                timing: Timing::Raw,
+                stat: Stat::Quantile(0.99),
+                group: Some("sensors.eu".into())
+            }
+        );
+        assert!(t.abort && t.value == 20_000.0);
+        for (rule, says) in [
+            ("e2e{grp=x}.p99 < 1ms", "not a group label"),
+            ("e2e{group=}.p99 < 1ms", "not a group label"),
+            ("e2e{group=x.p99 < 1ms", "unbalanced braces"),
+            ("lost{group=x} == 0", "only latencies are kept per group"),
+        ] {
+            let e = Threshold::parse(rule).unwrap_err();
+            assert!(e.message.contains(says), "{rule}: {}", e.message);
+        }
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct Assignment {
     /// Bytes all of this agent's clients may hold written but not yet taken by the kernel:
     /// past it, no client takes more messages from its schedule (they fall behind, counted).
     pub max_unsent_bytes: u64,
+    /// Every publishing group of the run by stream, sorted by `stream_base`.
+    pub publish_ranges: Vec<PublishRange>,
     /// Wake-ups closer together than this share one, µs (0: every client wakes on its own
     /// deadline). Cuts the tester's CPU at many clients; adds up to this much lag.
     pub timer_coalesce_us: u32,
@@ -70,6 +72,24 @@ pub struct GroupAssignment {
     /// Index of the group's client 0 among all clients of the run (targets and source
     /// addresses are chosen by it).
     pub client_base: u32,
+    /// The group's position in the scenario: latencies are reported by it.
+    pub group: u32,
+}
+
+/// The streams one publishing group owns: `[stream_base, stream_base + clients)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishRange {
+    pub stream_base: u32,
+    pub clients: u32,
+    /// The group's position in the scenario.
+    pub group: u32,
+}
+
+/// The publishing group of `stream`, from ranges sorted by `stream_base`.
+pub fn group_of_stream(ranges: &[PublishRange], stream: u32) -> Option<u32> {
+    let i = ranges.partition_point(|r| r.stream_base <= stream);
+    let r = ranges.get(i.checked_sub(1)?)?;
+    (stream - r.stream_base < r.clients).then_some(r.group)
 }
 
 /// A group of identical clients, as the scenario describes it, defaults filled in.
@@ -383,3 +403,32 @@ pub const MIN_UNSENT_BYTES: u64 = 64 << 10;
 /// What one client costs an agent at rest, bytes: measured 3.68 KiB per connection held (RSS
 /// over 100,000 connections, BENCHMARKS.md), rounded up.
 pub const CLIENT_BYTES: u64 = 4096;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Contiguous ranges as the controller lays them out (groups without publishers own
+        /// none): every stream maps to the group that owns it, and nothing past the end does.
+        #[test]
+        fn every_stream_finds_the_group_that_publishes_it(sizes in proptest::collection::vec(0u32..50, 1..8)) {
+            let mut ranges = Vec::new();
+            let mut base = 0;
+            for (group, &clients) in sizes.iter().enumerate() {
+                if clients > 0 {
+                    ranges.push(PublishRange { stream_base: base, clients, group: group as u32 });
+                    base += clients;
+                }
+            }
+            for r in &ranges {
+                for s in r.stream_base..r.stream_base + r.clients {
+                    prop_assert_eq!(group_of_stream(&ranges, s), Some(r.group));
+                }
+            }
+            prop_assert_eq!(group_of_stream(&ranges, base), None);
+            prop_assert_eq!(group_of_stream(&ranges, u32::MAX), None);
+        }
+    }
+}

@@ -16,8 +16,8 @@ use crate::metrics::{
     Timing,
 };
 use crate::plan::{
-    Assignment, GroupAssignment, GroupSpec, PayloadSpec, PublishSpec, RateSpec, ReconnectSpec, SubscribeSpec,
-    WillSpec,
+    Assignment, GroupAssignment, GroupSpec, PayloadSpec, PublishRange, PublishSpec, RateSpec, ReconnectSpec,
+    SubscribeSpec, WillSpec,
 };
 use crate::protocol::Protocol;
 use crate::target::TargetUrl;
@@ -116,6 +116,11 @@ impl From<&Assignment> for pb::Assignment {
             timer_coalesce_us: a.timer_coalesce_us,
             adaptive_connecting: a.adaptive_connecting,
             max_unsent_bytes: a.max_unsent_bytes,
+            publish_ranges: a
+                .publish_ranges
+                .iter()
+                .map(|r| pb::PublishRange { stream_base: r.stream_base, clients: r.clients, group: r.group })
+                .collect(),
             clock_offset_ns: a.clock_offset_ns,
         }
     }
@@ -148,6 +153,11 @@ impl TryFrom<pb::Assignment> for Assignment {
             timer_coalesce_us: a.timer_coalesce_us,
             adaptive_connecting: a.adaptive_connecting,
             max_unsent_bytes: a.max_unsent_bytes,
+            publish_ranges: a
+                .publish_ranges
+                .iter()
+                .map(|r| PublishRange { stream_base: r.stream_base, clients: r.clients, group: r.group })
+                .collect(),
             clock_offset_ns: a.clock_offset_ns,
         })
     }
@@ -161,6 +171,7 @@ impl From<&GroupAssignment> for pb::GroupAssignment {
             count: g.count,
             stream_base: g.stream_base,
             client_base: g.client_base,
+            group: g.group,
         }
     }
 }
@@ -175,6 +186,7 @@ impl TryFrom<pb::GroupAssignment> for GroupAssignment {
             count: g.count,
             stream_base: g.stream_base,
             client_base: g.client_base,
+            group: g.group,
         })
     }
 }
@@ -367,6 +379,7 @@ impl From<&Snapshot> for pb::Snapshot {
                     } as i32,
                     v2: h.v2.clone(),
                     clamped: h.clamped,
+                    group: h.group,
                 })
                 .collect(),
         }
@@ -404,6 +417,7 @@ impl TryFrom<pb::Snapshot> for Snapshot {
                     timing: timing_from(h.timing)?,
                     v2: h.v2,
                     clamped: h.clamped,
+                    group: h.group,
                 })
             })
             .collect::<Result<_, WireError>>()?;

@@ -37,6 +37,7 @@ use crate::timer::{Sleep, Timers};
 use backoff::Backoff;
 use io::{IoEvent, poll_io};
 use squall_proto::clock::Clock;
+use squall_proto::plan::{PublishRange, group_of_stream};
 use window::{ConnectWindow, Slot};
 
 /// The largest packet a client accepts from a broker: a broken or hostile broker cannot make
@@ -109,6 +110,8 @@ pub struct Shared {
     pub timers: Timers,
     /// Bytes written by clients and not yet taken by the kernel, against the agent's budget.
     pub unsent: Unsent,
+    /// Every publishing group of the run by stream: e2e latency is the publisher's group's.
+    pub publish_ranges: Vec<PublishRange>,
 }
 
 /// The agent's unsent bytes: one budget for all its clients, so a stalled broker cannot make
@@ -640,6 +643,7 @@ impl Client {
         if self.publish_fixed {
             return false;
         }
+        let group = self.group.assignment.group;
         let Some(pacer) = self.pacer.as_mut() else { return false };
         if pacer.next_due_ns().is_none_or(|t| t > now) {
             return false;
@@ -669,7 +673,7 @@ impl Client {
                 Ok(Ok(())) => {
                     sent += 1;
                     written += packet;
-                    shard.record(Metric::Lag, Timing::Raw, now - intended_ns);
+                    shard.record(group, Metric::Lag, Timing::Raw, now - intended_ns);
                 }
                 // cannot happen after the room check; the message stays unsent and due
                 Ok(Err(_)) | Err(_) => break,
@@ -692,12 +696,14 @@ impl Client {
         intended_ns: u64,
         connected: &mut bool,
     ) -> Result<Option<End>, Fault> {
+        let group = self.group.assignment.group;
         let mut deferred: Vec<Event> = Vec::new();
         {
             let rec = &self.shared.rec;
             let mut shard = rec.shard(self.key);
             shard.counters.bytes_in += n;
             let run_tag = self.shared.run_tag;
+            let ranges = &self.shared.publish_ranges[..];
             let mut shared_guard;
             let ledger: Option<&mut ReceiverLedger> = match self.receiver.as_mut() {
                 Some(Receiver::Own(l)) => Some(l),
@@ -710,7 +716,8 @@ impl Client {
             let mut ledger = ledger;
             let res = self.conn.handle(rbuf, now, |ev| match ev {
                 Event::Message(m) => {
-                    on_message(&mut shard, ledger.as_deref_mut(), run_tag, now, &m.payload, u8::from(m.qos))
+                    let m = Received { run_tag, now, payload: &m.payload, qos: u8::from(m.qos) };
+                    on_message(&mut shard, ledger.as_deref_mut(), ranges, group, m)
                 }
                 Event::PublishDone { qos, token, sent_ns, code } => {
                     if code >= 0x80 {
@@ -725,6 +732,7 @@ impl Client {
                             Metric::Pubcomp
                         };
                         shard.record_both(
+                            group,
                             m,
                             now.saturating_sub(sent_ns),
                             now.saturating_sub(token.intended_ns),
@@ -749,8 +757,8 @@ impl Client {
                     {
                         let mut s = self.shared.rec.shard(self.key);
                         s.counters.connects += 1;
-                        s.record(Metric::Connect, Timing::Raw, elapsed_ns);
-                        s.record(Metric::Connect, Timing::Corrected, now.saturating_sub(intended_ns));
+                        s.record(group, Metric::Connect, Timing::Raw, elapsed_ns);
+                        s.record(group, Metric::Connect, Timing::Corrected, now.saturating_sub(intended_ns));
                     }
                     if session_present {
                         self.resend(now)?;
@@ -786,7 +794,7 @@ impl Client {
                 }
                 Event::SubAck { codes, sent_ns, .. } => {
                     let mut s = self.shared.rec.shard(self.key);
-                    s.record(Metric::Subscribe, Timing::Raw, now.saturating_sub(sent_ns));
+                    s.record(group, Metric::Subscribe, Timing::Raw, now.saturating_sub(sent_ns));
                     for (i, code) in codes.iter().enumerate() {
                         if *code < 0x80 {
                             s.counters.subscribes += 1;
@@ -918,16 +926,25 @@ impl Client {
     }
 }
 
-/// One received message: latency, ledger, counters.
+/// One message as it was read.
+struct Received<'a> {
+    run_tag: u32,
+    now: u64,
+    payload: &'a [u8],
+    qos: u8,
+}
+
+/// One received message: latency (under the group that published it, `own_group` if the
+/// stream is not the run's), ledger, counters.
 #[inline]
 fn on_message(
     shard: &mut Shard,
     ledger: Option<&mut ReceiverLedger>,
-    run_tag: u32,
-    now: u64,
-    payload: &[u8],
-    qos: u8,
+    ranges: &[PublishRange],
+    own_group: u32,
+    m: Received<'_>,
 ) {
+    let Received { run_tag, now, payload, qos } = m;
     shard.counters.count_received(qos);
     let Ok(h) = Header::read(payload) else {
         shard.counters.received_foreign += 1;
@@ -937,7 +954,8 @@ fn on_message(
         shard.counters.received_stale += 1;
         return;
     }
-    shard.record_both(Metric::E2e, now.saturating_sub(h.sent_ns), now.saturating_sub(h.intended_ns));
+    let group = group_of_stream(ranges, h.stream).unwrap_or(own_group);
+    shard.record_both(group, Metric::E2e, now.saturating_sub(h.sent_ns), now.saturating_sub(h.intended_ns));
     if let Some(l) = ledger {
         match l.observe(h.stream, h.seq, qos) {
             Seen::New { out_of_order: true } | Seen::Recovered => shard.counters.out_of_order += 1,

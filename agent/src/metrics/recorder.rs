@@ -10,28 +10,28 @@ use std::sync::{Mutex, MutexGuard};
 
 #[cfg(test)]
 use squall_proto::metrics::Latency;
-use squall_proto::metrics::{Counters, ErrorCount, Hists, LoadError, Metric, Snapshot, Timing};
+use squall_proto::metrics::{Counters, ErrorCount, GroupedHists, LoadError, Metric, Snapshot, Timing};
 
 /// What one shard gathered since the last collection.
 #[derive(Debug, Default)]
 pub struct Shard {
-    hists: Option<Hists>,
+    hists: Option<GroupedHists>,
     pub counters: Counters,
     errors: BTreeMap<LoadError, u64>,
 }
 
 impl Shard {
-    /// Records a latency in ns.
+    /// Records a latency in ns, for scenario group `group`.
     #[inline]
-    pub fn record(&mut self, m: Metric, t: Timing, ns: u64) {
-        self.hists.get_or_insert_with(Hists::new).record(m, t, ns);
+    pub fn record(&mut self, group: u32, m: Metric, t: Timing, ns: u64) {
+        self.hists.get_or_insert_with(GroupedHists::new).record(group, m, t, ns);
     }
 
     /// Records both latencies of one event: raw (from the actual send) and corrected (from the
     /// intended send).
     #[inline]
-    pub fn record_both(&mut self, m: Metric, raw_ns: u64, corrected_ns: u64) {
-        let h = self.hists.get_or_insert_with(Hists::new);
+    pub fn record_both(&mut self, group: u32, m: Metric, raw_ns: u64, corrected_ns: u64) {
+        let h = self.hists.get_or_insert_with(GroupedHists::new).group_mut(group);
         h.record(m, Timing::Raw, raw_ns);
         h.record(m, Timing::Corrected, corrected_ns);
     }
@@ -90,8 +90,8 @@ impl Recorder {
 
 /// Empties the recorder's shards into snapshots, reusing its buffers.
 pub struct Collector {
-    spare: Hists,
-    interval: Hists,
+    spare: GroupedHists,
+    interval: GroupedHists,
     seq: u64,
     agent: u32,
     last_ns: u64,
@@ -112,8 +112,8 @@ pub fn process_cpu_us() -> u64 {
 impl Collector {
     pub fn new(agent: u32, start_ns: u64) -> Collector {
         Collector {
-            spare: Hists::new(),
-            interval: Hists::new(),
+            spare: GroupedHists::new(),
+            interval: GroupedHists::new(),
             seq: 0,
             agent,
             last_ns: start_ns,
@@ -177,7 +177,7 @@ mod tests {
         for client in 0..100usize {
             let mut s = rec.shard(client);
             s.counters.published_qos1 += 1;
-            s.record_both(Metric::E2e, 1_000_000, 2_000_000);
+            s.record_both((client % 2) as u32, Metric::E2e, 1_000_000, 2_000_000);
             if client % 10 == 0 {
                 s.error(LoadError::ConnectRefused { code: 5 });
             }
@@ -187,10 +187,13 @@ mod tests {
         assert_eq!(snap.counters.published_qos1, 100);
         assert_eq!(snap.errors, vec![ErrorCount { error: LoadError::ConnectRefused { code: 5 }, count: 10 }]);
         let e2e: Vec<_> = snap.histograms.iter().filter(|h| h.metric == Metric::E2e).collect();
-        assert_eq!(e2e.len(), 2);
-        let raw = Latency::from_v2(&e2e.iter().find(|h| h.timing == Timing::Raw).unwrap().v2).unwrap();
-        assert_eq!(raw.len(), 100);
-        assert_eq!(raw.quantile_us(0.5), 1_000);
+        assert_eq!(e2e.len(), 4, "raw and corrected of two groups");
+        for group in [0, 1] {
+            let raw = e2e.iter().find(|h| h.timing == Timing::Raw && h.group == group).unwrap();
+            let raw = Latency::from_v2(&raw.v2).unwrap();
+            assert_eq!(raw.len(), 50, "each group its own clients' records");
+            assert_eq!(raw.quantile_us(0.5), 1_000);
+        }
 
         let next = c.collect(&rec, 2_000);
         // nothing recorded since; only the process's CPU moved on

@@ -75,6 +75,10 @@ pub struct GroupReport {
     pub publishes: Option<String>,
     /// What it subscribes to.
     pub subscribes: Option<String>,
+    /// Its own latencies, µs, by metric: connect, subscribe, puback, pubcomp and lag of its
+    /// clients, and e2e of the messages it published (wherever they were received).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub latency: BTreeMap<String, LatencyReport>,
 }
 
 /// One agent's share of the run.
@@ -337,21 +341,7 @@ pub fn build(i: Inputs<'_>) -> Report {
         }
     }
     let window = i.publish_window_s.max(1e-9);
-    let mut latency = BTreeMap::new();
-    for m in Metric::ALL {
-        let raw = agg.hists.get(m, Timing::Raw);
-        let cor = agg.hists.get(m, Timing::Corrected);
-        if raw.is_empty() && cor.is_empty() {
-            continue;
-        }
-        latency.insert(
-            m.name().to_string(),
-            LatencyReport {
-                raw: (!raw.is_empty()).then(|| raw.summary().into()),
-                corrected: (!cor.is_empty()).then(|| cor.summary().into()),
-            },
-        );
-    }
+    let latency = latency_map(&agg.hists);
     let errors = agg
         .errors
         .iter()
@@ -377,7 +367,15 @@ pub fn build(i: Inputs<'_>) -> Report {
         per_agent: i.per_agent,
         start_skew_us: i.start_skew_us,
         clients: plan.clients(),
-        groups: plan.groups.iter().map(group_report).collect(),
+        groups: plan
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(index, g)| GroupReport {
+                latency: agg.by_group.group(index as u32).map(latency_map).unwrap_or_default(),
+                ..group_report(g)
+            })
+            .collect(),
         verdict: Verdict { status: Status::Pass, reasons: vec![] },
         counters: c.fields().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         rates: Rates {
@@ -528,14 +526,41 @@ fn group_report(g: &squall_proto::plan::GroupSpec) -> GroupReport {
             format!("{} QoS {} {rate}, {payload}", p.topic, p.qos)
         }),
         subscribes: g.subscribe.as_ref().map(|s| format!("{} QoS {}", s.filters.join(", "), s.qos)),
+        latency: BTreeMap::new(),
     }
+}
+
+/// Percentiles of every metric that has data.
+fn latency_map(h: &squall_proto::metrics::Hists) -> BTreeMap<String, LatencyReport> {
+    let mut latency = BTreeMap::new();
+    for m in Metric::ALL {
+        let raw = h.get(m, Timing::Raw);
+        let cor = h.get(m, Timing::Corrected);
+        if raw.is_empty() && cor.is_empty() {
+            continue;
+        }
+        latency.insert(
+            m.name().to_string(),
+            LatencyReport {
+                raw: (!raw.is_empty()).then(|| raw.summary().into()),
+                corrected: (!cor.is_empty()).then(|| cor.summary().into()),
+            },
+        );
+    }
+    latency
 }
 
 /// The value a threshold compares, from the report (counts) or the merged histograms
 /// (any quantile).
 pub fn value_of(r: &Report, agg: &Aggregate, m: &MetricRef) -> Option<f64> {
     match m {
-        MetricRef::Latency { metric, timing, stat } => latency_value(agg.hists.get(*metric, *timing), *stat),
+        MetricRef::Latency { metric, timing, stat, group: None } => {
+            latency_value(agg.hists.get(*metric, *timing), *stat)
+        }
+        MetricRef::Latency { metric, timing, stat, group: Some(name) } => match agg.group_hists(name) {
+            Some(h) => latency_value(h.get(*metric, *timing), *stat),
+            None => (*stat == Stat::Count).then_some(0.0),
+        },
         MetricRef::Count(name) => count_value(r, name),
     }
 }
@@ -559,7 +584,13 @@ fn latency_value(h: &Latency, stat: Stat) -> Option<f64> {
 pub fn live_value(agg: &Aggregate, m: &MetricRef) -> Option<f64> {
     let c = &agg.counters;
     match m {
-        MetricRef::Latency { metric, timing, stat } => latency_value(agg.hists.get(*metric, *timing), *stat),
+        MetricRef::Latency { metric, timing, stat, group: None } => {
+            latency_value(agg.hists.get(*metric, *timing), *stat)
+        }
+        MetricRef::Latency { metric, timing, stat, group: Some(name) } => match agg.group_hists(name) {
+            Some(h) => latency_value(h.get(*metric, *timing), *stat),
+            None => (*stat == Stat::Count).then_some(0.0),
+        },
         MetricRef::Count(name) => {
             let parts: Vec<&str> = name.split('.').collect();
             let v = match parts.as_slice() {

@@ -142,6 +142,18 @@ pub fn render(r: &Report) -> String {
             }
         }
         let _ = writeln!(o, "  (corrected: from the intended send time; raw: from the actual send)");
+        // with several groups measured, each its own (e2e under the group that published)
+        let measured: Vec<_> = r.groups.iter().filter(|g| !g.latency.is_empty()).collect();
+        if measured.len() > 1 {
+            let _ = writeln!(o, "  by group (corrected where kept; e2e under the publishing group)");
+            for g in measured {
+                for (name, l) in &g.latency {
+                    if let Some(p) = l.corrected.as_ref().or(l.raw.as_ref()) {
+                        row(&mut o, &format!("{}/{name}", g.name), p);
+                    }
+                }
+            }
+        }
     }
     if r.per_agent.len() > 1 {
         agents(&mut o, r);
@@ -238,7 +250,8 @@ fn agents(o: &mut String, r: &Report) {
 
 fn is_latency(rule: &str) -> bool {
     let name = rule.split(|c: char| c.is_whitespace() || "<>=!".contains(c)).next().unwrap_or("");
-    let first = name.split('.').next().unwrap_or("");
+    // `e2e{group=a.b}.p99`: the metric is what comes before a label or a dot
+    let first = name.split(['.', '{']).next().unwrap_or("");
     squall_proto::metrics::Metric::from_name(first).is_some() && !name.ends_with(".count")
 }
 

@@ -125,16 +125,29 @@ pub fn resolve(src: &Source, ov: &Overrides) -> Result<Plan, Diagnostics> {
         src.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "scenario".into())
     });
 
-    // thresholds: the file's, then the command line's
+    // thresholds: the file's, then the command line's; a group label names a group
+    let group_names: Vec<&str> = scenario.groups.iter().filter_map(|g| g.name.as_deref()).collect();
+    let parse = |t: &str| {
+        let t = Threshold::parse(t)?;
+        if let crate::thresholds::MetricRef::Latency { group: Some(g), .. } = &t.metric
+            && !group_names.contains(&g.as_str())
+        {
+            return Err(crate::thresholds::ThresholdError {
+                message: format!("`{}` names group `{g}`, which the scenario does not have", t.expr),
+                hint: Some(format!("groups: {}", group_names.join(", "))),
+            });
+        }
+        Ok(t)
+    };
     let mut thresholds = Vec::new();
     for (i, t) in scenario.thresholds.iter().enumerate() {
-        match Threshold::parse(t) {
+        match parse(t) {
             Ok(t) => thresholds.push(t),
             Err(e) => cx.err(path!["thresholds", i], e.message, e.hint),
         }
     }
     for t in &ov.thresholds {
-        match Threshold::parse(t) {
+        match parse(t) {
             Ok(t) => thresholds.push(t),
             Err(e) => cx.flag("--threshold", e.message, e.hint),
         }

@@ -179,18 +179,92 @@ impl Hists {
         }
     }
 
-    /// Every non-empty histogram, as V2 bytes.
-    pub fn encode(&self) -> Vec<HistogramBytes> {
+    /// Every non-empty histogram, as V2 bytes, labelled with `group`.
+    pub fn encode(&self, group: u32) -> Vec<HistogramBytes> {
         let mut out = Vec::new();
         for m in Metric::ALL {
             for t in [Timing::Raw, Timing::Corrected] {
                 let h = self.get(m, t);
                 if !h.is_empty() {
-                    out.push(HistogramBytes { metric: m, timing: t, v2: h.to_v2(), clamped: h.clamped });
+                    out.push(HistogramBytes {
+                        metric: m,
+                        timing: t,
+                        v2: h.to_v2(),
+                        clamped: h.clamped,
+                        group,
+                    });
                 }
             }
         }
         out
+    }
+
+    /// Whether every histogram is empty.
+    pub fn is_empty(&self) -> bool {
+        self.h.iter().flatten().all(|h| h.is_empty())
+    }
+}
+
+/// [`Hists`] per scenario group (by its position), each allocated on first use. Agents record
+/// only here; the run's totals are the sum over groups (merging is exact).
+#[derive(Clone, Debug, Default)]
+pub struct GroupedHists {
+    by_group: Vec<Option<Hists>>,
+}
+
+impl GroupedHists {
+    pub fn new() -> GroupedHists {
+        GroupedHists::default()
+    }
+
+    /// The histograms of `group`, created if need be.
+    #[inline]
+    pub fn group_mut(&mut self, group: u32) -> &mut Hists {
+        let g = group as usize;
+        if g >= self.by_group.len() {
+            self.by_group.resize_with(g + 1, || None);
+        }
+        self.by_group[g].get_or_insert_with(Hists::new)
+    }
+
+    #[inline]
+    pub fn record(&mut self, group: u32, m: Metric, t: Timing, ns: u64) {
+        self.group_mut(group).record(m, t, ns);
+    }
+
+    /// `group`'s histograms, if it recorded anything.
+    pub fn group(&self, group: u32) -> Option<&Hists> {
+        self.by_group.get(group as usize)?.as_ref()
+    }
+
+    /// Groups with histograms, and those histograms.
+    pub fn groups(&self) -> impl Iterator<Item = (u32, &Hists)> {
+        self.by_group.iter().enumerate().filter_map(|(g, h)| Some((g as u32, h.as_ref()?)))
+    }
+
+    pub fn add(&mut self, o: &GroupedHists) {
+        for (g, h) in o.groups() {
+            self.group_mut(g).add(h);
+        }
+    }
+
+    pub fn reset(&mut self) {
+        for h in self.by_group.iter_mut().flatten() {
+            h.reset();
+        }
+    }
+
+    /// All groups summed.
+    pub fn total(&self) -> Hists {
+        let mut t = Hists::new();
+        for (_, h) in self.groups() {
+            t.add(h);
+        }
+        t
+    }
+
+    pub fn encode(&self) -> Vec<HistogramBytes> {
+        self.groups().flat_map(|(g, h)| h.encode(g)).collect()
     }
 }
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub use counters::Counters;
 pub use errors::{ErrorCount, LoadError};
-pub use histogram::{Hists, Latency, Summary};
+pub use histogram::{GroupedHists, Hists, Latency, Summary};
 pub use ledger::{Delivery, LedgerTotals, StreamFinal};
 pub use snapshot::{HistogramBytes, Snapshot};
 

@@ -31,4 +31,7 @@ pub struct HistogramBytes {
     pub v2: Vec<u8>,
     /// Values above the histogram's range, recorded at its maximum.
     pub clamped: u64,
+    /// The scenario group (its position) whose clients' events these are; for e2e, the
+    /// group that published the messages.
+    pub group: u32,
 }

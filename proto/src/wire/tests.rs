@@ -90,15 +90,15 @@ fn assignment() -> impl Strategy<Value = Assignment> {
             server_name,
             insecure,
         });
-    let group = (group_spec(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(
-        |(spec, first, count, stream_base, client_base)| GroupAssignment {
+    let group = (group_spec(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>())
+        .prop_map(|(spec, first, count, stream_base, client_base, group)| GroupAssignment {
             spec,
             first,
             count,
             stream_base,
             client_base,
-        },
-    );
+            group,
+        });
     (
         any::<u32>(),
         any::<u32>(),
@@ -106,6 +106,11 @@ fn assignment() -> impl Strategy<Value = Assignment> {
         tls,
         proptest::collection::vec(any::<std::net::IpAddr>(), 0..3),
         proptest::collection::vec(group, 0..3),
+        proptest::collection::vec(
+            (any::<u32>(), any::<u32>(), any::<u32>())
+                .prop_map(|(stream_base, clients, group)| PublishRange { stream_base, clients, group }),
+            0..3,
+        ),
         (any::<u64>(), any::<u32>(), any::<u64>(), any::<i64>(), any::<u32>(), any::<bool>(), any::<u64>()),
     )
         .prop_map(
@@ -116,6 +121,7 @@ fn assignment() -> impl Strategy<Value = Assignment> {
                 tls,
                 source_addresses,
                 groups,
+                publish_ranges,
                 (snap, maxc, maxd, offset, coalesce, adaptive, unsent),
             )| {
                 Assignment {
@@ -132,6 +138,7 @@ fn assignment() -> impl Strategy<Value = Assignment> {
                     timer_coalesce_us: coalesce,
                     adaptive_connecting: adaptive,
                     max_unsent_bytes: unsent,
+                    publish_ranges,
                 }
             },
         )
@@ -171,8 +178,9 @@ fn snapshot() -> impl Strategy<Value = Snapshot> {
         any::<bool>(),
         proptest::collection::vec(1u64..10_000_000_000, 1..20),
         any::<u64>(),
+        any::<u32>(),
     )
-        .prop_map(|(m, raw, values, clamped)| {
+        .prop_map(|(m, raw, values, clamped, group)| {
             let mut l = Latency::new();
             for v in values {
                 l.record_ns(v);
@@ -182,6 +190,7 @@ fn snapshot() -> impl Strategy<Value = Snapshot> {
                 timing: if raw { Timing::Raw } else { Timing::Corrected },
                 v2: l.to_v2(),
                 clamped,
+                group,
             }
         });
     (

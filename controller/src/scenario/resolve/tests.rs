@@ -153,6 +153,14 @@ fn password_from_the_environment() {
 /// Numbers that would overflow, hang the engine or allocate without bound are refused at
 /// load, each pointing at its line with the bound in the message.
 #[test]
+fn a_group_label_in_a_threshold_must_name_a_group() {
+    let d = first_error(&format!("thresholds = [\"e2e{{group=sensor}}.p99 < 5ms\"]\n{MINIMAL}"));
+    assert!(d.message.contains("group `sensor`, which the scenario does not have"), "{d}");
+    assert!(d.hint.as_deref().is_some_and(|h| h.contains("sensors")), "{d}");
+    load(&format!("thresholds = [\"e2e{{group=sensors}}.p99 < 5ms\"]\n{MINIMAL}")).unwrap();
+}
+
+#[test]
 fn numbers_beyond_what_squall_can_run_are_refused_with_the_bound() {
     let group = |publish: &str| {
         format!("[[group]]\nname = \"g\"\nclients = 1000\n[group.publish]\ntopic = \"t/{{i}}\"\n{publish}\n")
