@@ -426,6 +426,26 @@ fn resolve_group(cx: &mut Ctx<'_>, gi: usize, g: &format::Group, ov: &Overrides)
     let connect_rate = cx.rate(p(&["connect_rate"]), g.connect_rate, 1000.0, "connect_rate");
     let disconnect_rate =
         cx.rate(p(&["disconnect_rate"]), g.disconnect_rate, connect_rate, "disconnect_rate");
+    // a ramp at a vanishing rate would outlast any run (and overflow the times computed from it)
+    for (key, rate, default) in
+        [("connect_rate", connect_rate, 1000.0), ("disconnect_rate", disconnect_rate, connect_rate)]
+    {
+        let longest = MAX_DURATION.as_secs_f64();
+        if clients as f64 / rate > longest {
+            cx.err(
+                p(&[key]),
+                format!(
+                    "at {rate}/s, {clients} clients take longer than squall runs anything ({})",
+                    humantime::format_duration(MAX_DURATION)
+                ),
+                format!("raise {key} to at least {:.6} (default {default})", clients as f64 / longest),
+            );
+        }
+    }
+    let (connect_rate, disconnect_rate) = (
+        connect_rate.max(clients as f64 / MAX_DURATION.as_secs_f64()),
+        disconnect_rate.max(clients as f64 / MAX_DURATION.as_secs_f64()),
+    );
     let max_inflight = match g.max_inflight {
         Some(0) => {
             cx.err(p(&["max_inflight"]), "max_inflight must be at least 1", None);

@@ -181,6 +181,18 @@ fn numbers_beyond_what_squall_can_run_are_refused_with_the_bound() {
         (group("interval = \"1ns\""), 4, "an interval under 10µs"),
         (format!("[run]\ntimer_coalesce = \"11ms\"\n{}", group("interval = \"1s\"")), 2, "blur the schedule"),
         (format!("[run]\nmax_unsent_bytes = 100\n{}", group("interval = \"1s\"")), 2, "no room to send"),
+        // found by the scenario fuzz: 1000 clients / 1e-300 per second overflowed a Duration
+        (
+            group("interval = \"1s\"")
+                .replace("clients = 1000\n", "clients = 1000\ndisconnect_rate = 1e-300\n"),
+            4,
+            "take longer than squall runs anything",
+        ),
+        (
+            group("interval = \"1s\"").replace("clients = 1000\n", "clients = 1000\nconnect_rate = 1e-300\n"),
+            4,
+            "take longer than squall runs anything",
+        ),
     ] {
         let d = first_error(&text);
         assert_eq!(d.line, line, "{d}");
