@@ -7,6 +7,7 @@
 //! cargo bench -p squall-benches --bench e2e -- connect --clients 10000 --rate 40000 [--inflight N|0] [--broker squall --connack-delay-ms 20]
 //! cargo bench -p squall-benches --bench e2e -- throughput --qos 0 --rate 1000000 --seconds 10
 //! cargo bench -p squall-benches --bench e2e -- lag --clients 1000 --rate 10 --seconds 10 [--coalesce-us 250]
+//! cargo bench -p squall-benches --bench e2e -- soak --clients 10000 --seconds 1800
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -299,6 +300,7 @@ fn main() {
             );
         }
         "lag" => lag(&a, &rt, broker.port, bpid),
+        "soak" => soak(&a, &rt, broker.port, bpid),
         other => panic!("mode idle|connect|throughput|lag, not `{other}`"),
     }
 }
@@ -405,4 +407,69 @@ async fn floor(
         all.value_at_quantile(0.99) / 1000,
         cpu * 1e6 / all.len().max(1) as f64,
     )
+}
+
+/// A soak: `--clients` publishers at 1 msg/s each, QoS 1, and one subscriber to all of them,
+/// for `--seconds`. Every 30 s: the tester's RSS and open fds, the broker's RSS; at the end,
+/// how they moved after the warm-up (the first tenth of the run) and how big the run's
+/// timeline (the report's one growing part) got.
+fn soak(a: &Args, rt: &tokio::runtime::Runtime, port: u16, bpid: u32) {
+    let text = format!(
+        "[run]\nduration = \"{}s\"\ndrain = \"2s\"\n[[group]]\nname = \"dev\"\nclients = {}\nconnect_rate = 2000\n[group.publish]\ntopic = \"soak/{{i}}\"\nqos = 1\npayload_size = {}\ninterval = \"1s\"\n[[group]]\nname = \"app\"\nclients = 1\n[group.subscribe]\nfilters = [\"soak/#\"]\nqos = 1\n",
+        a.seconds, a.clients, a.payload
+    );
+    let me = std::process::id();
+    let fds = || std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let mut rows: Vec<(f64, u64, usize, u64)> = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let row = (t0.elapsed().as_secs_f64(), rss_kib(me), fds(), rss_kib(bpid));
+                println!(
+                    "t {:>6.0}s  tester RSS {:>8} KiB  fds {:>6}  broker RSS {:>8} KiB",
+                    row.0, row.1, row.2, row.3
+                );
+                rows.push(row);
+                for _ in 0..300 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            rows
+        })
+    };
+    let agg = rt.block_on(drive(&text, port, |_| {}));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rows = sampler.join().unwrap();
+    let c = &agg.counters;
+    println!(
+        "published {} acked {} received {} lost(unacked) {} errors {}",
+        c.published(),
+        c.acked_qos1,
+        c.received(),
+        c.unacked,
+        agg.error_count()
+    );
+    // after the warm-up: connected, and a tenth of the run gone
+    let warm = rows.iter().filter(|r| r.0 >= a.seconds as f64 / 10.0 + 10.0).collect::<Vec<_>>();
+    if let (Some(first), Some(last)) = (warm.first(), warm.last()) {
+        let (lo, hi) = warm.iter().fold((u64::MAX, 0), |(lo, hi), r| (lo.min(r.1), hi.max(r.1)));
+        println!(
+            "after warm-up ({} samples): tester RSS {} → {} KiB ({:+.1} %), range {lo}..{hi} KiB ({:.1} % of the first); fds {} → {}",
+            warm.len(),
+            first.1,
+            last.1,
+            (last.1 as f64 - first.1 as f64) * 100.0 / first.1 as f64,
+            (hi - lo) as f64 * 100.0 / first.1 as f64,
+            first.2,
+            last.2
+        );
+    }
+    let timeline = serde_json::to_string(&agg.timeline).unwrap().len();
+    println!("timeline: {} rows, {} bytes of JSON", agg.timeline.len(), timeline);
 }

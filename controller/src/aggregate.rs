@@ -7,11 +7,16 @@ use squall_proto::metrics::{Counters, GroupedHists, Hists, Latency, LoadError, M
 
 use crate::report::{AgentReport, AgentStatus};
 
-/// One row of the timeline: one snapshot interval, all agents.
+/// One row of the timeline: one snapshot interval (or, in a long run, several merged), all
+/// agents.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct IntervalRow {
     /// End of the interval, seconds since the run started.
     pub t_s: f64,
+    /// How many snapshot intervals the row covers: 1, until a long run's timeline reaches
+    /// [`MAX_ROWS`] and neighbours merge (counts add up; latencies are the worst of the two).
+    #[serde(default = "one")]
+    pub intervals: u32,
     pub connected: u64,
     pub published: u64,
     pub received: u64,
@@ -21,6 +26,33 @@ pub struct IntervalRow {
     pub e2e_p50_us: Option<u64>,
     pub e2e_p99_us: Option<u64>,
     pub e2e_max_us: Option<u64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The most rows a timeline holds: past it, neighbouring rows merge, so the report of a soak
+/// stays the same size however long it runs (a day of 1 s snapshots: 2,048 rows of 64 s or less).
+pub const MAX_ROWS: usize = 2048;
+
+impl IntervalRow {
+    /// `self` followed by `next`, as one row.
+    fn merge(&self, next: &IntervalRow) -> IntervalRow {
+        let worst = |a: Option<u64>, b: Option<u64>| a.max(b);
+        IntervalRow {
+            t_s: next.t_s,
+            intervals: self.intervals + next.intervals,
+            connected: next.connected,
+            published: self.published + next.published,
+            received: self.received + next.received,
+            connects: self.connects + next.connects,
+            errors: self.errors + next.errors,
+            e2e_p50_us: worst(self.e2e_p50_us, next.e2e_p50_us),
+            e2e_p99_us: worst(self.e2e_p99_us, next.e2e_p99_us),
+            e2e_max_us: worst(self.e2e_max_us, next.e2e_max_us),
+        }
+    }
 }
 
 struct PendingRow {
@@ -156,10 +188,10 @@ impl Aggregate {
             let live = self.live_health.entry(s.agent).or_insert_with(|| (0.0, Latency::new()));
             live.0 = live.0.max(cores);
         }
-        let pending = self
-            .pending
-            .entry(s.seq)
-            .or_insert_with(|| PendingRow { row: IntervalRow::default(), e2e: Latency::new() });
+        let pending = self.pending.entry(s.seq).or_insert_with(|| PendingRow {
+            row: IntervalRow { intervals: 1, ..Default::default() },
+            e2e: Latency::new(),
+        });
         pending.row.t_s = pending.row.t_s.max(s.end_unix_ns.saturating_sub(self.start_ns) as f64 / 1e9);
         pending.row.connected += s.connected;
         pending.row.published += s.counters.published();
@@ -201,6 +233,14 @@ impl Aggregate {
                 p.row.e2e_max_us = Some(p.e2e.summary().max_us);
             }
             self.timeline.push(p.row);
+            if self.timeline.len() >= MAX_ROWS {
+                // halve the resolution: rows 0+1, 2+3, … (an odd last row stays as it is)
+                self.timeline = self
+                    .timeline
+                    .chunks(2)
+                    .map(|c| if let [a, b] = c { a.merge(b) } else { c[0].clone() })
+                    .collect();
+            }
         }
     }
 
@@ -346,6 +386,25 @@ mod tests {
         assert!(a.group_hists("only").is_none());
         a.apply(&snap(0, 1, 1, &[5])).unwrap();
         assert_eq!(a.group_hists("only").unwrap().get(Metric::E2e, Timing::Corrected).len(), 1);
+    }
+
+    #[test]
+    fn a_long_run_keeps_a_bounded_timeline_that_still_adds_up() {
+        let mut a = Aggregate::new(0);
+        let n = 3 * MAX_ROWS as u64 + 7;
+        for seq in 0..n {
+            // one bad second in the middle
+            let e2e: &[u64] = if seq == n / 2 { &[90_000] } else { &[100] };
+            a.apply(&snap(0, seq, 2, e2e)).unwrap();
+        }
+        a.flush();
+        let t = &a.timeline;
+        assert!(t.len() < MAX_ROWS, "{} rows", t.len());
+        assert_eq!(t.iter().map(|r| r.intervals as u64).sum::<u64>(), n, "every interval in some row");
+        assert_eq!(t.iter().map(|r| r.published).sum::<u64>(), 2 * n, "counts add up");
+        assert!(t.windows(2).all(|w| w[0].t_s < w[1].t_s), "in time order");
+        let worst = t.iter().filter_map(|r| r.e2e_max_us).max().unwrap();
+        assert!((90_000..90_100).contains(&worst), "the bad second survives merging: {worst}µs");
     }
 
     #[test]
