@@ -294,7 +294,7 @@ impl GroupSpec {
                     "publish.rate",
                     match p.rate {
                         RateSpec::IntervalMs(_) => format!(
-                            "an interval under 10µs is more than one connection can publish ({per_client:.0} messages a second); use more clients at a longer interval"
+                            "an interval under 1µs is more than one connection can publish ({per_client:.0} messages a second); use more clients at a longer interval"
                         ),
                         RateSpec::GroupPerSec(r) => format!(
                             "{r} messages a second over {} clients is more than {per_client:.0} each, more than one connection can publish; add clients, or lower group_rate to at most {}",
@@ -388,8 +388,9 @@ impl Assignment {
 /// bytes, and the topic and packet id take some of it (a topic of up to ~64 KiB).
 pub const MAX_PAYLOAD: usize = 268_435_455 - 65_540;
 
-/// The shortest publish interval of one client, ms (100,000 messages a second).
-pub const MIN_INTERVAL_MS: f64 = 0.01;
+/// The shortest publish interval of one client, ms (1,000,000 messages a second: a flood that
+/// saturates any one broker connection).
+pub const MIN_INTERVAL_MS: f64 = 0.001;
 
 /// The most wake-ups may be coalesced, µs: past 10 ms the schedule itself would blur.
 pub const MAX_TIMER_COALESCE_US: u32 = 10_000;

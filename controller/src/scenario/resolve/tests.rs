@@ -177,8 +177,8 @@ fn numbers_beyond_what_squall_can_run_are_refused_with_the_bound() {
             "longer than squall runs anything",
         ),
         (group("interval = \"1s\"\npayload_size = 4000000000"), 7, "more than an MQTT packet can carry"),
-        (group("group_rate = 1e30"), 4, "lower group_rate to at most 100000000"),
-        (group("interval = \"1ns\""), 4, "an interval under 10µs"),
+        (group("group_rate = 1e30"), 4, "lower group_rate to at most 1000000000"),
+        (group("interval = \"1ns\""), 4, "an interval under 1µs"),
         (format!("[run]\ntimer_coalesce = \"11ms\"\n{}", group("interval = \"1s\"")), 2, "blur the schedule"),
         (format!("[run]\nmax_unsent_bytes = 100\n{}", group("interval = \"1s\"")), 2, "no room to send"),
         // found by the scenario fuzz: 1000 clients / 1e-300 per second overflowed a Duration
@@ -199,10 +199,10 @@ fn numbers_beyond_what_squall_can_run_are_refused_with_the_bound() {
         assert!(d.message.contains(says), "{d}");
     }
     // at the bounds: accepted
-    load(&group("group_rate = 100000000")).unwrap();
+    load(&group("group_rate = 1000000000")).unwrap();
     let plan = load(&format!("[run]\ntimer_coalesce = \"10ms\"\n{}", group("interval = \"1s\""))).unwrap();
     assert_eq!(plan.timer_coalesce, Duration::from_millis(10));
-    load(&format!("[run]\nduration = \"30d\"\n{}", group("interval = \"10us\""))).unwrap();
+    load(&format!("[run]\nduration = \"30d\"\n{}", group("interval = \"1us\""))).unwrap();
     let ov = Overrides { duration: Some(Duration::from_secs(31 * 86_400)), ..Default::default() };
     let d = resolve(&Source::new("s.toml", group("interval = \"1s\"")), &ov).expect_err("flag checked too");
     assert!(d.0[0].message.contains("--duration"), "{}", d.0[0]);
