@@ -368,3 +368,83 @@ qos = 1
     );
     assert_eq!(c["acked_qos1"], c["published_qos1"], "every publish was acknowledged in the end");
 }
+
+/// Every client's first connection is dropped after 300 ms: each comes back by its group's
+/// backoff policy, and the report says how long it was away and how long it waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_clients_come_back_by_their_backoff_policy_and_say_how_long_it_took() {
+    let broker = support::broker(|c| {
+        c.faults = vec![Rule {
+            select: Selector { clients: None, first: Some(1), every: None },
+            action: Action::DropAfter(Duration::from_millis(300)),
+        }]
+    })
+    .await;
+    let report = run(
+        &broker,
+        r#"
+[run]
+duration = "2s"
+drain = "0s"
+[[group]]
+name = "constant"
+clients = 20
+[group.reconnect]
+backoff = "constant"
+jitter = "none"
+min_backoff = "400ms"
+[[group]]
+name = "spread"
+clients = 20
+[group.reconnect]
+min_backoff = "100ms"
+max_backoff = "600ms"
+jitter = "decorrelated"
+"#,
+    )
+    .await;
+    let c = &report.counters;
+    assert_eq!((c["connections_lost"], c["reconnects"], c["abandoned"]), (40, 40, 0), "{c:?}");
+    let group = |name: &str, metric: &str| {
+        let g = report.groups.iter().find(|g| g.name == name).unwrap();
+        g.latency[metric].raw.unwrap()
+    };
+    // constant, no jitter: every client waited its 400 ms (the timer wakes on time), and was
+    // away at least that long (HdrHistogram keeps 3 digits: within 0.1 %)
+    let at_least = |us: u64, floor: u64| us as f64 >= floor as f64 * 0.999;
+    let waited = group("constant", "backoff");
+    assert_eq!(waited.count, 20);
+    assert!(at_least(waited.min_us, 400_000) && waited.p50_us < 450_000, "{waited:?}");
+    let away = group("constant", "reconnect");
+    assert_eq!(away.count, 20);
+    assert!(at_least(away.min_us, 400_000), "{away:?}");
+    // decorrelated: spread between its base and three times it, not in lockstep
+    let spread = group("spread", "backoff");
+    assert!(at_least(spread.min_us, 100_000) && spread.max_us <= 310_000, "{spread:?}");
+    assert!(spread.max_us - spread.min_us > 50_000, "decorrelated jitter spreads the fleet: {spread:?}");
+    broker.shutdown().await;
+}
+
+/// A broker nobody can reach: each client tries once and retries `max_attempts` times, then
+/// gives up and is counted abandoned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_out_of_attempts_gives_up_and_is_counted() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+[run]
+duration = "1s"
+drain = "0s"
+ramp_timeout = "3s"
+[[group]]
+name = "g"
+clients = 5
+[group.reconnect]
+backoff = "constant"
+min_backoff = "50ms"
+max_attempts = 3
+"#;
+    let report = support::run(support::plan(text, &format!("mqtt://{closed}"), dir.path())).await;
+    let c = &report.counters;
+    assert_eq!((c["abandoned"], c["connect_attempts"], c["connects"]), (5, 5 * 4, 0), "{c:?}");
+}

@@ -213,16 +213,9 @@ fn parse_unlabelled(name: &str) -> Result<MetricRef, ThresholdError> {
         let (timing, rest) = match parts.get(1) {
             Some(&"raw") => (Timing::Raw, &parts[2..]),
             Some(&"corrected") => (Timing::Corrected, &parts[2..]),
-            _ => (
-                if matches!(metric, Metric::Subscribe | Metric::Lag) {
-                    Timing::Raw
-                } else {
-                    Timing::Corrected
-                },
-                &parts[1..],
-            ),
+            _ => (if metric.raw_only() { Timing::Raw } else { Timing::Corrected }, &parts[1..]),
         };
-        if matches!(metric, Metric::Subscribe | Metric::Lag) && timing == Timing::Corrected {
+        if metric.raw_only() && timing == Timing::Corrected {
             return Err(err(format!("`{}` has no corrected latency", parts[0]), None));
         }
         let stat = match rest {

@@ -131,12 +131,69 @@ pub struct WillSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReconnectSpec {
     pub enabled: bool,
-    /// Backoff before the first retry, ms; doubles per failure up to `max_backoff_ms`, with
-    /// full jitter.
+    /// The policy's base delay, ms (its first delay; never less, whatever the jitter).
     pub min_backoff_ms: u64,
+    /// The longest delay, ms.
     pub max_backoff_ms: u64,
     /// Reconnections per second across this agent's share of the group (a storm limit).
     pub max_rate: f64,
+    /// How the delay grows with failures in a row.
+    pub policy: BackoffPolicy,
+    /// How the delay is spread, so a fleet dropped at once does not return at once.
+    pub jitter: Jitter,
+    /// Growth per failure of `exponential` (> 1).
+    pub multiplier: f64,
+    /// Retries in a row after which a client gives up (counted `abandoned`); 0: never.
+    pub max_attempts: u32,
+}
+
+/// How a reconnect delay grows with failures in a row (`base` = min_backoff, capped at
+/// max_backoff): `none` 0, `constant` base, `linear` base × n, `exponential` base × multiplier^(n−1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackoffPolicy {
+    None,
+    Constant,
+    Linear,
+    #[default]
+    Exponential,
+}
+
+/// How a delay `d` is spread (AWS, "Exponential Backoff And Jitter"): `none` d, `full` uniform
+/// in [base, d], `equal` d/2 + uniform in [0, d/2], `decorrelated` uniform in [base, 3 × the
+/// previous delay] (ignoring the policy's growth), all capped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Jitter {
+    None,
+    #[default]
+    Full,
+    Equal,
+    Decorrelated,
+}
+
+impl BackoffPolicy {
+    pub const NAMES: &'static [&'static str] = &["none", "constant", "linear", "exponential"];
+
+    pub fn name(&self) -> &'static str {
+        Self::NAMES[*self as usize]
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        [Self::None, Self::Constant, Self::Linear, Self::Exponential].into_iter().find(|p| p.name() == s)
+    }
+}
+
+impl Jitter {
+    pub const NAMES: &'static [&'static str] = &["none", "full", "equal", "decorrelated"];
+
+    pub fn name(&self) -> &'static str {
+        Self::NAMES[*self as usize]
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        [Self::None, Self::Full, Self::Equal, Self::Decorrelated].into_iter().find(|p| p.name() == s)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -234,15 +291,18 @@ impl GroupSpec {
         if self.connect_timeout_ms == 0 || self.ack_timeout_ms == 0 {
             return Err(gerr(g, "timeouts", "must be positive"));
         }
-        if self.reconnect.enabled
-            && (self.reconnect.min_backoff_ms == 0
-                || self.reconnect.max_backoff_ms < self.reconnect.min_backoff_ms
-                || !(self.reconnect.max_rate > 0.0))
+        let r = &self.reconnect;
+        if r.enabled
+            && ((r.min_backoff_ms == 0 && r.policy != BackoffPolicy::None)
+                || r.max_backoff_ms < r.min_backoff_ms
+                || r.max_rate.is_nan()
+                || r.max_rate <= 0.0
+                || !(r.multiplier > 1.0 && r.multiplier <= MAX_MULTIPLIER))
         {
             return Err(gerr(
                 g,
                 "reconnect",
-                "needs min_backoff > 0, max_backoff ≥ min_backoff and max_rate > 0",
+                "needs min_backoff > 0 (unless the policy is none), max_backoff ≥ min_backoff, max_rate > 0 and 1 < multiplier ≤ 100",
             ));
         }
         if let Some(w) = &self.will {
@@ -394,6 +454,9 @@ pub const MIN_INTERVAL_MS: f64 = 0.001;
 
 /// The most wake-ups may be coalesced, µs: past 10 ms the schedule itself would blur.
 pub const MAX_TIMER_COALESCE_US: u32 = 10_000;
+
+/// The fastest an exponential backoff may grow per failure.
+pub const MAX_MULTIPLIER: f64 = 100.0;
 
 /// What an agent's clients may hold unsent by default, bytes: a stalled broker must not let
 /// 100,000 clients queue 256 KiB each (25 GB).

@@ -16,8 +16,8 @@ use crate::metrics::{
     Timing,
 };
 use crate::plan::{
-    Assignment, GroupAssignment, GroupSpec, PayloadSpec, PublishRange, PublishSpec, RateSpec, ReconnectSpec,
-    SubscribeSpec, WillSpec,
+    Assignment, BackoffPolicy, GroupAssignment, GroupSpec, Jitter, PayloadSpec, PublishRange, PublishSpec,
+    RateSpec, ReconnectSpec, SubscribeSpec, WillSpec,
 };
 use crate::protocol::Protocol;
 use crate::target::TargetUrl;
@@ -220,6 +220,10 @@ impl From<&GroupSpec> for pb::GroupSpec {
                 min_backoff_ms: g.reconnect.min_backoff_ms,
                 max_backoff_ms: g.reconnect.max_backoff_ms,
                 max_rate_per_s: g.reconnect.max_rate,
+                policy: g.reconnect.policy.name().to_string(),
+                jitter: g.reconnect.jitter.name().to_string(),
+                multiplier: g.reconnect.multiplier,
+                max_attempts: g.reconnect.max_attempts,
             }),
             publish: g.publish.as_ref().map(|p| pb::PublishSpec {
                 topic: p.topic.clone(),
@@ -300,6 +304,12 @@ impl TryFrom<pb::GroupSpec> for GroupSpec {
                 min_backoff_ms: reconnect.min_backoff_ms,
                 max_backoff_ms: reconnect.max_backoff_ms,
                 max_rate: reconnect.max_rate_per_s,
+                policy: BackoffPolicy::from_name(&reconnect.policy)
+                    .ok_or_else(|| bad("reconnect.policy", format!("`{}`", reconnect.policy)))?,
+                jitter: Jitter::from_name(&reconnect.jitter)
+                    .ok_or_else(|| bad("reconnect.jitter", format!("`{}`", reconnect.jitter)))?,
+                multiplier: reconnect.multiplier,
+                max_attempts: reconnect.max_attempts,
             },
             publish,
             subscribe,
@@ -319,6 +329,8 @@ impl From<Metric> for pb::Metric {
             Metric::Pubcomp => pb::Metric::Pubcomp,
             Metric::E2e => pb::Metric::E2e,
             Metric::Lag => pb::Metric::Lag,
+            Metric::Reconnect => pb::Metric::Reconnect,
+            Metric::Backoff => pb::Metric::Backoff,
         }
     }
 }
@@ -331,6 +343,8 @@ fn metric_from(v: i32) -> Result<Metric, WireError> {
         Ok(pb::Metric::Pubcomp) => Metric::Pubcomp,
         Ok(pb::Metric::E2e) => Metric::E2e,
         Ok(pb::Metric::Lag) => Metric::Lag,
+        Ok(pb::Metric::Reconnect) => Metric::Reconnect,
+        Ok(pb::Metric::Backoff) => Metric::Backoff,
         _ => return Err(bad("histogram.metric", format!("unknown metric {v}"))),
     })
 }

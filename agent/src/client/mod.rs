@@ -216,6 +216,8 @@ pub struct Client {
     subscribed: bool,
     ready_signalled: bool,
     backoff: Backoff,
+    /// When its established connection was lost, until it is connected again.
+    lost_at: Option<u64>,
     rng: fastrand::Rng,
     phase_rx: watch::Receiver<Phase>,
     /// Its one timer, reset to whatever is due next.
@@ -268,7 +270,8 @@ impl Client {
             receiver,
             subscribed: false,
             ready_signalled: false,
-            backoff: Backoff::new(s.reconnect.min_backoff_ms, s.reconnect.max_backoff_ms),
+            backoff: Backoff::new(&s.reconnect),
+            lost_at: None,
             rng: fastrand::Rng::with_seed(((sh.run_tag as u64) << 32) ^ global as u64),
             phase_rx: sh.phase.clone(),
             sleep: sh.timers.sleep(),
@@ -360,6 +363,8 @@ impl Client {
     pub async fn run(mut self) -> Outcome {
         let mut attempt_at = self.group.first_attempt_ns(self.local, self.shared.start_ns);
         let mut first = true;
+        // when it decided to retry: what it then waited is the backoff it really had
+        let mut retry_since: Option<u64> = None;
         loop {
             if !self.idle_until(attempt_at).await {
                 break;
@@ -377,12 +382,25 @@ impl Client {
                 }
             }
             first = false;
+            if let Some(since) = retry_since.take() {
+                let waited = self.now().saturating_sub(since);
+                let group = self.group.assignment.group;
+                self.shared.rec.shard(self.key).record(group, Metric::Backoff, Timing::Raw, waited);
+            }
             let end = self.attempt(attempt_at).await;
             self.signal_ready();
             match end {
                 End::Stop => break,
+                End::Retry if self.group.assignment.spec.reconnect.enabled && self.backoff.exhausted() => {
+                    // out of attempts: gives up, as a device with a retry limit does
+                    self.shared.rec.shard(self.key).counters.abandoned += 1;
+                    self.idle_until(u64::MAX).await;
+                    break;
+                }
                 End::Retry if self.group.assignment.spec.reconnect.enabled => {
-                    attempt_at = self.now() + self.backoff.next_delay_ns(&mut self.rng);
+                    let now = self.now();
+                    retry_since = Some(now);
+                    attempt_at = now + self.backoff.next_delay_ns(&mut self.rng);
                 }
                 End::Retry => {
                     // no reconnects: wait for the end of the run
@@ -757,6 +775,11 @@ impl Client {
                     {
                         let mut s = self.shared.rec.shard(self.key);
                         s.counters.connects += 1;
+                        if let Some(lost_at) = self.lost_at.take() {
+                            // back after a loss: backoff, attempts and the broker's time together
+                            s.counters.reconnects += 1;
+                            s.record(group, Metric::Reconnect, Timing::Raw, now.saturating_sub(lost_at));
+                        }
                         s.record(group, Metric::Connect, Timing::Raw, elapsed_ns);
                         s.record(group, Metric::Connect, Timing::Corrected, now.saturating_sub(intended_ns));
                     }
@@ -845,6 +868,9 @@ impl Client {
 
     fn lost(&mut self, e: LoadError, connected: bool) -> End {
         self.conn.lost();
+        if connected {
+            self.lost_at = Some(self.now());
+        }
         let mut s = self.shared.rec.shard(self.key);
         if connected {
             s.counters.connections_lost += 1;

@@ -135,12 +135,25 @@ pub struct Group {
 pub struct Reconnect {
     /// Reconnect after a failed or lost connection (default true).
     pub enabled: Option<bool>,
-    /// First backoff (default "1s"); doubles per failure, with full jitter.
+    /// The base delay before a retry (default "1s"): the first delay, and never less whatever
+    /// the jitter.
     pub min_backoff: Option<String>,
     /// Largest backoff (default "30s").
     pub max_backoff: Option<String>,
     /// Reconnections per second across the group, at most (default: `connect_rate`).
     pub max_rate: Option<f64>,
+    /// How the delay grows with failures in a row: "none" (retry at once), "constant" (base),
+    /// "linear" (base × n), "exponential" (base × multiplier^(n−1); the default).
+    pub backoff: Option<String>,
+    /// How delays are spread so a fleet does not return in lockstep: "none", "full" (uniform
+    /// between base and the delay; the default), "equal" (half the delay plus a uniform half),
+    /// "decorrelated" (uniform between base and 3 × the previous delay).
+    pub jitter: Option<String>,
+    /// Growth per failure of the exponential policy (default 2; 1 < multiplier ≤ 100).
+    pub multiplier: Option<f64>,
+    /// Retries in a row (attempts after a failure, without a connection between) after which
+    /// a client gives up, counted `abandoned` (default 0: never).
+    pub max_attempts: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]

@@ -6,7 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use squall_proto::plan::{
-    GroupSpec, PayloadSpec, PlanError, PublishSpec, RateSpec, ReconnectSpec, SubscribeSpec, WillSpec,
+    BackoffPolicy, GroupSpec, Jitter, MAX_MULTIPLIER, PayloadSpec, PlanError, PublishSpec, RateSpec,
+    ReconnectSpec, SubscribeSpec, WillSpec,
 };
 use squall_proto::protocol::Protocol;
 use squall_proto::target::TargetUrl;
@@ -469,11 +470,51 @@ fn resolve_group(cx: &mut Ctx<'_>, gi: usize, g: &format::Group, ov: &Overrides)
             .duration(p(&["reconnect", "max_backoff"]), &r.max_backoff, Duration::from_secs(30))
             .as_millis() as u64,
         max_rate: cx.rate(p(&["reconnect", "max_rate"]), r.max_rate, connect_rate, "max_rate"),
+        policy: match r.backoff.as_deref() {
+            None => BackoffPolicy::default(),
+            Some(s) => BackoffPolicy::from_name(s).unwrap_or_else(|| {
+                cx.err(
+                    p(&["reconnect", "backoff"]),
+                    format!("unknown backoff `{s}`"),
+                    format!("one of {}", BackoffPolicy::NAMES.join(", ")),
+                );
+                BackoffPolicy::default()
+            }),
+        },
+        jitter: match r.jitter.as_deref() {
+            None => Jitter::default(),
+            Some(s) => Jitter::from_name(s).unwrap_or_else(|| {
+                cx.err(
+                    p(&["reconnect", "jitter"]),
+                    format!("unknown jitter `{s}`"),
+                    format!("one of {}", Jitter::NAMES.join(", ")),
+                );
+                Jitter::default()
+            }),
+        },
+        multiplier: match r.multiplier {
+            None => 2.0,
+            Some(m) if m > 1.0 && m <= MAX_MULTIPLIER => m,
+            Some(m) => {
+                cx.err(
+                    p(&["reconnect", "multiplier"]),
+                    format!("a multiplier of {m} does not grow a backoff sanely"),
+                    format!("between 1 (exclusive) and {MAX_MULTIPLIER}"),
+                );
+                2.0
+            }
+        },
+        max_attempts: r.max_attempts.unwrap_or(0),
     };
     if reconnect.enabled
-        && (reconnect.min_backoff_ms == 0 || reconnect.max_backoff_ms < reconnect.min_backoff_ms)
+        && ((reconnect.min_backoff_ms == 0 && reconnect.policy != BackoffPolicy::None)
+            || reconnect.max_backoff_ms < reconnect.min_backoff_ms)
     {
-        cx.err(p(&["reconnect"]), "backoff needs 0 < min_backoff ≤ max_backoff", None);
+        cx.err(
+            p(&["reconnect"]),
+            "backoff needs 0 < min_backoff ≤ max_backoff",
+            "min_backoff may be 0 only with backoff = \"none\"".to_string(),
+        );
     }
     let will = g.will.as_ref().map(|w| {
         let topic = w.topic.clone().unwrap_or_else(|| {

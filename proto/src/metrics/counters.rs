@@ -45,6 +45,10 @@ counters! {
     /// Established connections that ended without squall asking (broker close, DISCONNECT,
     /// missing PINGRESP, protocol error).
     connections_lost,
+    /// Clients connected again after losing an established connection.
+    reconnects,
+    /// Clients that gave up after `max_attempts` failed attempts in a row.
+    abandoned,
     /// Filters granted in SUBACKs.
     subscribes,
     /// Filters refused in SUBACKs.

@@ -35,11 +35,30 @@ pub enum Metric {
     /// tester's own share of corrected latency: timer granularity (tokio's 1 ms tick), a busy
     /// worker thread, a full in-flight window, a disconnection.
     Lag = 5,
+    /// An established connection lost → CONNACK of the connection that replaced it (raw only):
+    /// how long a client was away, backoff and broker together.
+    Reconnect = 6,
+    /// The delay a client actually waited before each retry (raw only): its backoff policy and
+    /// jitter, and the group's reconnect rate limit.
+    Backoff = 7,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 6] =
-        [Metric::Connect, Metric::Subscribe, Metric::Puback, Metric::Pubcomp, Metric::E2e, Metric::Lag];
+    pub const ALL: [Metric; 8] = [
+        Metric::Connect,
+        Metric::Subscribe,
+        Metric::Puback,
+        Metric::Pubcomp,
+        Metric::E2e,
+        Metric::Lag,
+        Metric::Reconnect,
+        Metric::Backoff,
+    ];
+
+    /// Metrics measured from the actual event only (no intended time to correct from).
+    pub fn raw_only(&self) -> bool {
+        matches!(self, Metric::Subscribe | Metric::Lag | Metric::Reconnect | Metric::Backoff)
+    }
 
     pub fn name(&self) -> &'static str {
         match self {
@@ -49,6 +68,8 @@ impl Metric {
             Metric::Pubcomp => "pubcomp",
             Metric::E2e => "e2e",
             Metric::Lag => "lag",
+            Metric::Reconnect => "reconnect",
+            Metric::Backoff => "backoff",
         }
     }
 

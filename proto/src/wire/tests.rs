@@ -32,14 +32,24 @@ fn group_spec() -> impl Strategy<Value = GroupSpec> {
         (proptest::collection::vec("[a-z/+#]{1,10}", 0..4), 0u8..3)
             .prop_map(|(filters, qos)| SubscribeSpec { filters, qos }),
     );
-    let reconnect = (any::<bool>(), any::<u64>(), any::<u64>(), 0.0f64..1e6).prop_map(
-        |(enabled, min_backoff_ms, max_backoff_ms, max_rate)| ReconnectSpec {
-            enabled,
-            min_backoff_ms,
-            max_backoff_ms,
-            max_rate,
-        },
-    );
+    let reconnect = (
+        (any::<bool>(), any::<u64>(), any::<u64>(), 0.0f64..1e6),
+        (0usize..4, 0usize..4, 1.0f64..100.0, any::<u32>()),
+    )
+        .prop_map(
+            |((enabled, min_backoff_ms, max_backoff_ms, max_rate), (p, j, multiplier, max_attempts))| {
+                ReconnectSpec {
+                    enabled,
+                    min_backoff_ms,
+                    max_backoff_ms,
+                    max_rate,
+                    policy: BackoffPolicy::from_name(BackoffPolicy::NAMES[p]).unwrap(),
+                    jitter: Jitter::from_name(Jitter::NAMES[j]).unwrap(),
+                    multiplier,
+                    max_attempts,
+                }
+            },
+        );
     (
         ("[a-z]{1,8}", any::<u32>(), "[a-z{}]{1,12}", protocol(), any::<u16>(), any::<bool>(), any::<u32>()),
         (proptest::option::of("[a-z]{0,8}"), proptest::option::of(".{0,8}"), will, 0.0f64..1e9, 0.0f64..1e9),
