@@ -243,9 +243,13 @@ impl Future for Sleep {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // like tokio's own timers, take part in the task budget: a loop that keeps finding its
+        // timer ready still yields to the rest of the runtime now and then
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         let mut s = self.inner.lock();
         let slot = &mut s.slots[self.key];
         if slot.fired {
+            coop.made_progress();
             return Poll::Ready(());
         }
         match &mut slot.waker {

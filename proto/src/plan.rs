@@ -116,6 +116,117 @@ pub struct GroupSpec {
     pub reconnect: ReconnectSpec,
     pub publish: Option<PublishSpec>,
     pub subscribe: Option<SubscribeSpec>,
+    /// Timed actions on some of the group's clients (storms, will triggers).
+    pub events: Vec<EventSpec>,
+}
+
+/// A timed action on `count` of a group's clients, chosen by a seeded permutation of the
+/// group (the same choice on every agent, a new one each time it repeats).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventSpec {
+    /// When, ms after the publishing window starts.
+    pub at_ms: u64,
+    /// Repeats this often, ms (0: once).
+    pub every_ms: u64,
+    /// How many times in all (≥ 1).
+    pub times: u32,
+    pub action: EventAction,
+    /// How many of the group's clients, each time.
+    pub count: u32,
+    /// When they come back.
+    pub back: Comeback,
+}
+
+/// What the chosen clients do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventAction {
+    /// A clean DISCONNECT (no will).
+    Disconnect,
+    /// The socket closed without DISCONNECT (the broker sees the close at once; a will fires).
+    Drop,
+    /// All MQTT traffic stops, PINGREQ included, until the broker's keepalive ends the
+    /// connection (the kernel still acknowledges what arrives).
+    Silence,
+    /// MQTT 5 DISCONNECT with reason 0x04: disconnect, and publish my will.
+    DisconnectWithWill,
+}
+
+impl EventAction {
+    pub const NAMES: &'static [&'static str] = &["disconnect", "drop", "silence", "disconnect_with_will"];
+
+    pub fn name(&self) -> &'static str {
+        Self::NAMES[*self as usize]
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        [Self::Disconnect, Self::Drop, Self::Silence, Self::DisconnectWithWill]
+            .into_iter()
+            .find(|a| a.name() == s)
+    }
+}
+
+/// When clients an event took away come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Comeback {
+    /// At once, no backoff.
+    Now,
+    /// By the group's backoff policy.
+    Backoff,
+    /// Not in this run.
+    Never,
+    /// After a fixed pause, ms.
+    AfterMs(u64),
+}
+
+impl EventSpec {
+    /// The instants (ms after the window starts) at which this event acts on group client
+    /// `index` of `clients`, given the run's seed: at most `times` of them.
+    pub fn times_for(
+        &self,
+        index: u32,
+        clients: u32,
+        seed: u64,
+        event: usize,
+    ) -> impl Iterator<Item = u64> + '_ {
+        (0..self.times as u64).filter_map(move |k| {
+            let at = self.at_ms.saturating_add(k.saturating_mul(self.every_ms));
+            chosen(index, clients, self.count, seed ^ ((event as u64) << 48) ^ (k << 20)).then_some(at)
+        })
+    }
+}
+
+/// Whether client `index` of `n` is among the `count` an event takes this time: a seeded
+/// affine permutation of the group, so every agent makes the same choice without asking.
+pub fn chosen(index: u32, n: u32, count: u32, seed: u64) -> bool {
+    if count >= n {
+        return true;
+    }
+    if count == 0 || n == 0 {
+        return false;
+    }
+    let n64 = n as u64;
+    let mix = |x: u64| {
+        // splitmix64
+        let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let gcd = |mut a: u64, mut b: u64| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let mut a = mix(seed) % n64;
+    // a multiplier coprime with n makes the map a permutation (one exists: 1)
+    while gcd(a, n64) != 1 {
+        a = (a + 1) % n64;
+    }
+    let b = mix(seed ^ 0xA5A5) % n64;
+    (a * index as u64 + b) % n64 < count as u64
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -309,6 +420,32 @@ impl GroupSpec {
             template(g, "will.topic", &w.topic)?;
             qos_ok(w.qos).ok_or_else(|| gerr(g, "will.qos", "must be 0, 1 or 2"))?;
         }
+        if self.events.len() > MAX_EVENTS {
+            return Err(gerr(g, "event", format!("at most {MAX_EVENTS} events per group")));
+        }
+        for e in &self.events {
+            if e.times == 0 || e.times > MAX_EVENT_TIMES || (e.times > 1 && e.every_ms == 0) {
+                return Err(gerr(
+                    g,
+                    "event",
+                    format!("an event happens 1 to {MAX_EVENT_TIMES} times, and repeats only with `every`"),
+                ));
+            }
+            if e.action == EventAction::DisconnectWithWill && self.protocol != crate::protocol::Protocol::V5 {
+                return Err(gerr(
+                    g,
+                    "event.action",
+                    "disconnect_with_will is MQTT 5 (reason 0x04): set protocol = \"5\"",
+                ));
+            }
+            if e.action == EventAction::Silence && self.keepalive_secs == 0 {
+                return Err(gerr(
+                    g,
+                    "event.action",
+                    "silence ends when the broker's keepalive fires: set a keepalive",
+                ));
+            }
+        }
         if let Some(p) = &self.publish {
             let t = template(g, "publish.topic", &p.topic)?;
             let sample = t.render(&crate::template::Vars { group: g, index: 0, agent: 0, run_tag: 0 });
@@ -458,6 +595,10 @@ pub const MAX_TIMER_COALESCE_US: u32 = 10_000;
 /// The fastest an exponential backoff may grow per failure.
 pub const MAX_MULTIPLIER: f64 = 100.0;
 
+/// Events per group, and repetitions per event, at most.
+pub const MAX_EVENTS: usize = 64;
+pub const MAX_EVENT_TIMES: u32 = 10_000;
+
 /// What an agent's clients may hold unsent by default, bytes: a stalled broker must not let
 /// 100,000 clients queue 256 KiB each (25 GB).
 pub const DEFAULT_UNSENT_BYTES: u64 = 256 << 20;
@@ -474,6 +615,19 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        /// An event takes exactly `count` of a group's clients, whatever the seed, and a new
+        /// seed (a repetition) makes a new choice.
+        #[test]
+        fn an_event_takes_exactly_its_count(n in 1u32..3000, frac in 0.0f64..=1.0, seed in any::<u64>()) {
+            let count = (n as f64 * frac).round() as u32;
+            let picked: Vec<u32> = (0..n).filter(|&i| chosen(i, n, count, seed)).collect();
+            prop_assert_eq!(picked.len() as u32, count);
+            if n >= 100 && count > 0 && count < n / 2 {
+                let again: Vec<u32> = (0..n).filter(|&i| chosen(i, n, count, seed ^ 1 << 20)).collect();
+                prop_assert_ne!(picked, again);
+            }
+        }
+
         /// Contiguous ranges as the controller lays them out (groups without publishers own
         /// none): every stream maps to the group that owns it, and nothing past the end does.
         #[test]

@@ -16,8 +16,8 @@ use crate::metrics::{
     Timing,
 };
 use crate::plan::{
-    Assignment, BackoffPolicy, GroupAssignment, GroupSpec, Jitter, PayloadSpec, PublishRange, PublishSpec,
-    RateSpec, ReconnectSpec, SubscribeSpec, WillSpec,
+    Assignment, BackoffPolicy, Comeback, EventAction, EventSpec, GroupAssignment, GroupSpec, Jitter,
+    PayloadSpec, PublishRange, PublishSpec, RateSpec, ReconnectSpec, SubscribeSpec, WillSpec,
 };
 use crate::protocol::Protocol;
 use crate::target::TargetUrl;
@@ -243,6 +243,7 @@ impl From<&GroupSpec> for pb::GroupSpec {
                 .subscribe
                 .as_ref()
                 .map(|s| pb::SubscribeSpec { filters: s.filters.clone(), qos: s.qos as u32 }),
+            events: g.events.iter().map(event_to).collect(),
         }
     }
 }
@@ -313,8 +314,45 @@ impl TryFrom<pb::GroupSpec> for GroupSpec {
             },
             publish,
             subscribe,
+            events: g.events.into_iter().map(event_from).collect::<Result<_, _>>()?,
         })
     }
+}
+
+fn event_to(e: &EventSpec) -> pb::EventSpec {
+    let (back, back_after_ms) = match e.back {
+        Comeback::Now => ("now", 0),
+        Comeback::Backoff => ("backoff", 0),
+        Comeback::Never => ("never", 0),
+        Comeback::AfterMs(ms) => ("after", ms),
+    };
+    pb::EventSpec {
+        at_ms: e.at_ms,
+        every_ms: e.every_ms,
+        times: e.times,
+        action: e.action.name().to_string(),
+        count: e.count,
+        back: back.to_string(),
+        back_after_ms,
+    }
+}
+
+fn event_from(e: pb::EventSpec) -> Result<EventSpec, WireError> {
+    Ok(EventSpec {
+        at_ms: e.at_ms,
+        every_ms: e.every_ms,
+        times: e.times,
+        action: EventAction::from_name(&e.action)
+            .ok_or_else(|| bad("event.action", format!("`{}`", e.action)))?,
+        count: e.count,
+        back: match e.back.as_str() {
+            "now" => Comeback::Now,
+            "backoff" => Comeback::Backoff,
+            "never" => Comeback::Never,
+            "after" => Comeback::AfterMs(e.back_after_ms),
+            other => return Err(bad("event.back", format!("`{other}`"))),
+        },
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ use crate::timer::{Sleep, Timers};
 use backoff::Backoff;
 use io::{IoEvent, poll_io};
 use squall_proto::clock::Clock;
-use squall_proto::plan::{PublishRange, group_of_stream};
+use squall_proto::plan::{Comeback, EventAction, PublishRange, group_of_stream};
 use window::{ConnectWindow, Slot};
 
 /// The largest packet a client accepts from a broker: a broken or hostile broker cannot make
@@ -192,6 +192,8 @@ enum End {
     Stop,
     /// Lost or failed: retry if the group reconnects.
     Retry,
+    /// Taken away by a scenario event: come back as it says.
+    Event(Comeback),
 }
 
 pub struct Client {
@@ -218,6 +220,13 @@ pub struct Client {
     backoff: Backoff,
     /// When its established connection was lost, until it is connected again.
     lost_at: Option<u64>,
+    /// Its share of the group's events in time order (instant, action, way back), known once
+    /// the publishing window's start is; and the next one to come.
+    events: Vec<(u64, EventAction, Comeback)>,
+    next_event: usize,
+    events_for: Option<u64>,
+    /// A `silence` event is under way (and how to come back): nothing is written or answered.
+    silent: Option<Comeback>,
     rng: fastrand::Rng,
     phase_rx: watch::Receiver<Phase>,
     /// Its one timer, reset to whatever is due next.
@@ -272,6 +281,10 @@ impl Client {
             ready_signalled: false,
             backoff: Backoff::new(&s.reconnect),
             lost_at: None,
+            events: Vec::new(),
+            next_event: 0,
+            events_for: None,
+            silent: None,
             rng: fastrand::Rng::with_seed(((sh.run_tag as u64) << 32) ^ global as u64),
             phase_rx: sh.phase.clone(),
             sleep: sh.timers.sleep(),
@@ -334,6 +347,9 @@ impl Client {
             Phase::Ramp => Ok(None),
             Phase::Publish { start_ns, until_ns } => {
                 self.window_until = until_ns;
+                if self.events_for != Some(start_ns) {
+                    self.plan_events(start_ns, until_ns);
+                }
                 if !self.publish_fixed && self.pacer.is_none() {
                     let rate = self.group.rate.expect("publishers have a rate");
                     let clients = self.group.assignment.spec.clients;
@@ -357,6 +373,39 @@ impl Client {
                 Err(())
             }
         }
+    }
+
+    /// Works out which of the group's events take this client, and when (inside the window).
+    fn plan_events(&mut self, start_ns: u64, until_ns: u64) {
+        self.events_for = Some(start_ns);
+        let spec = &self.group.assignment.spec;
+        let seed = self.shared.run_tag as u64;
+        let mut mine: Vec<(u64, EventAction, Comeback)> = spec
+            .events
+            .iter()
+            .enumerate()
+            .flat_map(|(ei, e)| {
+                e.times_for(self.index, spec.clients, seed, ei)
+                    .map(move |ms| (start_ns.saturating_add(ms.saturating_mul(1_000_000)), e.action, e.back))
+            })
+            .filter(|(t, ..)| *t < until_ns)
+            .collect();
+        mine.sort_by_key(|e| e.0);
+        self.events = mine;
+        self.next_event = 0;
+    }
+
+    /// The next event of this client still to come, skipping those that fell due while it
+    /// was not connected (there was nothing to take away).
+    fn next_event_due(&mut self, now: u64, connected: bool) -> Option<u64> {
+        while let Some(&(at, ..)) = self.events.get(self.next_event) {
+            if at <= now && !connected {
+                self.next_event += 1;
+                continue;
+            }
+            return Some(at);
+        }
+        None
     }
 
     /// Runs the client to the end of the run.
@@ -406,6 +455,21 @@ impl Client {
                     // no reconnects: wait for the end of the run
                     self.idle_until(u64::MAX).await;
                     break;
+                }
+                End::Event(back) => {
+                    let now = self.now();
+                    attempt_at = match back {
+                        Comeback::Now => now,
+                        Comeback::AfterMs(ms) => now.saturating_add(ms.saturating_mul(1_000_000)),
+                        Comeback::Backoff => {
+                            retry_since = Some(now);
+                            now + self.backoff.next_delay_ns(&mut self.rng)
+                        }
+                        Comeback::Never => {
+                            self.idle_until(u64::MAX).await;
+                            break;
+                        }
+                    };
                 }
             }
         }
@@ -491,9 +555,12 @@ impl Client {
     /// The connected part: returns when the connection ends.
     async fn session(&mut self, mut stream: Stream, intended_ns: u64, mut permit: Option<Slot>) -> End {
         let mut rbuf = BytesMut::new();
+        self.silent = None;
         let mut pending: Option<BytePages> = None;
         let mut connected = false;
-        let mut deadline = u64::MAX;
+        // what the timer is armed for; None: it fired (or never was) and must be armed again,
+        // else a fired timer would stay ready and spin the loop
+        let mut deadline: Option<u64> = None;
         self.sleep.reset(self.shared.clock.instant_at(u64::MAX / 2).into_std());
         // Publishing happens when the schedule's timer fires, or when whatever held messages
         // back (a full window, unsent bytes, the per-wake cap) may have let go. Not after every
@@ -513,11 +580,34 @@ impl Client {
             {
                 break self.close(&mut stream, &mut pending, connected).await;
             }
+            // a scenario event falls due: this connection goes as the event says
+            if connected
+                && self.silent.is_none()
+                && self.next_event_due(now, connected).is_some_and(|at| at <= now)
+            {
+                let (_, action, back) = self.events[self.next_event];
+                self.next_event += 1;
+                self.lost_at = Some(now);
+                self.shared.rec.shard(self.key).counters.event_actions += 1;
+                match action {
+                    // the stream is dropped on the way out: FIN, no DISCONNECT
+                    EventAction::Drop => break End::Event(back),
+                    EventAction::Disconnect => {
+                        self.close_with(&mut stream, &mut pending, true, 0).await;
+                        break End::Event(back);
+                    }
+                    EventAction::DisconnectWithWill => {
+                        self.close_with(&mut stream, &mut pending, true, 0x04).await;
+                        break End::Event(back);
+                    }
+                    EventAction::Silence => self.silent = Some(back),
+                }
+            }
             // backpressure: while the broker is not taking what was written, take no more from
             // the schedule (the messages stay owed; what is never sent is behind schedule)
             let backlog = pending.as_ref().map_or(0, |p| p.len());
             let mut reserved = 0;
-            if connected && publish_now {
+            if connected && publish_now && self.silent.is_none() {
                 let due = !self.publish_fixed
                     && self.pacer.as_ref().is_some_and(|p| p.next_due_ns().is_some_and(|d| d <= now));
                 // what this client may write: its own room, out of the agent's
@@ -539,7 +629,8 @@ impl Client {
             if self.open_window_until().is_some_and(|u| now >= u) {
                 self.fix_publishing(u64::MAX);
             }
-            let out = self.conn.take_output();
+            // silent: what the state machine would say is never written
+            let out = self.conn.take_output().filter(|_| self.silent.is_none());
             // the reservation becomes what was really queued, in one step
             let n = out.as_ref().map_or(0, |o| o.len() as u64);
             if n >= reserved {
@@ -572,11 +663,18 @@ impl Client {
             if let Some(u) = self.open_window_until() {
                 next = next.min(u);
             }
+            if self.silent.is_some() {
+                // no keepalive, no publishing: only the broker's close or the run's end
+                next = self.open_window_until().unwrap_or(u64::MAX);
+            }
+            if let Some(at) = self.next_event_due(now, connected).filter(|_| self.silent.is_none()) {
+                next = next.min(at);
+            }
             if let Some(at) = disconnect_at {
                 next = next.min(at);
             }
-            if next != deadline {
-                deadline = next;
+            if deadline != Some(next) {
+                deadline = Some(next);
                 self.sleep.reset(self.shared.clock.instant_at(next.min(u64::MAX / 2)).into_std());
             }
             let mut bytes_out = 0u64;
@@ -608,8 +706,9 @@ impl Client {
                 Wake::Phase(false) => break self.close(&mut stream, &mut pending, connected).await,
             };
             match ev {
+                None if self.silent.is_some() => deadline = None,
                 None => {
-                    deadline = u64::MAX; // the timer fired: it must be re-armed
+                    deadline = None; // the timer fired: it must be re-armed
                     let now = self.now();
                     match self.conn.on_timer(now) {
                         Ok(0) => {}
@@ -618,6 +717,14 @@ impl Client {
                     }
                 }
                 Some(Ok(IoEvent::Flushed)) => {}
+                Some(Ok(IoEvent::Data(_))) if self.silent.is_some() => {
+                    // read (so the kernel keeps acknowledging), never answered
+                    rbuf.clear();
+                }
+                Some(Ok(IoEvent::Eof) | Err(_)) if let Some(back) = self.silent => {
+                    // the broker's keepalive ended the silent connection, as it should
+                    break End::Event(back);
+                }
                 Some(Ok(IoEvent::Data(n))) => {
                     let now = self.now();
                     let was_connected = connected;
@@ -895,8 +1002,19 @@ impl Client {
 
     /// Leaves cleanly: DISCONNECT, flush, close.
     async fn close(&mut self, stream: &mut Stream, pending: &mut Option<BytePages>, connected: bool) -> End {
+        self.close_with(stream, pending, connected, 0).await
+    }
+
+    /// Leaves with DISCONNECT carrying `reason` (MQTT 5; 3.1.1 has none): flush, close.
+    async fn close_with(
+        &mut self,
+        stream: &mut Stream,
+        pending: &mut Option<BytePages>,
+        connected: bool,
+        reason: u8,
+    ) -> End {
         if connected {
-            let _ = self.conn.disconnect(0);
+            let _ = self.conn.disconnect(reason);
             if let Some(mut out) = self.conn.take_output() {
                 match pending.as_mut() {
                     Some(p) => out.move_to(p),

@@ -128,6 +128,34 @@ pub struct Group {
     pub will: Option<Will>,
     pub publish: Option<Publish>,
     pub subscribe: Option<Subscribe>,
+    /// Timed actions on some of the group's clients: storms, will triggers (`[[group.event]]`).
+    #[serde(default, rename = "event")]
+    pub events: Vec<Event>,
+}
+
+/// A timed action on some of a group's clients, chosen at random (a seed from the run tag:
+/// the same choice on every agent, a new one each time it repeats). Events act only inside
+/// the publishing window.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    /// When, after the publishing window starts (required), e.g. "30s".
+    pub at: Option<String>,
+    /// Repeat this often (with `times`).
+    pub every: Option<String>,
+    /// How many times in all (default 1; at most 10000).
+    pub times: Option<u32>,
+    /// "disconnect" (clean, no will), "drop" (socket closed without DISCONNECT: the broker
+    /// publishes the will), "silence" (no packets at all until the broker's keepalive ends the
+    /// connection), "disconnect_with_will" (MQTT 5 reason 0x04). Required.
+    pub action: Option<String>,
+    /// How many of the group's clients each time …
+    pub count: Option<u32>,
+    /// … or what fraction of them (0 < fraction ≤ 1).
+    pub fraction: Option<f64>,
+    /// When they come back: "now", "backoff" (the group's policy; the default), "never", or
+    /// after a pause such as "5s".
+    pub back: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use squall_proto::plan::{
-    BackoffPolicy, GroupSpec, Jitter, MAX_MULTIPLIER, PayloadSpec, PlanError, PublishSpec, RateSpec,
-    ReconnectSpec, SubscribeSpec, WillSpec,
+    BackoffPolicy, Comeback, EventAction, EventSpec, GroupSpec, Jitter, MAX_EVENT_TIMES, MAX_MULTIPLIER,
+    PayloadSpec, PlanError, PublishSpec, RateSpec, ReconnectSpec, SubscribeSpec, WillSpec,
 };
 use squall_proto::protocol::Protocol;
 use squall_proto::target::TargetUrl;
@@ -538,6 +538,7 @@ fn resolve_group(cx: &mut Ctx<'_>, gi: usize, g: &format::Group, ov: &Overrides)
         }
     });
     let publish = g.publish.as_ref().map(|pb| resolve_publish(cx, &p, pb));
+    let events = g.events.iter().enumerate().map(|(ei, e)| resolve_event(cx, gi, ei, e, clients)).collect();
     let subscribe = g.subscribe.as_ref().map(|s| {
         if s.filters.is_empty() {
             cx.err(
@@ -571,6 +572,7 @@ fn resolve_group(cx: &mut Ctx<'_>, gi: usize, g: &format::Group, ov: &Overrides)
         reconnect,
         publish,
         subscribe,
+        events,
     };
     // the engine's own checks (templates, topics, filters): point at the field they name
     if let Err(PlanError::Group { field, message, .. }) = spec.validate()
@@ -585,6 +587,79 @@ fn resolve_group(cx: &mut Ctx<'_>, gi: usize, g: &format::Group, ov: &Overrides)
         cx.err(p(&key), message, None);
     }
     Some(spec)
+}
+
+fn resolve_event(cx: &mut Ctx<'_>, gi: usize, ei: usize, e: &format::Event, clients: u32) -> EventSpec {
+    let at = |key: &str| {
+        let mut v = path!["group", gi, "event", ei];
+        if !key.is_empty() {
+            v.push(Seg::Key(key.to_string()));
+        }
+        v
+    };
+    let at_ms = match &e.at {
+        Some(_) => cx.duration(at("at"), &e.at, Duration::ZERO).as_millis() as u64,
+        None => {
+            cx.err(
+                at(""),
+                "an event needs `at`",
+                "e.g. `at = \"30s\"` after the publishing window starts".to_string(),
+            );
+            0
+        }
+    };
+    let every_ms = cx.duration(at("every"), &e.every, Duration::ZERO).as_millis() as u64;
+    let times = e.times.unwrap_or(1);
+    if times == 0 || times > MAX_EVENT_TIMES || (times > 1 && every_ms == 0) {
+        cx.err(
+            at("times"),
+            format!("{times} times: an event happens 1 to {MAX_EVENT_TIMES} times"),
+            "repeat with `every = \"60s\"` and `times = 5`".to_string(),
+        );
+    }
+    let action = match e.action.as_deref() {
+        Some(s) => EventAction::from_name(s).unwrap_or_else(|| {
+            cx.err(
+                at("action"),
+                format!("unknown action `{s}`"),
+                format!("one of {}", EventAction::NAMES.join(", ")),
+            );
+            EventAction::Drop
+        }),
+        None => {
+            cx.err(at(""), "an event needs an `action`", format!("one of {}", EventAction::NAMES.join(", ")));
+            EventAction::Drop
+        }
+    };
+    let count = match (e.count, e.fraction) {
+        (Some(n), None) => n.min(clients),
+        (None, Some(f)) if f > 0.0 && f <= 1.0 => ((clients as f64 * f).round() as u32).max(1),
+        (None, Some(f)) => {
+            cx.err(at("fraction"), format!("a fraction of {f}"), "0 < fraction ≤ 1".to_string());
+            0
+        }
+        _ => {
+            cx.err(at(""), "say how many clients: `count` or `fraction`, one of them", None);
+            0
+        }
+    };
+    let back = match e.back.as_deref() {
+        None | Some("backoff") => Comeback::Backoff,
+        Some("now") => Comeback::Now,
+        Some("never") => Comeback::Never,
+        Some(s) => match humantime::parse_duration(s) {
+            Ok(d) if d <= MAX_DURATION => Comeback::AfterMs(d.as_millis() as u64),
+            _ => {
+                cx.err(
+                    at("back"),
+                    format!("`{s}` is not a way back"),
+                    "\"now\", \"backoff\", \"never\" or a pause such as \"5s\"".to_string(),
+                );
+                Comeback::Backoff
+            }
+        },
+    };
+    EventSpec { at_ms, every_ms, times, action, count, back }
 }
 
 fn resolve_publish(cx: &mut Ctx<'_>, p: &dyn Fn(&[&str]) -> Vec<Seg>, pb: &format::Publish) -> PublishSpec {

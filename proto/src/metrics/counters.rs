@@ -49,6 +49,8 @@ counters! {
     reconnects,
     /// Clients that gave up after `max_attempts` failed attempts in a row.
     abandoned,
+    /// Connections a scenario event took away (disconnect, drop, silence, disconnect_with_will).
+    event_actions,
     /// Filters granted in SUBACKs.
     subscribes,
     /// Filters refused in SUBACKs.

@@ -50,16 +50,35 @@ fn group_spec() -> impl Strategy<Value = GroupSpec> {
                 }
             },
         );
+    let event = (
+        (any::<u64>(), any::<u64>(), any::<u32>(), 0usize..4, any::<u32>()),
+        prop_oneof![
+            Just(Comeback::Now),
+            Just(Comeback::Backoff),
+            Just(Comeback::Never),
+            any::<u64>().prop_map(Comeback::AfterMs)
+        ],
+    )
+        .prop_map(|((at_ms, every_ms, times, a, count), back)| EventSpec {
+            at_ms,
+            every_ms,
+            times,
+            action: EventAction::from_name(EventAction::NAMES[a]).unwrap(),
+            count,
+            back,
+        });
     (
         ("[a-z]{1,8}", any::<u32>(), "[a-z{}]{1,12}", protocol(), any::<u16>(), any::<bool>(), any::<u32>()),
         (proptest::option::of("[a-z]{0,8}"), proptest::option::of(".{0,8}"), will, 0.0f64..1e9, 0.0f64..1e9),
         (any::<u16>(), any::<u64>(), any::<u64>(), reconnect, publish, subscribe),
+        proptest::collection::vec(event, 0..3),
     )
         .prop_map(
             |(
                 (name, clients, client_id, protocol, keepalive_secs, clean_start, session_expiry_secs),
                 (username, password, will, connect_rate, disconnect_rate),
                 (max_inflight, connect_timeout_ms, ack_timeout_ms, reconnect, publish, subscribe),
+                events,
             )| GroupSpec {
                 name,
                 clients,
@@ -79,6 +98,7 @@ fn group_spec() -> impl Strategy<Value = GroupSpec> {
                 reconnect,
                 publish,
                 subscribe,
+                events,
             },
         )
 }

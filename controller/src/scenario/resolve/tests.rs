@@ -153,6 +153,25 @@ fn password_from_the_environment() {
 /// Numbers that would overflow, hang the engine or allocate without bound are refused at
 /// load, each pointing at its line with the bound in the message.
 #[test]
+fn events_are_checked_where_they_are_written() {
+    for (event, says) in [
+        ("action = \"drop\"\ncount = 1", "needs `at`"),
+        ("at = \"1s\"\naction = \"explode\"\ncount = 1", "unknown action `explode`"),
+        ("at = \"1s\"\naction = \"drop\"", "`count` or `fraction`"),
+        ("at = \"1s\"\naction = \"drop\"\nfraction = 1.5", "a fraction of 1.5"),
+        ("at = \"1s\"\naction = \"drop\"\ncount = 1\ntimes = 3", "1 to 10000 times"),
+        ("at = \"1s\"\naction = \"drop\"\ncount = 1\nback = \"later\"", "not a way back"),
+        ("at = \"1s\"\naction = \"disconnect_with_will\"\ncount = 1", "MQTT 5"),
+    ] {
+        let d = first_error(&format!("{MINIMAL}[[group.event]]\n{event}\n"));
+        assert!(d.message.contains(says), "{event}: {d}");
+    }
+    let plan = load(&format!("{MINIMAL}[[group.event]]\nat = \"2s\"\nevery = \"1s\"\ntimes = 3\naction = \"drop\"\nfraction = 0.5\nback = \"5s\"\n")).unwrap();
+    let e = &plan.groups[0].events[0];
+    assert_eq!((e.at_ms, e.every_ms, e.times, e.count, e.back), (2000, 1000, 3, 5, Comeback::AfterMs(5000)));
+}
+
+#[test]
 fn a_group_label_in_a_threshold_must_name_a_group() {
     let d = first_error(&format!("thresholds = [\"e2e{{group=sensor}}.p99 < 5ms\"]\n{MINIMAL}"));
     assert!(d.message.contains("group `sensor`, which the scenario does not have"), "{d}");
