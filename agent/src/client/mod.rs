@@ -327,15 +327,11 @@ impl Client {
         self.shared.publishers.done();
     }
 
-    /// The end of the publishing window, while it is still to come.
+    /// The end of the publishing window, while it is still to come: as last followed (not read
+    /// afresh from the phase, which may have moved on since: a window cut between the two reads
+    /// would end publishing against the old end and count an hour of schedule as behind).
     fn open_window_until(&self) -> Option<u64> {
-        if self.publish_fixed {
-            return None;
-        }
-        match *self.phase_rx.borrow() {
-            Phase::Publish { until_ns, .. } => Some(until_ns),
-            _ => None,
-        }
+        (!self.publish_fixed && self.window_until != u64::MAX).then_some(self.window_until)
     }
 
     /// Brings the pacer in line with the phase (the publishing window's end is handled by the
