@@ -539,7 +539,7 @@ impl Client {
             self.connect_failed(LoadError::ProtocolError);
             return End::Retry;
         }
-        self.session(stream, intended_ns, permit).await
+        self.session(stream, intended_ns, tcp_start, permit).await
     }
 
     fn connect_failed(&mut self, e: LoadError) {
@@ -549,7 +549,13 @@ impl Client {
     }
 
     /// The connected part: returns when the connection ends.
-    async fn session(&mut self, mut stream: Stream, intended_ns: u64, mut permit: Option<Slot>) -> End {
+    async fn session(
+        &mut self,
+        mut stream: Stream,
+        intended_ns: u64,
+        tcp_start: u64,
+        mut permit: Option<Slot>,
+    ) -> End {
         let mut rbuf = BytesMut::new();
         self.silent = None;
         let mut pending: Option<BytePages> = None;
@@ -736,7 +742,7 @@ impl Client {
                     if connected && !was_connected {
                         publish_now = true;
                         // the handshake is over: it counts toward the window's rate, its slot is free
-                        self.shared.connecting.handshake(now);
+                        self.shared.connecting.handshake(now, now.saturating_sub(tcp_start));
                         drop(permit.take());
                     }
                     if rbuf.is_empty() {
