@@ -21,6 +21,7 @@ use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -65,7 +66,8 @@ struct State {
 
 struct Slot {
     generation: u64,
-    fired: bool,
+    /// Shared with its [`Sleep`], so a poll can see it fired without the lock.
+    fired: Arc<AtomicBool>,
     waker: Option<Waker>,
 }
 
@@ -97,8 +99,9 @@ impl Timers {
 
     /// A sleeper with no deadline yet.
     pub fn sleep(&self) -> Sleep {
-        let key = self.inner.lock().slots.insert(Slot { generation: 0, fired: false, waker: None });
-        Sleep { inner: self.inner.clone(), key }
+        let fired = Arc::new(AtomicBool::new(false));
+        let key = self.inner.lock().slots.insert(Slot { generation: 0, fired: fired.clone(), waker: None });
+        Sleep { inner: self.inner.clone(), key, fired, registered: None }
     }
 
     /// Sleepers alive and heap entries (live and stale), for tests.
@@ -178,7 +181,7 @@ async fn drive(inner: Arc<Inner>) {
                 if let Some(slot) = slots.get_mut(key)
                     && slot.generation == generation
                 {
-                    slot.fired = true;
+                    slot.fired.store(true, Ordering::Release);
                     due.extend(slot.waker.take());
                 }
             }
@@ -199,6 +202,11 @@ async fn drive(inner: Arc<Inner>) {
 pub struct Sleep {
     inner: Arc<Inner>,
     key: usize,
+    fired: Arc<AtomicBool>,
+    /// The waker its slot holds, as far as this side knows: while the task's waker is the
+    /// same, a poll that finds the deadline still ahead needs no lock (the poll of every pass
+    /// of a client's loop).
+    registered: Option<Waker>,
 }
 
 impl Sleep {
@@ -212,8 +220,13 @@ impl Sleep {
         let generation = s.generations;
         let slot = &mut s.slots[self.key];
         slot.generation = generation;
-        slot.fired = deadline <= now;
-        if slot.fired || deadline >= now.saturating_add(NEVER_NS) {
+        let fired = deadline <= now;
+        slot.fired.store(fired, Ordering::Release);
+        if slot.waker.is_none() {
+            // taken by the driver when it last fired
+            self.registered = None;
+        }
+        if fired || deadline >= now.saturating_add(NEVER_NS) {
             return;
         }
         s.heap.push(Reverse((deadline, self.key, generation)));
@@ -225,7 +238,7 @@ impl Sleep {
 
     /// Whether the deadline passed (and was seen to).
     pub fn is_elapsed(&self) -> bool {
-        self.inner.lock().slots[self.key].fired
+        self.fired.load(Ordering::Acquire)
     }
 }
 
@@ -246,16 +259,23 @@ impl Future for Sleep {
         // like tokio's own timers, take part in the task budget: a loop that keeps finding its
         // timer ready still yields to the rest of the runtime now and then
         let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
-        let mut s = self.inner.lock();
-        let slot = &mut s.slots[self.key];
-        if slot.fired {
+        let this = self.get_mut();
+        if this.fired.load(Ordering::Acquire) {
             coop.made_progress();
             return Poll::Ready(());
         }
-        match &mut slot.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            w => *w = Some(cx.waker().clone()),
+        if this.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            // the driver sets `fired` before it takes the waker, and wakes after: nothing lost
+            return Poll::Pending;
         }
+        let mut s = this.inner.lock();
+        let slot = &mut s.slots[this.key];
+        if slot.fired.load(Ordering::Acquire) {
+            coop.made_progress();
+            return Poll::Ready(());
+        }
+        slot.waker = Some(cx.waker().clone());
+        this.registered = slot.waker.clone();
         Poll::Pending
     }
 }

@@ -152,19 +152,31 @@ pub enum EventAction {
     DisconnectWithWill,
 }
 
-impl EventAction {
-    pub const NAMES: &'static [&'static str] = &["disconnect", "drop", "silence", "disconnect_with_will"];
+/// `NAMES`, `name` and `from_name` for a fieldless enum, the names the scenario file uses.
+macro_rules! named {
+    ($t:ident { $($v:ident => $n:literal),* $(,)? }) => {
+        impl $t {
+            pub const NAMES: &'static [&'static str] = &[$($n),*];
 
-    pub fn name(&self) -> &'static str {
-        Self::NAMES[*self as usize]
-    }
+            pub fn name(&self) -> &'static str {
+                match self { $(Self::$v => $n),* }
+            }
 
-    pub fn from_name(s: &str) -> Option<Self> {
-        [Self::Disconnect, Self::Drop, Self::Silence, Self::DisconnectWithWill]
-            .into_iter()
-            .find(|a| a.name() == s)
-    }
+            pub fn from_name(s: &str) -> Option<Self> {
+                match s { $($n => Some(Self::$v),)* _ => None }
+            }
+        }
+    };
 }
+
+named!(EventAction {
+    Disconnect => "disconnect",
+    Drop => "drop",
+    Silence => "silence",
+    DisconnectWithWill => "disconnect_with_will",
+});
+named!(BackoffPolicy { None => "none", Constant => "constant", Linear => "linear", Exponential => "exponential" });
+named!(Jitter { None => "none", Full => "full", Equal => "equal", Decorrelated => "decorrelated" });
 
 /// When clients an event took away come back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -281,30 +293,6 @@ pub enum Jitter {
     Full,
     Equal,
     Decorrelated,
-}
-
-impl BackoffPolicy {
-    pub const NAMES: &'static [&'static str] = &["none", "constant", "linear", "exponential"];
-
-    pub fn name(&self) -> &'static str {
-        Self::NAMES[*self as usize]
-    }
-
-    pub fn from_name(s: &str) -> Option<Self> {
-        [Self::None, Self::Constant, Self::Linear, Self::Exponential].into_iter().find(|p| p.name() == s)
-    }
-}
-
-impl Jitter {
-    pub const NAMES: &'static [&'static str] = &["none", "full", "equal", "decorrelated"];
-
-    pub fn name(&self) -> &'static str {
-        Self::NAMES[*self as usize]
-    }
-
-    pub fn from_name(s: &str) -> Option<Self> {
-        [Self::None, Self::Full, Self::Equal, Self::Decorrelated].into_iter().find(|p| p.name() == s)
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -116,11 +116,7 @@ impl From<&Assignment> for pb::Assignment {
             timer_coalesce_us: a.timer_coalesce_us,
             adaptive_connecting: a.adaptive_connecting,
             max_unsent_bytes: a.max_unsent_bytes,
-            publish_ranges: a
-                .publish_ranges
-                .iter()
-                .map(|r| pb::PublishRange { stream_base: r.stream_base, clients: r.clients, group: r.group })
-                .collect(),
+            publish_ranges: a.publish_ranges.iter().map(Into::into).collect(),
             clock_offset_ns: a.clock_offset_ns,
         }
     }
@@ -153,13 +149,21 @@ impl TryFrom<pb::Assignment> for Assignment {
             timer_coalesce_us: a.timer_coalesce_us,
             adaptive_connecting: a.adaptive_connecting,
             max_unsent_bytes: a.max_unsent_bytes,
-            publish_ranges: a
-                .publish_ranges
-                .iter()
-                .map(|r| PublishRange { stream_base: r.stream_base, clients: r.clients, group: r.group })
-                .collect(),
+            publish_ranges: a.publish_ranges.iter().map(Into::into).collect(),
             clock_offset_ns: a.clock_offset_ns,
         })
+    }
+}
+
+impl From<&PublishRange> for pb::PublishRange {
+    fn from(r: &PublishRange) -> Self {
+        pb::PublishRange { stream_base: r.stream_base, clients: r.clients, group: r.group }
+    }
+}
+
+impl From<&pb::PublishRange> for PublishRange {
+    fn from(r: &pb::PublishRange) -> Self {
+        PublishRange { stream_base: r.stream_base, clients: r.clients, group: r.group }
     }
 }
 

@@ -635,9 +635,9 @@ impl Client {
             let out = self.conn.take_output().filter(|_| self.silent.is_none());
             // the reservation becomes what was really queued, in one step
             let n = out.as_ref().map_or(0, |o| o.len() as u64);
-            if n >= reserved {
+            if n > reserved {
                 self.shared.unsent.add(n - reserved);
-            } else {
+            } else if n < reserved {
                 self.shared.unsent.sub(reserved - n);
             }
             queued += n;
@@ -757,7 +757,9 @@ impl Client {
             }
         };
         // whatever it still held leaves with the connection
-        self.shared.unsent.sub(queued);
+        if queued > 0 {
+            self.shared.unsent.sub(queued);
+        }
         if connected {
             self.shared.rec.connected_dec();
         }

@@ -94,6 +94,22 @@ impl Ctx<'_> {
         }
     }
 
+    /// One of a fixed set of names (`names`, read by `from`), or `default` when absent.
+    fn named<T>(
+        &mut self,
+        path: Vec<Seg>,
+        v: Option<&str>,
+        what: &str,
+        (names, from): (&[&str], fn(&str) -> Option<T>),
+        default: T,
+    ) -> T {
+        let Some(s) = v else { return default };
+        from(s).unwrap_or_else(|| {
+            self.err(path, format!("unknown {what} `{s}`"), format!("one of {}", names.join(", ")));
+            default
+        })
+    }
+
     fn rate(&mut self, path: Vec<Seg>, v: Option<f64>, default: f64, what: &str) -> f64 {
         match v {
             None => default,
@@ -470,28 +486,20 @@ fn resolve_group(cx: &mut Ctx<'_>, gi: usize, g: &format::Group, ov: &Overrides)
             .duration(p(&["reconnect", "max_backoff"]), &r.max_backoff, Duration::from_secs(30))
             .as_millis() as u64,
         max_rate: cx.rate(p(&["reconnect", "max_rate"]), r.max_rate, connect_rate, "max_rate"),
-        policy: match r.backoff.as_deref() {
-            None => BackoffPolicy::default(),
-            Some(s) => BackoffPolicy::from_name(s).unwrap_or_else(|| {
-                cx.err(
-                    p(&["reconnect", "backoff"]),
-                    format!("unknown backoff `{s}`"),
-                    format!("one of {}", BackoffPolicy::NAMES.join(", ")),
-                );
-                BackoffPolicy::default()
-            }),
-        },
-        jitter: match r.jitter.as_deref() {
-            None => Jitter::default(),
-            Some(s) => Jitter::from_name(s).unwrap_or_else(|| {
-                cx.err(
-                    p(&["reconnect", "jitter"]),
-                    format!("unknown jitter `{s}`"),
-                    format!("one of {}", Jitter::NAMES.join(", ")),
-                );
-                Jitter::default()
-            }),
-        },
+        policy: cx.named(
+            p(&["reconnect", "backoff"]),
+            r.backoff.as_deref(),
+            "backoff",
+            (BackoffPolicy::NAMES, BackoffPolicy::from_name),
+            BackoffPolicy::default(),
+        ),
+        jitter: cx.named(
+            p(&["reconnect", "jitter"]),
+            r.jitter.as_deref(),
+            "jitter",
+            (Jitter::NAMES, Jitter::from_name),
+            Jitter::default(),
+        ),
         multiplier: match r.multiplier {
             None => 2.0,
             Some(m) if m > 1.0 && m <= MAX_MULTIPLIER => m,
@@ -617,20 +625,11 @@ fn resolve_event(cx: &mut Ctx<'_>, gi: usize, ei: usize, e: &format::Event, clie
             "repeat with `every = \"60s\"` and `times = 5`".to_string(),
         );
     }
-    let action = match e.action.as_deref() {
-        Some(s) => EventAction::from_name(s).unwrap_or_else(|| {
-            cx.err(
-                at("action"),
-                format!("unknown action `{s}`"),
-                format!("one of {}", EventAction::NAMES.join(", ")),
-            );
-            EventAction::Drop
-        }),
-        None => {
-            cx.err(at(""), "an event needs an `action`", format!("one of {}", EventAction::NAMES.join(", ")));
-            EventAction::Drop
-        }
-    };
+    if e.action.is_none() {
+        cx.err(at(""), "an event needs an `action`", format!("one of {}", EventAction::NAMES.join(", ")));
+    }
+    let names = (EventAction::NAMES, EventAction::from_name as fn(&str) -> Option<EventAction>);
+    let action = cx.named(at("action"), e.action.as_deref(), "action", names, EventAction::Drop);
     let count = match (e.count, e.fraction) {
         (Some(n), None) => n.min(clients),
         (None, Some(f)) if f > 0.0 && f <= 1.0 => ((clients as f64 * f).round() as u32).max(1),
