@@ -57,12 +57,19 @@ async fn dropped_clients_fire_their_wills_and_clean_ones_do_not_on_mosquitto() {
     let dropped = will_storm(&m.url(), "drop", "never").await;
     let c = &dropped.counters;
     assert_eq!(c["event_actions"], 8, "{c:?}");
-    // the observer got exactly one will per dropped client (wills carry no squall header)
-    assert_eq!(c["received_foreign"], 8, "{c:?}");
+    // the observer got exactly one will per dropped client, each named by its header
+    assert_eq!((c["wills_received"], c["received_foreign"]), (8, 0), "{c:?}");
+    let w = dropped.wills.unwrap();
+    assert!(w.complete);
+    assert_eq!((w.expected, w.delivered, w.missing, w.unexpected), (8, 8, 0, 0), "{w:?}");
+    let lat = dropped.latency["will"].raw.unwrap();
+    assert_eq!(lat.count, 8);
     let clean = will_storm(&m.url(), "disconnect", "never").await;
     let c = &clean.counters;
     assert_eq!(c["event_actions"], 8, "{c:?}");
-    assert_eq!(c["received_foreign"], 0, "no will after a clean DISCONNECT: {c:?}");
+    assert_eq!(c["wills_received"], 0, "no will after a clean DISCONNECT: {c:?}");
+    let w = clean.wills.unwrap();
+    assert_eq!((w.expected, w.delivered, w.unexpected), (0, 0, 0), "{w:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,7 +78,9 @@ async fn clients_taken_away_come_back_as_the_event_says() {
     let url = support::url(&broker);
     let r = will_storm(&url, "drop", "now").await;
     let c = &r.counters;
-    assert_eq!((c["event_actions"], c["reconnects"], c["received_foreign"]), (8, 8, 8), "{c:?}");
+    assert_eq!((c["event_actions"], c["reconnects"], c["wills_received"]), (8, 8, 8), "{c:?}");
+    let w = r.wills.unwrap();
+    assert_eq!((w.expected, w.delivered, w.missing, w.unexpected), (8, 8, 0, 0), "{w:?}");
     let back = r.groups.iter().find(|g| g.name == "dev").unwrap().latency["reconnect"].raw.unwrap();
     assert_eq!(back.count, 8);
     assert!(back.max_us < 500_000, "back at once: {back:?}");
@@ -88,7 +97,14 @@ async fn a_silent_client_is_ended_by_the_brokers_keepalive_and_its_will_fires() 
     let broker = support::broker(|_| {}).await;
     let r = will_storm_for(&support::url(&broker), "silence", "now", "3s", "3.1.1").await;
     let c = &r.counters;
-    assert_eq!((c["event_actions"], c["received_foreign"], c["reconnects"]), (8, 8, 8), "{c:?}");
+    assert_eq!((c["event_actions"], c["wills_received"], c["reconnects"]), (8, 8, 8), "{c:?}");
+    let w = r.wills.unwrap();
+    assert_eq!((w.expected, w.delivered, w.missing, w.unexpected, w.early), (8, 8, 0, 0, 0), "{w:?}");
+    // measured from when the broker was due to act (last packet + 1.5 × keepalive), not from
+    // the silence: what is left is the broker's enforcement delay, well under the 1.5 s
+    let will = r.groups.iter().find(|g| g.name == "dev").unwrap().latency["will"].raw.unwrap();
+    assert_eq!(will.count, 8);
+    assert!(will.max_us < 1_000_000, "{will:?}");
     let away = r.groups.iter().find(|g| g.name == "dev").unwrap().latency["reconnect"].raw.unwrap();
     // from the silence to the next CONNACK: at least the broker's 1.5 s
     assert!(away.min_us >= 1_000_000, "{away:?}");
@@ -101,5 +117,140 @@ async fn disconnect_with_will_publishes_the_will_on_mosquitto() {
     let m = Mosquitto::start();
     let r = will_storm_for(&m.url(), "disconnect_with_will", "never", "2s", "5").await;
     let c = &r.counters;
-    assert_eq!((c["event_actions"], c["received_foreign"]), (8, 8), "{c:?}");
+    assert_eq!((c["event_actions"], c["wills_received"]), (8, 8), "{c:?}");
+    let w = r.wills.unwrap();
+    assert_eq!((w.expected, w.delivered, w.missing, w.unexpected), (8, 8, 0, 0), "{w:?}");
+}
+
+/// Wills for the will ledger's spec cases: `n` devices (MQTT 5, persistent sessions) with a
+/// will `delay` taken away by `action` half a second in, coming `back`.
+async fn delayed_wills(target: &str, action: &str, back: &str, delay: &str) -> Report {
+    let text = format!(
+        r#"
+[run]
+duration = "4s"
+drain = "1s"
+[[group]]
+name = "obs"
+clients = 1
+protocol = "5"
+[group.subscribe]
+filters = ["wills/#"]
+qos = 1
+[[group]]
+name = "dev"
+clients = 10
+protocol = "5"
+clean_start = false
+session_expiry = "60s"
+[group.will]
+topic = "wills/{{i}}"
+payload = "gone"
+qos = 1
+delay = "{delay}"
+[[group.event]]
+at = "500ms"
+action = "{action}"
+count = 6
+back = "{back}"
+"#
+    );
+    run(target, &text).await
+}
+
+/// MQTT 5 will delay on squall's broker: a session resumed within the delay withholds the will;
+/// one that stays away gets it after the delay, and the latency counts from then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_will_is_withheld_on_resume_and_due_after_its_delay() {
+    let broker = support::broker(|_| {}).await;
+    let url = support::url(&broker);
+    let resumed = delayed_wills(&url, "drop", "now", "2s").await;
+    let w = resumed.wills.unwrap();
+    assert_eq!(resumed.counters["reconnects"], 6);
+    assert_eq!((w.expected, w.delivered, w.unexpected), (0, 0, 0), "withheld: {w:?}");
+    let away = delayed_wills(&url, "drop", "never", "1s").await;
+    let w = away.wills.unwrap();
+    assert_eq!((w.expected, w.delivered, w.missing, w.unexpected, w.early), (6, 6, 0, 0, 0), "{w:?}");
+    // from the drop + 1 s: the broker's share only (it sleeps whole seconds, to the ms)
+    let will = away.latency["will"].raw.unwrap();
+    assert!(will.max_us < 500_000, "{will:?}");
+    broker.shutdown().await;
+}
+
+/// A broker that publishes a will after a clean DISCONNECT (squall's broker, broken on
+/// purpose) is caught: every such will is `unexpected`, none is counted as delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_after_a_clean_disconnect_is_unexpected() {
+    use squall_broker::faults::{Action, Rule};
+    let broker = support::broker(|c| c.faults = vec![Rule::all(Action::WillOnCleanDisconnect)]).await;
+    let r = will_storm(&support::url(&broker), "disconnect", "never").await;
+    let w = r.wills.unwrap();
+    // the 8 taken away mid-run; the rest leave at the end, after the observer
+    assert_eq!((w.expected, w.delivered, w.unexpected), (0, 0, 8), "{w:?}");
+    assert!(r.thresholds.is_empty());
+    broker.shutdown().await;
+}
+
+/// A storm of 2,000 drops at once, back by the group's backoff: every client returns, the
+/// report's recovery is measured from the drop, and the policy's own share (here a constant
+/// 300 ms, or decorrelated jitter up to `max_backoff`) is shown beside it.
+async fn storm_of_2000(target: &str, jitter: &str, max_backoff: &str) -> Report {
+    let text = format!(
+        r#"
+[run]
+duration = "4s"
+drain = "1s"
+[[group]]
+name = "dev"
+clients = 2000
+connect_rate = 4000
+[group.reconnect]
+backoff = "constant"
+jitter = "{jitter}"
+min_backoff = "300ms"
+max_backoff = "{max_backoff}"
+max_rate = 100000
+[[group.event]]
+at = "1s"
+action = "drop"
+fraction = 1.0
+back = "backoff"
+"#
+    );
+    run(target, &text).await
+}
+
+fn one_storm(r: &Report) -> &squall_controller::report::StormReport {
+    assert_eq!(r.storms.len(), 1, "{:?}", r.storms);
+    &r.storms[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_2000_drops_recovers_fully_and_shows_the_policys_share() {
+    let m = Mosquitto::start();
+    let broker = support::broker(|_| {}).await;
+    for target in [m.url(), support::url(&broker)] {
+        let r = storm_of_2000(&target, "none", "300ms").await;
+        let s = one_storm(&r);
+        assert_eq!((s.taken, s.back, s.abandoned), (2000, 2000, 0), "{target}: {s:?}");
+        let (p100, r99, r100) =
+            (s.policy_100_ms.unwrap(), s.recovered_99_ms.unwrap(), s.recovered_100_ms.unwrap());
+        // constant, no jitter: every client waited its 300 ms (the timer may be late, not early)
+        let p99 = s.policy_99_ms.unwrap();
+        assert!((299.0..400.0).contains(&s.policy_99_ms.unwrap()), "{target}: {s:?}");
+        assert!(p99 <= p100 && r99 <= r100 && p100 <= r100, "{target}: {s:?}");
+        let backoff = r.latency["backoff"].raw.unwrap();
+        assert_eq!(backoff.count, 2000);
+        assert!(backoff.min_us >= 299_000, "{backoff:?}");
+
+        // decorrelated jitter: uniform between the base and 3 × the last delay, capped at
+        // 900 ms: spread, never in lockstep
+        let r = storm_of_2000(&target, "decorrelated", "900ms").await;
+        let s = one_storm(&r);
+        assert_eq!((s.taken, s.back), (2000, 2000), "{target}: {s:?}");
+        let b = r.latency["backoff"].raw.unwrap();
+        assert!(b.min_us >= 299_000 && b.p90_us > b.p50_us + 100_000, "{target}: {b:?}");
+        assert!(s.policy_100_ms.unwrap() > 600.0, "{target}: {s:?}");
+    }
+    broker.shutdown().await;
 }

@@ -27,6 +27,7 @@ use crate::mqtt::transport::Endpoint;
 use crate::timer::Timers;
 use squall_proto::clock::Clock;
 pub use squall_proto::link::{AgentEvent, AgentResult, Command};
+use squall_proto::metrics::Observers;
 use squall_proto::plan::{Assignment, PlanError};
 use squall_proto::topic;
 
@@ -104,6 +105,7 @@ async fn run(
         timers,
         unsent: Unsent::new(a.max_unsent_bytes),
         publish_ranges: a.publish_ranges.clone(),
+        storms: Default::default(),
     });
     let groups: Vec<Arc<GroupRuntime>> = a
         .groups
@@ -179,10 +181,16 @@ async fn run(
     let mut collector = snap_task.await.unwrap_or_else(|_| Collector::new(a.agent, start_ns));
     let last = collector.collect(&rec, clock.now_ns());
     let _ = events.send(AgentEvent::Snapshot(last)).await;
+    // will records past one snapshot's share follow in snapshots of their own
+    while collector.wills_pending() {
+        let more = collector.collect(&rec, clock.now_ns());
+        let _ = events.send(AgentEvent::Snapshot(more)).await;
+    }
 
     match outcome {
         Ok(Some(streams)) => {
-            let result = finalize(&groups, outcomes, &streams);
+            let mut result = finalize(&groups, outcomes, &streams);
+            (result.storms, result.storms_untracked) = shared.storms.results();
             tracing::info!(agent = a.agent, "Agent finished");
             let _ = events.send(AgentEvent::Finished(result)).await;
         }
@@ -357,6 +365,13 @@ fn finalize(groups: &[Arc<GroupRuntime>], outcomes: Vec<Outcome>, streams: &[Str
             result.ledger.add(&t);
             result.receivers += 1;
         };
+    // who was owed each will: receivers by their granted filters
+    let mut observers: HashMap<Vec<String>, u64> = HashMap::new();
+    let mut observe = |filters: &[(String, Option<u8>)]| {
+        let granted: Vec<String> =
+            filters.iter().filter(|(_, g)| g.is_some()).map(|(f, _)| f.clone()).collect();
+        *observers.entry(granted).or_default() += 1;
+    };
     // shared subscriptions: one receiver per share; members' grants are alike, take any granted
     let mut shared_grants: HashMap<(usize, Vec<String>), Vec<(String, Option<u8>)>> = HashMap::new();
     for o in &outcomes {
@@ -370,6 +385,7 @@ fn finalize(groups: &[Arc<GroupRuntime>], outcomes: Vec<Outcome>, streams: &[Str
         }
         match &o.ledger {
             Some(l) => {
+                observe(&o.filters);
                 let exp = expected_for(&o.filters);
                 settle(o.group, l, &exp, &mut result);
             }
@@ -387,10 +403,13 @@ fn finalize(groups: &[Arc<GroupRuntime>], outcomes: Vec<Outcome>, streams: &[Str
     for ((group, key), filters) in shared_grants {
         if let Some(l) = groups[group].shared.get(&key) {
             let l = l.lock().unwrap_or_else(|e| e.into_inner());
+            observe(&filters);
             let exp = expected_for(&filters);
             settle(group, &l, &exp, &mut result);
         }
     }
+    result.observers = observers.into_iter().map(|(filters, count)| Observers { filters, count }).collect();
+    result.observers.sort_by(|a, b| a.filters.cmp(&b.filters));
     result.ledger_by_group = groups
         .iter()
         .zip(by_group)

@@ -680,7 +680,7 @@ impl Conn {
                 _ => self.sh.stats.disconnects_abrupt.fetch_add(1, Relaxed),
             };
             let will = match close {
-                Close::Clean => None,
+                Close::Clean if !self.faults.will_on_clean_disconnect() => None,
                 _ => self.will.take(),
             };
             self.sh.detach(&session, self.id, will);

@@ -21,7 +21,8 @@
 //! refuse = 135          # CONNACK code (MQTT 5 codes are mapped for 3.1.1 clients)
 //!
 //! [[fault]]
-//! drop_after = "2s"     # or: drop_on = "subscribe", or: expire_session = true
+//! drop_after = "2s"     # or: drop_on = "subscribe", or: expire_session = true,
+//!                       # or: will_on_clean_disconnect = true (a broker bug, on purpose)
 //!
 //! [[stall]]
 //! at = "5s"             # after the broker starts
@@ -97,6 +98,9 @@ pub enum Action {
     DropOn(InPacket),
     /// CONNACK with session present = false, the stored session discarded.
     ExpireSession,
+    /// Publish the will even when the client leaves with a clean DISCONNECT (which the spec
+    /// forbids): a broken broker, for testing what catches it.
+    WillOnCleanDisconnect,
 }
 
 /// Which clients and packets a rule applies to. Empty: all.
@@ -237,6 +241,10 @@ impl ConnFaults {
         (0..self.rules.len()).any(|i| matches!(self.rules[i].action, Action::ExpireSession) && self.hit(i))
     }
 
+    pub fn will_on_clean_disconnect(&self) -> bool {
+        self.rules.iter().any(|r| matches!(r.action, Action::WillOnCleanDisconnect))
+    }
+
     pub fn drop_after(&self) -> Option<Duration> {
         self.rules.iter().find_map(|r| match r.action {
             Action::DropAfter(d) => Some(d),
@@ -309,6 +317,7 @@ struct FaultSpec {
     drop_after: Option<String>,
     drop_on: Option<String>,
     expire_session: Option<bool>,
+    will_on_clean_disconnect: Option<bool>,
     clients: Option<String>,
     first: Option<u32>,
     every: Option<u32>,
@@ -420,10 +429,13 @@ pub fn parse_file(text: &str) -> Result<(Vec<Rule>, Vec<Stall>), FaultFileError>
         if f.expire_session == Some(true) {
             actions.push(Action::ExpireSession);
         }
+        if f.will_on_clean_disconnect == Some(true) {
+            actions.push(Action::WillOnCleanDisconnect);
+        }
         if actions.len() != 1 {
             return Err(FaultFileError {
                 index,
-                message: "give exactly one of delay, withhold, refuse, drop_after, drop_on, expire_session"
+                message: "give exactly one of delay, withhold, refuse, drop_after, drop_on, expire_session, will_on_clean_disconnect"
                     .into(),
             });
         }

@@ -3,7 +3,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use squall_proto::metrics::{Counters, GroupedHists, Hists, Latency, LoadError, Metric, Snapshot, Timing};
+use squall_proto::metrics::{
+    Counters, GroupedHists, Hists, Latency, LoadError, Metric, Observers, Snapshot, Timing, WillLedger,
+    WillRecord,
+};
 
 use crate::report::{AgentReport, AgentStatus};
 
@@ -113,7 +116,14 @@ pub struct Aggregate {
     live_errors: u64,
     live_e2e: Latency,
     live_since_ns: u64,
+    /// Will records from every agent, in arrival order (each agent's in its own order).
+    wills: Vec<WillRecord>,
+    /// Will records past [`MAX_WILL_RECORDS`], not kept.
+    wills_dropped: u64,
 }
+
+/// Will records the controller keeps over a run (four agents' worth of their own bound).
+pub const MAX_WILL_RECORDS: usize = 4_000_000;
 
 /// The most groups an aggregate keeps apart, unless told the scenario's count.
 const MAX_GROUPS: u32 = 1024;
@@ -127,6 +137,18 @@ impl Aggregate {
         self.groups = names.len().min(MAX_GROUPS as usize) as u32;
         self.group_names = names;
         self
+    }
+
+    /// Settles the will ledger against the receivers that were owed wills, and records each
+    /// will's latency (from when the broker was due) under the group of the client it was for.
+    pub fn settle_wills(&mut self, observers: &[Observers]) -> WillLedger {
+        let (hists, by_group) = (&mut self.hists, &mut self.by_group);
+        let mut l = squall_proto::metrics::wills::settle(&self.wills, observers, |group, ns| {
+            hists.record(Metric::Will, Timing::Raw, ns);
+            by_group.record(group, Metric::Will, Timing::Raw, ns);
+        });
+        l.unsettled = self.wills_dropped + self.counters.will_records_dropped;
+        l
     }
 
     /// The histograms of the group called `name`, if it recorded anything.
@@ -157,6 +179,8 @@ impl Aggregate {
             live_errors: 0,
             live_e2e: Latency::new(),
             live_since_ns: start_ns,
+            wills: Vec::new(),
+            wills_dropped: 0,
         }
     }
 
@@ -201,6 +225,12 @@ impl Aggregate {
         if let Some(h) = s.histograms.iter().find(|h| h.group >= self.groups) {
             return Err(format!("a histogram of group {}, which the scenario does not have", h.group));
         }
+        if let Some(w) = s.wills.iter().find(|w| w.group >= self.groups) {
+            return Err(format!("a will record of group {}, which the scenario does not have", w.group));
+        }
+        let room = MAX_WILL_RECORDS.saturating_sub(self.wills.len());
+        self.wills.extend(s.wills.iter().take(room).cloned());
+        self.wills_dropped += s.wills.len().saturating_sub(room) as u64;
         for h in &s.histograms {
             let mut l = Latency::from_v2(&h.v2)?;
             l.clamped = h.clamped;

@@ -370,6 +370,10 @@ pub async fn run(
             ),
         ));
     }
+    let wills = plan.groups.iter().any(|g| g.will.is_some()).then(|| {
+        let observers: Vec<_> = results.iter().flat_map(|r| r.observers.iter().cloned()).collect();
+        agg.settle_wills(&observers)
+    });
     let mut report = report::build(Inputs {
         plan: &plan,
         agg: &agg,
@@ -398,6 +402,7 @@ pub async fn run(
         publish_window_s,
         failure,
         warnings,
+        wills,
     });
     clock_warnings(&mut report);
     Ok(report)

@@ -79,6 +79,7 @@ pub const COUNT_NAMES: &[&str] = &[
     "duplicates",
     "out_of_order",
     "missed_offline",
+    "session_lost",
     "phantom",
     "errors",
     "connect.errors",
@@ -87,10 +88,26 @@ pub const COUNT_NAMES: &[&str] = &[
     "publish.rate",
     "receive.rate",
     "agents_suspect",
+    "wills.expected",
+    "wills.delivered",
+    "wills.missing",
+    "wills.duplicates",
+    "wills.unexpected",
+    "wills.allowed",
+    "wills.early",
+    "wills.unsettled",
 ];
 
-const LEDGER_NAMES: &[&str] =
-    &["lost", "delivered", "expected", "duplicates", "out_of_order", "missed_offline", "phantom"];
+const LEDGER_NAMES: &[&str] = &[
+    "lost",
+    "delivered",
+    "expected",
+    "duplicates",
+    "out_of_order",
+    "missed_offline",
+    "session_lost",
+    "phantom",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -163,6 +180,7 @@ impl MetricRef {
             MetricRef::Count(name) => {
                 let base = name.split('.').next().unwrap_or("");
                 !LEDGER_NAMES.contains(&base)
+                    && base != "wills"
                     && !["publish.rate", "receive.rate", "agents_suspect"].contains(&name.as_str())
             }
         }

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::{LedgerTotals, Snapshot, StreamFinal};
+use crate::metrics::{LedgerTotals, Observers, Snapshot, StormResult, StreamFinal};
 
 /// What the controller tells an agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,4 +53,10 @@ pub struct AgentResult {
     pub receivers: u64,
     /// Subscribing clients that never had a filter granted (not accounted).
     pub receivers_never_subscribed: u64,
+    /// This agent's receivers by their granted filters: who was owed each will.
+    pub observers: Vec<Observers>,
+    /// Each storm (a firing of a scenario event) this agent's clients were taken by.
+    pub storms: Vec<StormResult>,
+    /// Clients taken by storms past the tracked bound (256 storms per agent).
+    pub storms_untracked: u64,
 }

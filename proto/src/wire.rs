@@ -12,8 +12,8 @@ use std::net::IpAddr;
 
 use crate::link::{AgentEvent, AgentResult, Command};
 use crate::metrics::{
-    Counters, Delivery, ErrorCount, HistogramBytes, LedgerTotals, LoadError, Metric, Snapshot, StreamFinal,
-    Timing,
+    Counters, Delivery, ErrorCount, HistogramBytes, LedgerTotals, LoadError, Metric, Observers, Snapshot,
+    StormResult, StreamFinal, Timing, WillMark, WillRecord,
 };
 use crate::plan::{
     Assignment, BackoffPolicy, Comeback, EventAction, EventSpec, GroupAssignment, GroupSpec, Jitter,
@@ -373,6 +373,8 @@ impl From<Metric> for pb::Metric {
             Metric::Lag => pb::Metric::Lag,
             Metric::Reconnect => pb::Metric::Reconnect,
             Metric::Backoff => pb::Metric::Backoff,
+            Metric::Will => pb::Metric::Will,
+            Metric::Backlog => pb::Metric::Backlog,
         }
     }
 }
@@ -387,6 +389,8 @@ fn metric_from(v: i32) -> Result<Metric, WireError> {
         Ok(pb::Metric::Lag) => Metric::Lag,
         Ok(pb::Metric::Reconnect) => Metric::Reconnect,
         Ok(pb::Metric::Backoff) => Metric::Backoff,
+        Ok(pb::Metric::Will) => Metric::Will,
+        Ok(pb::Metric::Backlog) => Metric::Backlog,
         _ => return Err(bad("histogram.metric", format!("unknown metric {v}"))),
     })
 }
@@ -438,7 +442,53 @@ impl From<&Snapshot> for pb::Snapshot {
                     group: h.group,
                 })
                 .collect(),
+            wills: s.wills.iter().map(Into::into).collect(),
         }
+    }
+}
+
+impl From<&WillRecord> for pb::WillRecord {
+    fn from(r: &WillRecord) -> Self {
+        pb::WillRecord {
+            mark: match r.mark {
+                WillMark::Owed => pb::WillMark::Owed,
+                WillMark::Withdrawn => pb::WillMark::Withdrawn,
+                WillMark::Allowed => pb::WillMark::Allowed,
+                WillMark::Delivered => pb::WillMark::Delivered,
+            } as i32,
+            group: r.group,
+            client: r.client,
+            epoch: r.epoch,
+            at_unix_ns: r.at_unix_ns,
+            receiver: r.receiver,
+            topic: r.topic.clone(),
+        }
+    }
+}
+
+impl TryFrom<pb::WillRecord> for WillRecord {
+    type Error = WireError;
+
+    fn try_from(r: pb::WillRecord) -> Result<Self, WireError> {
+        let mark = match pb::WillMark::try_from(r.mark) {
+            Ok(pb::WillMark::Owed) => WillMark::Owed,
+            Ok(pb::WillMark::Withdrawn) => WillMark::Withdrawn,
+            Ok(pb::WillMark::Allowed) => WillMark::Allowed,
+            Ok(pb::WillMark::Delivered) => WillMark::Delivered,
+            _ => return Err(bad("will.mark", format!("unknown mark {}", r.mark))),
+        };
+        if r.topic.len() > 65_535 {
+            return Err(bad("will.topic", "longer than an MQTT topic can be"));
+        }
+        Ok(WillRecord {
+            mark,
+            group: r.group,
+            client: r.client,
+            epoch: r.epoch,
+            at_unix_ns: r.at_unix_ns,
+            receiver: r.receiver,
+            topic: r.topic,
+        })
     }
 }
 
@@ -486,6 +536,7 @@ impl TryFrom<pb::Snapshot> for Snapshot {
             errors,
             connected: s.connected,
             histograms,
+            wills: s.wills.into_iter().map(TryInto::try_into).collect::<Result<_, WireError>>()?,
         })
     }
 }
@@ -500,6 +551,7 @@ impl From<&Delivery> for pb::Delivery {
             out_of_order: d.out_of_order,
             missed_offline: d.missed_offline,
             phantom: d.phantom,
+            session_lost: d.session_lost,
         }
     }
 }
@@ -514,6 +566,7 @@ impl From<pb::Delivery> for Delivery {
             out_of_order: d.out_of_order,
             missed_offline: d.missed_offline,
             phantom: d.phantom,
+            session_lost: d.session_lost,
         }
     }
 }
@@ -542,6 +595,26 @@ impl From<&AgentResult> for pb::AgentResult {
                 .collect(),
             receivers: r.receivers,
             receivers_never_subscribed: r.receivers_never_subscribed,
+            observers: r
+                .observers
+                .iter()
+                .map(|o| pb::Observers { filters: o.filters.clone(), count: o.count })
+                .collect(),
+            storms: r
+                .storms
+                .iter()
+                .map(|s| pb::Storm {
+                    group: s.group,
+                    event: s.event,
+                    at_ms: s.at_ms,
+                    taken: s.taken,
+                    back_v2: s.back_v2.clone(),
+                    policy_v2: s.policy_v2.clone(),
+                    failed_attempts: s.failed_attempts,
+                    abandoned: s.abandoned,
+                })
+                .collect(),
+            storms_untracked: r.storms_untracked,
         }
     }
 }
@@ -559,6 +632,26 @@ impl TryFrom<pb::AgentResult> for AgentResult {
                 .collect::<Result<_, WireError>>()?,
             receivers: r.receivers,
             receivers_never_subscribed: r.receivers_never_subscribed,
+            observers: r
+                .observers
+                .into_iter()
+                .map(|o| Observers { filters: o.filters, count: o.count })
+                .collect(),
+            storms: r
+                .storms
+                .into_iter()
+                .map(|s| StormResult {
+                    group: s.group,
+                    event: s.event,
+                    at_ms: s.at_ms,
+                    taken: s.taken,
+                    back_v2: s.back_v2,
+                    policy_v2: s.policy_v2,
+                    failed_attempts: s.failed_attempts,
+                    abandoned: s.abandoned,
+                })
+                .collect(),
+            storms_untracked: r.storms_untracked,
         })
     }
 }

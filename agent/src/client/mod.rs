@@ -12,6 +12,8 @@
 pub mod backoff;
 mod group;
 mod io;
+mod storm;
+mod will;
 pub mod window;
 
 pub use group::{GroupRuntime, PayloadPlan};
@@ -37,7 +39,12 @@ use crate::timer::{Sleep, Timers};
 use backoff::Backoff;
 use io::{IoEvent, poll_io};
 use squall_proto::clock::Clock;
+use squall_proto::metrics::{WillId, WillMark, WillRecord};
 use squall_proto::plan::{Comeback, EventAction, PublishRange, group_of_stream};
+use squall_proto::protocol::Protocol;
+pub use storm::Storms;
+use storm::{Away, StormKey};
+use will::WillState;
 use window::{ConnectWindow, Slot};
 
 /// The largest packet a client accepts from a broker: a broken or hostile broker cannot make
@@ -112,6 +119,8 @@ pub struct Shared {
     pub unsent: Unsent,
     /// Every publishing group of the run by stream: e2e latency is the publisher's group's.
     pub publish_ranges: Vec<PublishRange>,
+    /// The storms (event firings) this agent's clients were taken by, and their way back.
+    pub storms: Storms,
 }
 
 /// The agent's unsent bytes: one budget for all its clients, so a stalled broker cannot make
@@ -222,15 +231,27 @@ pub struct Client {
     lost_at: Option<u64>,
     /// Its share of the group's events in time order (instant, action, way back), known once
     /// the publishing window's start is; and the next one to come.
-    events: Vec<(u64, EventAction, Comeback)>,
+    events: Vec<(u64, EventAction, Comeback, StormKey)>,
     next_event: usize,
     events_for: Option<u64>,
     /// A `silence` event is under way (and how to come back): nothing is written or answered.
     silent: Option<Comeback>,
+    /// Taken by a storm and not yet back.
+    away: Option<Away>,
+    /// The backlog of a resumed persistent session, while the connection lasts.
+    backlog: Option<Backlog>,
+    /// It had an established connection before (the next CONNACK is a reconnect).
+    was_connected: bool,
     rng: fastrand::Rng,
     phase_rx: watch::Receiver<Phase>,
     /// Its one timer, reset to whatever is due next.
     sleep: Sleep,
+    /// Its last will and what each connection's will is owed (with a will set).
+    will: Option<WillState>,
+    /// Who it is in the will ledger, as a receiver of wills.
+    will_receiver: u64,
+    /// The keepalive the broker enforces on this connection, s (MQTT 5: the server's, if set).
+    keepalive_in_force: u16,
 }
 
 impl Client {
@@ -264,6 +285,26 @@ impl Client {
                 None => Receiver::Own(ReceiverLedger::new()),
             }
         });
+        let will_receiver = match &receiver {
+            // a shared subscription receives as one, whichever member gets the message
+            Some(Receiver::Shared(_)) => {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (g.assignment.group, filters.iter().map(|(f, _)| f.as_ref()).collect::<Vec<&str>>())
+                    .hash(&mut h);
+                h.finish() | 1 << 63
+            }
+            _ => global as u64,
+        };
+        let will = spec.will.as_ref().map(|w| {
+            // the will waits for its delay, or for the end of the session if that comes first
+            let delay_s = match s.protocol {
+                Protocol::V5 => w.delay_secs.min(s.session_expiry_secs),
+                Protocol::V311 => 0,
+            };
+            let id = WillId { run_tag: sh.run_tag, group: g.assignment.group, client: global, epoch: 0 };
+            WillState::new(id, w.payload.clone(), w.topic.to_string(), delay_s as u64 * 1_000_000_000)
+        });
         let nsrc = sh.sources.len();
         Client {
             conn: Connection::new(g.opts.clone()),
@@ -285,9 +326,15 @@ impl Client {
             next_event: 0,
             events_for: None,
             silent: None,
+            away: None,
+            backlog: None,
+            was_connected: false,
             rng: fastrand::Rng::with_seed(((sh.run_tag as u64) << 32) ^ global as u64),
             phase_rx: sh.phase.clone(),
             sleep: sh.timers.sleep(),
+            will,
+            will_receiver,
+            keepalive_in_force: s.keepalive_secs,
             key: global as usize,
             spec,
             index,
@@ -376,13 +423,20 @@ impl Client {
         self.events_for = Some(start_ns);
         let spec = &self.group.assignment.spec;
         let seed = self.shared.run_tag as u64;
-        let mut mine: Vec<(u64, EventAction, Comeback)> = spec
+        let group = self.group.assignment.group;
+        let mut mine: Vec<(u64, EventAction, Comeback, StormKey)> = spec
             .events
             .iter()
             .enumerate()
             .flat_map(|(ei, e)| {
-                e.times_for(self.index, spec.clients, seed, ei)
-                    .map(move |ms| (start_ns.saturating_add(ms.saturating_mul(1_000_000)), e.action, e.back))
+                e.times_for(self.index, spec.clients, seed, ei).map(move |ms| {
+                    (
+                        start_ns.saturating_add(ms.saturating_mul(1_000_000)),
+                        e.action,
+                        e.back,
+                        (group, ei as u32, ms),
+                    )
+                })
             })
             .filter(|(t, ..)| *t < until_ns)
             .collect();
@@ -418,12 +472,18 @@ impl Client {
                 // a storm limit on reconnections across the group's share
                 let g = self.group.clone();
                 let l = g.reconnect_limiter.as_ref().expect("checked");
+                let since = self.now();
                 while let Err(not_until) = l.check() {
                     let wait = not_until.wait_time_from(MonotonicClock.now());
                     let until = self.now() + wait.as_nanos() as u64;
                     if !self.idle_until(until).await {
                         return self.finish();
                     }
+                }
+                // the group's own limit, shared with its other clients: part of the policy
+                let now = self.now();
+                if let Some(a) = self.away.as_mut() {
+                    a.waited(now - since);
                 }
             }
             first = false;
@@ -439,13 +499,22 @@ impl Client {
                 End::Retry if self.group.assignment.spec.reconnect.enabled && self.backoff.exhausted() => {
                     // out of attempts: gives up, as a device with a retry limit does
                     self.shared.rec.shard(self.key).counters.abandoned += 1;
+                    if let Some(a) = self.away.take() {
+                        a.attempt_failed(&self.shared.storms);
+                        a.abandoned(&self.shared.storms);
+                    }
                     self.idle_until(u64::MAX).await;
                     break;
                 }
                 End::Retry if self.group.assignment.spec.reconnect.enabled => {
                     let now = self.now();
                     retry_since = Some(now);
-                    attempt_at = now + self.backoff.next_delay_ns(&mut self.rng);
+                    let delay = self.backoff.next_delay_ns(&mut self.rng);
+                    attempt_at = now + delay;
+                    if let Some(a) = self.away.as_mut() {
+                        a.attempt_failed(&self.shared.storms);
+                        a.waited(delay);
+                    }
                 }
                 End::Retry => {
                     // no reconnects: wait for the end of the run
@@ -466,6 +535,9 @@ impl Client {
                             break;
                         }
                     };
+                    if let Some(a) = self.away.as_mut() {
+                        a.waited(attempt_at - now);
+                    }
                 }
             }
         }
@@ -535,11 +607,21 @@ impl Client {
             }
         };
         let now = self.now();
+        if let (Some(w), Some(spec)) = (self.will.as_mut(), self.spec.will.as_mut()) {
+            spec.payload = w.next_connection();
+        }
         if self.conn.begin(&self.spec, now).is_err() {
             self.connect_failed(LoadError::ProtocolError);
             return End::Retry;
         }
         self.session(stream, intended_ns, tcp_start, permit).await
+    }
+
+    /// A scenario event took the connection away at `now` so that its will is due.
+    fn will_taken(&mut self, now: u64) {
+        if let Some(w) = self.will.as_mut() {
+            w.taken(&mut self.shared.rec.shard(self.key), now);
+        }
     }
 
     fn connect_failed(&mut self, e: LoadError) {
@@ -587,22 +669,33 @@ impl Client {
                 && self.silent.is_none()
                 && self.next_event_due(now, connected).is_some_and(|at| at <= now)
             {
-                let (_, action, back) = self.events[self.next_event];
+                let (_, action, back, storm) = self.events[self.next_event];
                 self.next_event += 1;
                 self.lost_at = Some(now);
+                self.away = Some(Away::taken(&self.shared.storms, storm, now));
                 self.shared.rec.shard(self.key).counters.event_actions += 1;
                 match action {
                     // the stream is dropped on the way out: FIN, no DISCONNECT
-                    EventAction::Drop => break End::Event(back),
+                    EventAction::Drop => {
+                        self.will_taken(now);
+                        break End::Event(back);
+                    }
                     EventAction::Disconnect => {
                         self.close_with(&mut stream, &mut pending, true, 0).await;
                         break End::Event(back);
                     }
                     EventAction::DisconnectWithWill => {
                         self.close_with(&mut stream, &mut pending, true, 0x04).await;
+                        self.will_taken(now);
                         break End::Event(back);
                     }
-                    EventAction::Silence => self.silent = Some(back),
+                    EventAction::Silence => {
+                        self.silent = Some(back);
+                        if let Some(w) = self.will.as_mut() {
+                            let last = self.conn.last_sent_ns();
+                            w.silenced(&mut self.shared.rec.shard(self.key), last, self.keepalive_in_force);
+                        }
+                    }
                 }
             }
             // backpressure: while the broker is not taking what was written, take no more from
@@ -756,6 +849,11 @@ impl Client {
                 Some(Err(_)) => break self.lost(LoadError::ConnectionLost, connected),
             }
         };
+        // the backlog it was handed, if any, is over with the connection
+        if let Some(b) = self.backlog.take().filter(|b| b.n > 0) {
+            let group = self.group.assignment.group;
+            self.shared.rec.shard(self.key).record(group, Metric::Backlog, Timing::Raw, b.last - b.since);
+        }
         // whatever it still held leaves with the connection
         if queued > 0 {
             self.shared.unsent.sub(queued);
@@ -832,6 +930,10 @@ impl Client {
             let mut shard = rec.shard(self.key);
             shard.counters.bytes_in += n;
             let run_tag = self.shared.run_tag;
+            let receiver = self.will_receiver;
+            let backlog = &mut self.backlog;
+            // a resumed session's backlog follows its CONNACK in the same read: watch from there
+            let resuming = self.was_connected && !self.spec.clean_start && self.receiver.is_some();
             let ranges = &self.shared.publish_ranges[..];
             let mut shared_guard;
             let ledger: Option<&mut ReceiverLedger> = match self.receiver.as_mut() {
@@ -844,9 +946,13 @@ impl Client {
             };
             let mut ledger = ledger;
             let res = self.conn.handle(rbuf, now, |ev| match ev {
+                Event::ConnAck { session_present: true, code: 0, .. } if resuming => {
+                    *backlog = Some(Backlog { since: now, last: now, n: 0 });
+                    deferred.push(ev)
+                }
                 Event::Message(m) => {
-                    let m = Received { run_tag, now, payload: &m.payload, qos: u8::from(m.qos) };
-                    on_message(&mut shard, ledger.as_deref_mut(), ranges, group, m)
+                    let m = Received { run_tag, now, payload: &m.payload, qos: u8::from(m.qos), receiver };
+                    on_message(&mut shard, ledger.as_deref_mut(), backlog.as_mut(), ranges, group, m)
                 }
                 Event::PublishDone { qos, token, sent_ns, code } => {
                     if code >= 0x80 {
@@ -875,12 +981,29 @@ impl Client {
         }
         for ev in deferred {
             match ev {
-                Event::ConnAck { session_present, code, elapsed_ns, .. } => {
+                Event::ConnAck { session_present, code, elapsed_ns, limits } => {
                     if code != 0 {
                         self.connect_failed(LoadError::ConnectRefused { code });
                         return Ok(Some(End::Retry));
                     }
                     *connected = true;
+                    self.keepalive_in_force =
+                        limits.server_keepalive_secs.unwrap_or(self.group.assignment.spec.keepalive_secs);
+                    if let Some(w) = self.will.as_mut() {
+                        w.connected(&mut self.shared.rec.shard(self.key), now, session_present);
+                    }
+                    if let Some(a) = self.away.take() {
+                        a.back(&self.shared.storms, now);
+                    }
+                    if self.was_connected && !self.spec.clean_start {
+                        let mut s = self.shared.rec.shard(self.key);
+                        if session_present {
+                            s.counters.sessions_resumed += 1;
+                        } else {
+                            s.counters.sessions_lost += 1;
+                        }
+                    }
+                    self.was_connected = true;
                     self.shared.rec.connected_inc();
                     self.backoff.reset();
                     {
@@ -900,7 +1023,7 @@ impl Client {
                     if !self.filters.is_empty() {
                         if self.subscribed && !session_present {
                             if let Some(Receiver::Own(l)) = self.receiver.as_mut() {
-                                l.mark_offline();
+                                l.mark_offline(!self.spec.clean_start);
                             }
                         }
                         if !self.subscribed || !session_present {
@@ -980,7 +1103,11 @@ impl Client {
     fn lost(&mut self, e: LoadError, connected: bool) -> End {
         self.conn.lost();
         if connected {
-            self.lost_at = Some(self.now());
+            let now = self.now();
+            self.lost_at = Some(now);
+            if let Some(w) = self.will.as_mut() {
+                w.failed(&mut self.shared.rec.shard(self.key), now);
+            }
         }
         let mut s = self.shared.rec.shard(self.key);
         if connected {
@@ -1018,6 +1145,10 @@ impl Client {
         reason: u8,
     ) -> End {
         if connected {
+            if let Some(w) = self.will.as_mut() {
+                let now = self.shared.clock.now_ns();
+                w.closing(&mut self.shared.rec.shard(self.key), now);
+            }
             let _ = self.conn.disconnect(reason);
             if let Some(mut out) = self.conn.take_output() {
                 match pending.as_mut() {
@@ -1074,12 +1205,22 @@ impl Client {
     }
 }
 
+/// What a resumed persistent session was handed: messages published before its CONNACK.
+struct Backlog {
+    /// The CONNACK (session present), and the last backlog message's receipt, ns.
+    since: u64,
+    last: u64,
+    n: u64,
+}
+
 /// One message as it was read.
 struct Received<'a> {
     run_tag: u32,
     now: u64,
     payload: &'a [u8],
     qos: u8,
+    /// The receiver, in the will ledger.
+    receiver: u64,
 }
 
 /// One received message: latency (under the group that published it, `own_group` if the
@@ -1088,19 +1229,42 @@ struct Received<'a> {
 fn on_message(
     shard: &mut Shard,
     ledger: Option<&mut ReceiverLedger>,
+    backlog: Option<&mut Backlog>,
     ranges: &[PublishRange],
     own_group: u32,
     m: Received<'_>,
 ) {
-    let Received { run_tag, now, payload, qos } = m;
+    let Received { run_tag, now, payload, qos, receiver } = m;
     shard.counters.count_received(qos);
     let Ok(h) = Header::read(payload) else {
-        shard.counters.received_foreign += 1;
+        match WillId::read(payload) {
+            Some(w) if w.run_tag == run_tag => {
+                shard.counters.wills_received += 1;
+                shard.wills.push(WillRecord {
+                    mark: WillMark::Delivered,
+                    group: w.group,
+                    client: w.client,
+                    epoch: w.epoch,
+                    at_unix_ns: now,
+                    receiver,
+                    topic: String::new(),
+                });
+            }
+            Some(_) => shard.counters.received_stale += 1,
+            None => shard.counters.received_foreign += 1,
+        }
         return;
     };
     if h.run_tag != run_tag {
         shard.counters.received_stale += 1;
         return;
+    }
+    if let Some(b) = backlog
+        && h.sent_ns < b.since
+    {
+        b.n += 1;
+        b.last = now;
+        shard.counters.backlog_delivered += 1;
     }
     let group = group_of_stream(ranges, h.stream).unwrap_or(own_group);
     shard.record_both(group, Metric::E2e, now.saturating_sub(h.sent_ns), now.saturating_sub(h.intended_ns));

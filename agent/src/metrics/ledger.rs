@@ -84,6 +84,7 @@ struct StreamLedger {
     max_next: u64,                // highest sequence seen + 1
     ahead: Ahead,                 // sorted received sequences above `base`
     offline_gap: bool,            // the next gap is the subscriber's time offline
+    session_lost: bool,           // … and the broker owed it, but lost the session
     lost_ranges: Vec<(u64, u64)>, // recently declared-lost [start, end)
     qos: u8,
     received: u64,
@@ -91,6 +92,7 @@ struct StreamLedger {
     out_of_order: u64,
     lost: u64,
     missed_offline: u64,
+    lost_with_session: u64,
 }
 
 impl StreamLedger {
@@ -125,7 +127,11 @@ impl StreamLedger {
             if self.offline_gap {
                 // everything between the last message before going offline and this one
                 self.offline_gap = false;
-                self.missed_offline += seq - self.base;
+                if self.session_lost {
+                    self.lost_with_session += seq - self.base;
+                } else {
+                    self.missed_offline += seq - self.base;
+                }
                 self.base = seq + 1;
                 self.drain_consecutive();
             } else {
@@ -172,7 +178,8 @@ impl StreamLedger {
 
     /// The subscriber lost its connection and its session: gaps so far are loss, and the next
     /// gap is time offline.
-    fn mark_offline(&mut self) {
+    fn mark_offline(&mut self, session_lost: bool) {
+        self.session_lost = session_lost;
         let mut base = self.base;
         for a in std::mem::take(&mut self.ahead).get().iter().copied() {
             self.declare_lost(base, a);
@@ -190,6 +197,7 @@ impl StreamLedger {
             duplicates: self.duplicates,
             out_of_order: self.out_of_order,
             missed_offline: self.missed_offline,
+            session_lost: self.lost_with_session,
             phantom: 0,
         };
         let beyond = self.ahead.get().iter().filter(|a| **a >= sent).count() as u64
@@ -242,9 +250,11 @@ impl ReceiverLedger {
     }
 
     /// The receiver reconnected without its session (clean start, or the broker lost it).
-    pub fn mark_offline(&mut self) {
+    /// `session_lost`: the subscriber had a persistent session, which the broker lost: the
+    /// next gap was owed to it (`session_lost`), not merely missed while offline.
+    pub fn mark_offline(&mut self, session_lost: bool) {
         for s in self.streams.values_mut() {
-            s.mark_offline();
+            s.mark_offline(session_lost);
         }
     }
 
@@ -343,13 +353,26 @@ mod tests {
         for seq in [0, 1, 3] {
             l.observe(1, seq, 1);
         }
-        l.mark_offline();
+        l.mark_offline(false);
         for seq in 10..15 {
             l.observe(1, seq, 1);
         }
         let d = totals(&l, &[fin(1, 15)]);
         // 2 was lost while online; 4..10 were sent while the subscriber was away
         assert_eq!((d.received, d.lost, d.missed_offline), (8, 1, 6));
+        assert_eq!(d.session_lost, 0);
+
+        // the same with a persistent session the broker lost: the gap was owed
+        let mut l = ReceiverLedger::new();
+        for seq in [0, 1, 3] {
+            l.observe(1, seq, 1);
+        }
+        l.mark_offline(true);
+        for seq in 10..15 {
+            l.observe(1, seq, 1);
+        }
+        let d = totals(&l, &[fin(1, 15)]);
+        assert_eq!((d.received, d.lost, d.missed_offline, d.session_lost), (8, 1, 0, 6));
     }
 
     #[test]

@@ -10,7 +10,15 @@ use std::sync::{Mutex, MutexGuard};
 
 #[cfg(test)]
 use squall_proto::metrics::Latency;
-use squall_proto::metrics::{Counters, ErrorCount, GroupedHists, LoadError, Metric, Snapshot, Timing};
+use squall_proto::metrics::{
+    Counters, ErrorCount, GroupedHists, LoadError, Metric, Snapshot, Timing, WillRecord,
+};
+
+/// Will records an agent keeps over a run; past it they are counted, not kept
+/// (`will_records_dropped`), so a week of storms cannot grow the agent without bound.
+pub const MAX_WILL_RECORDS: u64 = 1_000_000;
+/// Will records one snapshot carries (~5 MB on the wire at most); the rest wait for the next.
+pub const WILLS_PER_SNAPSHOT: usize = 100_000;
 
 /// What one shard gathered since the last collection.
 #[derive(Debug, Default)]
@@ -18,6 +26,8 @@ pub struct Shard {
     hists: Option<GroupedHists>,
     pub counters: Counters,
     errors: BTreeMap<LoadError, u64>,
+    /// Will records since the last collection (see `squall_proto::metrics::wills`).
+    pub wills: Vec<WillRecord>,
 }
 
 impl Shard {
@@ -96,6 +106,9 @@ pub struct Collector {
     agent: u32,
     last_ns: u64,
     last_cpu_us: u64,
+    /// Will records collected and not yet sent, and how many were kept so far.
+    wills: std::collections::VecDeque<WillRecord>,
+    wills_kept: u64,
 }
 
 /// This process's CPU time so far (user + system), µs.
@@ -118,7 +131,14 @@ impl Collector {
             agent,
             last_ns: start_ns,
             last_cpu_us: process_cpu_us(),
+            wills: Default::default(),
+            wills_kept: 0,
         }
+    }
+
+    /// Will records collected that did not fit the snapshots so far.
+    pub fn wills_pending(&self) -> bool {
+        !self.wills.is_empty()
     }
 
     /// Takes everything recorded since the last call as one interval snapshot ending at `now_ns`.
@@ -132,6 +152,14 @@ impl Collector {
                 s.counters = Counters::default();
                 for (e, n) in std::mem::take(&mut s.errors) {
                     *errors.entry(e).or_default() += n;
+                }
+                for w in s.wills.drain(..) {
+                    if self.wills_kept < MAX_WILL_RECORDS {
+                        self.wills_kept += 1;
+                        self.wills.push_back(w);
+                    } else {
+                        counters.will_records_dropped += 1;
+                    }
                 }
                 match s.hists.as_mut() {
                     Some(h) => {
@@ -160,6 +188,7 @@ impl Collector {
             errors: errors.into_iter().map(|(error, count)| ErrorCount { error, count }).collect(),
             connected: rec.connected(),
             histograms,
+            wills: self.wills.drain(..self.wills.len().min(WILLS_PER_SNAPSHOT)).collect(),
         };
         self.seq += 1;
         self.last_ns = now_ns;

@@ -161,6 +161,11 @@ impl Connection {
         self.window.len()
     }
 
+    /// When the last packet was queued to be written (ns): the broker's keepalive counts from it.
+    pub fn last_sent_ns(&self) -> u64 {
+        self.last_sent_ns
+    }
+
     /// How many more packets with an id may be sent now.
     pub fn window_room(&self) -> usize {
         let limit = self.opts.max_inflight.min(self.server_receive_max) as usize;

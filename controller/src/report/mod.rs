@@ -55,6 +55,12 @@ pub struct Report {
     /// Latency by metric (connect, subscribe, puback, pubcomp, e2e), µs.
     pub latency: BTreeMap<String, LatencyReport>,
     pub delivery: DeliveryReport,
+    /// Each storm (a firing of a scenario event) and the way back from it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub storms: Vec<StormReport>,
+    /// The will ledger, when a group sets a last will.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wills: Option<WillsReport>,
     pub errors: Vec<ErrorEntry>,
     pub thresholds: Vec<ThresholdResult>,
     /// One row per snapshot interval.
@@ -247,6 +253,10 @@ pub struct DeliveryCounts {
     pub out_of_order: u64,
     pub missed_offline: u64,
     pub phantom: u64,
+    /// Sent while a persistent-session subscriber was away, owed by a session the broker lost
+    /// (expired, or forgotten in a restart): apart from `lost`.
+    #[serde(default)]
+    pub session_lost: u64,
 }
 
 impl From<Delivery> for DeliveryCounts {
@@ -259,6 +269,7 @@ impl From<Delivery> for DeliveryCounts {
             out_of_order: d.out_of_order,
             missed_offline: d.missed_offline,
             phantom: d.phantom,
+            session_lost: d.session_lost,
         }
     }
 }
@@ -274,6 +285,126 @@ pub struct DeliveryReport {
     pub by_group: BTreeMap<String, DeliveryCounts>,
     pub receivers: u64,
     pub receivers_never_subscribed: u64,
+}
+
+/// One storm: a firing of a scenario event, the clients it took, and their recovery. Recovery
+/// to 99 % (100 %) is when 99 % (all) of the clients it took were connected again, from the
+/// instant it fired; `policy_*` is the same for the delays their reconnect policy alone made
+/// them wait (the event's pause, backoff, the group's max_rate): the broker's share is the
+/// difference. Absent when that many never came back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StormReport {
+    pub group: String,
+    /// The event's position among the group's events, and its action.
+    pub event: u32,
+    pub action: String,
+    /// When it fired, seconds into the publishing window.
+    pub at_s: f64,
+    pub taken: u64,
+    pub back: u64,
+    /// Attempts that failed on the way back (refused, timed out, reset).
+    pub failed_attempts: u64,
+    /// Clients that gave up (max_attempts).
+    pub abandoned: u64,
+    pub recovered_99_ms: Option<f64>,
+    pub recovered_100_ms: Option<f64>,
+    pub policy_99_ms: Option<f64>,
+    pub policy_100_ms: Option<f64>,
+}
+
+/// The value by which `share` of `taken` clients are counted in `h` (ms), if that many are.
+fn rank_ms(h: &Latency, taken: u64, share: f64) -> Option<f64> {
+    let k = ((taken as f64 * share).ceil() as u64).max(1);
+    if h.len() < k {
+        return None;
+    }
+    Some(h.quantile_us(k as f64 / h.len() as f64) as f64 / 1e3)
+}
+
+fn storm_reports(plan: &Plan, results: &[AgentResult]) -> Vec<StormReport> {
+    let mut merged: BTreeMap<(u64, u32, u32), squall_proto::metrics::Storm> = BTreeMap::new();
+    for r in results {
+        for s in &r.storms {
+            // a storm's bytes that do not decode leave its figures out, not the report
+            let _ = merged.entry((s.at_ms, s.group, s.event)).or_default().add(s);
+        }
+    }
+    merged
+        .into_iter()
+        .filter_map(|((at_ms, group, event), s)| {
+            let g = plan.groups.get(group as usize)?;
+            let action = g.events.get(event as usize).map_or("?", |e| e.action.name());
+            Some(StormReport {
+                group: g.name.clone(),
+                event,
+                action: action.to_string(),
+                at_s: at_ms as f64 / 1e3,
+                taken: s.taken,
+                back: s.back.len(),
+                failed_attempts: s.failed_attempts,
+                abandoned: s.abandoned,
+                recovered_99_ms: rank_ms(&s.back, s.taken, 0.99),
+                recovered_100_ms: rank_ms(&s.back, s.taken, 1.0),
+                policy_99_ms: rank_ms(&s.policy, s.taken, 0.99),
+                policy_100_ms: rank_ms(&s.policy, s.taken, 1.0),
+            })
+        })
+        .collect()
+}
+
+/// Last wills: what squall made the broker owe (clients taken away by `drop`, `silence`,
+/// `disconnect_with_will`), against what the observers (subscribers whose filters match the
+/// will's topic) received. Judged by the spec: see the README's "Last wills".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WillsReport {
+    /// Settled with every agent's records (false when the run did not finish).
+    pub complete: bool,
+    /// Owed wills × the observers of each one's topic.
+    pub expected: u64,
+    /// Owed wills received, once per observer.
+    pub delivered: u64,
+    pub missing: u64,
+    /// A will received again by the same observer (legitimate at QoS 1).
+    pub duplicates: u64,
+    /// Wills the spec forbids: after a clean DISCONNECT, of a live connection, or of a
+    /// delayed will whose session resumed in time.
+    pub unexpected: u64,
+    /// Wills the spec permits that squall did not cause (the connection failed on its own).
+    pub allowed: u64,
+    /// Owed wills received before the broker was due to act.
+    pub early: u64,
+    /// Records past the agents' or controller's bound: the counts may be short by this many.
+    pub unsettled: u64,
+}
+
+impl WillsReport {
+    pub fn new(l: &squall_proto::metrics::WillLedger, complete: bool) -> WillsReport {
+        WillsReport {
+            complete,
+            expected: l.expected,
+            delivered: l.delivered,
+            missing: l.missing,
+            duplicates: l.duplicates,
+            unexpected: l.unexpected,
+            allowed: l.allowed,
+            early: l.early,
+            unsettled: l.unsettled,
+        }
+    }
+
+    pub fn get(&self, field: &str) -> Option<u64> {
+        Some(match field {
+            "expected" => self.expected,
+            "delivered" => self.delivered,
+            "missing" => self.missing,
+            "duplicates" => self.duplicates,
+            "unexpected" => self.unexpected,
+            "allowed" => self.allowed,
+            "early" => self.early,
+            "unsettled" => self.unsettled,
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -309,6 +440,8 @@ pub struct Inputs<'a> {
     /// Set when the run did not finish normally.
     pub failure: Option<(Status, String)>,
     pub warnings: Vec<String>,
+    /// The settled will ledger, when a group sets a will.
+    pub wills: Option<squall_proto::metrics::WillLedger>,
 }
 
 pub fn build(i: Inputs<'_>) -> Report {
@@ -334,6 +467,7 @@ pub fn build(i: Inputs<'_>) -> Report {
                 duplicates: e.duplicates,
                 out_of_order: e.out_of_order,
                 missed_offline: e.missed_offline,
+                session_lost: e.session_lost,
                 phantom: e.phantom,
             };
             d.add(&t.all());
@@ -392,12 +526,21 @@ pub fn build(i: Inputs<'_>) -> Report {
             receivers,
             receivers_never_subscribed: never,
         },
+        wills: i.wills.as_ref().map(|l| WillsReport::new(l, complete)),
+        storms: storm_reports(plan, i.results),
         errors,
         thresholds: vec![],
         timeline: agg.timeline.clone(),
         warnings: i.warnings,
         broker: None,
     };
+    let untracked: u64 = i.results.iter().map(|r| r.storms_untracked).sum();
+    if untracked > 0 {
+        report.warnings.push(format!(
+            "{untracked} clients were taken by storms past the {} each agent tracks: their recovery is not in `storms`",
+            squall_proto::metrics::storms::MAX_STORMS
+        ));
+    }
     judge_agents(&mut report);
     report.thresholds = plan
         .thresholds
@@ -618,6 +761,7 @@ fn count_value(r: &Report, name: &str) -> Option<f64> {
             "duplicates" => c.duplicates,
             "out_of_order" => c.out_of_order,
             "missed_offline" => c.missed_offline,
+            "session_lost" => c.session_lost,
             "phantom" => c.phantom,
             _ => return None,
         })
@@ -641,6 +785,11 @@ fn count_value(r: &Report, name: &str) -> Option<f64> {
             ["received_qos0", "received_qos1", "received_qos2"].iter().map(|k| r.counters[*k]).sum::<u64>()
                 as f64,
         ),
+        ["wills", field] => {
+            let w = r.wills.as_ref()?;
+            // an unsettled ledger has no value to compare
+            if !w.complete { None } else { w.get(field).map(|v| v as f64) }
+        }
         ["agents_suspect"] => Some(r.per_agent.iter().filter(|a| !a.suspect.is_empty()).count() as f64),
         ["publish", "rate"] => Some(r.rates.publish_per_s),
         ["receive", "rate"] => Some(r.rates.receive_per_s),

@@ -106,12 +106,23 @@ pub fn render(r: &Report) -> String {
             count(d.out_of_order),
             partial
         );
-        if d.missed_offline > 0 || d.phantom > 0 {
+        if d.missed_offline > 0 || d.phantom > 0 || d.session_lost > 0 {
             let _ = writeln!(
                 o,
-                "                {} missed while offline · {} phantom",
+                "                {} missed while offline · {} with sessions the broker lost · {} phantom",
                 count(d.missed_offline),
+                count(d.session_lost),
                 count(d.phantom)
+            );
+        }
+        let (resumed, lost_s, backlog) = (c("sessions_resumed"), c("sessions_lost"), c("backlog_delivered"));
+        if resumed + lost_s > 0 {
+            let _ = writeln!(
+                o,
+                "  sessions      {} resumed · {} lost by the broker · {} backlog messages delivered on resume",
+                count(resumed),
+                count(lost_s),
+                count(backlog)
             );
         }
         for (q, dq) in &r.delivery.by_qos {
@@ -123,6 +134,51 @@ pub fn render(r: &Report) -> String {
                     count(dq.duplicates)
                 );
             }
+        }
+    }
+    let ms = |v: Option<f64>| v.map_or("never".to_string(), |v| fmt_us(v * 1e3));
+    for (i, s) in r.storms.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "  {:<14}{} · {} at {:.1}s: {} taken · {} back · 99 % in {}, all in {} (policy alone: {}, {}){}{}",
+            if i == 0 { "storms" } else { "" },
+            s.group,
+            s.action,
+            s.at_s,
+            count(s.taken),
+            count(s.back),
+            ms(s.recovered_99_ms),
+            ms(s.recovered_100_ms),
+            ms(s.policy_99_ms),
+            ms(s.policy_100_ms),
+            if s.failed_attempts > 0 {
+                format!(" · {} failed attempts", count(s.failed_attempts))
+            } else {
+                String::new()
+            },
+            if s.abandoned > 0 { format!(" · {} abandoned", count(s.abandoned)) } else { String::new() },
+        );
+    }
+    if let Some(w) = &r.wills {
+        let partial = if w.complete { "" } else { " (partial: the run did not finish)" };
+        let _ = writeln!(
+            o,
+            "  last wills    {} expected · {} delivered · {} missing · {} unexpected · {} duplicates{}",
+            count(w.expected),
+            count(w.delivered),
+            count(w.missing),
+            count(w.unexpected),
+            count(w.duplicates),
+            partial
+        );
+        if w.allowed > 0 || w.early > 0 || w.unsettled > 0 {
+            let _ = writeln!(
+                o,
+                "                {} after failures squall did not cause · {} before the broker was due · {} unsettled",
+                count(w.allowed),
+                count(w.early),
+                count(w.unsettled)
+            );
         }
     }
     if !r.latency.is_empty() {

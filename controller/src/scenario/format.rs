@@ -189,6 +189,8 @@ pub struct Reconnect {
 pub struct Will {
     /// Will topic (template).
     pub topic: Option<String>,
+    /// Will payload. squall puts a 20-byte header before it (magic "SW", run tag, the client's
+    /// group, index and connection), so the will ledger can say whose will an observer got.
     #[serde(default)]
     pub payload: String,
     pub qos: Option<u8>,

@@ -51,6 +51,15 @@ counters! {
     abandoned,
     /// Connections a scenario event took away (disconnect, drop, silence, disconnect_with_will).
     event_actions,
+    /// Reconnects of persistent-session clients (clean start off) whose session the broker
+    /// kept (CONNACK session present).
+    sessions_resumed,
+    /// Reconnects of persistent-session clients whose session the broker no longer had
+    /// (expired, or forgotten in a restart): what it had queued for them is gone.
+    sessions_lost,
+    /// Messages published before a session resumed and received after it: the backlog the
+    /// broker queued for the client while it was away.
+    backlog_delivered,
     /// Filters granted in SUBACKs.
     subscribes,
     /// Filters refused in SUBACKs.
@@ -81,6 +90,12 @@ counters! {
     received_qos2,
     /// Messages received without squall's measurement header (not published by squall).
     received_foreign,
+    /// Last wills received (squall's will header; also counted in received_qos*). Settled in
+    /// the report's will ledger.
+    wills_received,
+    /// Will records an agent could not keep (past its bound of a million): the will ledger is
+    /// incomplete by this many.
+    will_records_dropped,
     /// Messages received from another run (e.g. retained by the broker from an earlier test).
     received_stale,
     /// Messages received again (same stream and sequence) by the same receiver.

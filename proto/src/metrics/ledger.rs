@@ -15,6 +15,10 @@ pub struct Delivery {
     pub out_of_order: u64,
     pub missed_offline: u64,
     pub phantom: u64,
+    /// Messages sent while a persistent-session subscriber was away, which its session would
+    /// have kept had the broker not lost it (expired, or forgotten in a restart).
+    #[serde(default)]
+    pub session_lost: u64,
 }
 
 impl Delivery {
@@ -25,6 +29,7 @@ impl Delivery {
         self.duplicates += o.duplicates;
         self.out_of_order += o.out_of_order;
         self.missed_offline += o.missed_offline;
+        self.session_lost += o.session_lost;
         self.phantom += o.phantom;
     }
 }

@@ -7,6 +7,8 @@ pub mod errors;
 pub mod histogram;
 pub mod ledger;
 pub mod snapshot;
+pub mod storms;
+pub mod wills;
 
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +17,8 @@ pub use errors::{ErrorCount, LoadError};
 pub use histogram::{GroupedHists, Hists, Latency, Summary};
 pub use ledger::{Delivery, LedgerTotals, StreamFinal};
 pub use snapshot::{HistogramBytes, Snapshot};
+pub use storms::{Storm, StormResult};
+pub use wills::{Observers, WillId, WillLedger, WillMark, WillRecord};
 
 /// What a latency measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -41,10 +45,19 @@ pub enum Metric {
     /// The delay a client actually waited before each retry (raw only): its backoff policy and
     /// jitter, and the group's reconnect rate limit.
     Backoff = 7,
+    /// When the broker was due to publish a will → an observer received it (raw only): from
+    /// the kill for `drop` and `disconnect_with_will`, from the last packet + 1.5 × keepalive
+    /// for `silence`, plus any MQTT 5 will delay. The broker's enforcement delay. Settled by
+    /// the controller from the agents' will records.
+    Will = 8,
+    /// A persistent session resumed (CONNACK, session present) → the last message published
+    /// before it received (raw only): how long the broker took to hand over the backlog it
+    /// queued while the client was away. Recorded when the connection ends.
+    Backlog = 9,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 8] = [
+    pub const ALL: [Metric; 10] = [
         Metric::Connect,
         Metric::Subscribe,
         Metric::Puback,
@@ -53,11 +66,21 @@ impl Metric {
         Metric::Lag,
         Metric::Reconnect,
         Metric::Backoff,
+        Metric::Will,
+        Metric::Backlog,
     ];
 
     /// Metrics measured from the actual event only (no intended time to correct from).
     pub fn raw_only(&self) -> bool {
-        matches!(self, Metric::Subscribe | Metric::Lag | Metric::Reconnect | Metric::Backoff)
+        matches!(
+            self,
+            Metric::Subscribe
+                | Metric::Lag
+                | Metric::Reconnect
+                | Metric::Backoff
+                | Metric::Will
+                | Metric::Backlog
+        )
     }
 
     pub fn name(&self) -> &'static str {
@@ -70,6 +93,8 @@ impl Metric {
             Metric::Lag => "lag",
             Metric::Reconnect => "reconnect",
             Metric::Backoff => "backoff",
+            Metric::Will => "will",
+            Metric::Backlog => "backlog",
         }
     }
 

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::counters::Counters;
 use super::errors::ErrorCount;
+use super::wills::WillRecord;
 use super::{Metric, Timing};
 
 /// One interval of one agent: increments of the counters, the errors, and the latency
@@ -21,6 +22,10 @@ pub struct Snapshot {
     /// Clients connected at the end of the interval (a gauge, not an increment).
     pub connected: u64,
     pub histograms: Vec<HistogramBytes>,
+    /// Wills owed, withdrawn or allowed by this agent's clients' lost connections, and wills
+    /// its observers received, in the interval.
+    #[serde(default)]
+    pub wills: Vec<WillRecord>,
 }
 
 /// One interval histogram as HdrHistogram V2 bytes.

@@ -228,17 +228,42 @@ fn snapshot() -> impl Strategy<Value = Snapshot> {
         counters,
         proptest::collection::vec((load_error(), any::<u64>()), 0..4),
         proptest::collection::vec(hist, 0..3),
+        proptest::collection::vec(will_record(), 0..4),
     )
-        .prop_map(|((agent, seq, start, end, connected), counters, errors, histograms)| Snapshot {
-            agent,
-            seq,
-            start_unix_ns: start,
-            end_unix_ns: end,
-            counters,
-            errors: errors.into_iter().map(|(error, count)| ErrorCount { error, count }).collect(),
-            connected,
-            histograms,
+        .prop_map(|((agent, seq, start, end, connected), counters, errors, histograms, wills)| {
+            Snapshot {
+                agent,
+                seq,
+                start_unix_ns: start,
+                end_unix_ns: end,
+                counters,
+                errors: errors.into_iter().map(|(error, count)| ErrorCount { error, count }).collect(),
+                connected,
+                histograms,
+                wills,
+            }
         })
+}
+
+fn will_record() -> impl Strategy<Value = WillRecord> {
+    use crate::metrics::WillMark;
+    let mark = prop_oneof![
+        Just(WillMark::Owed),
+        Just(WillMark::Withdrawn),
+        Just(WillMark::Allowed),
+        Just(WillMark::Delivered)
+    ];
+    (mark, any::<u32>(), any::<u32>(), any::<u32>(), any::<u64>(), any::<u64>(), "[a-z/0-9]{0,12}").prop_map(
+        |(mark, group, client, epoch, at_unix_ns, receiver, topic)| WillRecord {
+            mark,
+            group,
+            client,
+            epoch,
+            at_unix_ns,
+            receiver,
+            topic,
+        },
+    )
 }
 
 fn stream_final() -> impl Strategy<Value = StreamFinal> {
@@ -247,7 +272,7 @@ fn stream_final() -> impl Strategy<Value = StreamFinal> {
 }
 
 fn totals() -> impl Strategy<Value = LedgerTotals> {
-    proptest::collection::vec(any::<u64>(), 21).prop_map(|v| {
+    proptest::collection::vec(any::<u64>(), 24).prop_map(|v| {
         let d = |i: usize| Delivery {
             expected: v[i],
             received: v[i + 1],
@@ -256,8 +281,9 @@ fn totals() -> impl Strategy<Value = LedgerTotals> {
             out_of_order: v[i + 4],
             missed_offline: v[i + 5],
             phantom: v[i + 6],
+            session_lost: v[i + 7],
         };
-        LedgerTotals { qos: [d(0), d(7), d(14)] }
+        LedgerTotals { qos: [d(0), d(8), d(16)] }
     })
 }
 
@@ -269,15 +295,41 @@ fn event() -> impl Strategy<Value = AgentEvent> {
         // up to a few chunks' worth
         proptest::collection::vec(stream_final(), 0..(STREAMS_PER_CHUNK * 2 + 3))
             .prop_map(|streams| AgentEvent::PublishDone { streams }),
-        (totals(), proptest::collection::vec(("[a-z]{1,6}", totals()), 0..3), any::<u64>(), any::<u64>())
-            .prop_map(|(ledger, ledger_by_group, receivers, receivers_never_subscribed)| {
-                AgentEvent::Finished(AgentResult {
-                    ledger,
-                    ledger_by_group,
-                    receivers,
-                    receivers_never_subscribed,
-                })
-            }),
+        (
+            totals(),
+            proptest::collection::vec(("[a-z]{1,6}", totals()), 0..3),
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec((proptest::collection::vec("[a-z/#+]{1,6}", 0..3), any::<u64>()), 0..3)
+        )
+            .prop_map(
+                |(ledger, ledger_by_group, receivers, receivers_never_subscribed, observers)| {
+                    AgentEvent::Finished(AgentResult {
+                        ledger,
+                        ledger_by_group,
+                        receivers,
+                        receivers_never_subscribed,
+                        observers: observers
+                            .into_iter()
+                            .map(|(filters, count)| Observers { filters, count })
+                            .collect(),
+                        storms: (receivers % 3 == 0)
+                            .then(|| StormResult {
+                                group: 1,
+                                event: 2,
+                                at_ms: receivers,
+                                taken: 9,
+                                back_v2: Latency::new().to_v2(),
+                                policy_v2: vec![],
+                                failed_attempts: 3,
+                                abandoned: 1,
+                            })
+                            .into_iter()
+                            .collect(),
+                        storms_untracked: receivers_never_subscribed,
+                    })
+                }
+            ),
         ".{0,20}".prop_map(|message| AgentEvent::Failed { message }),
         any::<i64>().prop_map(|late_ns| AgentEvent::Started { late_ns }),
     ]

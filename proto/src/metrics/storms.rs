@@ -1,0 +1,67 @@
+//! Storm recovery: for each firing of a scenario event (a storm), how many clients it took
+//! away, how long until they were connected again, and how much of that their own reconnect
+//! policy accounts for, so the broker's share is visible.
+
+use serde::{Deserialize, Serialize};
+
+use super::histogram::Latency;
+
+/// Storms one agent tracks; clients taken by firings past it are counted in `storms_untracked` (a soak with an
+/// event every second would otherwise grow the result without bound).
+pub const MAX_STORMS: usize = 256;
+
+/// One storm as one agent saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StormResult {
+    /// The group and the event (its position in the group's events).
+    pub group: u32,
+    pub event: u32,
+    /// When it fired, ms after the publishing window opened.
+    pub at_ms: u64,
+    /// Clients it took away.
+    pub taken: u64,
+    /// Each returning client: taken → CONNACK of its next connection, as HdrHistogram V2 (ns).
+    pub back_v2: Vec<u8>,
+    /// Each returning client: the delays its policy made it wait (the event's pause, its
+    /// backoff), as HdrHistogram V2 (ns): what recovery would take with an instant broker.
+    pub policy_v2: Vec<u8>,
+    /// Attempts that failed on the way back (refused, timed out, reset).
+    pub failed_attempts: u64,
+    /// Clients that gave up on the way back (max attempts).
+    pub abandoned: u64,
+}
+
+/// A storm being accumulated (agent) or merged (controller).
+#[derive(Debug, Clone, Default)]
+pub struct Storm {
+    pub taken: u64,
+    pub back: Latency,
+    pub policy: Latency,
+    pub failed_attempts: u64,
+    pub abandoned: u64,
+}
+
+impl Storm {
+    pub fn result(&self, group: u32, event: u32, at_ms: u64) -> StormResult {
+        StormResult {
+            group,
+            event,
+            at_ms,
+            taken: self.taken,
+            back_v2: self.back.to_v2(),
+            policy_v2: self.policy.to_v2(),
+            failed_attempts: self.failed_attempts,
+            abandoned: self.abandoned,
+        }
+    }
+
+    /// Adds another agent's share of the same storm.
+    pub fn add(&mut self, r: &StormResult) -> Result<(), String> {
+        self.taken += r.taken;
+        self.back.add(&Latency::from_v2(&r.back_v2)?);
+        self.policy.add(&Latency::from_v2(&r.policy_v2)?);
+        self.failed_attempts += r.failed_attempts;
+        self.abandoned += r.abandoned;
+        Ok(())
+    }
+}
