@@ -109,3 +109,65 @@ async fn messages_owed_to_a_session_the_broker_forgot_are_session_lost() {
     assert_eq!(d.delivered + d.session_lost, d.expected, "{d:?}");
     broker.shutdown().await;
 }
+
+/// mosquitto killed (-9) and restarted mid-run, no persistence: every client comes back by its
+/// backoff, the outage window (first loss → last return) is in the report, and the ledger
+/// reconciles: what the restart cost the persistent subscriber is `session_lost`, what the
+/// broker took and never acknowledged is `unacked` and (not delivered) `lost`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_is_an_outage_window_and_the_ledger_reconciles() {
+    let mut m = mosquitto_queueing(50_000);
+    let url = m.url();
+    let text = r#"
+[run]
+duration = "5s"
+drain = "2s"
+[[group]]
+name = "pub"
+clients = 50
+[group.publish]
+topic = "restart/{i}"
+qos = 1
+interval = "20ms"
+[group.reconnect]
+backoff = "exponential"
+jitter = "full"
+min_backoff = "100ms"
+max_backoff = "1s"
+[[group]]
+name = "sub"
+clients = 2
+clean_start = false
+[group.subscribe]
+filters = ["restart/#"]
+qos = 1
+[group.reconnect]
+min_backoff = "100ms"
+max_backoff = "1s"
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let plan = support::plan(text, &url, dir.path());
+    // the kill comes 2 s in: inside the 5 s window, after the ramp (52 clients at 100/s)
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        m.restart();
+        m
+    });
+    let r = support::run(plan).await;
+    let _m = killer.join().unwrap();
+    let (c, d) = (&r.counters, &r.delivery.all);
+    assert_eq!(c["connections_lost"], 52, "every client lost its connection: {c:?}");
+    assert_eq!((c["reconnects"], c["abandoned"]), (52, 0), "{c:?}");
+    assert_eq!(r.outages.len(), 1, "{:?}", r.outages);
+    let o = &r.outages[0];
+    assert_eq!((o.clients_lost, o.clients_back), (52, 52), "{o:?}");
+    let end = o.end_s.expect("everyone came back");
+    // at least the first retry's base delay, and over before the run ended
+    assert!(end - o.start_s >= 0.1 && end < r.elapsed_s, "{o:?}");
+    // the restarted broker had no sessions: both subscribers found theirs gone
+    assert_eq!((c["sessions_lost"], c["sessions_resumed"]), (2, 0), "{c:?}");
+    assert!(d.session_lost > 0, "{d:?}");
+    // every message is accounted for, one way or another
+    assert_eq!(d.delivered + d.lost + d.session_lost + d.missed_offline, d.expected, "{d:?}");
+    assert_eq!(d.phantom, 0, "{d:?}");
+}

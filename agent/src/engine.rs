@@ -106,6 +106,7 @@ async fn run(
         unsent: Unsent::new(a.max_unsent_bytes),
         publish_ranges: a.publish_ranges.clone(),
         storms: Default::default(),
+        outages: Default::default(),
     });
     let groups: Vec<Arc<GroupRuntime>> = a
         .groups
@@ -191,6 +192,7 @@ async fn run(
         Ok(Some(streams)) => {
             let mut result = finalize(&groups, outcomes, &streams);
             (result.storms, result.storms_untracked) = shared.storms.results();
+            result.outages = shared.outages.windows();
             tracing::info!(agent = a.agent, "Agent finished");
             let _ = events.send(AgentEvent::Finished(result)).await;
         }

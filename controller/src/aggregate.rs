@@ -151,6 +151,11 @@ impl Aggregate {
         l
     }
 
+    /// When the run started (the timeline's 0), ns since the Unix epoch.
+    pub fn start_ns(&self) -> u64 {
+        self.start_ns
+    }
+
     /// The histograms of the group called `name`, if it recorded anything.
     pub fn group_hists(&self, name: &str) -> Option<&Hists> {
         let index = self.group_names.iter().position(|g| g == name)?;

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::{LedgerTotals, Observers, Snapshot, StormResult, StreamFinal};
+use crate::metrics::{LedgerTotals, Observers, OutageWindow, Snapshot, StormResult, StreamFinal};
 
 /// What the controller tells an agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,4 +59,6 @@ pub struct AgentResult {
     pub storms: Vec<StormResult>,
     /// Clients taken by storms past the tracked bound (256 storms per agent).
     pub storms_untracked: u64,
+    /// Connections lost without the scenario asking: from the first loss until all were back.
+    pub outages: Vec<OutageWindow>,
 }

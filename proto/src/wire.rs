@@ -12,8 +12,8 @@ use std::net::IpAddr;
 
 use crate::link::{AgentEvent, AgentResult, Command};
 use crate::metrics::{
-    Counters, Delivery, ErrorCount, HistogramBytes, LedgerTotals, LoadError, Metric, Observers, Snapshot,
-    StormResult, StreamFinal, Timing, WillMark, WillRecord,
+    Counters, Delivery, ErrorCount, HistogramBytes, LedgerTotals, LoadError, Metric, Observers, OutageWindow,
+    Snapshot, StormResult, StreamFinal, Timing, WillMark, WillRecord,
 };
 use crate::plan::{
     Assignment, BackoffPolicy, Comeback, EventAction, EventSpec, GroupAssignment, GroupSpec, Jitter,
@@ -615,6 +615,16 @@ impl From<&AgentResult> for pb::AgentResult {
                 })
                 .collect(),
             storms_untracked: r.storms_untracked,
+            outages: r
+                .outages
+                .iter()
+                .map(|o| pb::Outage {
+                    start_unix_ns: o.start_unix_ns,
+                    end_unix_ns: o.end_unix_ns,
+                    lost: o.lost,
+                    back: o.back,
+                })
+                .collect(),
         }
     }
 }
@@ -652,6 +662,16 @@ impl TryFrom<pb::AgentResult> for AgentResult {
                 })
                 .collect(),
             storms_untracked: r.storms_untracked,
+            outages: r
+                .outages
+                .into_iter()
+                .map(|o| OutageWindow {
+                    start_unix_ns: o.start_unix_ns,
+                    end_unix_ns: o.end_unix_ns,
+                    lost: o.lost,
+                    back: o.back,
+                })
+                .collect(),
         })
     }
 }

@@ -57,41 +57,29 @@ impl Mosquitto {
             let conf = dir.path().join("mosquitto.conf");
             let body = format!("{}\nconnection_messages false\nlog_dest stderr\n", config(port));
             write_readable(&conf, body);
-            let mut child = Command::new(binary("mosquitto"))
-                .arg("-c")
-                .arg(&conf)
-                // the config's relative paths (password file, certificates) are in its directory
-                .current_dir(dir.path())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("mosquitto starts");
-            let stderr = child.stderr.take().unwrap();
-            let (tx, rx) = mpsc::channel();
             let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-            let log2 = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if line.contains(" running") {
-                        let _ = tx.send(true);
-                    }
-                    log2.lock().unwrap().push(line);
-                }
-                let _ = tx.send(false);
-            });
-            // wait on the broker's own "running" line (a bound, not a sleep)
-            match rx.recv_timeout(Duration::from_secs(20)) {
-                Ok(true) => return Mosquitto { child, port, dir, log },
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    eprintln!("mosquitto did not start on port {port}: {:?}", log.lock().unwrap());
-                }
+            if let Some(child) = spawn(dir.path(), &log) {
+                return Mosquitto { child, port, dir, log };
             }
+            eprintln!("mosquitto did not start on port {port}: {:?}", log.lock().unwrap());
         }
         panic!("mosquitto would not start");
+    }
+
+    /// Kills the broker (SIGKILL: no goodbye to anyone, nothing saved) and starts it again on
+    /// the same port with the same config, as a crashed broker's supervisor would.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for _ in 0..20 {
+            if let Some(child) = spawn(self.dir.path(), &self.log) {
+                self.child = child;
+                return;
+            }
+            // the port may still be held for a moment by the dead process's sockets
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("mosquitto would not start again on port {}: {:?}", self.port, self.log());
     }
 
     pub fn url(&self) -> String {
@@ -115,6 +103,42 @@ impl Mosquitto {
         }
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+}
+
+/// Starts mosquitto with `dir`'s mosquitto.conf; `None` if it did not say it is running.
+fn spawn(dir: &Path, log: &std::sync::Arc<std::sync::Mutex<Vec<String>>>) -> Option<Child> {
+    let mut child = Command::new(binary("mosquitto"))
+        .arg("-c")
+        .arg(dir.join("mosquitto.conf"))
+        // the config's relative paths (password file, certificates) are in its directory
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mosquitto starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains(" running") {
+                let _ = tx.send(true);
+            }
+            log2.lock().unwrap().push(line);
+        }
+        let _ = tx.send(false);
+    });
+    // wait on the broker's own "running" line (a bound, not a sleep)
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(true) => Some(child),
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            None
+        }
     }
 }
 

@@ -12,6 +12,7 @@
 pub mod backoff;
 mod group;
 mod io;
+mod outage;
 mod storm;
 mod will;
 pub mod window;
@@ -38,6 +39,7 @@ use crate::payload::Header;
 use crate::timer::{Sleep, Timers};
 use backoff::Backoff;
 use io::{IoEvent, poll_io};
+pub use outage::Outages;
 use squall_proto::clock::Clock;
 use squall_proto::metrics::{WillId, WillMark, WillRecord};
 use squall_proto::plan::{Comeback, EventAction, PublishRange, group_of_stream};
@@ -121,6 +123,8 @@ pub struct Shared {
     pub publish_ranges: Vec<PublishRange>,
     /// The storms (event firings) this agent's clients were taken by, and their way back.
     pub storms: Storms,
+    /// Connections lost without the scenario asking, and the way back.
+    pub outages: Outages,
 }
 
 /// The agent's unsent bytes: one budget for all its clients, so a stalled broker cannot make
@@ -242,6 +246,8 @@ pub struct Client {
     backlog: Option<Backlog>,
     /// It had an established connection before (the next CONNACK is a reconnect).
     was_connected: bool,
+    /// It lost its connection unasked and is not back yet (an outage counts it).
+    lost_unasked: bool,
     rng: fastrand::Rng,
     phase_rx: watch::Receiver<Phase>,
     /// Its one timer, reset to whatever is due next.
@@ -329,6 +335,7 @@ impl Client {
             away: None,
             backlog: None,
             was_connected: false,
+            lost_unasked: false,
             rng: fastrand::Rng::with_seed(((sh.run_tag as u64) << 32) ^ global as u64),
             phase_rx: sh.phase.clone(),
             sleep: sh.timers.sleep(),
@@ -995,6 +1002,9 @@ impl Client {
                     if let Some(a) = self.away.take() {
                         a.back(&self.shared.storms, now);
                     }
+                    if std::mem::take(&mut self.lost_unasked) {
+                        self.shared.outages.back(now);
+                    }
                     if self.was_connected && !self.spec.clean_start {
                         let mut s = self.shared.rec.shard(self.key);
                         if session_present {
@@ -1107,6 +1117,10 @@ impl Client {
             self.lost_at = Some(now);
             if let Some(w) = self.will.as_mut() {
                 w.failed(&mut self.shared.rec.shard(self.key), now);
+            }
+            if !self.lost_unasked {
+                self.lost_unasked = true;
+                self.shared.outages.lost(now);
             }
         }
         let mut s = self.shared.rec.shard(self.key);

@@ -58,6 +58,10 @@ pub struct Report {
     /// Each storm (a firing of a scenario event) and the way back from it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub storms: Vec<StormReport>,
+    /// Connections lost without the scenario asking (a broker restart, a network cut): from
+    /// the first loss until every client lost was connected again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outages: Vec<OutageReport>,
     /// The will ledger, when a group sets a last will.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wills: Option<WillsReport>,
@@ -312,6 +316,31 @@ pub struct StormReport {
     pub policy_100_ms: Option<f64>,
 }
 
+/// One outage: clients lost unasked, from the first loss to the last return.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct OutageReport {
+    /// Seconds since the run started (as the timeline).
+    pub start_s: f64,
+    /// Absent when some clients lost never came back.
+    pub end_s: Option<f64>,
+    pub clients_lost: u64,
+    pub clients_back: u64,
+}
+
+fn outage_reports(start_ns: u64, results: &[AgentResult]) -> Vec<OutageReport> {
+    let all = results.iter().flat_map(|r| r.outages.iter().copied()).collect();
+    let s = |ns: u64| ns.saturating_sub(start_ns) as f64 / 1e9;
+    squall_proto::metrics::storms::merge_outages(all)
+        .into_iter()
+        .map(|w| OutageReport {
+            start_s: s(w.start_unix_ns),
+            end_s: (w.end_unix_ns > 0).then(|| s(w.end_unix_ns)),
+            clients_lost: w.lost,
+            clients_back: w.back,
+        })
+        .collect()
+}
+
 /// The value by which `share` of `taken` clients are counted in `h` (ms), if that many are.
 fn rank_ms(h: &Latency, taken: u64, share: f64) -> Option<f64> {
     let k = ((taken as f64 * share).ceil() as u64).max(1);
@@ -528,6 +557,7 @@ pub fn build(i: Inputs<'_>) -> Report {
         },
         wills: i.wills.as_ref().map(|l| WillsReport::new(l, complete)),
         storms: storm_reports(plan, i.results),
+        outages: outage_reports(agg.start_ns(), i.results),
         errors,
         thresholds: vec![],
         timeline: agg.timeline.clone(),

@@ -159,6 +159,26 @@ pub fn render(r: &Report) -> String {
             if s.abandoned > 0 { format!(" · {} abandoned", count(s.abandoned)) } else { String::new() },
         );
     }
+    // the largest outages first; a long soak may have many small ones
+    let mut outages: Vec<_> = r.outages.iter().collect();
+    outages.sort_by_key(|o| std::cmp::Reverse(o.clients_lost));
+    for (i, w) in outages.iter().take(5).enumerate() {
+        let span = match w.end_s {
+            Some(end) => format!("{:.1}s → {:.1}s ({})", w.start_s, end, fmt_us((end - w.start_s) * 1e6)),
+            None => format!("{:.1}s → not over by the end", w.start_s),
+        };
+        let _ = writeln!(
+            o,
+            "  {:<14}{span}: {} connections lost unasked · {} back",
+            if i == 0 { "outages" } else { "" },
+            count(w.clients_lost),
+            count(w.clients_back)
+        );
+    }
+    if r.outages.len() > 5 {
+        let _ =
+            writeln!(o, "                … and {} smaller (see `outages` in the JSON)", r.outages.len() - 5);
+    }
     if let Some(w) = &r.wills {
         let partial = if w.complete { "" } else { " (partial: the run did not finish)" };
         let _ = writeln!(

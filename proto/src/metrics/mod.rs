@@ -17,7 +17,7 @@ pub use errors::{ErrorCount, LoadError};
 pub use histogram::{GroupedHists, Hists, Latency, Summary};
 pub use ledger::{Delivery, LedgerTotals, StreamFinal};
 pub use snapshot::{HistogramBytes, Snapshot};
-pub use storms::{Storm, StormResult};
+pub use storms::{OutageWindow, Storm, StormResult};
 pub use wills::{Observers, WillId, WillLedger, WillMark, WillRecord};
 
 /// What a latency measures.

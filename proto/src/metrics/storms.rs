@@ -65,3 +65,48 @@ impl Storm {
         Ok(())
     }
 }
+
+/// Connections lost without the scenario asking, from the first loss until every client lost
+/// was connected again (`end_unix_ns` 0: some never were).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutageWindow {
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
+    /// Clients lost in the window, and those back by its end.
+    pub lost: u64,
+    pub back: u64,
+}
+
+/// Unions overlapping windows (of several agents): one outage seen by all of them is one.
+pub fn merge_outages(mut v: Vec<OutageWindow>) -> Vec<OutageWindow> {
+    v.sort_by_key(|w| w.start_unix_ns);
+    let mut out: Vec<OutageWindow> = Vec::new();
+    let end = |w: &OutageWindow| if w.end_unix_ns == 0 { u64::MAX } else { w.end_unix_ns };
+    for w in v {
+        match out.last_mut() {
+            Some(last) if w.start_unix_ns <= end(last) => {
+                let e = end(last).max(end(&w));
+                last.end_unix_ns = if e == u64::MAX { 0 } else { e };
+                last.lost += w.lost;
+                last.back += w.back;
+            }
+            _ => out.push(w),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlapping_outages_of_several_agents_are_one() {
+        let w = |s, e, lost| OutageWindow { start_unix_ns: s, end_unix_ns: e, lost, back: lost };
+        let merged = merge_outages(vec![w(10, 20, 3), w(30, 0, 1), w(15, 25, 2), w(40, 50, 4), w(60, 70, 1)]);
+        assert_eq!(
+            merged,
+            vec![w(10, 25, 5), OutageWindow { start_unix_ns: 30, end_unix_ns: 0, lost: 6, back: 6 }]
+        );
+    }
+}

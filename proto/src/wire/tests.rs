@@ -327,6 +327,12 @@ fn event() -> impl Strategy<Value = AgentEvent> {
                             .into_iter()
                             .collect(),
                         storms_untracked: receivers_never_subscribed,
+                        outages: vec![OutageWindow {
+                            start_unix_ns: receivers,
+                            end_unix_ns: 0,
+                            lost: 2,
+                            back: 1,
+                        }],
                     })
                 }
             ),
