@@ -8,6 +8,7 @@
 //! cargo bench -p squall-benches --bench e2e -- throughput --qos 0 --rate 1000000 --seconds 10
 //! cargo bench -p squall-benches --bench e2e -- lag --clients 1000 --rate 10 --seconds 10 [--coalesce-us 250]
 //! cargo bench -p squall-benches --bench e2e -- soak --clients 10000 --seconds 1800
+//! cargo bench -p squall-benches --bench e2e -- storm --clients 19000 [--broker squall] [--back now|backoff] [--sources 4]
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -30,6 +31,8 @@ struct Args {
     inflight: u32,
     coalesce_us: u64,
     connack_delay_ms: u64,
+    back: String,
+    sources: u8,
 }
 
 fn args() -> Args {
@@ -44,6 +47,8 @@ fn args() -> Args {
         inflight: 256,
         coalesce_us: 0,
         connack_delay_ms: 0,
+        back: String::new(),
+        sources: 0,
     };
     let mut it = std::env::args().skip(1).filter(|s| s != "--bench");
     while let Some(x) = it.next() {
@@ -58,6 +63,8 @@ fn args() -> Args {
             "--inflight" => a.inflight = val().parse().unwrap(),
             "--coalesce-us" => a.coalesce_us = val().parse().unwrap(),
             "--connack-delay-ms" => a.connack_delay_ms = val().parse().unwrap(),
+            "--back" => a.back = val(),
+            "--sources" => a.sources = val().parse().unwrap(),
             m if !m.starts_with('-') => a.mode = m.to_string(),
             other => panic!("unknown argument {other}"),
         }
@@ -154,9 +161,30 @@ fn self_cpu_s() -> f64 {
 
 /// Runs a scenario on one in-process agent, calling `at_ready` once every client connected.
 async fn drive(text: &str, port: u16, at_ready: impl FnOnce(Duration)) -> Aggregate {
+    drive_result(text, port, at_ready).await.0
+}
+
+/// [`drive`], with the agent's final result (ledger, storms, outages).
+async fn drive_result(
+    text: &str,
+    port: u16,
+    at_ready: impl FnOnce(Duration),
+) -> (Aggregate, squall_agent::engine::AgentResult) {
+    drive_from(text, port, 0, at_ready).await
+}
+
+/// [`drive_result`] with connections spread over `sources` loopback source addresses
+/// (127.0.0.1 …), 0 for the kernel's choice.
+async fn drive_from(
+    text: &str,
+    port: u16,
+    sources: u8,
+    at_ready: impl FnOnce(Duration),
+) -> (Aggregate, squall_agent::engine::AgentResult) {
     let ov = Overrides { targets: vec![format!("mqtt://127.0.0.1:{port}")], ..Default::default() };
     let plan = load_source(&Source::new("bench.toml", text), &ov).expect("bench scenario");
-    let a = segment(&plan, &plan.targets, &[1]).remove(0);
+    let mut a = segment(&plan, &plan.targets, &[1]).remove(0);
+    a.source_addresses = (1..=sources).map(|i| std::net::IpAddr::from([127, 0, 0, i])).collect();
     let clock = squall_proto::clock::Clock::new();
     let mut agg = Aggregate::new(clock.now_ns());
     let started = Instant::now();
@@ -179,12 +207,12 @@ async fn drive(text: &str, port: u16, at_ready: impl FnOnce(Duration)) -> Aggreg
                     .await
                     .unwrap();
             }
-            AgentEvent::Finished(_) => break,
+            AgentEvent::Finished(r) => return (agg, r),
             AgentEvent::Failed { message } => panic!("{message}"),
             AgentEvent::Started { .. } => {}
         }
     }
-    agg
+    panic!("the agent stopped without a result")
 }
 
 fn main() {
@@ -311,7 +339,8 @@ fn main() {
         }
         "lag" => lag(&a, &rt, broker.port, bpid),
         "soak" => soak(&a, &rt, broker.port, bpid),
-        other => panic!("mode idle|connect|throughput|lag, not `{other}`"),
+        "storm" => storm(&a, &rt, broker.port, bpid),
+        other => panic!("mode idle|connect|throughput|lag|soak|storm, not `{other}`"),
     }
 }
 
@@ -539,4 +568,83 @@ async fn bare_connects(port: u16, n: u32, window: usize) -> (f64, u32) {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     (rate, failed)
+}
+
+/// A storm: `--clients` idle clients all dropped at once 5 s into the window (socket closed,
+/// no DISCONNECT), back at once (`--back now`, the thundering herd) or by the default backoff
+/// (exponential, full jitter, 1 s base). Prints the recovery (99 % and all back, beside the
+/// policy alone), failed attempts, and the CPU of tester and broker over the storm, sampled
+/// every 100 ms.
+fn storm(a: &Args, rt: &tokio::runtime::Runtime, port: u16, bpid: u32) {
+    let back = if a.back.is_empty() { "now" } else { a.back.as_str() };
+    let text = format!(
+        "[run]\nduration = \"{}s\"\ndrain = \"0s\"\n[[group]]\nname = \"dev\"\nclients = {}\nconnect_rate = 20000\nkeepalive = \"300s\"\n[[group.event]]\nat = \"5s\"\naction = \"drop\"\nfraction = 1.0\nback = \"{back}\"\n",
+        a.seconds.max(15),
+        a.clients
+    );
+    // CPU of both sides every 100 ms, to read the storm's seconds off afterwards
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let t0 = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                v.push((t0.elapsed().as_secs_f64(), self_cpu_s(), cpu_s(bpid)));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (t0, v)
+        })
+    };
+    let mut ready_at = None;
+    let (agg, result) = rt.block_on(drive_from(&text, port, a.sources, |_| ready_at = Some(Instant::now())));
+    println!(
+        "source addresses: {}",
+        if a.sources == 0 {
+            "the kernel's choice".to_string()
+        } else {
+            format!("127.0.0.1 … 127.0.0.{}", a.sources)
+        }
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (t0, samples) = sampler.join().unwrap();
+    let Some(s) = result.storms.first() else { panic!("no storm recorded: {:?}", agg.counters) };
+    let backh = squall_proto::metrics::Latency::from_v2(&s.back_v2).unwrap();
+    let policy = squall_proto::metrics::Latency::from_v2(&s.policy_v2).unwrap();
+    let rank = |h: &squall_proto::metrics::Latency, share: f64| {
+        let k = ((s.taken as f64 * share).ceil() as u64).max(1);
+        (h.len() >= k).then(|| h.quantile_us(k as f64 / h.len() as f64) as f64 / 1e3)
+    };
+    let ms = |v: Option<f64>| v.map_or("never".to_string(), |v| format!("{v:.0} ms"));
+    println!(
+        "storm: {} taken, {} back, {} failed attempts, {} abandoned (back = {back})",
+        s.taken,
+        backh.len(),
+        s.failed_attempts,
+        s.abandoned
+    );
+    println!(
+        "recovery: 99 % in {}, all in {}; the policy alone: {}, {}",
+        ms(rank(&backh, 0.99)),
+        ms(rank(&backh, 1.0)),
+        ms(rank(&policy, 0.99)),
+        ms(rank(&policy, 1.0))
+    );
+    let errors: Vec<String> = agg.errors.iter().map(|(e, n)| format!("{} {n}", e.name())).collect();
+    println!("errors: {}", if errors.is_empty() { "none".into() } else { errors.join(", ") });
+    // the storm's span: from the drop (window start + 5 s) to the last client back
+    let ready = ready_at.expect("ready").duration_since(t0).as_secs_f64();
+    let from = ready + 0.05 + 5.0;
+    let to = from + rank(&backh, 1.0).unwrap_or(10_000.0) / 1e3;
+    let at = |t: f64| samples.iter().rev().find(|x| x.0 <= t).or(samples.first()).copied().unwrap();
+    let until = samples.iter().find(|x| x.0 >= to + 0.1).or(samples.last()).copied().unwrap();
+    let start = at(from - 0.1);
+    let span = until.0 - start.0;
+    println!(
+        "CPU over the storm ({span:.1} s): tester {:.2} s ({:.0} % of a core), broker {:.2} s ({:.0} %)",
+        until.1 - start.1,
+        100.0 * (until.1 - start.1) / span,
+        until.2 - start.2,
+        100.0 * (until.2 - start.2) / span
+    );
 }

@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use governor::clock::{Clock as _, MonotonicClock};
 use ntex_bytes::{BytePages, ByteString, Bytes, BytesMut};
 use tokio::sync::{Notify, watch};
 
@@ -480,12 +479,9 @@ impl Client {
                 let g = self.group.clone();
                 let l = g.reconnect_limiter.as_ref().expect("checked");
                 let since = self.now();
-                while let Err(not_until) = l.check() {
-                    let wait = not_until.wait_time_from(MonotonicClock.now());
-                    let until = self.now() + wait.as_nanos() as u64;
-                    if !self.idle_until(until).await {
-                        return self.finish();
-                    }
+                let slot = l.reserve(since);
+                if slot > since && !self.idle_until(slot).await {
+                    return self.finish();
                 }
                 // the group's own limit, shared with its other clients: part of the policy
                 let now = self.now();
@@ -676,14 +672,16 @@ impl Client {
                 && self.silent.is_none()
                 && self.next_event_due(now, connected).is_some_and(|at| at <= now)
             {
-                let (_, action, back, storm) = self.events[self.next_event];
+                let (at, action, back, storm) = self.events[self.next_event];
                 self.next_event += 1;
                 self.lost_at = Some(now);
-                self.away = Some(Away::taken(&self.shared.storms, storm, now));
+                // recovery counts from the storm's instant, however late this client got to it
+                self.away = Some(Away::taken(&self.shared.storms, storm, at.min(now)));
                 self.shared.rec.shard(self.key).counters.event_actions += 1;
                 match action {
                     // the stream is dropped on the way out: FIN, no DISCONNECT
                     EventAction::Drop => {
+                        stream.reset_on_close();
                         self.will_taken(now);
                         break End::Event(back);
                     }

@@ -80,6 +80,17 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// Makes the coming close a reset (SO_LINGER 0): the peer learns at once, and this side
+    /// keeps no TIME_WAIT (19,000 ports in TIME_WAIT made each new connect scan for a free port:
+    /// 60 % of the tester's CPU in a storm).
+    pub fn reset_on_close(&self) {
+        let tcp = match self {
+            Stream::Tcp(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+        };
+        let _ = socket2::SockRef::from(tcp).set_linger(Some(std::time::Duration::ZERO));
+    }
+
     /// The negotiated TLS session, if this is TLS.
     pub fn tls_session(&self) -> Option<&rustls::ClientConnection> {
         match self {
