@@ -199,3 +199,29 @@ impl GroupRuntime {
         at_ns + (local as f64 / rate * 1e9) as u64
     }
 }
+
+#[cfg(test)]
+mod slot_tests {
+    use super::ReconnectSlots;
+
+    #[test]
+    fn slots_are_spaced_in_order_and_never_shared_across_threads() {
+        let s = ReconnectSlots::new(1000.0); // 1 ms apart
+        assert_eq!(s.reserve(5_000_000), 5_000_000, "free now: at once");
+        assert_eq!(s.reserve(5_000_000), 6_000_000, "next in the queue");
+        assert_eq!(s.reserve(50_000_000), 50_000_000, "an idle cap does not bank slots");
+        let s = std::sync::Arc::new(ReconnectSlots::new(1e6));
+        let got: Vec<u64> = (0..4)
+            .map(|_| {
+                let s = s.clone();
+                std::thread::spawn(move || (0..10_000).map(|_| s.reserve(0)).collect::<Vec<u64>>())
+            })
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        let mut sorted = got.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 40_000, "each slot given once");
+        assert_eq!(*sorted.last().unwrap(), 39_999 * 1_000, "one after another, 1 µs apart");
+    }
+}
