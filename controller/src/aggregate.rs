@@ -379,6 +379,7 @@ mod tests {
             counters: Counters { published_qos0: published, ..Default::default() },
             errors: vec![ErrorCount { error: LoadError::TcpRefused, count: 1 }],
             connected: 5,
+            wills: vec![],
             histograms: vec![HistogramBytes {
                 metric: Metric::E2e,
                 timing: Timing::Corrected,
@@ -387,6 +388,32 @@ mod tests {
                 group: agent,
             }],
         }
+    }
+
+    #[test]
+    fn will_records_are_kept_and_settled_and_a_rogue_group_is_refused() {
+        use squall_proto::metrics::{Observers, WillMark, WillRecord};
+        let mut agg = Aggregate::new(0).with_groups(vec!["obs".into(), "dev".into()]);
+        let rec = |mark, at, group| WillRecord {
+            mark,
+            group,
+            client: 7,
+            epoch: 1,
+            at_unix_ns: at,
+            receiver: 3,
+            topic: "w/7".into(),
+        };
+        let mut s = snap(0, 0, 0, &[]);
+        s.wills = vec![rec(WillMark::Owed, 1_000_000, 1), rec(WillMark::Delivered, 4_000_000, 1)];
+        agg.apply(&s).unwrap();
+        let l = agg.settle_wills(&[Observers { filters: vec!["w/#".into()], count: 1 }]);
+        assert_eq!((l.expected, l.delivered, l.missing), (1, 1, 0));
+        let will = agg.group_hists("dev").unwrap().get(Metric::Will, Timing::Raw);
+        assert!((2_990..=3_010).contains(&will.quantile_us(0.5)), "from when it was due");
+
+        let mut rogue = snap(0, 1, 0, &[]);
+        rogue.wills = vec![rec(WillMark::Owed, 0, 9)];
+        assert!(agg.apply(&rogue).unwrap_err().contains("group 9"));
     }
 
     #[test]
