@@ -254,3 +254,22 @@ async fn a_storm_of_2000_drops_recovers_fully_and_shows_the_policys_share() {
     }
     broker.shutdown().await;
 }
+
+/// Blackhole: the link dies both ways (incoming packets dropped before TCP, nothing written).
+/// The broker's keepalive ends it (1.5 × 1 s) and publishes the will; the client cannot see the
+/// broker's close, so it gives the link up only at its own deadline (the broker's + 1 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_client_is_ended_by_the_broker_and_comes_back_after_its_own_deadline() {
+    let broker = support::broker(|_| {}).await;
+    let r = will_storm_for(&support::url(&broker), "blackhole", "now", "4s", "3.1.1").await;
+    let c = &r.counters;
+    assert_eq!((c["event_actions"], c["events_refused"], c["reconnects"]), (8, 0, 8), "{c:?}");
+    let w = r.wills.unwrap();
+    assert_eq!((w.expected, w.delivered, w.missing, w.unexpected, w.early), (8, 8, 0, 0, 0), "{w:?}");
+    let dev = r.groups.iter().find(|g| g.name == "dev").unwrap();
+    assert!(dev.latency["will"].raw.unwrap().max_us < 1_000_000, "{:?}", dev.latency["will"]);
+    // a silent client sees the broker's FIN at 1.5 s; a blackholed one never does
+    let away = dev.latency["reconnect"].raw.unwrap();
+    assert!(away.min_us >= 2_300_000, "{away:?}");
+    broker.shutdown().await;
+}

@@ -150,6 +150,10 @@ pub enum EventAction {
     Silence,
     /// MQTT 5 DISCONNECT with reason 0x04: disconnect, and publish my will.
     DisconnectWithWill,
+    /// The link goes dead both ways (a cell drop): nothing is written, and everything that
+    /// arrives is dropped before TCP sees it, so nothing is acknowledged. The client notices
+    /// when the broker's keepalive would have (plus a second), resets the socket and comes back.
+    Blackhole,
 }
 
 /// `NAMES`, `name` and `from_name` for a fieldless enum, the names the scenario file uses.
@@ -174,6 +178,7 @@ named!(EventAction {
     Drop => "drop",
     Silence => "silence",
     DisconnectWithWill => "disconnect_with_will",
+    Blackhole => "blackhole",
 });
 named!(BackoffPolicy { None => "none", Constant => "constant", Linear => "linear", Exponential => "exponential" });
 named!(Jitter { None => "none", Full => "full", Equal => "equal", Decorrelated => "decorrelated" });

@@ -239,6 +239,9 @@ pub struct Client {
     events_for: Option<u64>,
     /// A `silence` event is under way (and how to come back): nothing is written or answered.
     silent: Option<Comeback>,
+    /// A `blackhole` is under way (a silence whose incoming packets are dropped too) until this
+    /// instant, when the client gives the link up.
+    blackhole_until: Option<u64>,
     /// Taken by a storm and not yet back.
     away: Option<Away>,
     /// The backlog of a resumed persistent session, while the connection lasts.
@@ -331,6 +334,7 @@ impl Client {
             next_event: 0,
             events_for: None,
             silent: None,
+            blackhole_until: None,
             away: None,
             backlog: None,
             was_connected: false,
@@ -643,6 +647,7 @@ impl Client {
     ) -> End {
         let mut rbuf = BytesMut::new();
         self.silent = None;
+        self.blackhole_until = None;
         let mut pending: Option<BytePages> = None;
         let mut connected = false;
         // what the timer is armed for; None: it fired (or never was) and must be armed again,
@@ -674,6 +679,14 @@ impl Client {
             {
                 let (at, action, back, storm) = self.events[self.next_event];
                 self.next_event += 1;
+                if action == EventAction::Blackhole
+                    && let Err(e) = stream.blackhole()
+                {
+                    // refused, not faked: the connection goes on as it was
+                    tracing::warn!(error = %e, "Cannot blackhole a connection (socket filter refused)");
+                    self.shared.rec.shard(self.key).counters.events_refused += 1;
+                    continue;
+                }
                 self.lost_at = Some(now);
                 // recovery counts from the storm's instant, however late this client got to it
                 self.away = Some(Away::taken(&self.shared.storms, storm, at.min(now)));
@@ -694,8 +707,13 @@ impl Client {
                         self.will_taken(now);
                         break End::Event(back);
                     }
-                    EventAction::Silence => {
+                    EventAction::Silence | EventAction::Blackhole => {
                         self.silent = Some(back);
+                        if action == EventAction::Blackhole {
+                            // the client notices when the broker's keepalive would have, + 1 s
+                            let ka = self.keepalive_in_force as u64 * 1_500_000_000;
+                            self.blackhole_until = Some(self.conn.last_sent_ns() + ka + 1_000_000_000);
+                        }
                         if let Some(w) = self.will.as_mut() {
                             let last = self.conn.last_sent_ns();
                             w.silenced(&mut self.shared.rec.shard(self.key), last, self.keepalive_in_force);
@@ -764,8 +782,12 @@ impl Client {
                 next = next.min(u);
             }
             if self.silent.is_some() {
-                // no keepalive, no publishing: only the broker's close or the run's end
-                next = self.open_window_until().unwrap_or(u64::MAX);
+                // no keepalive, no publishing: only the broker's close, the blackhole's end or
+                // the run's end
+                next = self
+                    .open_window_until()
+                    .unwrap_or(u64::MAX)
+                    .min(self.blackhole_until.unwrap_or(u64::MAX));
             }
             if let Some(at) = self.next_event_due(now, connected).filter(|_| self.silent.is_none()) {
                 next = next.min(at);
@@ -806,6 +828,14 @@ impl Client {
                 Wake::Phase(false) => break self.close(&mut stream, &mut pending, connected).await,
             };
             match ev {
+                None if let (Some(back), Some(until)) = (self.silent, self.blackhole_until)
+                    && self.now() >= until =>
+                {
+                    // the client gives the dead link up: a reset, which the broker (long
+                    // since gone, if it enforces keepalive) never sees
+                    stream.reset_on_close();
+                    break End::Event(back);
+                }
                 None if self.silent.is_some() => deadline = None,
                 None => {
                     deadline = None; // the timer fired: it must be re-armed

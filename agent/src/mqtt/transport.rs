@@ -80,6 +80,32 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// Cuts the link both ways from this end: a socket filter drops every packet that arrives
+    /// before TCP sees it (so nothing is acknowledged, the broker's FIN included); the caller
+    /// writes nothing more. Unprivileged (classic BPF on one's own socket). The one leak: bytes
+    /// this side had sent and not yet seen acknowledged are still retransmitted by the kernel.
+    pub fn blackhole(&self) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let tcp = match self {
+            Stream::Tcp(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+        };
+        // one instruction: return 0 (keep no bytes of the packet: drop it)
+        let mut code = [libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 }];
+        let prog = libc::sock_fprog { len: 1, filter: code.as_mut_ptr() };
+        // SAFETY: setsockopt reads `prog` (and the one instruction it points to) during the call
+        let r = unsafe {
+            libc::setsockopt(
+                tcp.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
+                &prog as *const libc::sock_fprog as *const libc::c_void,
+                std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+            )
+        };
+        if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    }
+
     /// Makes the coming close a reset (SO_LINGER 0): the peer learns at once, and this side
     /// keeps no TIME_WAIT (19,000 ports in TIME_WAIT made each new connect scan for a free port:
     /// 60 % of the tester's CPU in a storm).

@@ -60,6 +60,9 @@ counters! {
     /// Messages published before a session resumed and received after it: the backlog the
     /// broker queued for the client while it was away.
     backlog_delivered,
+    /// Event actions the agent could not perform on a connection (a `blackhole` needs Linux
+    /// socket filters): the connection went on untouched, nothing was faked.
+    events_refused,
     /// Filters granted in SUBACKs.
     subscribes,
     /// Filters refused in SUBACKs.
