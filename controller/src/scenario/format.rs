@@ -145,9 +145,10 @@ pub struct Event {
     pub every: Option<String>,
     /// How many times in all (default 1; at most 10000).
     pub times: Option<u32>,
-    /// "disconnect" (clean, no will), "drop" (socket closed without DISCONNECT: the broker
+    /// "disconnect" (clean, no will), "drop" (socket reset without DISCONNECT: the broker
     /// publishes the will), "silence" (no packets at all until the broker's keepalive ends the
-    /// connection), "disconnect_with_will" (MQTT 5 reason 0x04). Required.
+    /// connection), "blackhole" (the link dead both ways, nothing acknowledged, until the
+    /// broker's keepalive deadline + 1 s), "disconnect_with_will" (MQTT 5 reason 0x04). Required.
     pub action: Option<String>,
     /// How many of the group's clients each time …
     pub count: Option<u32>,
