@@ -289,3 +289,48 @@ qos = 1
     assert_eq!(delivered + lost, expected, "every message is accounted for: {d}");
     assert_eq!(report["verdict"]["status"], "fail");
 }
+
+/// A TLS storm: 40 clients over TLS all dropped at once and back at once, with session
+/// resumption on (each client resumes its own session: its own ticket) and off (a full
+/// handshake every time). The handshakes are counted and timed apart from CONNACK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_storm_resumes_each_clients_session_or_not_as_asked() {
+    let ca = TestCa::new("squall test CA");
+    let broker = tls_broker(&ca);
+    let d = broker.dir.path();
+    let url = format!("mqtts://127.0.0.1:{}", broker.port);
+    for resume in [true, false] {
+        let text = format!(
+            r#"
+[run]
+duration = "2s"
+drain = "500ms"
+[[group]]
+name = "dev"
+clients = 40
+tls_resumption = {resume}
+[[group.event]]
+at = "500ms"
+action = "drop"
+fraction = 1.0
+back = "now"
+[target.tls]
+ca = "{}"
+"#,
+            d.join("ca.pem").display()
+        );
+        let r = support::run(support::plan(&text, &url, d)).await;
+        let c = &r.counters;
+        assert_eq!(
+            (c["connects"], c["reconnects"], c["tls_handshakes"]),
+            (80, 40, 80),
+            "{c:?} {:?}",
+            r.errors
+        );
+        // the first connections have nothing to resume; every reconnect resumes, or none does
+        assert_eq!(c["tls_resumed"], if resume { 40 } else { 0 }, "resume {resume}: {c:?}");
+        let tls = r.latency["tls"].raw.unwrap();
+        assert_eq!(tls.count, 80);
+        assert_eq!(r.storms[0].back, 40);
+    }
+}

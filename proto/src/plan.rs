@@ -118,6 +118,14 @@ pub struct GroupSpec {
     pub subscribe: Option<SubscribeSpec>,
     /// Timed actions on some of the group's clients (storms, will triggers).
     pub events: Vec<EventSpec>,
+    /// Over TLS, resume each client's previous TLS session on reconnect (a ticket per client,
+    /// as a device that caches its session); false: a full handshake every time.
+    #[serde(default = "yes")]
+    pub tls_resumption: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A timed action on `count` of a group's clients, chosen by a seeded permutation of the

@@ -204,6 +204,7 @@ impl From<&GroupSpec> for pb::GroupSpec {
             protocol: pb::Protocol::from(g.protocol) as i32,
             keepalive_secs: g.keepalive_secs as u32,
             clean_start: g.clean_start,
+            tls_resumption: g.tls_resumption,
             session_expiry_secs: g.session_expiry_secs,
             username: g.username.clone(),
             password: g.password.clone(),
@@ -295,6 +296,7 @@ impl TryFrom<pb::GroupSpec> for GroupSpec {
             protocol: protocol_from(g.protocol)?,
             keepalive_secs: u16_of("group.keepalive_secs", g.keepalive_secs)?,
             clean_start: g.clean_start,
+            tls_resumption: g.tls_resumption,
             session_expiry_secs: g.session_expiry_secs,
             username: g.username,
             password: g.password,
@@ -375,6 +377,7 @@ impl From<Metric> for pb::Metric {
             Metric::Backoff => pb::Metric::Backoff,
             Metric::Will => pb::Metric::Will,
             Metric::Backlog => pb::Metric::Backlog,
+            Metric::Tls => pb::Metric::Tls,
         }
     }
 }
@@ -391,6 +394,7 @@ fn metric_from(v: i32) -> Result<Metric, WireError> {
         Ok(pb::Metric::Backoff) => Metric::Backoff,
         Ok(pb::Metric::Will) => Metric::Will,
         Ok(pb::Metric::Backlog) => Metric::Backlog,
+        Ok(pb::Metric::Tls) => Metric::Tls,
         _ => return Err(bad("histogram.metric", format!("unknown metric {v}"))),
     })
 }

@@ -258,6 +258,8 @@ pub struct Client {
     will: Option<WillState>,
     /// Who it is in the will ledger, as a receiver of wills.
     will_receiver: u64,
+    /// Its own TLS connector (its own session cache), made at its first TLS connection.
+    tls: Option<transport::TlsConnector>,
     /// The keepalive the broker enforces on this connection, s (MQTT 5: the server's, if set).
     keepalive_in_force: u16,
 }
@@ -345,6 +347,7 @@ impl Client {
             will,
             will_receiver,
             keepalive_in_force: s.keepalive_secs,
+            tls: None,
             key: global as usize,
             spec,
             index,
@@ -591,11 +594,27 @@ impl Client {
         let ep = &self.shared.endpoints[self.endpoint];
         let timeout = Duration::from_millis(self.group.assignment.spec.connect_timeout_ms);
         let tcp_start = self.now();
-        let connected = tokio::time::timeout(timeout, transport::connect(ep, self.source)).await;
+        if ep.tls.is_some() && self.tls.is_none() {
+            self.tls = transport::own_connector(ep, self.group.assignment.spec.tls_resumption);
+        }
+        let connected =
+            tokio::time::timeout(timeout, transport::connect_with(ep, self.source, self.tls.as_ref())).await;
         // a lost SYN shows as a connect of a second or more: the handshake window backs off
         self.shared.connecting.tcp_connect(self.now().saturating_sub(tcp_start));
         let stream = match connected {
-            Ok(Ok(s)) => s,
+            Ok(Ok((s, tls_ns))) => {
+                if let Some(ns) = tls_ns {
+                    let resumed = s
+                        .tls_session()
+                        .is_some_and(|t| t.handshake_kind() == Some(rustls::HandshakeKind::Resumed));
+                    let group = self.group.assignment.group;
+                    let mut shard = self.shared.rec.shard(self.key);
+                    shard.counters.tls_handshakes += 1;
+                    shard.counters.tls_resumed += resumed as u64;
+                    shard.record(group, Metric::Tls, Timing::Raw, ns);
+                }
+                s
+            }
             Ok(Err(f)) => {
                 let e = match f {
                     ConnectFailure::Refused => LoadError::TcpRefused,

@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_rustls::TlsConnector;
+pub use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 pub use squall_proto::target::{TargetUrl, UrlError};
@@ -128,20 +128,45 @@ impl Stream {
 
 /// Opens a TCP connection (from `source`, if given) and, for TLS endpoints, does the handshake.
 pub async fn connect(endpoint: &Endpoint, source: Option<IpAddr>) -> Result<Stream, ConnectFailure> {
+    connect_with(endpoint, source, None).await.map(|(s, _)| s)
+}
+
+/// [`connect`] with the client's own TLS connector (its own session cache), if it has one;
+/// also returns how long the TLS handshake took (ns), for TLS endpoints.
+pub async fn connect_with(
+    endpoint: &Endpoint,
+    source: Option<IpAddr>,
+    own: Option<&TlsConnector>,
+) -> Result<(Stream, Option<u64>), ConnectFailure> {
     let tcp = connect_tcp(endpoint.addr, source).await.map_err(|e| ConnectFailure::from_io(&e))?;
     match &endpoint.tls {
-        None => Ok(Stream::Tcp(tcp)),
+        None => Ok((Stream::Tcp(tcp), None)),
         Some((connector, name)) => {
-            let tls = connector.connect(name.clone(), tcp).await.map_err(|e| {
+            let started = std::time::Instant::now();
+            let tls = own.unwrap_or(connector).connect(name.clone(), tcp).await.map_err(|e| {
                 // rustls reports its errors wrapped in io::Error; the message is the useful part
                 match e.get_ref() {
                     Some(inner) => ConnectFailure::Tls(inner.to_string()),
                     None => ConnectFailure::from_io(&e),
                 }
             })?;
-            Ok(Stream::Tls(Box::new(tls)))
+            Ok((Stream::Tls(Box::new(tls)), Some(started.elapsed().as_nanos() as u64)))
         }
     }
+}
+
+/// A client's own TLS connector: the endpoint's configuration with a session cache of its
+/// own (one server, a few tickets), so its reconnects resume its own session as a device's
+/// would; or, with `resume` false, with resumption off (one connector a group can share).
+pub fn own_connector(endpoint: &Endpoint, resume: bool) -> Option<TlsConnector> {
+    let (connector, _) = endpoint.tls.as_ref()?;
+    let mut config = (**connector.config()).clone();
+    config.resumption = if resume {
+        rustls::client::Resumption::store(Arc::new(rustls::client::ClientSessionMemoryCache::new(8)))
+    } else {
+        rustls::client::Resumption::disabled()
+    };
+    Some(TlsConnector::from(Arc::new(config)))
 }
 
 pub async fn connect_tcp(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {

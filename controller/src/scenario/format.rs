@@ -109,6 +109,10 @@ pub struct Group {
     pub clean_start: Option<bool>,
     /// MQTT 5 session expiry interval (default "0s").
     pub session_expiry: Option<String>,
+    /// Over TLS (`mqtts://`), each client resumes its previous TLS session when it reconnects,
+    /// as a device that caches its session ticket does (default true); false: a full handshake
+    /// every time (what fells brokers in a TLS storm).
+    pub tls_resumption: Option<bool>,
     pub username: Option<String>,
     /// Password in the file. Prefer `password_env`.
     pub password: Option<String>,

@@ -568,6 +568,7 @@ fn resolve_group(cx: &mut Ctx<'_>, gi: usize, g: &format::Group, ov: &Overrides)
         protocol,
         keepalive_secs: keepalive.as_secs().min(u16::MAX as u64) as u16,
         clean_start: g.clean_start.unwrap_or(true),
+        tls_resumption: g.tls_resumption.unwrap_or(true),
         session_expiry_secs: session_expiry.as_secs().min(u32::MAX as u64) as u32,
         username: g.username.clone(),
         password,

@@ -63,6 +63,9 @@ counters! {
     /// Event actions the agent could not perform on a connection (a `blackhole` needs Linux
     /// socket filters): the connection went on untouched, nothing was faked.
     events_refused,
+    /// TLS handshakes completed, and those that resumed an earlier session (a ticket).
+    tls_handshakes,
+    tls_resumed,
     /// Filters granted in SUBACKs.
     subscribes,
     /// Filters refused in SUBACKs.

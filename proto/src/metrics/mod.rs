@@ -54,10 +54,13 @@ pub enum Metric {
     /// before it received (raw only): how long the broker took to hand over the backlog it
     /// queued while the client was away. Recorded when the connection ends.
     Backlog = 9,
+    /// TCP connected → TLS handshake done (raw only), every TLS connection: what a TLS storm
+    /// costs, resumed or full (see the counters tls_handshakes and tls_resumed).
+    Tls = 10,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 10] = [
+    pub const ALL: [Metric; 11] = [
         Metric::Connect,
         Metric::Subscribe,
         Metric::Puback,
@@ -68,6 +71,7 @@ impl Metric {
         Metric::Backoff,
         Metric::Will,
         Metric::Backlog,
+        Metric::Tls,
     ];
 
     /// Metrics measured from the actual event only (no intended time to correct from).
@@ -80,6 +84,7 @@ impl Metric {
                 | Metric::Backoff
                 | Metric::Will
                 | Metric::Backlog
+                | Metric::Tls
         )
     }
 
@@ -95,6 +100,7 @@ impl Metric {
             Metric::Backoff => "backoff",
             Metric::Will => "will",
             Metric::Backlog => "backlog",
+            Metric::Tls => "tls",
         }
     }
 

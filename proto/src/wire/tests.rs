@@ -98,6 +98,7 @@ fn group_spec() -> impl Strategy<Value = GroupSpec> {
                 reconnect,
                 publish,
                 subscribe,
+                tls_resumption: clients % 2 == 0,
                 events,
             },
         )
