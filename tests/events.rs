@@ -273,3 +273,64 @@ async fn a_blackholed_client_is_ended_by_the_broker_and_comes_back_after_its_own
     assert!(away.min_us >= 2_300_000, "{away:?}");
     broker.shutdown().await;
 }
+
+/// Each policy, measured: 2,000 clients whose first three connections squall's broker refuses,
+/// then a storm that drops them all, back by their backoff. With no jitter, the delays they
+/// really waited are the policy's steps: constant 100, 100, 100 ms; linear 100, 200, 300 ms;
+/// exponential 100, 200, then the 350 ms cap. (Each wait also holds the client's place in the
+/// group's reconnect queue: 2,000 at 100,000/s are up to 20 ms apart.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_backoff_policy_waits_its_own_steps_through_refusals_and_a_storm() {
+    use squall_broker::{Action, Rule, Selector};
+    for (policy, steps) in
+        [("constant", [100, 100, 100]), ("linear", [100, 200, 300]), ("exponential", [100, 200, 350])]
+    {
+        let broker = support::broker(|c| {
+            c.faults = vec![Rule {
+                select: Selector { first: Some(3), ..Default::default() },
+                action: Action::Refuse { code: 0x88 },
+            }]
+        })
+        .await;
+        let text = format!(
+            r#"
+[run]
+duration = "3s"
+drain = "500ms"
+ramp_timeout = "20s"
+[[group]]
+name = "dev"
+clients = 2000
+connect_rate = 4000
+[group.reconnect]
+backoff = "{policy}"
+jitter = "none"
+min_backoff = "100ms"
+max_backoff = "350ms"
+max_rate = 100000
+[[group.event]]
+at = "1500ms"
+action = "drop"
+fraction = 1.0
+back = "backoff"
+"#
+        );
+        let r = run(&support::url(&broker), &text).await;
+        let c = &r.counters;
+        assert_eq!((c["connects"], c["reconnects"], c["abandoned"]), (4000, 2000, 0), "{policy}: {c:?}");
+        assert_eq!(c["connect_failures"], 6000, "{policy}: {c:?}");
+        let s = one_storm(&r);
+        assert_eq!((s.taken, s.back), (2000, 2000), "{policy}: {s:?}");
+        // 8,000 waits: three after refusals, one after the drop (the first step again)
+        let b = r.latency["backoff"].raw.unwrap();
+        assert_eq!(b.count, 8000, "{policy}");
+        let ms = |us: u64| (us as f64 / 1e3).round() as u64;
+        // half the waits are the first step (the first retry, and the storm's), the top quarter
+        // the third; late by the queue and the timer, never early
+        assert!(b.min_us >= steps[0] * 1000 - 1000, "{policy}: {b:?}");
+        assert!((steps[0]..steps[0] + 30).contains(&ms(b.p50_us)), "{policy}: {b:?}");
+        assert!((steps[2]..steps[2] + 30).contains(&ms(b.p90_us)), "{policy}: {b:?}");
+        assert!(ms(b.max_us) < steps[2] + 60, "{policy}: {b:?}");
+        broker.shutdown().await;
+    }
+}
