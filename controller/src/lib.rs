@@ -16,6 +16,7 @@
 
 pub mod aggregate;
 pub mod clock_offset;
+pub mod compare;
 pub mod coordinator;
 pub mod init;
 pub mod link;

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod agents;
 pub mod broker;
 pub mod check;
+pub mod compare;
 pub mod controller;
 pub mod embedded;
 pub mod exit;
@@ -42,6 +43,9 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Run squall's embedded MQTT broker standalone (with optional fault injection).
     Broker(broker::BrokerArgs),
+    /// Compare the reports of runs (broker configurations) by latency percentile, throughput
+    /// and delivery, with a verdict per figure; `--fail-if-worse` gates for CI.
+    Compare(compare::CompareArgs),
 }
 
 /// Entry point: parses `args`, runs the command, returns the exit code.
@@ -67,6 +71,7 @@ pub fn dispatch(cli: Cli) -> u8 {
         Command::Init(a) => init::run(a),
         Command::Broker(a) => broker::run(a),
         Command::Check(a) => check::run(a),
+        Command::Compare(a) => compare::run(a),
     }
 }
 

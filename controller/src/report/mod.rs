@@ -219,6 +219,9 @@ pub struct Percentiles {
     pub p90_us: u64,
     pub p99_us: u64,
     pub p999_us: u64,
+    /// The 99.99th percentile (reports written before it existed read 0).
+    #[serde(default)]
+    pub p9999_us: u64,
     pub max_us: u64,
     /// Values beyond one hour, recorded as one hour.
     pub clamped: u64,
@@ -234,6 +237,7 @@ impl From<Summary> for Percentiles {
             p90_us: s.p90_us,
             p99_us: s.p99_us,
             p999_us: s.p999_us,
+            p9999_us: s.p9999_us,
             max_us: s.max_us,
             clamped: s.clamped,
         }

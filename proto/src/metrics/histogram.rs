@@ -97,6 +97,7 @@ impl Latency {
             p90_us: self.h.value_at_quantile(0.90),
             p99_us: self.h.value_at_quantile(0.99),
             p999_us: self.h.value_at_quantile(0.999),
+            p9999_us: self.h.value_at_quantile(0.9999),
             max_us: self.h.max(),
             clamped: self.clamped,
         }
@@ -119,6 +120,8 @@ pub struct Summary {
     pub p90_us: u64,
     pub p99_us: u64,
     pub p999_us: u64,
+    #[serde(default)]
+    pub p9999_us: u64,
     pub max_us: u64,
     pub clamped: u64,
 }

@@ -1,0 +1,186 @@
+//! `squall compare`: the verdicts on committed reports whose figures were chosen by hand, the
+//! command's exit codes, and real runs: the same configuration twice (within noise), and
+//! mosquitto against squall's broker holding every PUBACK 5 ms (worse, and the gate trips).
+
+mod support;
+
+use squall_controller::compare::{self, Gate, Side, Verdict};
+use squall_controller::report::Report;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/compare");
+
+fn fixture(name: &str) -> Report {
+    serde_json::from_str(&std::fs::read_to_string(format!("{FIXTURES}/{name}.json")).unwrap()).unwrap()
+}
+
+fn side(label: &str, runs: Vec<Report>) -> Side {
+    Side { label: label.into(), runs }
+}
+
+fn verdict(c: &compare::Comparison, metric: &str, stat: &str) -> Verdict {
+    c.rows.iter().find(|r| r.metric == metric && r.stat == stat).unwrap().verdicts[0]
+}
+
+#[test]
+fn verdicts_on_hand_made_reports() {
+    // base e2e (corrected, 10,000 samples): p50 1.00 ms, p90 2.00, p99 5.00, p99.9 8.00,
+    // p99.99 9.00, max 10.00; slower: 1.05, 2.50, 4.00, 8.50, 12.00, 10.05
+    let c = compare::compare(
+        &[side("base", vec![fixture("base")]), side("slower", vec![fixture("slower")])],
+        &[],
+    );
+    // +50 µs: under the 100 µs floor
+    assert_eq!(verdict(&c, "e2e", "p50"), Verdict::WithinNoise);
+    // +500 µs against a band of 200 µs (10 %)
+    assert_eq!(verdict(&c, "e2e", "p90"), Verdict::Worse);
+    // −1 ms against 500 µs
+    assert_eq!(verdict(&c, "e2e", "p99"), Verdict::Better);
+    // +500 µs against 800 µs
+    assert_eq!(verdict(&c, "e2e", "p999"), Verdict::WithinNoise);
+    // one sample beyond p99.99 of 10,000: only a doubling would count; +3 ms on 9 ms does not
+    assert_eq!(verdict(&c, "e2e", "p9999"), Verdict::WithinNoise);
+    assert_eq!(verdict(&c, "e2e", "max"), Verdict::WithinNoise);
+    // puback only in the base
+    assert_eq!(verdict(&c, "puback", "p50"), Verdict::NoData);
+    assert!(c.load_warning.is_none() && c.differences.is_empty(), "{c:?}");
+
+    let gates = [Gate::parse("e2e.p99:10%").unwrap(), Gate::parse("e2e.p90:20%").unwrap()];
+    let c = compare::compare(
+        &[side("base", vec![fixture("base")]), side("slower", vec![fixture("slower")])],
+        &gates,
+    );
+    assert_eq!(c.gates[0].change_pct, vec![Some(-20.0)]);
+    assert!(!c.gates[0].tripped);
+    assert_eq!(c.gates[1].change_pct, vec![Some(25.0)]);
+    assert!(c.gates[1].tripped);
+
+    // 800 received per second against 1,000, and another target: said first, loudly
+    let c = compare::compare(
+        &[side("base", vec![fixture("base")]), side("lighter", vec![fixture("lighter")])],
+        &[],
+    );
+    let w = c.load_warning.expect("different loads are flagged");
+    assert!(w.contains("received 1000.0/s") && w.contains("800.0/s"), "{w}");
+    assert_eq!(c.differences, vec!["lighter: targets mqtt://127.0.0.1:1883 → mqtt://127.0.0.1:1884"]);
+
+    // several runs per side: their spread widens the band (slower's p90 runs 2.5 and 2.0 ms:
+    // median 2.25, spread 500 µs; the +250 µs is now noise)
+    let mut s2 = fixture("slower");
+    s2.latency.get_mut("e2e").unwrap().corrected.as_mut().unwrap().p90_us = 2_000;
+    let c = compare::compare(
+        &[side("base", vec![fixture("base"), fixture("base")]), side("slower", vec![fixture("slower"), s2])],
+        &[],
+    );
+    let p90 = c.rows.iter().find(|r| r.metric == "e2e" && r.stat == "p90").unwrap();
+    assert_eq!((p90.values[1], p90.spread[1]), (Some(2_250.0), 500.0));
+    assert_eq!(p90.verdicts[0], Verdict::WithinNoise);
+}
+
+#[test]
+fn gates_are_parsed_strictly() {
+    let g = Gate::parse("e2e.raw.p999:2.5%").unwrap();
+    assert_eq!(
+        (g.metric.as_str(), g.timing.as_deref(), g.stat.as_str(), g.pct),
+        ("e2e", Some("raw"), "p999", 2.5)
+    );
+    for bad in ["e2e.p99", "e2e.p99:lots", "e2e.p98:10%", "nope.p99:10%", "e2e.p99:-1%"] {
+        assert!(Gate::parse(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn the_command_exits_1_when_a_gate_trips_and_2_on_bad_input() {
+    let f = |n: &str| format!("{FIXTURES}/{n}.json");
+    let out = support::squall()
+        .args(["compare", &f("base"), &f("slower"), "--fail-if-worse", "e2e.p99:10%"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("worse") && text.contains("better"), "{text}");
+    let out = support::squall()
+        .args(["compare", &f("base"), &f("slower"), "--fail-if-worse", "e2e.p90:20%"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let out = support::squall()
+        .args(["compare", &f("base"), &f("slower"), "--fail-if-worse", "e2e.p90"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("e.g. `e2e.p99:10%`"));
+    let out = support::squall().args(["compare", &f("base"), &f("missing")]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = support::squall().args(["compare", &f("base"), "Cargo.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a squall report"));
+}
+
+const LOAD: &str = r#"
+[run]
+duration = "2s"
+drain = "500ms"
+[[group]]
+name = "pub"
+clients = 20
+[group.publish]
+topic = "cmp/{i}"
+qos = 1
+interval = "10ms"
+[[group]]
+name = "sub"
+clients = 1
+[group.subscribe]
+filters = ["cmp/#"]
+qos = 1
+"#;
+
+async fn run_on(url: &str) -> Report {
+    let dir = tempfile::tempdir().unwrap();
+    support::run(support::plan(LOAD, url, dir.path())).await
+}
+
+/// The same configuration twice per side: nothing to choose between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_configuration_twice_is_within_noise() {
+    let broker = support::broker(|_| {}).await;
+    let url = support::url(&broker);
+    let mut runs = Vec::new();
+    for _ in 0..4 {
+        runs.push(run_on(&url).await);
+    }
+    let b = runs.split_off(2);
+    let c = compare::compare(&[side("a", runs), side("b", b)], &[]);
+    for r in &c.rows {
+        assert_ne!(r.verdicts[0], Verdict::Better, "{r:?}");
+        assert_ne!(r.verdicts[0], Verdict::Worse, "{r:?}\n{}", compare::render(&c));
+    }
+    assert!(c.load_warning.is_none(), "{c:?}");
+    broker.shutdown().await;
+}
+
+/// mosquitto as is against squall's broker holding every PUBACK 5 ms: PUBACK latency is
+/// worse by the hold, and a gate on it trips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_holds_pubacks_compares_worse_and_trips_the_gate() {
+    use squall_broker::{AckPacket, Action, Delay, Rule};
+    let m = support::mosquitto::Mosquitto::start();
+    let fast = run_on(&m.url()).await;
+    let broker = support::broker(|c| {
+        c.faults = vec![Rule::all(Action::Delay {
+            packet: AckPacket::PubAck,
+            by: Delay::Fixed(std::time::Duration::from_millis(5)),
+        })]
+    })
+    .await;
+    let slow = run_on(&support::url(&broker)).await;
+    let c = compare::compare(
+        &[side("mosquitto", vec![fast]), side("held", vec![slow])],
+        &[Gate::parse("puback.p50:10%").unwrap()],
+    );
+    assert_eq!(verdict(&c, "puback", "p50"), Verdict::Worse, "{}", compare::render(&c));
+    assert_eq!(verdict(&c, "puback", "p99"), Verdict::Worse);
+    assert!(c.gates[0].tripped, "{:?}", c.gates);
+    assert_eq!(c.differences.len(), 1, "the target differs: {:?}", c.differences);
+    broker.shutdown().await;
+}
