@@ -53,6 +53,9 @@ pub struct RunSetup {
     pub targets: Vec<TargetUrl>,
     pub embedded_broker: bool,
     pub live: LiveMode,
+    /// Write a soak log (HdrHistogram interval log and counters journal) into this directory
+    /// as the run goes.
+    pub soak_log: Option<std::path::PathBuf>,
 }
 
 /// Why a run could not start.
@@ -146,12 +149,28 @@ pub async fn run(
     agents: impl Agents,
     interrupt: impl Future<Output = ()>,
 ) -> Result<Report, RunError> {
-    let RunSetup { plan, targets, embedded_broker, live: live_mode } = setup;
+    let RunSetup { plan, targets, embedded_broker, live: live_mode, soak_log } = setup;
     let started_at = SystemTime::now();
     let clock = Clock::new();
     let start_ns = clock.now_ns();
     let assignments = segment(&plan, &targets, &agents.weights());
     let agent_clients: Vec<u64> = assignments.iter().map(|a| a.clients()).collect();
+    let soak = match soak_log {
+        Some(dir) => {
+            let meta = plan.soak_meta(
+                start_ns,
+                &humantime::format_rfc3339_seconds(started_at).to_string(),
+                targets.iter().map(|t| t.to_string()).collect(),
+                embedded_broker,
+                assignments.len() as u32,
+            );
+            let log = crate::soak_log::SoakLog::create(&dir, started_at, &plan, meta).map_err(|e| {
+                StartError::Invalid(format!("cannot write the soak log in {}: {e}", dir.display()))
+            })?;
+            Some(log)
+        }
+        None => None,
+    };
     let links = agents.start(assignments).await?;
     let n_agents = links.len();
 
@@ -223,6 +242,9 @@ pub async fn run(
                     }
                 }
                 Some(Incoming::Event(i, AgentEvent::Snapshot(s))) => {
+                    if let Some(log) = &soak {
+                        log.snapshot(&s);
+                    }
                     if let Err(e) = agg.apply(&s) {
                         break Some((Status::Error, format!("agent {} sent a broken snapshot: {e}", s.agent)));
                     }
@@ -405,6 +427,12 @@ pub async fn run(
         wills,
     });
     clock_warnings(&mut report);
+    if let Some(log) = soak {
+        let dir = log.dir.clone();
+        if let Err(e) = log.finish(&report) {
+            report.warnings.push(format!("the soak log in {} is incomplete: {e}", dir.display()));
+        }
+    }
     Ok(report)
 }
 

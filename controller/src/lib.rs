@@ -23,4 +23,5 @@ pub mod link;
 pub mod report;
 pub mod scenario;
 pub mod segment;
+pub mod soak_log;
 pub mod thresholds;

@@ -144,7 +144,13 @@ pub fn run(a: ControllerArgs) -> u8 {
         };
         let targets = plan.targets.clone();
         let run = format!("{:08x}", plan.run_tag);
-        let setup = RunSetup { plan, targets, embedded_broker: false, live: a.scenario.live_mode() };
+        let setup = RunSetup {
+            plan,
+            targets,
+            embedded_broker: false,
+            live: a.scenario.live_mode(),
+            soak_log: a.scenario.soak_log.clone(),
+        };
         let remote = RemoteAgents { agents, run, weights: a.agent_weights, targets: a.agent_targets };
         if let Err(e) = remote.check_names() {
             eprintln!("error: {e}");

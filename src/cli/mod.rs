@@ -10,6 +10,7 @@ pub mod controller;
 pub mod embedded;
 pub mod exit;
 pub mod init;
+pub mod report;
 pub mod run;
 
 use std::ffi::OsString;
@@ -46,6 +47,9 @@ pub enum Command {
     /// Compare the reports of runs (broker configurations) by latency percentile, throughput
     /// and delivery, with a verdict per figure; `--fail-if-worse` gates for CI.
     Compare(compare::CompareArgs),
+    /// Show a report again: from its JSON, or from a soak log directory (`--soak-log`), a
+    /// crashed or killed run's included.
+    Report(report::ReportArgs),
 }
 
 /// Entry point: parses `args`, runs the command, returns the exit code.
@@ -72,6 +76,7 @@ pub fn dispatch(cli: Cli) -> u8 {
         Command::Broker(a) => broker::run(a),
         Command::Check(a) => check::run(a),
         Command::Compare(a) => compare::run(a),
+        Command::Report(a) => report::run(a),
     }
 }
 

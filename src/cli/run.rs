@@ -49,6 +49,11 @@ pub struct ScenarioArgs {
     /// Write the full report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Soak runs: write an HdrHistogram interval log (run.hlog) and a counters journal
+    /// (counters.jsonl) into this new directory as the run goes; a crash loses at most one
+    /// interval, and `squall report DIR` turns what is there into a report.
+    #[arg(long, value_name = "DIR")]
+    pub soak_log: Option<PathBuf>,
     /// The live line: on a terminal it rewrites itself, otherwise one line per second.
     #[arg(long, value_enum, default_value_t = Live::Auto)]
     pub live: Live,
@@ -218,7 +223,13 @@ async fn run_async(a: RunArgs, plan: Plan) -> u8 {
     } else {
         (plan.targets.clone(), None)
     };
-    let setup = RunSetup { plan, targets, embedded_broker: embedded, live: a.scenario.live_mode() };
+    let setup = RunSetup {
+        plan,
+        targets,
+        embedded_broker: embedded,
+        live: a.scenario.live_mode(),
+        soak_log: a.scenario.soak_log.clone(),
+    };
     let result = match a.local_agents {
         None => coordinator::run(setup, agents::InProcess, interrupted()).await,
         Some(n) => {

@@ -52,6 +52,61 @@ impl Plan {
     pub fn clients(&self) -> u64 {
         self.groups.iter().map(|g| g.clients as u64).sum()
     }
+
+    /// What a report needs of a plan, from a soak log's record of the run (rules that no
+    /// longer parse are left out).
+    pub fn rebuilt(m: &crate::soak_log::RunMeta) -> Plan {
+        Plan {
+            name: m.scenario.clone(),
+            run_tag: m.run_tag,
+            targets: vec![],
+            tls: Default::default(),
+            source_addresses: vec![],
+            groups: m.groups.clone(),
+            duration: Duration::ZERO,
+            drain: Duration::from_millis(m.drain_ms),
+            ramp_timeout: Duration::ZERO,
+            max_duration: Duration::ZERO,
+            snapshot_interval: Duration::from_secs(1),
+            max_connecting: 0,
+            adaptive_connecting: true,
+            max_unsent_bytes: 0,
+            timer_coalesce: Duration::ZERO,
+            thresholds: m.thresholds.iter().filter_map(|t| Threshold::parse(t).ok()).collect(),
+        }
+    }
+
+    /// The record of this run a soak log starts with (passwords left out).
+    pub fn soak_meta(
+        &self,
+        start_unix_ns: u64,
+        started_at: &str,
+        targets: Vec<String>,
+        embedded: bool,
+        agents: u32,
+    ) -> crate::soak_log::RunMeta {
+        crate::soak_log::RunMeta {
+            scenario: self.name.clone(),
+            run_tag: self.run_tag,
+            squall_version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: started_at.to_string(),
+            start_unix_ns,
+            targets,
+            embedded_broker: embedded,
+            agents,
+            drain_ms: self.drain.as_millis() as u64,
+            groups: self
+                .groups
+                .iter()
+                .cloned()
+                .map(|mut g| {
+                    g.password = None;
+                    g
+                })
+                .collect(),
+            thresholds: self.thresholds.iter().map(|t| t.expr.clone()).collect(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

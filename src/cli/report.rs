@@ -1,0 +1,63 @@
+//! `squall report`: a report again, from its JSON or from a soak log directory (a run that
+//! crashed or was killed included).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use squall_controller::report::{self, Report, Status};
+use squall_controller::soak_log;
+
+use super::exit;
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A report (`squall run --report FILE`) or a soak log directory (`--soak-log DIR`).
+    pub input: PathBuf,
+    /// Write the report as JSON to this file (from a soak log: the rebuilt report).
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+}
+
+pub fn run(a: ReportArgs) -> u8 {
+    let r: Report = if a.input.is_dir() {
+        match soak_log::read(&a.input) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::INVALID;
+            }
+        }
+    } else {
+        let text = match std::fs::read_to_string(&a.input) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", a.input.display());
+                return exit::INVALID;
+            }
+        };
+        match serde_json::from_str(&text) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!(
+                    "error: {} is not a squall report ({e}); give a `--report` file or a `--soak-log` directory",
+                    a.input.display()
+                );
+                return exit::INVALID;
+            }
+        }
+    };
+    print!("{}", report::text::render(&r));
+    if let Some(path) = &a.report {
+        let json = serde_json::to_string_pretty(&r).expect("a report serializes");
+        if let Err(e) = std::fs::write(path, json + "\n") {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            return exit::RUNTIME;
+        }
+    }
+    match r.verdict.status {
+        Status::Pass => exit::PASS,
+        Status::Fail => exit::FAIL,
+        Status::Aborted => exit::INTERRUPTED,
+        Status::Error => exit::RUNTIME,
+    }
+}
