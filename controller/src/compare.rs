@@ -11,6 +11,9 @@
 //! the band follow what the machine actually did. A statistic with fewer than 10 samples
 //! beyond it in some run (the max always; p99.99 below 100,000 samples) rests on a handful
 //! of values: its band is the base figure itself (only a doubling, or a halving, counts).
+//! End-to-end latency, kept per interval too, adds half the interquartile range of its
+//! per-interval figures: what one run says of its own noise. And no band is narrower than the
+//! tester's own resolution: the largest lag p99 (how late it sent) of the runs compared.
 
 use std::collections::BTreeSet;
 
@@ -177,6 +180,28 @@ fn fewest(side: &Side, metric: &str, timing: &str) -> Option<u64> {
         .min()
 }
 
+/// End-to-end latency is also kept per interval (p50, p99, max of each second, corrected):
+/// within one run they move by this much (half the interquartile range of the per-interval
+/// figures), which one run per side can tell of its own noise.
+fn interval_noise(side: &Side, metric: &str, timing: &str, stat: &str) -> f64 {
+    if metric != "e2e" || timing != "corrected" {
+        return 0.0;
+    }
+    let pick = |r: &crate::aggregate::IntervalRow| match stat {
+        "p50" => r.e2e_p50_us,
+        "p90" | "p99" => r.e2e_p99_us,
+        _ => r.e2e_max_us,
+    };
+    let mut v: Vec<f64> =
+        side.runs.iter().flat_map(|r| r.timeline.iter()).filter_map(|r| pick(r).map(|x| x as f64)).collect();
+    if v.len() < 4 {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    (q(0.75) - q(0.25)) / 2.0
+}
+
 fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
@@ -294,12 +319,12 @@ pub fn compare(sides: &[Side], gates: &[Gate]) -> Comparison {
     let several = sides.iter().all(|s| s.runs.len() > 1);
     let noise = if several {
         format!(
-            "a difference counts past the largest of {:.0} % of the base, {NOISE_FLOOR_US:.0} µs, and the spread of either side's runs; a tail with fewer than 10 samples beyond it (the max always) only past a doubling or a halving",
+            "a difference counts past the largest of {:.0} % of the base, {NOISE_FLOOR_US:.0} µs, the tester's own lag p99, the spread of either side's runs and (e2e) half the interquartile range of its per-second figures; a tail with fewer than 10 samples beyond it (the max always) only past a doubling or a halving",
             NOISE_SHARE * 100.0
         )
     } else {
         format!(
-            "one run on a side: a difference counts past {:.0} % of the base or {NOISE_FLOOR_US:.0} µs, whichever is larger (a tail with fewer than 10 samples beyond it, the max always, only past a doubling or a halving); give several runs per side (a1.json,a2.json) to judge noise from their spread",
+            "one run on a side: a difference counts past the largest of {:.0} % of the base, {NOISE_FLOOR_US:.0} µs, the tester's own lag p99 and (e2e) half the interquartile range of its per-second figures (a tail with fewer than 10 samples beyond it, the max always, only past a doubling or a halving); give several runs per side (a1.json,a2.json) to judge noise from their spread",
             NOISE_SHARE * 100.0
         )
     };
@@ -307,6 +332,13 @@ pub fn compare(sides: &[Side], gates: &[Gate]) -> Comparison {
     // every latency metric any run has, at the timing reports lead with
     let metrics: BTreeSet<String> =
         sides.iter().flat_map(|s| s.runs.iter()).flat_map(|r| r.latency.keys().cloned()).collect();
+    // the tester cannot tell apart what differs by less than its own lateness: the largest
+    // lag p99 of the runs compared
+    let resolution = sides
+        .iter()
+        .flat_map(|s| s.runs.iter())
+        .filter_map(|r| r.latency.get("lag").and_then(|l| l.raw.as_ref()).map(|p| p.p99_us as f64))
+        .fold(0.0, f64::max);
     let mut rows = Vec::new();
     for m in &metrics {
         let corrected = sides
@@ -328,7 +360,13 @@ pub fn compare(sides: &[Side], gates: &[Gate]) -> Comparison {
             let base_fig = values[0].unwrap_or(0.0);
             let verdicts = (1..sides.len())
                 .map(|k| {
-                    let mut band = (base_fig * NOISE_SHARE).max(NOISE_FLOOR_US).max(spread[0]).max(spread[k]);
+                    let mut band = (base_fig * NOISE_SHARE)
+                        .max(NOISE_FLOOR_US)
+                        .max(spread[0])
+                        .max(spread[k])
+                        .max(interval_noise(&sides[0], m, timing, stat))
+                        .max(interval_noise(&sides[k], m, timing, stat))
+                        .max(resolution);
                     // a tail resting on a handful of samples moves a lot by chance
                     let samples = fewest(&sides[0], m, timing).min(fewest(&sides[k], m, timing)).unwrap_or(0);
                     if (samples as f64) * (1.0 - quantile_of(stat)) < TAIL_SAMPLES {
