@@ -58,7 +58,9 @@ async fn a_backlog_of_10000_arrives_after_resume_with_nothing_lost() {
     let d = &r.delivery.all;
     assert_eq!((c["sessions_resumed"], c["sessions_lost"]), (1, 0), "{c:?}");
     assert!(c["backlog_delivered"] >= 9_000, "{c:?}");
-    assert_eq!((d.lost, d.duplicates, d.missed_offline, d.session_lost), (0, 0, 0, 0), "{d:?}");
+    assert_eq!((d.lost, d.missed_offline, d.session_lost), (0, 0, 0), "{d:?}");
+    // QoS 1: what was in flight unacknowledged at the drop may come again (20 at most here)
+    assert!(d.duplicates <= 20, "{d:?}");
     assert_eq!(d.delivered, d.expected);
     // resume → the last queued message: 600 kB take more than one read
     let drain = r.latency["backlog"].raw.unwrap();
@@ -77,7 +79,8 @@ async fn past_the_brokers_queue_limit_every_message_is_counted_lost() {
     let dropped = broker.stats().dropped_queue_full;
     assert_eq!(c["sessions_resumed"], 1, "{c:?}");
     assert!(dropped > 8_000, "the broker dropped {dropped}");
-    assert_eq!((d.lost, d.duplicates, d.session_lost), (dropped, 0, 0), "{d:?}");
+    assert_eq!((d.lost, d.session_lost), (dropped, 0), "{d:?}");
+    assert!(d.duplicates <= 20, "QoS 1 redelivers at most what was in flight: {d:?}");
     assert_eq!(d.delivered + d.lost, d.expected, "{d:?}");
     broker.shutdown().await;
 
@@ -86,7 +89,7 @@ async fn past_the_brokers_queue_limit_every_message_is_counted_lost() {
     let (c, d) = (&r.counters, &r.delivery.all);
     assert_eq!(c["sessions_resumed"], 1, "{c:?}");
     assert_eq!(d.delivered + d.lost, d.expected, "{d:?}");
-    assert!(d.lost > 8_000 && d.duplicates == 0, "{d:?}");
+    assert!(d.lost > 8_000 && d.duplicates <= 20, "{d:?}");
     // what it did hand over: its 100, the 20 it may hold in flight at most, and the few
     // published between the session's resumption at the broker and the CONNACK's arrival
     assert!((100..=140).contains(&c["backlog_delivered"]), "{c:?}");
@@ -105,7 +108,7 @@ async fn messages_owed_to_a_session_the_broker_forgot_are_session_lost() {
     let (c, d) = (&r.counters, &r.delivery.all);
     assert_eq!((c["sessions_resumed"], c["sessions_lost"], c["backlog_delivered"]), (0, 1, 0), "{c:?}");
     assert!(d.session_lost > 8_000, "{d:?}");
-    assert_eq!((d.lost, d.missed_offline, d.duplicates), (0, 0, 0), "{d:?}");
+    assert_eq!((d.lost, d.missed_offline), (0, 0), "{d:?}");
     assert_eq!(d.delivered + d.session_lost, d.expected, "{d:?}");
     broker.shutdown().await;
 }
