@@ -111,7 +111,12 @@ async fn dropped_connections_are_counted_and_clients_come_back() {
     let broker = support::broker(|c| {
         c.faults = vec![
             Rule {
-                select: Selector { clients: Some("*-flaky-*".into()), first: Some(1), every: None },
+                select: Selector {
+                    clients: Some("*-flaky-*".into()),
+                    first: Some(1),
+                    after: None,
+                    every: None,
+                },
                 action: Action::DropAfter(Duration::from_millis(300)),
             },
             Rule::for_clients("*-picky-*", Action::DropOn(InPacket::Subscribe)),
@@ -309,11 +314,21 @@ async fn persistent_sessions_resend_in_flight_publishes_after_a_drop() {
     let broker = support::broker(|c| {
         c.faults = vec![
             Rule {
-                select: Selector { clients: Some("*-pub-*".into()), first: Some(1), every: None },
+                select: Selector {
+                    clients: Some("*-pub-*".into()),
+                    first: Some(1),
+                    after: None,
+                    every: None,
+                },
                 action: Action::DropAfter(Duration::from_millis(700)),
             },
             Rule {
-                select: Selector { clients: Some("*-pub-*".into()), first: Some(1), every: None },
+                select: Selector {
+                    clients: Some("*-pub-*".into()),
+                    first: Some(1),
+                    after: None,
+                    every: None,
+                },
                 action: Action::Delay {
                     packet: AckPacket::PubAck,
                     by: squall_broker::Delay::Fixed(Duration::from_millis(50)),
@@ -375,7 +390,7 @@ qos = 1
 async fn dropped_clients_come_back_by_their_backoff_policy_and_say_how_long_it_took() {
     let broker = support::broker(|c| {
         c.faults = vec![Rule {
-            select: Selector { clients: None, first: Some(1), every: None },
+            select: Selector { clients: None, first: Some(1), after: None, every: None },
             action: Action::DropAfter(Duration::from_millis(300)),
         }]
     })

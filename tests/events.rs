@@ -233,6 +233,9 @@ async fn a_storm_of_2000_drops_recovers_fully_and_shows_the_policys_share() {
         let r = storm_of_2000(&target, "none", "300ms").await;
         let s = one_storm(&r);
         assert_eq!((s.taken, s.back, s.abandoned), (2000, 2000, 0), "{target}: {s:?}");
+        // nothing refused them on the way back: one attempt each
+        assert_eq!((s.failed_attempts, s.failed_attempts_peak_per_s, s.attempts_max), (0, 0, 1), "{s:?}");
+        assert_eq!(s.attempts_mean, 1.0);
         let (p100, r99, r100) =
             (s.policy_100_ms.unwrap(), s.recovered_99_ms.unwrap(), s.recovered_100_ms.unwrap());
         // constant, no jitter: every client waited its 300 ms (the timer may be late, not early)
@@ -333,4 +336,48 @@ back = "backoff"
         assert!(ms(b.max_us) < steps[2] + 60, "{policy}: {b:?}");
         broker.shutdown().await;
     }
+}
+
+/// Refusals on the way back from a storm: squall's broker refuses each client's 2nd and 3rd
+/// connections (its first two attempts after the drop), so all 200 come back on their third
+/// attempt; the storm counts 400 failed attempts, their peak second, and 3 attempts a client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_counts_the_refusals_on_the_way_back_and_the_attempts_per_client() {
+    use squall_broker::{Action, Rule, Selector};
+    let broker = support::broker(|c| {
+        c.faults = vec![Rule {
+            select: Selector { after: Some(1), first: Some(3), ..Default::default() },
+            action: Action::Refuse { code: 0x89 },
+        }]
+    })
+    .await;
+    let text = r#"
+[run]
+duration = "3s"
+drain = "500ms"
+[[group]]
+name = "dev"
+clients = 200
+[group.reconnect]
+backoff = "constant"
+jitter = "none"
+min_backoff = "100ms"
+max_backoff = "100ms"
+[[group.event]]
+at = "500ms"
+action = "drop"
+fraction = 1.0
+back = "backoff"
+"#;
+    let r = run(&support::url(&broker), text).await;
+    let s = one_storm(&r);
+    assert_eq!((s.taken, s.back, s.abandoned), (200, 200, 0), "{s:?}");
+    assert_eq!((s.failed_attempts, s.attempts_max), (400, 3), "{s:?}");
+    assert_eq!(s.attempts_mean, 3.0);
+    // back at 100, 200 and 300 ms: both refusals inside the storm's first second
+    assert_eq!(s.failed_attempts_peak_per_s, 400, "{s:?}");
+    // by the code the broker gave: 0x89 (server busy) is 3 (server unavailable) on 3.1.1
+    let refused = r.errors.iter().find(|e| e.kind == "connect_refused").unwrap();
+    assert_eq!((refused.code, refused.count), (Some(3), 400));
+    broker.shutdown().await;
 }

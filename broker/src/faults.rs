@@ -12,6 +12,7 @@
 //! by = "5ms"            # or a uniform range: by = ["1ms", "10ms"]
 //! clients = "dev-*"     # optional: client ids matching this glob (* and ?)
 //! first = 3             # optional: only the client's first 3 connections
+//! after = 1             # optional: only its connections after the first (a reconnect storm)
 //! every = 2             # optional: only every 2nd such packet
 //!
 //! [[fault]]
@@ -110,6 +111,9 @@ pub struct Selector {
     pub clients: Option<String>,
     /// Only the client's first N connections (counted per client id since the broker started).
     pub first: Option<u32>,
+    /// Only the client's connections after its first N (with `first`, a window: after = 1,
+    /// first = 3 is its 2nd and 3rd).
+    pub after: Option<u32>,
     /// Only every k-th matching packet on a connection (k = 1: all).
     pub every: Option<u32>,
 }
@@ -177,6 +181,7 @@ impl Faults {
             .iter()
             .filter(|r| r.select.clients.as_deref().is_none_or(|g| glob(g, client_id)))
             .filter(|r| r.select.first.is_none_or(|n| attempt <= n))
+            .filter(|r| r.select.after.is_none_or(|n| attempt > n))
             .cloned()
             .collect();
         let counts = vec![0; rules.len()];
@@ -320,6 +325,7 @@ struct FaultSpec {
     will_on_clean_disconnect: Option<bool>,
     clients: Option<String>,
     first: Option<u32>,
+    after: Option<u32>,
     every: Option<u32>,
 }
 
@@ -443,7 +449,7 @@ pub fn parse_file(text: &str) -> Result<(Vec<Rule>, Vec<Stall>), FaultFileError>
             return Err(FaultFileError { index, message: "`every` must be at least 1".into() });
         }
         rules.push(Rule {
-            select: Selector { clients: f.clients.clone(), first: f.first, every: f.every },
+            select: Selector { clients: f.clients.clone(), first: f.first, after: f.after, every: f.every },
             action: actions.remove(0),
         });
     }
@@ -473,7 +479,7 @@ mod tests {
     #[test]
     fn selectors_pick_clients_attempts_and_every_kth_packet() {
         let f = Faults::new(vec![Rule {
-            select: Selector { clients: Some("dev-*".into()), first: Some(1), every: Some(2) },
+            select: Selector { clients: Some("dev-*".into()), first: Some(1), after: None, every: Some(2) },
             action: Action::Withhold { packet: AckPacket::PubAck },
         }]);
         let mut c = f.for_connection("dev-1");

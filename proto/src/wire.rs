@@ -616,6 +616,9 @@ impl From<&AgentResult> for pb::AgentResult {
                     policy_v2: s.policy_v2.clone(),
                     failed_attempts: s.failed_attempts,
                     abandoned: s.abandoned,
+                    attempts_sum: s.attempts_sum,
+                    attempts_max: s.attempts_max,
+                    failures_by_s: s.failures_by_s.clone(),
                 })
                 .collect(),
             storms_untracked: r.storms_untracked,
@@ -663,6 +666,9 @@ impl TryFrom<pb::AgentResult> for AgentResult {
                     policy_v2: s.policy_v2,
                     failed_attempts: s.failed_attempts,
                     abandoned: s.abandoned,
+                    attempts_sum: s.attempts_sum,
+                    attempts_max: s.attempts_max,
+                    failures_by_s: s.failures_by_s,
                 })
                 .collect(),
             storms_untracked: r.storms_untracked,

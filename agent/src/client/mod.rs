@@ -509,8 +509,8 @@ impl Client {
                 End::Retry if self.group.assignment.spec.reconnect.enabled && self.backoff.exhausted() => {
                     // out of attempts: gives up, as a device with a retry limit does
                     self.shared.rec.shard(self.key).counters.abandoned += 1;
-                    if let Some(a) = self.away.take() {
-                        a.attempt_failed(&self.shared.storms);
+                    if let Some(mut a) = self.away.take() {
+                        a.attempt_failed(&self.shared.storms, self.shared.clock.now_ns());
                         a.abandoned(&self.shared.storms);
                     }
                     self.idle_until(u64::MAX).await;
@@ -522,7 +522,7 @@ impl Client {
                     let delay = self.backoff.next_delay_ns(&mut self.rng);
                     attempt_at = now + delay;
                     if let Some(a) = self.away.as_mut() {
-                        a.attempt_failed(&self.shared.storms);
+                        a.attempt_failed(&self.shared.storms, now);
                         a.waited(delay);
                     }
                 }

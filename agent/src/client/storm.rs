@@ -41,12 +41,13 @@ pub(super) struct Away {
     key: StormKey,
     since_ns: u64,
     policy_ns: u64,
+    failed: u64,
 }
 
 impl Away {
     pub fn taken(storms: &Storms, key: StormKey, now: u64) -> Away {
         storms.with(key, |s| s.taken += 1);
-        Away { key, since_ns: now, policy_ns: 0 }
+        Away { key, since_ns: now, policy_ns: 0, failed: 0 }
     }
 
     /// Its policy made it wait `ns` before the next attempt.
@@ -54,8 +55,10 @@ impl Away {
         self.policy_ns = self.policy_ns.saturating_add(ns);
     }
 
-    pub fn attempt_failed(&self, storms: &Storms) {
-        storms.with(self.key, |s| s.failed_attempts += 1);
+    pub fn attempt_failed(&mut self, storms: &Storms, now: u64) {
+        self.failed += 1;
+        let s = (now.saturating_sub(self.since_ns) / 1_000_000_000) as usize;
+        storms.with(self.key, |st| st.failed_at(s));
     }
 
     pub fn abandoned(self, storms: &Storms) {
@@ -66,6 +69,8 @@ impl Away {
         storms.with(self.key, |s| {
             s.back.record_ns(now.saturating_sub(self.since_ns));
             s.policy.record_ns(self.policy_ns);
+            s.attempts_sum += self.failed + 1;
+            s.attempts_max = s.attempts_max.max(self.failed + 1);
         });
     }
 }

@@ -314,6 +314,14 @@ pub struct StormReport {
     pub failed_attempts: u64,
     /// Clients that gave up (max_attempts).
     pub abandoned: u64,
+    /// Attempts per returning client: mean and most.
+    #[serde(default)]
+    pub attempts_mean: f64,
+    #[serde(default)]
+    pub attempts_max: u64,
+    /// The most attempts that failed in one second after the storm (the refusals' peak).
+    #[serde(default)]
+    pub failed_attempts_peak_per_s: u64,
     pub recovered_99_ms: Option<f64>,
     pub recovered_100_ms: Option<f64>,
     pub policy_99_ms: Option<f64>,
@@ -376,6 +384,9 @@ fn storm_reports(plan: &Plan, results: &[AgentResult]) -> Vec<StormReport> {
                 back: s.back.len(),
                 failed_attempts: s.failed_attempts,
                 abandoned: s.abandoned,
+                attempts_mean: s.attempts_sum as f64 / s.back.len().max(1) as f64,
+                attempts_max: s.attempts_max,
+                failed_attempts_peak_per_s: s.failures_by_s.iter().copied().max().unwrap_or(0),
                 recovered_99_ms: rank_ms(&s.back, s.taken, 0.99),
                 recovered_100_ms: rank_ms(&s.back, s.taken, 1.0),
                 policy_99_ms: rank_ms(&s.policy, s.taken, 0.99),

@@ -152,7 +152,13 @@ pub fn render(r: &Report) -> String {
             ms(s.policy_99_ms),
             ms(s.policy_100_ms),
             if s.failed_attempts > 0 {
-                format!(" · {} failed attempts", count(s.failed_attempts))
+                format!(
+                    " · {} failed attempts (peak {}/s; attempts per client: mean {:.1}, most {})",
+                    count(s.failed_attempts),
+                    count(s.failed_attempts_peak_per_s),
+                    s.attempts_mean,
+                    s.attempts_max
+                )
             } else {
                 String::new()
             },

@@ -9,6 +9,8 @@ use super::histogram::Latency;
 /// Storms one agent tracks; clients taken by firings past it are counted in `storms_untracked` (a soak with an
 /// event every second would otherwise grow the result without bound).
 pub const MAX_STORMS: usize = 256;
+/// Seconds after a storm its failed attempts are counted by (later ones join the last).
+pub const STORM_SECONDS: usize = 600;
 
 /// One storm as one agent saw it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,6 +31,11 @@ pub struct StormResult {
     pub failed_attempts: u64,
     /// Clients that gave up on the way back (max attempts).
     pub abandoned: u64,
+    /// Attempts the returning clients made, in all and at most one client.
+    pub attempts_sum: u64,
+    pub attempts_max: u64,
+    /// Failed attempts by second since the storm (its peak is the refusals' peak).
+    pub failures_by_s: Vec<u64>,
 }
 
 /// A storm being accumulated (agent) or merged (controller).
@@ -39,9 +46,22 @@ pub struct Storm {
     pub policy: Latency,
     pub failed_attempts: u64,
     pub abandoned: u64,
+    pub attempts_sum: u64,
+    pub attempts_max: u64,
+    pub failures_by_s: Vec<u64>,
 }
 
 impl Storm {
+    /// A failed attempt `s` seconds after the storm.
+    pub fn failed_at(&mut self, s: usize) {
+        self.failed_attempts += 1;
+        let i = s.min(STORM_SECONDS - 1);
+        if self.failures_by_s.len() <= i {
+            self.failures_by_s.resize(i + 1, 0);
+        }
+        self.failures_by_s[i] += 1;
+    }
+
     pub fn result(&self, group: u32, event: u32, at_ms: u64) -> StormResult {
         StormResult {
             group,
@@ -52,6 +72,9 @@ impl Storm {
             policy_v2: self.policy.to_v2(),
             failed_attempts: self.failed_attempts,
             abandoned: self.abandoned,
+            attempts_sum: self.attempts_sum,
+            attempts_max: self.attempts_max,
+            failures_by_s: self.failures_by_s.clone(),
         }
     }
 
@@ -62,6 +85,16 @@ impl Storm {
         self.policy.add(&Latency::from_v2(&r.policy_v2)?);
         self.failed_attempts += r.failed_attempts;
         self.abandoned += r.abandoned;
+        self.attempts_sum += r.attempts_sum;
+        self.attempts_max = self.attempts_max.max(r.attempts_max);
+        // a rogue agent's list is cut to the bound
+        let n = r.failures_by_s.len().min(STORM_SECONDS);
+        if self.failures_by_s.len() < n {
+            self.failures_by_s.resize(n, 0);
+        }
+        for (a, b) in self.failures_by_s.iter_mut().zip(&r.failures_by_s[..n]) {
+            *a += b;
+        }
         Ok(())
     }
 }
@@ -99,6 +132,23 @@ pub fn merge_outages(mut v: Vec<OutageWindow>) -> Vec<OutageWindow> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_attempts_are_counted_by_second_and_merge_within_the_bound() {
+        let mut a = Storm::default();
+        for s in [0, 0, 2, 10_000] {
+            a.failed_at(s);
+        }
+        assert_eq!(a.failed_attempts, 4);
+        assert_eq!(a.failures_by_s.len(), STORM_SECONDS, "a late failure joins the last second");
+        assert_eq!((a.failures_by_s[0], a.failures_by_s[2], a.failures_by_s[STORM_SECONDS - 1]), (2, 1, 1));
+        let mut r = Storm::default().result(0, 0, 0);
+        r.failures_by_s = vec![5; STORM_SECONDS + 10]; // a rogue agent's list
+        r.attempts_max = 9;
+        a.add(&r).unwrap();
+        assert_eq!(a.failures_by_s.len(), STORM_SECONDS);
+        assert_eq!((a.failures_by_s[0], a.attempts_max), (7, 9));
+    }
 
     #[test]
     fn overlapping_outages_of_several_agents_are_one() {

@@ -324,6 +324,9 @@ fn event() -> impl Strategy<Value = AgentEvent> {
                                 policy_v2: vec![],
                                 failed_attempts: 3,
                                 abandoned: 1,
+                                attempts_sum: 12,
+                                attempts_max: 4,
+                                failures_by_s: vec![2, 0, 1],
                             })
                             .into_iter()
                             .collect(),
