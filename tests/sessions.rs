@@ -174,3 +174,50 @@ max_backoff = "1s"
     assert_eq!(d.delivered + d.lost + d.session_lost + d.missed_offline, d.expected, "{d:?}");
     assert_eq!(d.phantom, 0, "{d:?}");
 }
+
+/// A broker that refuses publishes and says so (mosquitto, MQTT 5, an ACL that denies one
+/// topic: PUBACK 0x87): the refused messages are `refused` in the ledger, not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_the_broker_refuses_with_a_reason_are_refused_not_lost() {
+    let m = Mosquitto::start_with(
+        |port| format!("listener {port} 127.0.0.1\nallow_anonymous true\nacl_file acl\n"),
+        |dir| support::mosquitto::write_readable(&dir.join("acl"), "topic read #\ntopic write ok/#\n"),
+    );
+    let text = r##"
+[run]
+duration = "2s"
+drain = "1s"
+[[group]]
+name = "allowed"
+clients = 5
+protocol = "5"
+[group.publish]
+topic = "ok/{i}"
+qos = 1
+interval = "50ms"
+[[group]]
+name = "denied"
+clients = 5
+protocol = "5"
+[group.publish]
+topic = "no/{i}"
+qos = 1
+interval = "50ms"
+[[group]]
+name = "sub"
+clients = 1
+protocol = "5"
+[group.subscribe]
+filters = ["#"]
+qos = 1
+"##;
+    let dir = tempfile::tempdir().unwrap();
+    let r = support::run(support::plan(text, &m.url(), dir.path())).await;
+    let (c, d) = (&r.counters, &r.delivery.all);
+    assert!(c["publish_refused"] > 0, "{c:?} {:?}", m.log());
+    assert_eq!(d.refused, c["publish_refused"], "{d:?}");
+    assert_eq!(d.lost, 0, "{d:?}");
+    assert_eq!(d.delivered + d.refused, d.expected, "{d:?}");
+    let e = r.errors.iter().find(|e| e.kind == "publish_refused").unwrap();
+    assert_eq!(e.code, Some(0x87));
+}

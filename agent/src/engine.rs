@@ -322,6 +322,7 @@ fn local_streams(groups: &[Arc<GroupRuntime>], shared: &Shared) -> Vec<StreamFin
                 topic: g.topic_of(index, shared).unwrap_or_default(),
                 qos: g.publish_qos(),
                 sent: g.sent[local as usize].load(std::sync::atomic::Ordering::Acquire),
+                refused: g.refused[local as usize].load(std::sync::atomic::Ordering::Acquire),
             });
         }
     }

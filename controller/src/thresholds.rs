@@ -80,6 +80,7 @@ pub const COUNT_NAMES: &[&str] = &[
     "out_of_order",
     "missed_offline",
     "session_lost",
+    "refused",
     "phantom",
     "errors",
     "connect.errors",
@@ -106,6 +107,7 @@ const LEDGER_NAMES: &[&str] = &[
     "out_of_order",
     "missed_offline",
     "session_lost",
+    "refused",
     "phantom",
 ];
 

@@ -556,6 +556,7 @@ impl From<&Delivery> for pb::Delivery {
             missed_offline: d.missed_offline,
             phantom: d.phantom,
             session_lost: d.session_lost,
+            refused: d.refused,
         }
     }
 }
@@ -571,6 +572,7 @@ impl From<pb::Delivery> for Delivery {
             missed_offline: d.missed_offline,
             phantom: d.phantom,
             session_lost: d.session_lost,
+            refused: d.refused,
         }
     }
 }
@@ -688,7 +690,13 @@ impl TryFrom<pb::AgentResult> for AgentResult {
 
 impl From<&StreamFinal> for pb::StreamFinal {
     fn from(s: &StreamFinal) -> Self {
-        pb::StreamFinal { stream: s.stream, topic: s.topic.clone(), qos: s.qos as u32, sent: s.sent }
+        pb::StreamFinal {
+            stream: s.stream,
+            topic: s.topic.clone(),
+            qos: s.qos as u32,
+            sent: s.sent,
+            refused: s.refused,
+        }
     }
 }
 
@@ -700,7 +708,10 @@ impl TryFrom<pb::StreamFinal> for StreamFinal {
         if qos > 2 {
             return Err(bad("stream.qos", format!("QoS {qos}")));
         }
-        Ok(StreamFinal { stream: s.stream, topic: s.topic, qos, sent: s.sent })
+        if s.refused > s.sent {
+            return Err(bad("stream.refused", format!("{} refused of {} sent", s.refused, s.sent)));
+        }
+        Ok(StreamFinal { stream: s.stream, topic: s.topic, qos, sent: s.sent, refused: s.refused })
     }
 }
 

@@ -107,6 +107,8 @@ pub struct GroupRuntime {
     pub shared: std::collections::HashMap<Vec<String>, Arc<Mutex<ReceiverLedger>>>,
     /// Final sent count of each of this agent's publishers, by local index.
     pub sent: Box<[AtomicU64]>,
+    /// Publishes of each the broker refused with a reason code, by local index.
+    pub refused: Box<[AtomicU64]>,
 }
 
 impl GroupRuntime {
@@ -157,6 +159,7 @@ impl GroupRuntime {
             reconnect_limiter,
             shared,
             sent: (0..a.count).map(|_| AtomicU64::new(0)).collect(),
+            refused: (0..a.count).map(|_| AtomicU64::new(0)).collect(),
             assignment: a,
         }
     }

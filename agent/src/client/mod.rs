@@ -979,6 +979,8 @@ impl Client {
     ) -> Result<Option<End>, Fault> {
         let group = self.group.assignment.group;
         let mut deferred: Vec<Event> = Vec::new();
+        // this client's publishes the broker refused, saying why: not owed to subscribers
+        let mut refused_n = 0u64;
         {
             let rec = &self.shared.rec;
             let mut shard = rec.shard(self.key);
@@ -1012,6 +1014,7 @@ impl Client {
                     if code >= 0x80 {
                         shard.counters.publish_refused += 1;
                         shard.error(LoadError::PublishRefused { code });
+                        refused_n += 1;
                     } else {
                         let m = if qos == QoS::AtLeastOnce {
                             shard.counters.acked_qos1 += 1;
@@ -1032,6 +1035,9 @@ impl Client {
                 other => deferred.push(other),
             });
             res?;
+        }
+        if refused_n > 0 {
+            self.group.refused[self.local as usize].fetch_add(refused_n, Ordering::Release);
         }
         for ev in deferred {
             match ev {

@@ -198,6 +198,7 @@ impl StreamLedger {
             out_of_order: self.out_of_order,
             missed_offline: self.missed_offline,
             session_lost: self.lost_with_session,
+            refused: 0,
             phantom: 0,
         };
         let beyond = self.ahead.get().iter().filter(|a| **a >= sent).count() as u64
@@ -268,11 +269,18 @@ impl ReceiverLedger {
             match self.streams.get(&stream.stream) {
                 Some(s) => {
                     matched += 1;
-                    totals.qos[q].add(&s.finalize(stream.sent));
+                    let mut d = s.finalize(stream.sent);
+                    // what the broker refused, saying so, was never owed: not lost
+                    let refused = stream.refused.min(d.lost);
+                    d.lost -= refused;
+                    d.refused += refused;
+                    totals.qos[q].add(&d);
                 }
                 None => {
+                    let refused = stream.refused.min(stream.sent);
                     totals.qos[q].expected += stream.sent;
-                    totals.qos[q].lost += stream.sent;
+                    totals.qos[q].lost += stream.sent - refused;
+                    totals.qos[q].refused += refused;
                 }
             }
         }
@@ -294,7 +302,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn fin(stream: u32, sent: u64) -> StreamFinal {
-        StreamFinal { stream, topic: "t".into(), qos: 1, sent }
+        StreamFinal { stream, topic: "t".into(), qos: 1, sent, refused: 0 }
     }
 
     fn totals(l: &ReceiverLedger, streams: &[StreamFinal]) -> Delivery {

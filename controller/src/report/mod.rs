@@ -265,6 +265,10 @@ pub struct DeliveryCounts {
     /// (expired, or forgotten in a restart): apart from `lost`.
     #[serde(default)]
     pub session_lost: u64,
+    /// Refused by the broker at publish with a reason code (e.g. 0x97 quota exceeded): it said
+    /// so; apart from `lost`.
+    #[serde(default)]
+    pub refused: u64,
 }
 
 impl From<Delivery> for DeliveryCounts {
@@ -278,6 +282,7 @@ impl From<Delivery> for DeliveryCounts {
             missed_offline: d.missed_offline,
             phantom: d.phantom,
             session_lost: d.session_lost,
+            refused: d.refused,
         }
     }
 }
@@ -512,6 +517,7 @@ pub fn build(i: Inputs<'_>) -> Report {
                 out_of_order: e.out_of_order,
                 missed_offline: e.missed_offline,
                 session_lost: e.session_lost,
+                refused: e.refused,
                 phantom: e.phantom,
             };
             d.add(&t.all());
@@ -807,6 +813,7 @@ fn count_value(r: &Report, name: &str) -> Option<f64> {
             "out_of_order" => c.out_of_order,
             "missed_offline" => c.missed_offline,
             "session_lost" => c.session_lost,
+            "refused" => c.refused,
             "phantom" => c.phantom,
             _ => return None,
         })

@@ -106,6 +106,13 @@ pub fn render(r: &Report) -> String {
             count(d.out_of_order),
             partial
         );
+        if d.refused > 0 {
+            let _ = writeln!(
+                o,
+                "                {} refused by the broker at publish, with a reason code (not lost; see errors)",
+                count(d.refused)
+            );
+        }
         if d.missed_offline > 0 || d.phantom > 0 || d.session_lost > 0 {
             let _ = writeln!(
                 o,

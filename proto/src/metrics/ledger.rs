@@ -19,6 +19,10 @@ pub struct Delivery {
     /// have kept had the broker not lost it (expired, or forgotten in a restart).
     #[serde(default)]
     pub session_lost: u64,
+    /// Messages the broker refused at publish (PUBACK/PUBREC reason ≥ 0x80, e.g. 0x97 quota
+    /// exceeded): it said so, so they are not counted lost.
+    #[serde(default)]
+    pub refused: u64,
 }
 
 impl Delivery {
@@ -30,6 +34,7 @@ impl Delivery {
         self.out_of_order += o.out_of_order;
         self.missed_offline += o.missed_offline;
         self.session_lost += o.session_lost;
+        self.refused += o.refused;
         self.phantom += o.phantom;
     }
 }
@@ -64,4 +69,7 @@ pub struct StreamFinal {
     pub qos: u8,
     /// Messages sent (the stream's sequences are 0 … sent − 1).
     pub sent: u64,
+    /// Of them, those the broker refused with a reason code (not owed to any subscriber).
+    #[serde(default)]
+    pub refused: u64,
 }

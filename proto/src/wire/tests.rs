@@ -269,11 +269,11 @@ fn will_record() -> impl Strategy<Value = WillRecord> {
 
 fn stream_final() -> impl Strategy<Value = StreamFinal> {
     (any::<u32>(), "[a-z/0-9]{0,12}", 0u8..3, any::<u64>())
-        .prop_map(|(stream, topic, qos, sent)| StreamFinal { stream, topic, qos, sent })
+        .prop_map(|(stream, topic, qos, sent)| StreamFinal { stream, topic, qos, sent, refused: sent / 3 })
 }
 
 fn totals() -> impl Strategy<Value = LedgerTotals> {
-    proptest::collection::vec(any::<u64>(), 24).prop_map(|v| {
+    proptest::collection::vec(any::<u64>(), 27).prop_map(|v| {
         let d = |i: usize| Delivery {
             expected: v[i],
             received: v[i + 1],
@@ -283,8 +283,9 @@ fn totals() -> impl Strategy<Value = LedgerTotals> {
             missed_offline: v[i + 5],
             phantom: v[i + 6],
             session_lost: v[i + 7],
+            refused: v[i + 8],
         };
-        LedgerTotals { qos: [d(0), d(8), d(16)] }
+        LedgerTotals { qos: [d(0), d(9), d(18)] }
     })
 }
 
@@ -416,7 +417,7 @@ proptest! {
 #[test]
 fn chunks_refuse_more_than_expected() {
     let mut c = Chunks::new(2);
-    let s = |n| pb::StreamFinal { stream: n, topic: "t".into(), qos: 0, sent: 1 };
+    let s = |n| pb::StreamFinal { stream: n, topic: "t".into(), qos: 0, sent: 1, refused: 0 };
     c.push(pb::StreamFinals { streams: vec![s(0), s(1)] }).unwrap();
     let e = c.push(pb::StreamFinals { streams: vec![s(2)] }).unwrap_err();
     assert_eq!(e.field, "stream_finals");
