@@ -164,6 +164,10 @@ max_backoff = "1s"
     assert_eq!(r.outages.len(), 1, "{:?}", r.outages);
     let o = &r.outages[0];
     assert_eq!((o.clients_lost, o.clients_back), (52, 52), "{o:?}");
+    // every attempt of the way back: the one that worked, and every failure (all of them here)
+    let attempts = (o.attempts_mean * o.clients_back as f64).round() as u64;
+    assert_eq!(attempts, 52 + c["connect_failures"], "{o:?} {c:?}");
+    assert!(o.attempts_max >= 1);
     let end = o.end_s.expect("everyone came back");
     // at least the first retry's base delay, and over before the run ended
     assert!(end - o.start_s >= 0.1 && end < r.elapsed_s, "{o:?}");

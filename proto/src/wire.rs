@@ -632,6 +632,8 @@ impl From<&AgentResult> for pb::AgentResult {
                     end_unix_ns: o.end_unix_ns,
                     lost: o.lost,
                     back: o.back,
+                    attempts_sum: o.attempts_sum,
+                    attempts_max: o.attempts_max,
                 })
                 .collect(),
         }
@@ -682,6 +684,8 @@ impl TryFrom<pb::AgentResult> for AgentResult {
                     end_unix_ns: o.end_unix_ns,
                     lost: o.lost,
                     back: o.back,
+                    attempts_sum: o.attempts_sum,
+                    attempts_max: o.attempts_max,
                 })
                 .collect(),
         })

@@ -248,8 +248,9 @@ pub struct Client {
     backlog: Option<Backlog>,
     /// It had an established connection before (the next CONNACK is a reconnect).
     was_connected: bool,
-    /// It lost its connection unasked and is not back yet (an outage counts it).
-    lost_unasked: bool,
+    /// It lost its connection unasked and is not back yet (an outage counts it): its failed
+    /// attempts since.
+    lost_unasked: Option<u64>,
     rng: fastrand::Rng,
     phase_rx: watch::Receiver<Phase>,
     /// Its one timer, reset to whatever is due next.
@@ -340,7 +341,7 @@ impl Client {
             away: None,
             backlog: None,
             was_connected: false,
-            lost_unasked: false,
+            lost_unasked: None,
             rng: fastrand::Rng::with_seed(((sh.run_tag as u64) << 32) ^ global as u64),
             phase_rx: sh.phase.clone(),
             sleep: sh.timers.sleep(),
@@ -651,6 +652,9 @@ impl Client {
     }
 
     fn connect_failed(&mut self, e: LoadError) {
+        if let Some(n) = self.lost_unasked.as_mut() {
+            *n += 1;
+        }
         let mut s = self.shared.rec.shard(self.key);
         s.counters.connect_failures += 1;
         s.error(e);
@@ -1055,8 +1059,8 @@ impl Client {
                     if let Some(a) = self.away.take() {
                         a.back(&self.shared.storms, now);
                     }
-                    if std::mem::take(&mut self.lost_unasked) {
-                        self.shared.outages.back(now);
+                    if let Some(failed) = self.lost_unasked.take() {
+                        self.shared.outages.back(now, failed + 1);
                     }
                     if self.was_connected && !self.spec.clean_start {
                         let mut s = self.shared.rec.shard(self.key);
@@ -1171,10 +1175,12 @@ impl Client {
             if let Some(w) = self.will.as_mut() {
                 w.failed(&mut self.shared.rec.shard(self.key), now);
             }
-            if !self.lost_unasked {
-                self.lost_unasked = true;
+            if self.lost_unasked.is_none() {
+                self.lost_unasked = Some(0);
                 self.shared.outages.lost(now);
             }
+        } else if let Some(n) = self.lost_unasked.as_mut() {
+            *n += 1;
         }
         let mut s = self.shared.rec.shard(self.key);
         if connected {

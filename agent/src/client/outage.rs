@@ -27,7 +27,7 @@ impl Outages {
     pub fn lost(&self, now: u64) {
         let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if s.away == 0 && s.windows.len() < MAX_OUTAGES {
-            s.windows.push(OutageWindow { start_unix_ns: now, end_unix_ns: 0, lost: 0, back: 0 });
+            s.windows.push(OutageWindow { start_unix_ns: now, ..Default::default() });
         }
         s.away += 1;
         if let Some(w) = s.windows.last_mut() {
@@ -36,13 +36,15 @@ impl Outages {
         }
     }
 
-    /// A client lost unasked is connected again at `now`.
-    pub fn back(&self, now: u64) {
+    /// A client lost unasked is connected again at `now`, at its `attempts`-th attempt.
+    pub fn back(&self, now: u64, attempts: u64) {
         let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         s.away = s.away.saturating_sub(1);
         let done = s.away == 0;
         if let Some(w) = s.windows.last_mut() {
             w.back += 1;
+            w.attempts_sum += attempts;
+            w.attempts_max = w.attempts_max.max(attempts);
             if done {
                 w.end_unix_ns = now;
             }

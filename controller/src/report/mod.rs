@@ -342,6 +342,11 @@ pub struct OutageReport {
     pub end_s: Option<f64>,
     pub clients_lost: u64,
     pub clients_back: u64,
+    /// Attempts per returning client: mean and most.
+    #[serde(default)]
+    pub attempts_mean: f64,
+    #[serde(default)]
+    pub attempts_max: u64,
 }
 
 fn outage_reports(start_ns: u64, results: &[AgentResult]) -> Vec<OutageReport> {
@@ -354,6 +359,8 @@ fn outage_reports(start_ns: u64, results: &[AgentResult]) -> Vec<OutageReport> {
             end_s: (w.end_unix_ns > 0).then(|| s(w.end_unix_ns)),
             clients_lost: w.lost,
             clients_back: w.back,
+            attempts_mean: w.attempts_sum as f64 / w.back.max(1) as f64,
+            attempts_max: w.attempts_max,
         })
         .collect()
 }

@@ -182,10 +182,12 @@ pub fn render(r: &Report) -> String {
         };
         let _ = writeln!(
             o,
-            "  {:<14}{span}: {} connections lost unasked · {} back",
+            "  {:<14}{span}: {} connections lost unasked · {} back (attempts per client: mean {:.1}, most {})",
             if i == 0 { "outages" } else { "" },
             count(w.clients_lost),
-            count(w.clients_back)
+            count(w.clients_back),
+            w.attempts_mean,
+            w.attempts_max
         );
     }
     if r.outages.len() > 5 {

@@ -101,13 +101,18 @@ impl Storm {
 
 /// Connections lost without the scenario asking, from the first loss until every client lost
 /// was connected again (`end_unix_ns` 0: some never were).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutageWindow {
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
     /// Clients lost in the window, and those back by its end.
     pub lost: u64,
     pub back: u64,
+    /// Attempts the returning clients made, in all and at most one client.
+    #[serde(default)]
+    pub attempts_sum: u64,
+    #[serde(default)]
+    pub attempts_max: u64,
 }
 
 /// Unions overlapping windows (of several agents): one outage seen by all of them is one.
@@ -122,6 +127,8 @@ pub fn merge_outages(mut v: Vec<OutageWindow>) -> Vec<OutageWindow> {
                 last.end_unix_ns = if e == u64::MAX { 0 } else { e };
                 last.lost += w.lost;
                 last.back += w.back;
+                last.attempts_sum += w.attempts_sum;
+                last.attempts_max = last.attempts_max.max(w.attempts_max);
             }
             _ => out.push(w),
         }
@@ -152,11 +159,20 @@ mod tests {
 
     #[test]
     fn overlapping_outages_of_several_agents_are_one() {
-        let w = |s, e, lost| OutageWindow { start_unix_ns: s, end_unix_ns: e, lost, back: lost };
+        let w = |s, e, lost| OutageWindow {
+            start_unix_ns: s,
+            end_unix_ns: e,
+            lost,
+            back: lost,
+            ..Default::default()
+        };
         let merged = merge_outages(vec![w(10, 20, 3), w(30, 0, 1), w(15, 25, 2), w(40, 50, 4), w(60, 70, 1)]);
         assert_eq!(
             merged,
-            vec![w(10, 25, 5), OutageWindow { start_unix_ns: 30, end_unix_ns: 0, lost: 6, back: 6 }]
+            vec![
+                w(10, 25, 5),
+                OutageWindow { start_unix_ns: 30, end_unix_ns: 0, lost: 6, back: 6, ..Default::default() }
+            ]
         );
     }
 }

@@ -337,6 +337,8 @@ fn event() -> impl Strategy<Value = AgentEvent> {
                             end_unix_ns: 0,
                             lost: 2,
                             back: 1,
+                            attempts_sum: 3,
+                            attempts_max: 3,
                         }],
                     })
                 }
