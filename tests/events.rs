@@ -330,10 +330,12 @@ back = "backoff"
         let ms = |us: u64| (us as f64 / 1e3).round() as u64;
         // half the waits are the first step (the first retry, and the storm's), the top quarter
         // the third; late by the queue and the timer, never early
+        // (the median is the slowest of the first-step half: lateness shows there first)
         assert!(b.min_us >= steps[0] * 1000 - 1000, "{policy}: {b:?}");
-        assert!((steps[0]..steps[0] + 30).contains(&ms(b.p50_us)), "{policy}: {b:?}");
-        assert!((steps[2]..steps[2] + 30).contains(&ms(b.p90_us)), "{policy}: {b:?}");
-        assert!(ms(b.max_us) < steps[2] + 60, "{policy}: {b:?}");
+        let below_next = if steps[1] > steps[0] { steps[1] } else { steps[0] + 60 };
+        assert!((steps[0]..below_next).contains(&ms(b.p50_us)), "{policy}: {b:?}");
+        assert!((steps[2]..steps[2] + 60).contains(&ms(b.p90_us)), "{policy}: {b:?}");
+        assert!(ms(b.max_us) < steps[2] + 150, "{policy}: {b:?}");
         broker.shutdown().await;
     }
 }
