@@ -191,3 +191,51 @@ async fn a_broker_that_holds_pubacks_compares_worse_and_trips_the_gate() {
     assert_eq!(c.differences.len(), 1, "the target differs: {:?}", c.differences);
     broker.shutdown().await;
 }
+
+/// `squall report` of a committed report: Markdown with the figures of the fixture, and the
+/// timeline as CSV; `--label` on a run reaches its report and `squall compare` lists it.
+#[test]
+fn report_prints_markdown_and_csv_and_runs_carry_their_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("t.csv");
+    let out = support::squall()
+        .args(["report", &format!("{FIXTURES}/base.json"), "--md", "--csv"])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(md.starts_with("## squall · compare-fixture · ✅ PASS"), "{md}");
+    // the fixture's e2e (corrected): p50 1 ms, p99 5 ms, p99.9 8 ms, p99.99 9 ms, max 10 ms
+    assert!(md.contains("| e2e | 10,000 | 1.00ms | 2.00ms | 5.00ms | 8.00ms | 9.00ms | 10.00ms |"), "{md}");
+    assert!(md.contains("| all | 10,000 | 10,000 | 0 |"), "{md}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(
+        text.lines().next(),
+        Some("t_s,intervals,connected,published,received,connects,errors,e2e_p50_us,e2e_p99_us,e2e_max_us")
+    );
+
+    // a real run with labels
+    let scenario = dir.path().join("s.toml");
+    std::fs::write(&scenario, "[run]\nduration = \"1s\"\ndrain = \"200ms\"\n[[group]]\nname = \"p\"\nclients = 2\n[group.publish]\ntopic = \"l/{i}\"\ninterval = \"100ms\"\n[[group]]\nname = \"s\"\nclients = 1\n[group.subscribe]\nfilters = [\"l/#\"]\n").unwrap();
+    let json = dir.path().join("r.json");
+    let mdfile = dir.path().join("r.md");
+    let out = support::squall()
+        .args(["run", "-q", "--label", "broker=embedded", "--label", "try=1", "--report"])
+        .arg(&json)
+        .arg("--md")
+        .arg(&mdfile)
+        .arg(&scenario)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["labels"], serde_json::json!({"broker": "embedded", "try": "1"}));
+    assert!(std::fs::read_to_string(&mdfile).unwrap().contains("Labels: `broker=embedded`, `try=1`."));
+    let out =
+        support::squall().args(["compare", &format!("{FIXTURES}/base.json")]).arg(&json).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("labels  → broker=embedded try=1"), "{text}");
+    let out = support::squall().args(["run", "-q", "--label", "oops"]).arg(&scenario).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -246,6 +246,8 @@ fn differences(base: &Report, other: &Report, label: &str) -> Vec<String> {
     diff("embedded broker", base.embedded_broker.to_string(), other.embedded_broker.to_string());
     diff("agents", base.agents.to_string(), other.agents.to_string());
     diff("clients", base.clients.to_string(), other.clients.to_string());
+    let labels = |r: &Report| r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+    diff("labels", labels(base), labels(other));
     if (base.publish_window_s - other.publish_window_s).abs() > 0.01 * base.publish_window_s.max(1e-9) {
         diff(
             "publish window",

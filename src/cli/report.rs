@@ -16,6 +16,12 @@ pub struct ReportArgs {
     /// Write the report as JSON to this file (from a soak log: the rebuilt report).
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Print Markdown (for a pull request or a ticket) instead of the terminal summary.
+    #[arg(long)]
+    pub md: bool,
+    /// Write the per-interval series (the timeline) as CSV to this file.
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
 }
 
 pub fn run(a: ReportArgs) -> u8 {
@@ -46,7 +52,17 @@ pub fn run(a: ReportArgs) -> u8 {
             }
         }
     };
-    print!("{}", report::text::render(&r));
+    if a.md {
+        print!("{}", report::md::render(&r));
+    } else {
+        print!("{}", report::text::render(&r));
+    }
+    if let Some(path) = &a.csv
+        && let Err(e) = write_csv(path, &r)
+    {
+        eprintln!("error: cannot write {}: {e}", path.display());
+        return exit::RUNTIME;
+    }
     if let Some(path) = &a.report {
         let json = serde_json::to_string_pretty(&r).expect("a report serializes");
         if let Err(e) = std::fs::write(path, json + "\n") {
@@ -60,4 +76,38 @@ pub fn run(a: ReportArgs) -> u8 {
         Status::Aborted => exit::INTERRUPTED,
         Status::Error => exit::RUNTIME,
     }
+}
+
+/// The timeline, one row per interval (merged rows of a long run stay merged).
+fn write_csv(path: &std::path::Path, r: &Report) -> Result<(), Box<dyn std::error::Error>> {
+    let mut w = csv::Writer::from_path(path)?;
+    w.write_record([
+        "t_s",
+        "intervals",
+        "connected",
+        "published",
+        "received",
+        "connects",
+        "errors",
+        "e2e_p50_us",
+        "e2e_p99_us",
+        "e2e_max_us",
+    ])?;
+    let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+    for row in &r.timeline {
+        w.write_record([
+            format!("{:.3}", row.t_s),
+            row.intervals.to_string(),
+            row.connected.to_string(),
+            row.published.to_string(),
+            row.received.to_string(),
+            row.connects.to_string(),
+            row.errors.to_string(),
+            opt(row.e2e_p50_us),
+            opt(row.e2e_p99_us),
+            opt(row.e2e_max_us),
+        ])?;
+    }
+    w.flush()?;
+    Ok(())
 }

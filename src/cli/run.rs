@@ -49,6 +49,13 @@ pub struct ScenarioArgs {
     /// Write the full report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Label the run (repeatable): KEY=VALUE, e.g. broker=mosquitto-2.0.18 or config=tuned;
+    /// shown by the report and by `squall compare`.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Also write the report as Markdown (for a pull request or a ticket) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub md: Option<PathBuf>,
     /// Soak runs: write an HdrHistogram interval log (run.hlog) and a counters journal
     /// (counters.jsonl) into this new directory as the run goes; a crash loses at most one
     /// interval, and `squall report DIR` turns what is there into a report.
@@ -70,6 +77,14 @@ pub enum Live {
     Auto,
     Lines,
     Off,
+}
+
+/// `KEY=VALUE` of `--label`.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("`{s}` is not KEY=VALUE (e.g. broker=mosquitto)")),
+    }
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -148,6 +163,20 @@ impl ScenarioArgs {
 
     /// Prints and writes the report; the exit code of its verdict.
     pub fn finish(&self, report: &Report) -> u8 {
+        let mut labelled;
+        let report = if self.labels.is_empty() {
+            report
+        } else {
+            labelled = report.clone();
+            labelled.labels.extend(self.labels.iter().cloned());
+            &labelled
+        };
+        if let Some(path) = &self.md
+            && let Err(e) = std::fs::write(path, report::md::render(report))
+        {
+            eprintln!("error: cannot write the Markdown report to {}: {e}", path.display());
+            return exit::RUNTIME;
+        }
         if !self.quiet {
             print!("{}", report::text::render(report));
         }

@@ -3,6 +3,7 @@
 //! written as JSON. Percentiles are computed here and only here.
 
 pub mod live;
+pub mod md;
 pub mod text;
 
 use std::collections::BTreeMap;
@@ -37,6 +38,10 @@ pub struct Report {
     pub targets: Vec<String>,
     /// The scenario named no broker: squall ran its embedded one.
     pub embedded_broker: bool,
+    /// `--label key=value` given to the run (what report and compare show of it: the broker
+    /// config, the build, the host).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     pub agents: u32,
     /// What each agent did (one entry for a local run).
     #[serde(default)]
@@ -554,6 +559,7 @@ pub fn build(i: Inputs<'_>) -> Report {
         drain_s: plan.drain.as_secs_f64(),
         targets: i.targets,
         embedded_broker: i.embedded_broker,
+        labels: BTreeMap::new(),
         agents: i.agents,
         per_agent: i.per_agent,
         start_skew_us: i.start_skew_us,

@@ -15,7 +15,7 @@ pub fn fmt_us(us: f64) -> String {
     }
 }
 
-fn count(n: u64) -> String {
+pub(crate) fn count(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
@@ -65,6 +65,10 @@ pub fn render(r: &Report) -> String {
         r.agents,
         if r.agents == 1 { "" } else { "s" }
     );
+    if !r.labels.is_empty() {
+        let labels: Vec<String> = r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(o, "labels: {}", labels.join(" · "));
+    }
     let _ = writeln!(o);
     let _ = writeln!(
         o,
