@@ -37,8 +37,14 @@ async fn a_finished_runs_interval_log_parses_back_to_the_reports_totals() {
     let log = dir.path().join("soak");
     let plan = support::plan(LOAD, &support::url(&broker), dir.path());
     let targets = plan.targets.clone();
-    let setup =
-        RunSetup { plan, targets, embedded_broker: false, live: LiveMode::Off, soak_log: Some(log.clone()) };
+    let setup = RunSetup {
+        plan,
+        targets,
+        embedded_broker: false,
+        live: LiveMode::Off,
+        soak_log: Some(log.clone()),
+        metrics_listen: None,
+    };
     let report =
         coordinator::run(setup, squall::cli::agents::InProcess, std::future::pending()).await.unwrap();
 

@@ -56,6 +56,8 @@ pub struct RunSetup {
     /// Write a soak log (HdrHistogram interval log and counters journal) into this directory
     /// as the run goes.
     pub soak_log: Option<std::path::PathBuf>,
+    /// Serve live metrics for Prometheus (`GET /metrics`) on this address during the run.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Why a run could not start.
@@ -149,12 +151,18 @@ pub async fn run(
     agents: impl Agents,
     interrupt: impl Future<Output = ()>,
 ) -> Result<Report, RunError> {
-    let RunSetup { plan, targets, embedded_broker, live: live_mode, soak_log } = setup;
+    let RunSetup { plan, targets, embedded_broker, live: live_mode, soak_log, metrics_listen } = setup;
     let started_at = SystemTime::now();
     let clock = Clock::new();
     let start_ns = clock.now_ns();
     let assignments = segment(&plan, &targets, &agents.weights());
     let agent_clients: Vec<u64> = assignments.iter().map(|a| a.clients()).collect();
+    let metrics_listener = match metrics_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            StartError::Invalid(format!("cannot serve metrics on {addr}: {e} (is the port taken?)"))
+        })?),
+        None => None,
+    };
     let soak = match soak_log {
         Some(dir) => {
             let meta = plan.soak_meta(
@@ -192,6 +200,14 @@ pub async fn run(
         });
     }
     drop(tx);
+    let prom = metrics_listener.map(|l| {
+        let live = crate::prometheus::Live::new(
+            plan.groups.iter().map(|g| g.name.clone()).collect(),
+            agent_info.iter().map(|(name, ..)| name.clone()).collect(),
+        );
+        let task = tokio::spawn(crate::prometheus::serve(l, live.clone()));
+        (live, task)
+    });
     // per agent: what it ended as
     let mut status: Vec<Option<AgentStatus>> = vec![None; n_agents];
     // per agent: how late it woke for the start instant, ns
@@ -244,6 +260,9 @@ pub async fn run(
                 Some(Incoming::Event(i, AgentEvent::Snapshot(s))) => {
                     if let Some(log) = &soak {
                         log.snapshot(&s);
+                    }
+                    if let Some((live, _)) = &prom {
+                        live.apply(&s);
                     }
                     if let Err(e) = agg.apply(&s) {
                         break Some((Status::Error, format!("agent {} sent a broken snapshot: {e}", s.agent)));
@@ -427,6 +446,9 @@ pub async fn run(
         wills,
     });
     clock_warnings(&mut report);
+    if let Some((_, task)) = prom {
+        task.abort();
+    }
     if let Some(log) = soak {
         let dir = log.dir.clone();
         if let Err(e) = log.finish(&report) {

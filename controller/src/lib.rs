@@ -20,6 +20,7 @@ pub mod compare;
 pub mod coordinator;
 pub mod init;
 pub mod link;
+pub mod prometheus;
 pub mod report;
 pub mod scenario;
 pub mod segment;

@@ -56,6 +56,10 @@ pub struct ScenarioArgs {
     /// Also write the report as Markdown (for a pull request or a ticket) to this file.
     #[arg(long, value_name = "FILE")]
     pub md: Option<PathBuf>,
+    /// Serve live metrics for Prometheus on this address during the run (`GET /metrics`):
+    /// counters per agent, connected clients, latency histograms per metric and group.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Soak runs: write an HdrHistogram interval log (run.hlog) and a counters journal
     /// (counters.jsonl) into this new directory as the run goes; a crash loses at most one
     /// interval, and `squall report DIR` turns what is there into a report.
@@ -258,6 +262,7 @@ async fn run_async(a: RunArgs, plan: Plan) -> u8 {
         embedded_broker: embedded,
         live: a.scenario.live_mode(),
         soak_log: a.scenario.soak_log.clone(),
+        metrics_listen: a.scenario.metrics_listen,
     };
     let result = match a.local_agents {
         None => coordinator::run(setup, agents::InProcess, interrupted()).await,

@@ -23,7 +23,14 @@ pub fn plan(text: &str, target: &str, dir: &std::path::Path) -> Plan {
 /// Runs a plan to the end with one in-process agent.
 pub async fn run(plan: Plan) -> Report {
     let targets = plan.targets.clone();
-    let setup = RunSetup { plan, targets, embedded_broker: false, live: LiveMode::Off, soak_log: None };
+    let setup = RunSetup {
+        plan,
+        targets,
+        embedded_broker: false,
+        live: LiveMode::Off,
+        soak_log: None,
+        metrics_listen: None,
+    };
     coordinator::run(setup, squall::cli::agents::InProcess, std::future::pending())
         .await
         .expect("the run starts")
