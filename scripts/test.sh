@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests talk to when it is
-# missing (mosquitto, its clients, docker-compose and iproute2 from Debian; paho-mqtt, jsonschema and
+# missing (mosquitto, its clients, docker-compose, iproute2 and chromium from Debian; paho-mqtt, jsonschema and
 # kubernetes-validate from PyPI), then
 # runs every test of every crate. Extra arguments go to `cargo test`.
 set -euo pipefail
@@ -13,6 +13,7 @@ have mosquitto || missing+=(mosquitto)
 have mosquitto_pub || missing+=(mosquitto-clients)
 have docker-compose || missing+=(docker-compose)
 have ip || missing+=(iproute2)
+have chromium || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"

@@ -16,6 +16,9 @@ pub struct ReportArgs {
     /// Write the report as JSON to this file (from a soak log: the rebuilt report).
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Write the report as one self-contained HTML file (plots drawn inline, opens offline).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
     /// Print Markdown (for a pull request or a ticket) instead of the terminal summary.
     #[arg(long)]
     pub md: bool,
@@ -56,6 +59,12 @@ pub fn run(a: ReportArgs) -> u8 {
         print!("{}", report::md::render(&r));
     } else {
         print!("{}", report::text::render(&r));
+    }
+    if let Some(path) = &a.html
+        && let Err(e) = std::fs::write(path, report::html::render(&r))
+    {
+        eprintln!("error: cannot write {}: {e}", path.display());
+        return exit::RUNTIME;
     }
     if let Some(path) = &a.csv
         && let Err(e) = write_csv(path, &r)

@@ -56,6 +56,9 @@ pub struct ScenarioArgs {
     /// Also write the report as Markdown (for a pull request or a ticket) to this file.
     #[arg(long, value_name = "FILE")]
     pub md: Option<PathBuf>,
+    /// Also write the report as one self-contained HTML file with plots (opens offline).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
     /// Serve live metrics for Prometheus on this address during the run (`GET /metrics`):
     /// counters per agent, connected clients, latency histograms per metric and group.
     #[arg(long, value_name = "ADDR")]
@@ -179,6 +182,12 @@ impl ScenarioArgs {
             && let Err(e) = std::fs::write(path, report::md::render(report))
         {
             eprintln!("error: cannot write the Markdown report to {}: {e}", path.display());
+            return exit::RUNTIME;
+        }
+        if let Some(path) = &self.html
+            && let Err(e) = std::fs::write(path, report::html::render(report))
+        {
+            eprintln!("error: cannot write the HTML report to {}: {e}", path.display());
             return exit::RUNTIME;
         }
         if !self.quiet {

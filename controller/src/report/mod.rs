@@ -2,6 +2,7 @@
 //! the plan, the merged snapshots and the agents' ledgers; then shown as text ([`text`]) or
 //! written as JSON. Percentiles are computed here and only here.
 
+pub mod html;
 pub mod live;
 pub mod md;
 pub mod text;
