@@ -239,3 +239,32 @@ fn report_prints_markdown_and_csv_and_runs_carry_their_labels() {
     let out = support::squall().args(["run", "-q", "--label", "oops"]).arg(&scenario).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `--broker-pid`: mosquitto's own CPU and memory over the run, read from /proc, are in the
+/// report (and so side by side in compare); a pid that is not there is refused (exit 2).
+#[test]
+fn a_local_brokers_cpu_and_memory_are_in_the_report() {
+    let m = support::mosquitto::Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("s.toml");
+    std::fs::write(&scenario, LOAD).unwrap();
+    let json = dir.path().join("r.json");
+    let out = support::squall()
+        .args(["run", "-q", "--target", &m.url(), "--broker-pid", &m.pid().to_string(), "--report"])
+        .arg(&json)
+        .arg(&scenario)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let b = r.broker_process.clone().expect("the broker's process was read");
+    assert_eq!(b.pid, m.pid());
+    // 20 publishers at 100 msg/s for 2 s and their subscriber: mosquitto did some work
+    assert!(b.cpu_s > 0.0 && b.rss_start_kib > 0 && b.rss_peak_kib >= b.rss_start_kib && !b.gone, "{b:?}");
+    let c = compare::compare(&[side("a", vec![r.clone()]), side("b", vec![r])], &[]);
+    assert!(c.totals.iter().any(|t| t.name == "broker CPU s" && t.values[0] > 0.0));
+
+    let out = support::squall().args(["run", "-q", "--broker-pid", "4000000000"]).arg(&scenario).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such process"));
+}

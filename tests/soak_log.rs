@@ -44,6 +44,7 @@ async fn a_finished_runs_interval_log_parses_back_to_the_reports_totals() {
         live: LiveMode::Off,
         soak_log: Some(log.clone()),
         metrics_listen: None,
+        broker_pid: None,
     };
     let report =
         coordinator::run(setup, squall::cli::agents::InProcess, std::future::pending()).await.unwrap();

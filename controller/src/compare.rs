@@ -403,6 +403,8 @@ pub fn compare(sides: &[Side], gates: &[Gate]) -> Comparison {
         total("errors", &|r| r.errors.iter().map(|e| e.count).sum::<u64>() as f64),
         total("connect failures", &|r| counter(r, "connect_failures")),
         total("tester CPU s", &|r| counter(r, "agent_cpu_us") / 1e6),
+        total("broker CPU s", &|r| r.broker_process.as_ref().map_or(0.0, |b| b.cpu_s)),
+        total("broker RSS peak KiB", &|r| r.broker_process.as_ref().map_or(0.0, |b| b.rss_peak_kib as f64)),
     ];
 
     let gates = gates

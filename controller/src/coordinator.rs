@@ -58,6 +58,8 @@ pub struct RunSetup {
     pub soak_log: Option<std::path::PathBuf>,
     /// Serve live metrics for Prometheus (`GET /metrics`) on this address during the run.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The broker's process on this host, to read its CPU and memory as the run goes.
+    pub broker_pid: Option<u32>,
 }
 
 /// Why a run could not start.
@@ -151,7 +153,12 @@ pub async fn run(
     agents: impl Agents,
     interrupt: impl Future<Output = ()>,
 ) -> Result<Report, RunError> {
-    let RunSetup { plan, targets, embedded_broker, live: live_mode, soak_log, metrics_listen } = setup;
+    let RunSetup { plan, targets, embedded_broker, live: live_mode, soak_log, metrics_listen, broker_pid } =
+        setup;
+    let mut broker_proc = match broker_pid {
+        Some(pid) => Some(crate::broker_process::Sampler::start(pid).map_err(StartError::Invalid)?),
+        None => None,
+    };
     let started_at = SystemTime::now();
     let clock = Clock::new();
     let start_ns = clock.now_ns();
@@ -263,6 +270,9 @@ pub async fn run(
                     }
                     if let Some((live, _)) = &prom {
                         live.apply(&s);
+                    }
+                    if let Some(b) = broker_proc.as_mut() {
+                        b.sample();
                     }
                     if let Err(e) = agg.apply(&s) {
                         break Some((Status::Error, format!("agent {} sent a broken snapshot: {e}", s.agent)));
@@ -446,6 +456,7 @@ pub async fn run(
         wills,
     });
     clock_warnings(&mut report);
+    report.broker_process = broker_proc.map(|b| b.finish());
     if let Some((_, task)) = prom {
         task.abort();
     }

@@ -15,6 +15,7 @@
 //! - [`init`]: the commented example scenario `squall init` prints, and the scenario schema.
 
 pub mod aggregate;
+pub mod broker_process;
 pub mod clock_offset;
 pub mod compare;
 pub mod coordinator;

@@ -151,6 +151,7 @@ pub fn run(a: ControllerArgs) -> u8 {
             live: a.scenario.live_mode(),
             soak_log: a.scenario.soak_log.clone(),
             metrics_listen: a.scenario.metrics_listen,
+            broker_pid: a.scenario.broker_pid,
         };
         let remote = RemoteAgents { agents, run, weights: a.agent_weights, targets: a.agent_targets };
         if let Err(e) = remote.check_names() {

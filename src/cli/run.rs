@@ -59,6 +59,10 @@ pub struct ScenarioArgs {
     /// Also write the report as one self-contained HTML file with plots (opens offline).
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
+    /// The broker's process id on this host: its CPU and memory over the run go into the
+    /// report (read from /proc), so configurations are compared on cost too.
+    #[arg(long, value_name = "PID")]
+    pub broker_pid: Option<u32>,
     /// Serve live metrics for Prometheus on this address during the run (`GET /metrics`):
     /// counters per agent, connected clients, latency histograms per metric and group.
     #[arg(long, value_name = "ADDR")]
@@ -272,6 +276,7 @@ async fn run_async(a: RunArgs, plan: Plan) -> u8 {
         live: a.scenario.live_mode(),
         soak_log: a.scenario.soak_log.clone(),
         metrics_listen: a.scenario.metrics_listen,
+        broker_pid: a.scenario.broker_pid,
     };
     let result = match a.local_agents {
         None => coordinator::run(setup, agents::InProcess, interrupted()).await,

@@ -30,6 +30,7 @@ pub async fn run(plan: Plan) -> Report {
         live: LiveMode::Off,
         soak_log: None,
         metrics_listen: None,
+        broker_pid: None,
     };
     coordinator::run(setup, squall::cli::agents::InProcess, std::future::pending())
         .await

@@ -82,6 +82,11 @@ impl Mosquitto {
         panic!("mosquitto would not start again on port {}: {:?}", self.port, self.log());
     }
 
+    /// Its process id (the process of the moment: a restart makes a new one).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }

@@ -80,6 +80,9 @@ pub struct Report {
     /// dropped): the other side of the ledger.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker: Option<BTreeMap<String, u64>>,
+    /// The broker's process on this host (`--broker-pid`): its CPU and memory over the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_process: Option<crate::broker_process::BrokerProcess>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -598,6 +601,7 @@ pub fn build(i: Inputs<'_>) -> Report {
         timeline: agg.timeline.clone(),
         warnings: i.warnings,
         broker: None,
+        broker_process: None,
     };
     let untracked: u64 = i.results.iter().map(|r| r.storms_untracked).sum();
     if untracked > 0 {

@@ -198,6 +198,19 @@ pub fn render(r: &Report) -> String {
         let _ =
             writeln!(o, "                … and {} smaller (see `outages` in the JSON)", r.outages.len() - 5);
     }
+    if let Some(b) = &r.broker_process {
+        let _ = writeln!(
+            o,
+            "  broker pid {} CPU {:.2} s (busiest {:.2} cores) · RSS {} → {} KiB (peak {}){}",
+            b.pid,
+            b.cpu_s,
+            b.cpu_peak_cores,
+            count(b.rss_start_kib),
+            count(b.rss_end_kib),
+            count(b.rss_peak_kib),
+            if b.gone { " · the process ended during the run" } else { "" }
+        );
+    }
     if let Some(w) = &r.wills {
         let partial = if w.complete { "" } else { " (partial: the run did not finish)" };
         let _ = writeln!(
