@@ -212,7 +212,9 @@ fn report_prints_markdown_and_csv_and_runs_carry_their_labels() {
     let text = std::fs::read_to_string(&csv).unwrap();
     assert_eq!(
         text.lines().next(),
-        Some("t_s,intervals,connected,published,received,connects,errors,e2e_p50_us,e2e_p99_us,e2e_max_us")
+        Some(
+            "t_s,intervals,connected,published,received,connects,reconnects,errors,e2e_p50_us,e2e_p99_us,e2e_max_us"
+        )
     );
 
     // a real run with labels
@@ -264,7 +266,27 @@ fn a_local_brokers_cpu_and_memory_are_in_the_report() {
     let c = compare::compare(&[side("a", vec![r.clone()]), side("b", vec![r])], &[]);
     assert!(c.totals.iter().any(|t| t.name == "broker CPU s" && t.values[0] > 0.0));
 
-    let out = support::squall().args(["run", "-q", "--broker-pid", "4000000000"]).arg(&scenario).output().unwrap();
+    let out =
+        support::squall().args(["run", "-q", "--broker-pid", "4000000000"]).arg(&scenario).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such process"));
+}
+
+/// `compare --html`: per metric, one plot with every side's curve (the fixture: e2e for both
+/// sides, puback for the base alone), and the table below.
+#[test]
+fn compare_html_overlays_every_sides_curve_per_metric() {
+    let dir = tempfile::tempdir().unwrap();
+    let html = dir.path().join("c.html");
+    let out = support::squall()
+        .args(["compare", &format!("{FIXTURES}/base.json"), &format!("{FIXTURES}/slower.json"), "--html"])
+        .arg(&html)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&html).unwrap();
+    assert_eq!(text.matches("<svg").count(), 2, "one plot per metric");
+    assert_eq!(text.matches("<polyline").count(), 3, "e2e: base and slower; puback: base");
+    assert!(text.contains(">slower</text>") && text.contains("+500µs ×1.25 worse"));
+    assert!(!text.contains("<script"));
 }

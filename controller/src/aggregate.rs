@@ -24,6 +24,9 @@ pub struct IntervalRow {
     pub published: u64,
     pub received: u64,
     pub connects: u64,
+    /// Clients connected again after losing an established connection.
+    #[serde(default)]
+    pub reconnects: u64,
     pub errors: u64,
     /// Corrected end-to-end latency in this interval, µs (absent without messages).
     pub e2e_p50_us: Option<u64>,
@@ -50,6 +53,7 @@ impl IntervalRow {
             published: self.published + next.published,
             received: self.received + next.received,
             connects: self.connects + next.connects,
+            reconnects: self.reconnects + next.reconnects,
             errors: self.errors + next.errors,
             e2e_p50_us: worst(self.e2e_p50_us, next.e2e_p50_us),
             e2e_p99_us: worst(self.e2e_p99_us, next.e2e_p99_us),
@@ -226,6 +230,7 @@ impl Aggregate {
         pending.row.published += s.counters.published();
         pending.row.received += s.counters.received();
         pending.row.connects += s.counters.connects;
+        pending.row.reconnects += s.counters.reconnects;
         pending.row.errors += n_errors;
         if let Some(h) = s.histograms.iter().find(|h| h.group >= self.groups) {
             return Err(format!("a histogram of group {}, which the scenario does not have", h.group));

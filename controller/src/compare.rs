@@ -516,6 +516,64 @@ pub fn render(c: &Comparison) -> String {
     o
 }
 
+/// The comparison as one self-contained HTML file: per metric, the percentile curves of every
+/// side on one plot (medians of each side's runs), then the table of verdicts.
+pub fn render_html(c: &Comparison) -> String {
+    use std::fmt::Write;
+    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let mut o = String::from(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>squall compare</title><style>body { font: 14px/1.45 system-ui, sans-serif; margin: 24px; } table { border-collapse: collapse; } td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: right; } td:first-child { text-align: left; } figure { display: inline-block; margin: 8px 16px 8px 0; } figcaption { font-weight: 600; }</style></head><body>",
+    );
+    let _ = write!(
+        o,
+        "<h1>squall compare</h1><p>Base: {}. Against: {}.</p>",
+        esc(&c.sides[0]),
+        esc(&c.sides[1..].join(", "))
+    );
+    for d in &c.differences {
+        let _ = write!(o, "<p>{}</p>", esc(d));
+    }
+    if let Some(w) = &c.load_warning {
+        let _ = write!(o, "<p><strong>WARNING: {}</strong></p>", esc(w));
+    }
+    let _ = write!(o, "<p>Noise: {}</p>", esc(&c.noise));
+    let metrics: Vec<&str> = {
+        let mut v: Vec<&str> = c.rows.iter().map(|r| r.metric.as_str()).collect();
+        v.dedup();
+        v
+    };
+    for m in metrics {
+        let rows: Vec<&Row> = c.rows.iter().filter(|r| r.metric == m).collect();
+        let series: Vec<(String, &str, Vec<(f64, f64)>)> = c
+            .sides
+            .iter()
+            .enumerate()
+            .map(|(k, s)| {
+                let pts: Vec<(f64, f64)> = rows
+                    .iter()
+                    .filter_map(|r| {
+                        let p = match r.stat.as_str() {
+                            "p50" => 0.5,
+                            "p90" => 0.9,
+                            "p99" => 0.99,
+                            "p999" => 0.999,
+                            "p9999" => 0.9999,
+                            _ => 0.99999,
+                        };
+                        r.values[k].map(|v| (p, v))
+                    })
+                    .collect();
+                (s.clone(), crate::report::html::PALETTE[k % 6], pts)
+            })
+            .filter(|s| !s.2.is_empty())
+            .collect();
+        let timing = rows.first().map_or("", |r| r.timing.as_str());
+        crate::report::html::plot_percentiles(&mut o, &format!("{m} ({timing})"), &series);
+    }
+    let _ = write!(o, "<pre>{}</pre></body></html>\n", esc(&render(c)));
+    o
+}
+
 fn signed_us(d: f64) -> String {
     let s = crate::report::text::fmt_us(d.abs());
     if d < 0.0 { format!("−{s}") } else { format!("+{s}") }

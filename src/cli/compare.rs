@@ -22,6 +22,10 @@ pub struct CompareArgs {
     /// Print the comparison as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also write one self-contained HTML file: per metric, every side's percentile curve on
+    /// one plot.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
 fn read(path: &str) -> Result<Report, String> {
@@ -75,6 +79,12 @@ pub fn run(a: CompareArgs) -> u8 {
         println!("{}", serde_json::to_string_pretty(&c).expect("a comparison serializes"));
     } else {
         print!("{}", compare::render(&c));
+    }
+    if let Some(path) = &a.html
+        && let Err(e) = std::fs::write(path, compare::render_html(&c))
+    {
+        eprintln!("error: cannot write {}: {e}", path.display());
+        return exit::RUNTIME;
     }
     if c.gates.iter().any(|g| g.tripped) { exit::FAIL } else { exit::PASS }
 }

@@ -39,11 +39,19 @@ fn px(p: f64) -> f64 {
 
 /// A percentile-distribution plot of one metric: corrected and raw lines.
 fn percentile_plot(o: &mut String, name: &str, corrected: Option<&Percentiles>, raw: Option<&Percentiles>) {
-    let series: Vec<(&str, &str, Vec<(f64, f64)>)> =
+    let series: Vec<(String, &str, Vec<(f64, f64)>)> =
         [("corrected", "#d62728", corrected), ("raw", "#1f77b4", raw)]
             .into_iter()
-            .filter_map(|(l, c, p)| p.filter(|p| p.count > 0).map(|p| (l, c, points(p))))
+            .filter_map(|(l, c, p)| p.filter(|p| p.count > 0).map(|p| (l.to_string(), c, points(p))))
             .collect();
+    plot_percentiles(o, name, &series);
+}
+
+/// Colors for the lines of several runs on one plot.
+pub(crate) const PALETTE: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
+
+/// Lines of (percentile, µs) points, each labelled and colored, on the 1/(1−p) axis.
+pub(crate) fn plot_percentiles(o: &mut String, name: &str, series: &[(String, &str, Vec<(f64, f64)>)]) {
     if series.is_empty() {
         return;
     }
@@ -286,9 +294,13 @@ figcaption {{ font-weight: 600; margin-bottom: 4px; }}
     );
     series_plot(
         &mut o,
-        "Errors and connects per second",
+        "Errors, connects and reconnects per second",
         false,
-        &[("errors", "#d62728", per_s(|x| x.errors)), ("connects", "#9467bd", per_s(|x| x.connects))],
+        &[
+            ("errors", "#d62728", per_s(|x| x.errors)),
+            ("connects", "#9467bd", per_s(|x| x.connects)),
+            ("reconnects", "#8c564b", per_s(|x| x.reconnects)),
+        ],
     );
     let d = &r.delivery.all;
     let _ = write!(
