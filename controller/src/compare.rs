@@ -170,14 +170,13 @@ fn quantile_of(stat: &str) -> f64 {
 
 /// The fewest samples any run of `side` has for `metric` at `timing`.
 fn fewest(side: &Side, metric: &str, timing: &str) -> Option<u64> {
-    side.runs
-        .iter()
-        .filter_map(|r| {
-            let l = r.latency.get(metric)?;
-            let p = if timing == "raw" { l.raw.as_ref() } else { l.corrected.as_ref() }?;
-            Some(p.count)
-        })
-        .min()
+    side.runs.iter().filter_map(|r| percentiles_of(r, metric, timing)).map(|p| p.count).min()
+}
+
+/// A run's percentiles of `metric` at `timing` ("raw" or "corrected"), if it has them.
+fn percentiles_of<'r>(r: &'r Report, metric: &str, timing: &str) -> Option<&'r Percentiles> {
+    let l = r.latency.get(metric)?;
+    if timing == "raw" { l.raw.as_ref() } else { l.corrected.as_ref() }
 }
 
 /// End-to-end latency is also kept per interval (p50, p99, max of each second, corrected):
@@ -215,11 +214,9 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 fn figures(side: &Side, metric: &str, timing: &str, stat: &str) -> Vec<f64> {
     side.runs
         .iter()
-        .filter_map(|r| {
-            let l = r.latency.get(metric)?;
-            let p = if timing == "raw" { l.raw.as_ref() } else { l.corrected.as_ref() }?;
-            (p.count > 0).then(|| stat_of(p, stat))
-        })
+        .filter_map(|r| percentiles_of(r, metric, timing))
+        .filter(|p| p.count > 0)
+        .map(|p| stat_of(p, stat))
         .collect()
 }
 
@@ -552,14 +549,8 @@ pub fn render_html(c: &Comparison) -> String {
                 let pts: Vec<(f64, f64)> = rows
                     .iter()
                     .filter_map(|r| {
-                        let p = match r.stat.as_str() {
-                            "p50" => 0.5,
-                            "p90" => 0.9,
-                            "p99" => 0.99,
-                            "p999" => 0.999,
-                            "p9999" => 0.9999,
-                            _ => 0.99999,
-                        };
+                        // the max is drawn one decade past p99.99, as in the report's plots
+                        let p = quantile_of(&r.stat).min(0.99999);
                         r.values[k].map(|v| (p, v))
                     })
                     .collect();

@@ -62,11 +62,13 @@ impl Live {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut o = String::new();
         let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
-        for name in Counters::NAMES {
+        // fields() lists the counters in NAMES order: one pass per agent, not a search per name
+        let fields: Vec<(String, Vec<(&str, u64)>)> =
+            st.agents.iter().map(|(agent, (c, _))| (esc(agent), c.fields())).collect();
+        for (i, name) in Counters::NAMES.iter().enumerate() {
             let _ = writeln!(o, "# TYPE squall_{name}_total counter");
-            for (agent, (c, _)) in &st.agents {
-                let v = c.fields().into_iter().find(|(n, _)| n == name).map_or(0, |(_, v)| v);
-                let _ = writeln!(o, "squall_{name}_total{{agent=\"{}\"}} {v}", esc(agent));
+            for (agent, f) in &fields {
+                let _ = writeln!(o, "squall_{name}_total{{agent=\"{agent}\"}} {}", f[i].1);
             }
         }
         let _ = writeln!(o, "# TYPE squall_connected_clients gauge");

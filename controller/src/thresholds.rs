@@ -29,7 +29,7 @@ pub enum MetricRef {
         /// One scenario group's (`e2e{group=sensors}.p99`); `None`: the whole run's.
         group: Option<String>,
     },
-    /// A count or rate by its report name (see [`COUNT_NAMES`]).
+    /// A count or rate by its report name (see [`is_count_name`]).
     Count(String),
 }
 
@@ -71,34 +71,7 @@ pub struct Threshold {
 /// The word that marks a rule as one that ends the run the moment it fails.
 const ABORT: &str = "abort";
 
-/// Names of counts and rates a rule may use, besides every raw counter name.
-pub const COUNT_NAMES: &[&str] = &[
-    "lost",
-    "delivered",
-    "expected",
-    "duplicates",
-    "out_of_order",
-    "missed_offline",
-    "session_lost",
-    "refused",
-    "phantom",
-    "errors",
-    "connect.errors",
-    "published",
-    "received",
-    "publish.rate",
-    "receive.rate",
-    "agents_suspect",
-    "wills.expected",
-    "wills.delivered",
-    "wills.missing",
-    "wills.duplicates",
-    "wills.unexpected",
-    "wills.allowed",
-    "wills.early",
-    "wills.unsettled",
-];
-
+/// The delivery ledger's counts (also by QoS: `lost.qos1`), settled at the end of a run.
 const LEDGER_NAMES: &[&str] = &[
     "lost",
     "delivered",
@@ -110,6 +83,21 @@ const LEDGER_NAMES: &[&str] = &[
     "refused",
     "phantom",
 ];
+
+/// The will ledger's counts, as `wills.NAME`.
+const WILL_NAMES: &[&str] =
+    &["expected", "delivered", "missing", "duplicates", "unexpected", "allowed", "early", "unsettled"];
+
+/// Counts and rates besides the ledgers' and every raw counter name.
+const OTHER_COUNTS: &[&str] =
+    &["errors", "connect.errors", "published", "received", "publish.rate", "receive.rate", "agents_suspect"];
+
+/// Whether `name` is a count or rate a rule may use by that name (raw counters aside).
+fn is_count_name(name: &str) -> bool {
+    LEDGER_NAMES.contains(&name)
+        || OTHER_COUNTS.contains(&name)
+        || name.strip_prefix("wills.").is_some_and(|w| WILL_NAMES.contains(&w))
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -123,7 +111,9 @@ fn err(message: impl Into<String>, hint: impl Into<Option<String>>) -> Threshold
 }
 
 fn known_counts() -> String {
-    let mut v: Vec<&str> = COUNT_NAMES.to_vec();
+    let wills: Vec<String> = WILL_NAMES.iter().map(|w| format!("wills.{w}")).collect();
+    let mut v: Vec<&str> = LEDGER_NAMES.iter().chain(OTHER_COUNTS).copied().collect();
+    v.extend(wills.iter().map(String::as_str));
     v.push("lost.qos1 (any ledger count by QoS)");
     v.push("errors.<kind>");
     v.push("any counter, e.g. ack_timeouts");
@@ -226,7 +216,7 @@ fn parse_metric(written: &str) -> Result<MetricRef, ThresholdError> {
 
 fn parse_unlabelled(name: &str) -> Result<MetricRef, ThresholdError> {
     let parts: Vec<&str> = name.split('.').collect();
-    if COUNT_NAMES.contains(&name) {
+    if is_count_name(name) {
         return Ok(MetricRef::Count(name.to_string()));
     }
     if let Some(metric) = Metric::from_name(parts[0]) {
@@ -252,7 +242,7 @@ fn parse_unlabelled(name: &str) -> Result<MetricRef, ThresholdError> {
         return Ok(MetricRef::Latency { metric, timing, stat, group: None });
     }
     let base = parts[0];
-    let ok = COUNT_NAMES.contains(&name)
+    let ok = is_count_name(name)
         || Counters::NAMES.contains(&name)
         || (LEDGER_NAMES.contains(&base) && parts.len() == 2 && ["qos0", "qos1", "qos2"].contains(&parts[1]))
         || (base == "errors" && parts.len() == 2 && !parts[1].is_empty());

@@ -4,7 +4,12 @@
 
 use std::fmt::Write;
 
-use super::text::{count, fmt_us};
+use super::text::{count, delivery_cells, fmt_us, latency_rows, percentile_cells, wills_sentence};
+
+/// Table cells of `cells`.
+fn tds<const N: usize>(cells: [String; N]) -> String {
+    cells.iter().map(|c| format!("<td>{}</td>", esc(c))).collect()
+}
 use super::{Percentiles, Report, Status};
 
 fn esc(s: &str) -> String {
@@ -196,14 +201,13 @@ figcaption {{ font-weight: 600; margin-bottom: 4px; }}
     }
     let _ = write!(
         o,
-        "</ul><p>Run <code>{}</code> of squall {}, started {}: {} clients on {} agent(s) → {}{}; publish window {:.1} s, drain {:.1} s, elapsed {:.1} s.</p>",
+        "</ul><p>Run <code>{}</code> of squall {}, started {}: {} clients on {} agent(s) → {}; publish window {:.1} s, drain {:.1} s, elapsed {:.1} s.</p>",
         esc(&r.run_tag),
         esc(&r.squall_version),
         esc(&r.started_at),
         count(r.clients),
         r.agents,
-        esc(&r.targets.join(", ")),
-        if r.embedded_broker { " (embedded broker)" } else { "" },
+        esc(&super::text::target(r)),
         r.publish_window_s,
         r.drain_s,
         r.elapsed_s
@@ -239,25 +243,8 @@ figcaption {{ font-weight: 600; margin-bottom: 4px; }}
         o,
         "<table><tr><th>latency</th><th>count</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>p99.99</th><th>max</th></tr>"
     );
-    for (name, l) in &r.latency {
-        for (label, p) in
-            [(format!("{name}"), l.corrected.as_ref()), (format!("{name} (raw)"), l.raw.as_ref())]
-        {
-            let Some(p) = p else { continue };
-            let label = if l.corrected.is_none() { name.clone() } else { label };
-            let _ = write!(
-                o,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&label),
-                count(p.count),
-                fmt_us(p.p50_us as f64),
-                fmt_us(p.p90_us as f64),
-                fmt_us(p.p99_us as f64),
-                fmt_us(p.p999_us as f64),
-                fmt_us(p.p9999_us as f64),
-                fmt_us(p.max_us as f64)
-            );
-        }
+    for (label, p) in latency_rows(r) {
+        let _ = write!(o, "<tr><td>{}</td>{}</tr>", esc(&label), tds(percentile_cells(p)));
     }
     let _ = write!(o, "</table><h2>Over time</h2>");
     let tl = &r.timeline;
@@ -305,47 +292,16 @@ figcaption {{ font-weight: 600; margin-bottom: 4px; }}
     let d = &r.delivery.all;
     let _ = write!(
         o,
-        "<h2>Delivery</h2><table><tr><th></th><th>expected</th><th>delivered</th><th>lost</th><th>duplicates</th><th>out of order</th><th>missed offline</th><th>session lost</th><th>refused</th><th>phantom</th></tr><tr><td>all{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        "<h2>Delivery</h2><table><tr><th></th><th>expected</th><th>delivered</th><th>lost</th><th>duplicates</th><th>out of order</th><th>missed offline</th><th>session lost</th><th>refused</th><th>phantom</th></tr><tr><td>all{}</td>{}</tr>",
         if r.delivery.complete { "" } else { " (partial)" },
-        count(d.expected),
-        count(d.delivered),
-        count(d.lost),
-        count(d.duplicates),
-        count(d.out_of_order),
-        count(d.missed_offline),
-        count(d.session_lost),
-        count(d.refused),
-        count(d.phantom)
+        tds(delivery_cells(d))
     );
     for (g, d) in &r.delivery.by_group {
-        let _ = write!(
-            o,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(g),
-            count(d.expected),
-            count(d.delivered),
-            count(d.lost),
-            count(d.duplicates),
-            count(d.out_of_order),
-            count(d.missed_offline),
-            count(d.session_lost),
-            count(d.refused),
-            count(d.phantom)
-        );
+        let _ = write!(o, "<tr><td>{}</td>{}</tr>", esc(g), tds(delivery_cells(d)));
     }
     let _ = write!(o, "</table>");
     if let Some(w) = &r.wills {
-        let _ = write!(
-            o,
-            "<p>Last wills: {} expected, {} delivered, {} missing, {} unexpected, {} duplicates, {} allowed, {} early.</p>",
-            count(w.expected),
-            count(w.delivered),
-            count(w.missing),
-            count(w.unexpected),
-            count(w.duplicates),
-            count(w.allowed),
-            count(w.early)
-        );
+        let _ = write!(o, "<p>{}.</p>", esc(&wills_sentence(w)));
     }
     if !r.per_agent.is_empty() {
         let _ = write!(

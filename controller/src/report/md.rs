@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use super::text::{count, fmt_us};
+use super::text::{count, delivery_cells, fmt_us, latency_rows, percentile_cells, wills_sentence};
 use super::{Report, Status};
 
 /// A cell: `|` would end it.
@@ -27,11 +27,7 @@ pub fn render(r: &Report) -> String {
     if !r.verdict.reasons.is_empty() {
         let _ = writeln!(o);
     }
-    let target = if r.embedded_broker {
-        format!("{} (embedded broker)", r.targets.join(", "))
-    } else {
-        r.targets.join(", ")
-    };
+    let target = super::text::target(r);
     let _ = writeln!(
         o,
         "Run `{}` of squall {}, started {}: {} clients on {} agent{} → {}; publish window {:.1} s, drain {:.1} s, elapsed {:.1} s.",
@@ -64,24 +60,8 @@ pub fn render(r: &Report) -> String {
             o,
             "| latency | count | p50 | p90 | p99 | p99.9 | p99.99 | max |\n|---|---:|---:|---:|---:|---:|---:|---:|"
         );
-        for (name, l) in &r.latency {
-            for (label, p) in
-                [(name.clone(), l.corrected.as_ref()), (format!("{name} (raw)"), l.raw.as_ref())]
-            {
-                let Some(p) = p else { continue };
-                let label = if l.corrected.is_none() { name.clone() } else { label };
-                let _ = writeln!(
-                    o,
-                    "| {label} | {} | {} | {} | {} | {} | {} | {} |",
-                    count(p.count),
-                    fmt_us(p.p50_us as f64),
-                    fmt_us(p.p90_us as f64),
-                    fmt_us(p.p99_us as f64),
-                    fmt_us(p.p999_us as f64),
-                    fmt_us(p.p9999_us as f64),
-                    fmt_us(p.max_us as f64)
-                );
-            }
+        for (label, p) in latency_rows(r) {
+            let _ = writeln!(o, "| {label} | {} |", percentile_cells(p).join(" | "));
         }
         let _ = writeln!(
             o,
@@ -106,33 +86,11 @@ pub fn render(r: &Report) -> String {
             o,
             "| delivery | expected | delivered | lost | duplicates | out of order | missed offline | session lost | refused | phantom |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
-        let _ = writeln!(
-            o,
-            "| all{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            if r.delivery.complete { "" } else { " (partial)" },
-            count(d.expected),
-            count(d.delivered),
-            count(d.lost),
-            count(d.duplicates),
-            count(d.out_of_order),
-            count(d.missed_offline),
-            count(d.session_lost),
-            count(d.refused),
-            count(d.phantom)
-        );
+        let partial = if r.delivery.complete { "" } else { " (partial)" };
+        let _ = writeln!(o, "| all{partial} | {} |\n", delivery_cells(d).join(" | "));
     }
     if let Some(w) = &r.wills {
-        let _ = writeln!(
-            o,
-            "Last wills: {} expected, {} delivered, {} missing, {} unexpected, {} duplicates, {} allowed, {} early.\n",
-            count(w.expected),
-            count(w.delivered),
-            count(w.missing),
-            count(w.unexpected),
-            count(w.duplicates),
-            count(w.allowed),
-            count(w.early)
-        );
+        let _ = writeln!(o, "{}.\n", wills_sentence(w));
     }
     if !r.storms.is_empty() {
         let _ = writeln!(

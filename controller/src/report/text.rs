@@ -40,14 +40,82 @@ fn row(out: &mut String, name: &str, p: &Percentiles) {
     );
 }
 
-pub fn render(r: &Report) -> String {
-    let mut o = String::new();
-    let c = |k: &str| r.counters.get(k).copied().unwrap_or(0);
-    let target = if r.embedded_broker {
+/// Where the run's clients connected, as every rendering says it.
+pub(crate) fn target(r: &Report) -> String {
+    if r.embedded_broker {
         format!("{} (embedded broker)", r.targets.join(", "))
     } else {
         r.targets.join(", ")
-    };
+    }
+}
+
+/// The rows of a latency table: each metric's corrected figures under its name and its raw
+/// ones as "NAME (raw)"; a raw-only metric under its name.
+pub(crate) fn latency_rows(r: &Report) -> Vec<(String, &Percentiles)> {
+    let mut rows = Vec::new();
+    for (name, l) in &r.latency {
+        match (&l.corrected, &l.raw) {
+            (Some(c), raw) => {
+                rows.push((name.clone(), c));
+                if let Some(raw) = raw {
+                    rows.push((format!("{name} (raw)"), raw));
+                }
+            }
+            (None, Some(raw)) => rows.push((name.clone(), raw)),
+            (None, None) => {}
+        }
+    }
+    rows
+}
+
+/// count, p50, p90, p99, p99.9, p99.99 and max, formatted for a table.
+pub(crate) fn percentile_cells(p: &Percentiles) -> [String; 7] {
+    [
+        count(p.count),
+        fmt_us(p.p50_us as f64),
+        fmt_us(p.p90_us as f64),
+        fmt_us(p.p99_us as f64),
+        fmt_us(p.p999_us as f64),
+        fmt_us(p.p9999_us as f64),
+        fmt_us(p.max_us as f64),
+    ]
+}
+
+/// The delivery tables' columns: expected, delivered, lost, duplicates, out of order, missed
+/// offline, session lost, refused, phantom.
+pub(crate) fn delivery_cells(d: &super::DeliveryCounts) -> [String; 9] {
+    [
+        d.expected,
+        d.delivered,
+        d.lost,
+        d.duplicates,
+        d.out_of_order,
+        d.missed_offline,
+        d.session_lost,
+        d.refused,
+        d.phantom,
+    ]
+    .map(count)
+}
+
+/// The will ledger in one sentence (without its final stop).
+pub(crate) fn wills_sentence(w: &super::WillsReport) -> String {
+    format!(
+        "Last wills: {} expected, {} delivered, {} missing, {} unexpected, {} duplicates, {} allowed, {} early",
+        count(w.expected),
+        count(w.delivered),
+        count(w.missing),
+        count(w.unexpected),
+        count(w.duplicates),
+        count(w.allowed),
+        count(w.early)
+    )
+}
+
+pub fn render(r: &Report) -> String {
+    let mut o = String::new();
+    let c = |k: &str| r.counters.get(k).copied().unwrap_or(0);
+    let target = target(r);
     let _ = writeln!(
         o,
         "\nsquall · {} · run {} · {} clients → {}",
