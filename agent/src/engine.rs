@@ -13,7 +13,7 @@
 //! client at once; and whatever the controller says, the engine aborts at `max_duration`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -21,7 +21,8 @@ use tokio::task::JoinSet;
 
 use crate::client::window::ConnectWindow;
 use crate::client::{Client, Countdown, GroupRuntime, Outcome, Phase, Shared, Unsent};
-use crate::metrics::{Collector, LedgerTotals, ReceiverLedger, Recorder, StreamFinal};
+use crate::metrics::shares::ShareReceipts;
+use crate::metrics::{Collector, Expectations, LedgerTotals, ReceiverLedger, Recorder, StreamFinal};
 use crate::mqtt::tls;
 use crate::mqtt::transport::Endpoint;
 use crate::timer::Timers;
@@ -29,7 +30,6 @@ use squall_proto::clock::Clock;
 pub use squall_proto::link::{AgentEvent, AgentResult, Command};
 use squall_proto::metrics::Observers;
 use squall_proto::plan::{Assignment, PlanError};
-use squall_proto::topic;
 
 /// The controller's end of a running agent.
 pub struct AgentHandle {
@@ -123,9 +123,13 @@ async fn run(
     }
     tracing::info!(agent = a.agent, clients = n_clients, groups = groups.len(), "Agent started");
 
+    // shares settled at the controller: their receipts go up before each snapshot
+    let remote: Vec<Arc<Mutex<ShareReceipts>>> =
+        groups.iter().flat_map(|g| g.remote.values().cloned()).collect();
     // snapshots every interval, until told to stop
     let (stop_snap_tx, mut stop_snap_rx) = watch::channel(false);
     let snap_task = {
+        let remote = remote.clone();
         let rec = rec.clone();
         let events = events.clone();
         let interval = Duration::from_millis(a.snapshot_interval_ms);
@@ -138,6 +142,9 @@ async fn run(
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
+                        if !send_receipts(&remote, &clock, &events).await {
+                            break;
+                        }
                         let snap = collector.collect(&rec, clock.now_ns());
                         if events.send(AgentEvent::Snapshot(snap)).await.is_err() {
                             break;
@@ -180,6 +187,7 @@ async fn run(
     }
     let _ = stop_snap_tx.send(true);
     let mut collector = snap_task.await.unwrap_or_else(|_| Collector::new(a.agent, start_ns));
+    send_receipts(&remote, &clock, &events).await;
     let last = collector.collect(&rec, clock.now_ns());
     let _ = events.send(AgentEvent::Snapshot(last)).await;
     // will records past one snapshot's share follow in snapshots of their own
@@ -202,6 +210,27 @@ async fn run(
             let _ = events.send(AgentEvent::Failed { message }).await;
         }
     }
+}
+
+/// Sends what the members of each share settled at the controller received so far. False when
+/// the controller is gone.
+async fn send_receipts(
+    remote: &[Arc<Mutex<ShareReceipts>>],
+    clock: &Clock,
+    events: &mpsc::Sender<AgentEvent>,
+) -> bool {
+    for r in remote {
+        // everything read before now is in, but for a message a client read just before and
+        // records just after: it follows in the next receipts (the controller's merged
+        // ledger tolerates that much reordering)
+        let drained = r.lock().unwrap_or_else(|e| e.into_inner()).drain(clock.now_ns());
+        for ev in drained {
+            if events.send(AgentEvent::Receipts(ev)).await.is_err() {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// The phases. `Ok(Some(streams))`: finished normally; `Ok(None)`: aborted by the controller;
@@ -331,33 +360,8 @@ fn local_streams(groups: &[Arc<GroupRuntime>], shared: &Shared) -> Vec<StreamFin
 
 /// Matches each receiver's filters against every stream and settles its ledger.
 fn finalize(groups: &[Arc<GroupRuntime>], outcomes: Vec<Outcome>, streams: &[StreamFinal]) -> AgentResult {
-    // a filter walks the topic levels it names: 100k subscribers with their own wildcard
-    // filter over 100k streams cost 100k walks, not 10^10 comparisons
-    let mut index = topic::TopicIndex::new();
-    for s in streams {
-        index.insert(s.topic.as_str(), s);
-    }
-    // streams matching a filter, memoized: receivers of a group usually share their filters
-    let mut memo: HashMap<String, Vec<&StreamFinal>> = HashMap::new();
-    let mut matching = |filter: &str| -> Vec<&StreamFinal> {
-        memo.entry(filter.to_string())
-            .or_insert_with(|| index.matching(topic::split_shared(filter).1))
-            .clone()
-    };
-    let mut expected_for = |filters: &[(String, Option<u8>)]| -> Vec<(&StreamFinal, u8)> {
-        let mut best: HashMap<u32, (&StreamFinal, u8)> = HashMap::new();
-        for (f, granted) in filters {
-            let Some(g) = granted else { continue };
-            for s in matching(f) {
-                let q = s.qos.min(*g);
-                let e = best.entry(s.stream).or_insert((s, q));
-                e.1 = e.1.max(q);
-            }
-        }
-        let mut v: Vec<_> = best.into_values().collect();
-        v.sort_by_key(|(s, _)| s.stream);
-        v
-    };
+    let mut expectations = Expectations::new(streams);
+    let mut expected_for = |filters: &[(String, Option<u8>)]| expectations.expected_for(filters);
 
     let mut result = AgentResult::default();
     let mut by_group: Vec<LedgerTotals> = vec![LedgerTotals::default(); groups.len()];
@@ -377,6 +381,8 @@ fn finalize(groups: &[Arc<GroupRuntime>], outcomes: Vec<Outcome>, streams: &[Str
     };
     // shared subscriptions: one receiver per share; members' grants are alike, take any granted
     let mut shared_grants: HashMap<(usize, Vec<String>), Vec<(String, Option<u8>)>> = HashMap::new();
+    // … and for shares settled at the controller, the members here too
+    let mut remote_members: HashMap<(usize, Vec<String>), u64> = HashMap::new();
     for o in &outcomes {
         let g = &groups[o.group];
         if o.filters.is_empty() {
@@ -394,7 +400,8 @@ fn finalize(groups: &[Arc<GroupRuntime>], outcomes: Vec<Outcome>, streams: &[Str
             }
             None => {
                 let key: Vec<String> = o.filters.iter().map(|(f, _)| f.clone()).collect();
-                if g.shared.contains_key(&key) {
+                if g.shared.contains_key(&key) || g.remote.contains_key(&key) {
+                    *remote_members.entry((o.group, key.clone())).or_default() += 1;
                     let entry = shared_grants.entry((o.group, key)).or_insert_with(|| o.filters.clone());
                     for (slot, (_, granted)) in entry.iter_mut().zip(&o.filters) {
                         slot.1 = slot.1.max(*granted);
@@ -409,8 +416,12 @@ fn finalize(groups: &[Arc<GroupRuntime>], outcomes: Vec<Outcome>, streams: &[Str
             observe(&filters);
             let exp = expected_for(&filters);
             settle(group, &l, &exp, &mut result);
+        } else if let Some(r) = groups[group].remote.get(&key) {
+            let members = remote_members.get(&(group, key)).copied().unwrap_or(0);
+            result.shares.push(r.lock().unwrap_or_else(|e| e.into_inner()).result(filters, members));
         }
     }
+    result.shares.sort_by(|a, b| (a.group, &a.filters).cmp(&(b.group, &b.filters)));
     result.observers = observers.into_iter().map(|(filters, count)| Observers { filters, count }).collect();
     result.observers.sort_by(|a, b| a.filters.cmp(&b.filters));
     result.ledger_by_group = groups

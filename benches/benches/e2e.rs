@@ -209,7 +209,8 @@ async fn drive_from(
             }
             AgentEvent::Finished(r) => return (agg, r),
             AgentEvent::Failed { message } => panic!("{message}"),
-            AgentEvent::Started { .. } => {}
+            // one agent: a share is whole on it, never settled at the controller
+            AgentEvent::Started { .. } | AgentEvent::Receipts(_) => {}
         }
     }
     panic!("the agent stopped without a result")

@@ -164,6 +164,17 @@ pub async fn run(
     let start_ns = clock.now_ns();
     let assignments = segment(&plan, &targets, &agents.weights());
     let agent_clients: Vec<u64> = assignments.iter().map(|a| a.clients()).collect();
+    // shared subscriptions whose members run on several agents are settled here
+    let holders: Vec<bool> =
+        assignments.iter().map(|a| a.groups.iter().any(|g| g.splits_a_share())).collect();
+    let n_streams = assignments.first().map_or(0, |a| a.publish_ranges.iter().map(|r| r.clients).sum());
+    let mut shares = crate::shares::ShareBook::new(
+        &holders,
+        n_streams,
+        plan.groups.iter().map(|g| g.name.clone()).collect(),
+    );
+    // every stream's final count, kept for them
+    let mut all_streams: Vec<StreamFinal> = Vec::new();
     let metrics_listener = match metrics_listen {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             StartError::Invalid(format!("cannot serve metrics on {addr}: {e} (is the port taken?)"))
@@ -256,6 +267,7 @@ pub async fn run(
             ev = rx.recv() => match ev {
                 None => break Some((Status::Error, "the agents stopped before the run finished".into())),
                 Some(Incoming::Gone(i)) => {
+                    shares.done(i);
                     if status[i].is_none() {
                         status[i] = Some(AgentStatus::Lost);
                         break Some((Status::Error, format!(
@@ -304,10 +316,19 @@ pub async fn run(
                     }
                 }
                 Some(Incoming::Event(i, AgentEvent::Started { late_ns })) => start_late[i] = Some(late_ns),
+                Some(Incoming::Event(i, AgentEvent::Receipts(r))) => {
+                    if let Err(e) = shares.receipts(i, r) {
+                        status[i] = Some(AgentStatus::Failed);
+                        break Some((Status::Error, format!("agent {} sent broken receipts: {e}", agent_info[i].0)));
+                    }
+                }
                 Some(Incoming::Event(_, AgentEvent::PublishDone { streams: s })) => {
                     streams.extend(s);
                     done_publishing += 1;
                     if done_publishing == n_agents {
+                        if shares.active() {
+                            all_streams = streams.clone();
+                        }
                         // interrupted: a short drain, so the run ends soon as asked
                         let drain = if stopping.is_some() { plan.drain.min(INTERRUPTED_DRAIN) } else { plan.drain };
                         let c = Command::Finish { streams: std::mem::take(&mut streams), drain_ms: drain.as_millis() as u64 };
@@ -315,6 +336,7 @@ pub async fn run(
                     }
                 }
                 Some(Incoming::Event(i, AgentEvent::Finished(r))) => {
+                    shares.done(i);
                     status[i] = Some(AgentStatus::Finished);
                     results.push(r);
                     finished += 1;
@@ -323,6 +345,7 @@ pub async fn run(
                     }
                 }
                 Some(Incoming::Event(i, AgentEvent::Failed { message })) => {
+                    shares.done(i);
                     status[i] = Some(AgentStatus::Failed);
                     break Some((Status::Error, format!("agent {}: {message}", agent_info[i].0)));
                 }
@@ -364,6 +387,9 @@ pub async fn run(
                 match inc {
                     Incoming::Event(_, AgentEvent::Snapshot(s)) => {
                         let _ = agg.apply(&s);
+                    }
+                    Incoming::Event(i, AgentEvent::Receipts(r)) => {
+                        let _ = shares.receipts(i, r);
                     }
                     Incoming::Gone(i) if status[i].is_none() => status[i] = Some(AgentStatus::Aborted),
                     _ => {}
@@ -421,14 +447,24 @@ pub async fn run(
             ),
         ));
     }
+    // the split shares, one receiver each, settled only when every agent settled its own
+    let settled = if results.len() == n_agents && shares.active() {
+        let (settled, w) = shares.settle(&all_streams, &results);
+        warnings.extend(w);
+        settled
+    } else {
+        None
+    };
     let wills = plan.groups.iter().any(|g| g.will.is_some()).then(|| {
-        let observers: Vec<_> = results.iter().flat_map(|r| r.observers.iter().cloned()).collect();
+        let observers: Vec<_> =
+            results.iter().chain(&settled).flat_map(|r| r.observers.iter().cloned()).collect();
         agg.settle_wills(&observers)
     });
     let mut report = report::build(Inputs {
         plan: &plan,
         agg: &agg,
         results: &results,
+        settled: settled.as_ref(),
         targets: targets.iter().map(|t| t.to_string()).collect(),
         embedded_broker,
         agents: n_agents as u32,

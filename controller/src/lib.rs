@@ -25,5 +25,6 @@ pub mod prometheus;
 pub mod report;
 pub mod scenario;
 pub mod segment;
+pub mod shares;
 pub mod soak_log;
 pub mod thresholds;

@@ -6,7 +6,9 @@
 //! group of N clients. Shares add up to N exactly, are contiguous index ranges (so `{i}` and
 //! client ids never collide), and differ from the exact proportion by less than one client. A
 //! group smaller than the number of agents lands whole-client on some of them (one fan-out
-//! publisher goes to exactly one agent); the others get none of it. Rates follow
+//! publisher goes to exactly one agent); the others get none of it. Members of a shared
+//! subscription spread the same way (the controller settles a share split over agents:
+//! [`crate::shares`]). Rates follow
 //! clients: a group's rate is spread over its clients, so an agent's share of the rate is its
 //! share of the clients and the shares sum to the group's rate.
 
@@ -40,32 +42,19 @@ pub fn segment(plan: &Plan, targets: &[squall_proto::target::TargetUrl], weights
         .collect();
     let mut stream_base = 0u32;
     let mut client_base = 0u32;
-    // shared-subscription groups run whole on one agent (the heaviest): the broker spreads a
-    // share's messages over its members, so only members settled together add up to what
-    // was sent; split over agents, each agent's part would look like loss
-    let share_agent =
-        weights.iter().enumerate().max_by_key(|(i, w)| (**w, std::cmp::Reverse(*i))).map(|(i, _)| i);
     let mut publish_ranges = Vec::new();
     for (index, g) in plan.groups.iter().enumerate() {
         let n = g.clients as u64;
-        let shared = g
-            .subscribe
-            .as_ref()
-            .is_some_and(|s| s.filters.iter().any(|f| squall_proto::topic::split_shared(f).0.is_some()));
-        // each agent's [first, end) of the group
-        let ranges: Vec<(usize, u32, u32)> = match (shared, share_agent) {
-            (true, Some(k)) => vec![(k, 0, g.clients)],
-            _ => {
-                let mut acc_w = 0u64;
-                (0..weights.len())
-                    .map(|i| {
-                        let first = round_share(n, acc_w, total_w);
-                        acc_w += weights[i] as u64;
-                        (i, first, round_share(n, acc_w, total_w))
-                    })
-                    .collect()
-            }
-        };
+        // each agent's [first, end) of the group; a shared subscription's members spread like
+        // any other clients (the controller settles a share split over agents)
+        let mut acc_w = 0u64;
+        let ranges: Vec<(usize, u32, u32)> = (0..weights.len())
+            .map(|i| {
+                let first = round_share(n, acc_w, total_w);
+                acc_w += weights[i] as u64;
+                (i, first, round_share(n, acc_w, total_w))
+            })
+            .collect();
         for (i, first, end) in ranges {
             if end > first {
                 out[i].groups.push(GroupAssignment {
@@ -151,7 +140,7 @@ mod tests {
     }
 
     #[test]
-    fn a_shared_subscription_group_runs_whole_on_the_heaviest_agent() {
+    fn a_shared_subscription_group_spreads_over_agents_like_any_other() {
         let text = "[[group]]\nname = \"pub\"\nclients = 6\n[group.publish]\ntopic = \"t/{i}\"\ninterval = \"1s\"\n\
                     [[group]]\nname = \"workers\"\nclients = 5\n[group.subscribe]\nfilters = [\"$share/w/t/+\"]\n";
         let p = load_source(&Source::new("p.toml", text), &Overrides::default()).unwrap();
@@ -160,7 +149,13 @@ mod tests {
             .iter()
             .map(|a| a.groups.iter().filter(|g| g.spec.name == "workers").map(|g| g.count).sum())
             .collect();
-        assert_eq!(workers, vec![0, 5, 0]);
+        // boundaries round(5·k/5) = 0, 1, 3, 5
+        assert_eq!(workers, vec![1, 2, 2]);
+        let split: Vec<bool> = a.iter().map(|a| a.groups.iter().any(|g| g.splits_a_share())).collect();
+        assert_eq!(split, vec![true, true, true]);
+        // on one agent, the share is whole: settled there
+        let one = segment(&p, &[], &[1]);
+        assert!(!one[0].groups.iter().any(|g| g.splits_a_share()));
         // the publishers still spread
         let pubs: Vec<u32> = a
             .iter()
@@ -185,7 +180,6 @@ mod tests {
         fn segments_cover_without_overlap(clients in proptest::collection::vec(1u32..500, 1..4),
                                           weights in proptest::collection::vec(0u32..8, 1..6)) {
             prop_assume!(weights.iter().any(|w| *w > 0));
-            // (no shared subscriptions here: those run whole on one agent, tested above)
             let p = plan(&clients);
             let a = segment(&p, &[], &weights);
             for (gi, n) in clients.iter().enumerate() {

@@ -319,6 +319,7 @@ pub fn read(dir: &Path) -> Result<Report, ReadError> {
         plan: &plan,
         agg: &agg,
         results: &[],
+        settled: None,
         targets: meta.targets.clone(),
         embedded_broker: meta.embedded_broker,
         agents: meta.agents,

@@ -4,7 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::{LedgerTotals, Observers, OutageWindow, Snapshot, StormResult, StreamFinal};
+use crate::metrics::{
+    LedgerTotals, Observers, OutageWindow, Receipts, ShareResult, Snapshot, StormResult, StreamFinal,
+};
 
 /// What the controller tells an agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +37,9 @@ pub enum AgentEvent {
     PublishDone {
         streams: Vec<StreamFinal>,
     },
+    /// What this agent's members of a shared subscription split over agents received (see
+    /// [`crate::metrics::shares`]); sent before the snapshot of the same interval.
+    Receipts(Receipts),
     /// The run is over on this agent (the last snapshot came before this).
     Finished(AgentResult),
     /// The agent could not go on.
@@ -61,4 +66,7 @@ pub struct AgentResult {
     pub storms_untracked: u64,
     /// Connections lost without the scenario asking: from the first loss until all were back.
     pub outages: Vec<OutageWindow>,
+    /// This agent's part of each shared subscription split over agents (settled at the
+    /// controller from the receipts; not in `ledger`, `receivers` or `observers`).
+    pub shares: Vec<ShareResult>,
 }

@@ -76,6 +76,19 @@ pub struct GroupAssignment {
     pub group: u32,
 }
 
+impl GroupAssignment {
+    /// The group subscribes to a shared subscription and runs on other agents too: its
+    /// members' receipts are settled at the controller (see [`crate::metrics::shares`]).
+    pub fn splits_a_share(&self) -> bool {
+        self.count < self.spec.clients
+            && self
+                .spec
+                .subscribe
+                .as_ref()
+                .is_some_and(|s| s.filters.iter().any(|f| crate::topic::split_shared(f).0.is_some()))
+    }
+}
+
 /// The streams one publishing group owns: `[stream_base, stream_base + clients)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishRange {

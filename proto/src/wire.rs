@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use crate::link::{AgentEvent, AgentResult, Command};
 use crate::metrics::{
     Counters, Delivery, ErrorCount, HistogramBytes, LedgerTotals, LoadError, Metric, Observers, OutageWindow,
-    Snapshot, StormResult, StreamFinal, Timing, WillMark, WillRecord,
+    Receipts, ShareResult, Snapshot, StormResult, StreamFinal, StreamReceipts, Timing, WillMark, WillRecord,
 };
 use crate::plan::{
     Assignment, BackoffPolicy, Comeback, EventAction, EventSpec, GroupAssignment, GroupSpec, Jitter,
@@ -636,6 +636,7 @@ impl From<&AgentResult> for pb::AgentResult {
                     attempts_max: o.attempts_max,
                 })
                 .collect(),
+            shares: r.shares.iter().map(Into::into).collect(),
         }
     }
 }
@@ -688,7 +689,120 @@ impl TryFrom<pb::AgentResult> for AgentResult {
                     attempts_max: o.attempts_max,
                 })
                 .collect(),
+            shares: r.shares.into_iter().map(TryInto::try_into).collect::<Result<_, WireError>>()?,
         })
+    }
+}
+
+impl From<&ShareResult> for pb::ShareResult {
+    fn from(r: &ShareResult) -> Self {
+        pb::ShareResult {
+            group: r.group,
+            filters: r
+                .filters
+                .iter()
+                .map(|(f, q)| pb::ShareFilter { filter: f.clone(), granted_qos: q.map(u32::from) })
+                .collect(),
+            members: r.members,
+            out_of_order: r.out_of_order.to_vec(),
+            unrecorded: r.unrecorded,
+        }
+    }
+}
+
+impl TryFrom<pb::ShareResult> for ShareResult {
+    type Error = WireError;
+
+    fn try_from(r: pb::ShareResult) -> Result<Self, WireError> {
+        let out_of_order: [u64; 3] = r
+            .out_of_order
+            .try_into()
+            .map_err(|v: Vec<u64>| bad("share.out_of_order", format!("{} entries, not 3", v.len())))?;
+        let filters = r
+            .filters
+            .into_iter()
+            .map(|f| {
+                let q = f.granted_qos.map(|q| u8_of("share.granted_qos", q)).transpose()?;
+                if q.is_some_and(|q| q > 2) {
+                    return Err(bad("share.granted_qos", format!("QoS {}", q.unwrap_or(0))));
+                }
+                Ok((f.filter, q))
+            })
+            .collect::<Result<_, WireError>>()?;
+        Ok(ShareResult {
+            group: r.group,
+            filters,
+            members: r.members,
+            out_of_order,
+            unrecorded: r.unrecorded,
+        })
+    }
+}
+
+impl From<&Receipts> for pb::Receipts {
+    fn from(r: &Receipts) -> Self {
+        pb::Receipts {
+            group: r.group,
+            filters: r.filters.clone(),
+            through_unix_ns: r.through_unix_ns,
+            streams: r
+                .streams
+                .iter()
+                .map(|s| {
+                    let mut prev = 0;
+                    let seq_deltas = s
+                        .seqs
+                        .iter()
+                        .map(|q| {
+                            // sorted, so small; wrapping keeps any list exact both ways
+                            let d = q.wrapping_sub(prev);
+                            prev = *q;
+                            d
+                        })
+                        .collect();
+                    pb::StreamReceipts { epoch: s.epoch, stream: s.stream, qos: s.qos as u32, seq_deltas }
+                })
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::Receipts> for Receipts {
+    type Error = WireError;
+
+    fn try_from(r: pb::Receipts) -> Result<Self, WireError> {
+        let mut total = 0usize;
+        let streams = r
+            .streams
+            .into_iter()
+            .map(|s| {
+                let qos = u8_of("receipts.qos", s.qos)?;
+                if qos > 2 {
+                    return Err(bad("receipts.qos", format!("QoS {qos}")));
+                }
+                total += s.seq_deltas.len();
+                if total > crate::metrics::shares::RECEIPTS_PER_EVENT {
+                    return Err(bad(
+                        "receipts.seq_deltas",
+                        format!(
+                            "more than {} sequences in one event",
+                            crate::metrics::shares::RECEIPTS_PER_EVENT
+                        ),
+                    ));
+                }
+                let mut prev = 0u64;
+                let seqs = s
+                    .seq_deltas
+                    .into_iter()
+                    .map(|d| {
+                        prev = prev.wrapping_add(d);
+                        prev
+                    })
+                    .collect();
+                Ok(StreamReceipts { epoch: s.epoch, stream: s.stream, qos, seqs })
+            })
+            .collect::<Result<_, WireError>>()?;
+        Ok(Receipts { group: r.group, filters: r.filters, through_unix_ns: r.through_unix_ns, streams })
     }
 }
 
@@ -768,6 +882,7 @@ pub fn event_messages(e: &AgentEvent) -> Vec<pb::AgentMessage> {
             .map(|c| pb::AgentMessage { body: Some(Body::StreamFinals(c)), seq: 0 })
             .chain([ev(E::PublishDone(pb::PublishDone {}))])
             .collect(),
+        AgentEvent::Receipts(r) => vec![ev(E::Receipts(r.into()))],
         AgentEvent::Finished(r) => vec![ev(E::Finished(r.into()))],
         AgentEvent::Failed { message } => vec![ev(E::Failed(pb::Failed { message: message.clone() }))],
     }
@@ -820,6 +935,7 @@ pub fn event_from_wire(e: pb::Event, chunks: &mut Chunks) -> Result<AgentEvent, 
         E::Ready(r) => AgentEvent::Ready { clients: r.clients, connected: r.connected },
         E::Started(s) => AgentEvent::Started { late_ns: s.late_ns },
         E::PublishDone(_) => AgentEvent::PublishDone { streams: chunks.take() },
+        E::Receipts(r) => AgentEvent::Receipts(r.try_into()?),
         E::Finished(r) => AgentEvent::Finished(r.try_into()?),
         E::Failed(f) => AgentEvent::Failed { message: f.message },
     })

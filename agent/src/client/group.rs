@@ -8,6 +8,7 @@ use ntex_bytes::{BufMut, BytePages, Bytes};
 
 use super::{MAX_INBOUND_PACKET, Shared};
 use crate::metrics::ReceiverLedger;
+use crate::metrics::shares::ShareReceipts;
 use crate::mqtt::codec::{QoS, qos_from_u8};
 use crate::mqtt::state::Options;
 use crate::pacer::Rate;
@@ -103,8 +104,12 @@ pub struct GroupRuntime {
     pub(super) rate: Option<Rate>,
     pub(super) opts: Options,
     pub(super) reconnect_limiter: Option<ReconnectSlots>,
-    /// Shared-subscription ledgers by the rendered filter list.
+    /// Shared-subscription ledgers by the rendered filter list, when the whole group runs on
+    /// this agent.
     pub shared: std::collections::HashMap<Vec<String>, Arc<Mutex<ReceiverLedger>>>,
+    /// Shared subscriptions whose members are spread over agents: receipts for the controller
+    /// to settle, by the rendered filter list.
+    pub remote: std::collections::HashMap<Vec<String>, Arc<Mutex<ShareReceipts>>>,
     /// Final sent count of each of this agent's publishers, by local index.
     pub sent: Box<[AtomicU64]>,
     /// Publishes of each the broker refused with a reason code, by local index.
@@ -123,13 +128,23 @@ impl GroupRuntime {
         let filters: Vec<Template> =
             s.subscribe.iter().flat_map(|x| x.filters.iter()).map(|f| t(f)).collect();
         let mut shared = std::collections::HashMap::new();
+        let mut remote = std::collections::HashMap::new();
         if let Some(sub) = &s.subscribe {
             let is_shared = sub.filters.iter().any(|f| f.starts_with("$share/"));
+            // part of the group runs on other agents: its members there get messages of the
+            // same share, so only the controller sees the whole
+            let split = a.splits_a_share();
             if is_shared {
                 for i in a.first..a.first + a.count {
                     let vars = Vars { group: &s.name, index: i, agent, run_tag };
                     let key: Vec<String> = filters.iter().map(|f| f.render(&vars)).collect();
-                    shared.entry(key).or_insert_with(|| Arc::new(Mutex::new(ReceiverLedger::new())));
+                    if split {
+                        remote
+                            .entry(key.clone())
+                            .or_insert_with(|| Arc::new(Mutex::new(ShareReceipts::new(a.group, key))));
+                    } else {
+                        shared.entry(key).or_insert_with(|| Arc::new(Mutex::new(ReceiverLedger::new())));
+                    }
                 }
             }
         }
@@ -158,6 +173,7 @@ impl GroupRuntime {
             },
             reconnect_limiter,
             shared,
+            remote,
             sent: (0..a.count).map(|_| AtomicU64::new(0)).collect(),
             refused: (0..a.count).map(|_| AtomicU64::new(0)).collect(),
             assignment: a,

@@ -27,7 +27,8 @@ use std::time::Duration;
 use ntex_bytes::{BytePages, ByteString, Bytes, BytesMut};
 use tokio::sync::{Notify, watch};
 
-use crate::metrics::ledger::Seen;
+use crate::metrics::Seen;
+use crate::metrics::shares::ShareReceipts;
 use crate::metrics::{LoadError, Metric, ReceiverLedger, Recorder, Shard, Timing};
 use crate::mqtt::codec::{ConnectSpec, QoS, Will, qos_from_u8};
 use crate::mqtt::inflight::{Kind, Token};
@@ -179,6 +180,15 @@ pub enum Receiver {
     Own(ReceiverLedger),
     /// Members of one shared subscription account together.
     Shared(Arc<Mutex<ReceiverLedger>>),
+    /// … and when members run on other agents too, the controller settles it.
+    Remote(Arc<Mutex<ShareReceipts>>),
+}
+
+/// Where one read's messages are accounted.
+enum Sink<'a> {
+    None,
+    Ledger(&'a mut ReceiverLedger),
+    Remote(&'a mut ShareReceipts),
 }
 
 /// What a client hands back when it ends.
@@ -291,14 +301,15 @@ impl Client {
             g.filters_of(index, &sh).into_iter().map(|f| (ByteString::from(f), g.sub_qos)).collect();
         let receiver = (!filters.is_empty()).then(|| {
             let key: Vec<String> = filters.iter().map(|(f, _)| f.to_string()).collect();
-            match g.shared.get(&key) {
-                Some(l) => Receiver::Shared(l.clone()),
-                None => Receiver::Own(ReceiverLedger::new()),
+            match (g.shared.get(&key), g.remote.get(&key)) {
+                (Some(l), _) => Receiver::Shared(l.clone()),
+                (None, Some(r)) => Receiver::Remote(r.clone()),
+                (None, None) => Receiver::Own(ReceiverLedger::new()),
             }
         });
         let will_receiver = match &receiver {
             // a shared subscription receives as one, whichever member gets the message
-            Some(Receiver::Shared(_)) => {
+            Some(Receiver::Shared(_) | Receiver::Remote(_)) => {
                 use std::hash::{Hash, Hasher};
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 (g.assignment.group, filters.iter().map(|(f, _)| f.as_ref()).collect::<Vec<&str>>())
@@ -996,15 +1007,19 @@ impl Client {
             let resuming = self.was_connected && !self.spec.clean_start && self.receiver.is_some();
             let ranges = &self.shared.publish_ranges[..];
             let mut shared_guard;
-            let ledger: Option<&mut ReceiverLedger> = match self.receiver.as_mut() {
-                Some(Receiver::Own(l)) => Some(l),
+            let mut remote_guard;
+            let mut sink = match self.receiver.as_mut() {
+                Some(Receiver::Own(l)) => Sink::Ledger(l),
                 Some(Receiver::Shared(l)) => {
                     shared_guard = l.lock().unwrap_or_else(|e| e.into_inner());
-                    Some(&mut *shared_guard)
+                    Sink::Ledger(&mut shared_guard)
                 }
-                None => None,
+                Some(Receiver::Remote(r)) => {
+                    remote_guard = r.lock().unwrap_or_else(|e| e.into_inner());
+                    Sink::Remote(&mut remote_guard)
+                }
+                None => Sink::None,
             };
-            let mut ledger = ledger;
             let res = self.conn.handle(rbuf, now, |ev| match ev {
                 Event::ConnAck { session_present: true, code: 0, .. } if resuming => {
                     *backlog = Some(Backlog { since: now, last: now, n: 0 });
@@ -1012,7 +1027,7 @@ impl Client {
                 }
                 Event::Message(m) => {
                     let m = Received { run_tag, now, payload: &m.payload, qos: u8::from(m.qos), receiver };
-                    on_message(&mut shard, ledger.as_deref_mut(), backlog.as_mut(), ranges, group, m)
+                    on_message(&mut shard, &mut sink, backlog.as_mut(), ranges, group, m)
                 }
                 Event::PublishDone { qos, token, sent_ns, code } => {
                     if code >= 0x80 {
@@ -1301,7 +1316,7 @@ struct Received<'a> {
 #[inline]
 fn on_message(
     shard: &mut Shard,
-    ledger: Option<&mut ReceiverLedger>,
+    sink: &mut Sink<'_>,
     backlog: Option<&mut Backlog>,
     ranges: &[PublishRange],
     own_group: u32,
@@ -1341,12 +1356,19 @@ fn on_message(
     }
     let group = group_of_stream(ranges, h.stream).unwrap_or(own_group);
     shard.record_both(group, Metric::E2e, now.saturating_sub(h.sent_ns), now.saturating_sub(h.intended_ns));
-    if let Some(l) = ledger {
-        match l.observe(h.stream, h.seq, qos) {
+    match sink {
+        Sink::Ledger(l) => match l.observe(h.stream, h.seq, qos) {
             Seen::New { out_of_order: true } | Seen::Recovered => shard.counters.out_of_order += 1,
             Seen::Duplicate => shard.counters.duplicates += 1,
             Seen::New { out_of_order: false } => {}
+        },
+        // duplicates across agents are the controller's to find
+        Sink::Remote(r) => {
+            if r.observe(h.stream, h.seq, qos, now) {
+                shard.counters.out_of_order += 1;
+            }
         }
+        Sink::None => {}
     }
 }
 

@@ -2,10 +2,9 @@
 //! and the receivers' delivery ledger. The data model (histograms, counters, errors,
 //! snapshots) is squall-proto's.
 
-pub mod ledger;
 pub mod recorder;
+pub mod shares;
 
-pub use ledger::{ReceiverLedger, Seen};
 pub use recorder::{Collector, Recorder, Shard};
 // the data model is the contract's (squall-proto); the agent records into it
 pub use squall_proto::metrics::*;

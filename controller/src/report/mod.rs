@@ -494,6 +494,8 @@ pub struct Inputs<'a> {
     pub plan: &'a Plan,
     pub agg: &'a Aggregate,
     pub results: &'a [AgentResult],
+    /// The shared subscriptions split over agents, settled by the controller.
+    pub settled: Option<&'a AgentResult>,
     pub targets: Vec<String>,
     pub embedded_broker: bool,
     pub agents: u32,
@@ -519,7 +521,7 @@ pub fn build(i: Inputs<'_>) -> Report {
     let mut by_group: BTreeMap<String, DeliveryCounts> = BTreeMap::new();
     let mut receivers = 0;
     let mut never = 0;
-    for r in i.results {
+    for r in i.results.iter().chain(i.settled) {
         ledger.add(&r.ledger);
         receivers += r.receivers;
         never += r.receivers_never_subscribed;

@@ -340,9 +340,45 @@ fn event() -> impl Strategy<Value = AgentEvent> {
                             attempts_sum: 3,
                             attempts_max: 3,
                         }],
+                        shares: (receivers % 2 == 0)
+                            .then(|| ShareResult {
+                                group: 3,
+                                filters: vec![("$share/w/t/+".into(), Some(1)), ("$share/w/u".into(), None)],
+                                members: receivers,
+                                out_of_order: [1, receivers, 0],
+                                unrecorded: receivers_never_subscribed,
+                            })
+                            .into_iter()
+                            .collect(),
                     })
                 }
             ),
+        (
+            any::<u32>(),
+            proptest::collection::vec("[a-z/$+]{1,8}", 0..3),
+            any::<u64>(),
+            proptest::collection::vec(
+                (any::<u64>(), any::<u32>(), 0u8..3, proptest::collection::vec(any::<u64>(), 0..50)),
+                0..4
+            )
+        )
+            .prop_map(|(group, filters, through_unix_ns, streams)| {
+                AgentEvent::Receipts(Receipts {
+                    group,
+                    filters,
+                    through_unix_ns,
+                    streams: streams
+                        .into_iter()
+                        .map(|(epoch, stream, qos, mut seqs)| {
+                            // sorted, as agents send them, and any values at all
+                            if epoch % 2 == 0 {
+                                seqs.sort_unstable();
+                            }
+                            StreamReceipts { epoch, stream, qos, seqs }
+                        })
+                        .collect(),
+                })
+            }),
         ".{0,20}".prop_map(|message| AgentEvent::Failed { message }),
         any::<i64>().prop_map(|late_ns| AgentEvent::Started { late_ns }),
     ]

@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-pub use squall_proto::metrics::{Delivery, LedgerTotals, StreamFinal};
+use super::ledger::{Delivery, LedgerTotals, StreamFinal};
 
 /// Received sequences held above a gap before the gap is declared lost.
 pub const MAX_AHEAD: usize = 4096;
@@ -96,7 +96,7 @@ struct StreamLedger {
 }
 
 impl StreamLedger {
-    fn observe(&mut self, seq: u64) -> Seen {
+    fn observe(&mut self, seq: u64, max_ahead: usize) -> Seen {
         if seq < self.base {
             if let Some(i) = self.lost_ranges.iter().position(|&(s, e)| s <= seq && seq < e) {
                 let (s, e) = self.lost_ranges.remove(i);
@@ -136,7 +136,7 @@ impl StreamLedger {
                 self.drain_consecutive();
             } else {
                 self.ahead.insert(pos, seq);
-                if self.ahead.len() > MAX_AHEAD {
+                if self.ahead.len() > max_ahead {
                     let next = self.ahead.get()[0];
                     self.declare_lost(self.base, next);
                     self.base = next;
@@ -232,9 +232,16 @@ impl Hasher for StreamHasher {
 }
 
 /// One receiver's ledger.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct ReceiverLedger {
     streams: HashMap<u32, StreamLedger, BuildHasherDefault<StreamHasher>>,
+    max_ahead: usize,
+}
+
+impl Default for ReceiverLedger {
+    fn default() -> Self {
+        ReceiverLedger::with_max_ahead(MAX_AHEAD)
+    }
 }
 
 impl ReceiverLedger {
@@ -242,12 +249,23 @@ impl ReceiverLedger {
         ReceiverLedger::default()
     }
 
+    /// A ledger that holds up to `max_ahead` received sequences per stream above a gap before
+    /// declaring the gap lost (a receiver fed from several sources, in batches, reorders more).
+    pub fn with_max_ahead(max_ahead: usize) -> ReceiverLedger {
+        ReceiverLedger { streams: HashMap::default(), max_ahead: max_ahead.max(1) }
+    }
+
     /// Records message `seq` of `stream`, delivered at `qos`.
     #[inline]
     pub fn observe(&mut self, stream: u32, seq: u64, qos: u8) -> Seen {
         let s = self.streams.entry(stream).or_default();
         s.qos = s.qos.max(qos);
-        s.observe(seq)
+        s.observe(seq, self.max_ahead)
+    }
+
+    /// Streams this ledger has seen.
+    pub fn streams(&self) -> usize {
+        self.streams.len()
     }
 
     /// The receiver reconnected without its session (clean start, or the broker lost it).
@@ -293,6 +311,45 @@ impl ReceiverLedger {
             }
         }
         totals
+    }
+}
+
+/// What each receiver was owed: the streams its granted filters match, each at the QoS it is
+/// delivered with (the lower of the publish QoS and the grant; the best over overlapping
+/// filters). A filter walks the topic levels it names, and lookups are memoized: 100k
+/// subscribers with their own wildcard filter over 100k streams cost 100k walks, not 10^10
+/// comparisons, and receivers of a group usually share their filters.
+pub struct Expectations<'a> {
+    index: crate::topic::TopicIndex<'a, &'a StreamFinal>,
+    memo: HashMap<String, Vec<&'a StreamFinal>>,
+}
+
+impl<'a> Expectations<'a> {
+    pub fn new(streams: &'a [StreamFinal]) -> Expectations<'a> {
+        let mut index = crate::topic::TopicIndex::new();
+        for s in streams {
+            index.insert(s.topic.as_str(), s);
+        }
+        Expectations { index, memo: HashMap::new() }
+    }
+
+    /// The streams owed to a receiver with these filters (`None`: not granted), by stream id.
+    pub fn expected_for(&mut self, filters: &[(String, Option<u8>)]) -> Vec<(&'a StreamFinal, u8)> {
+        let mut best: HashMap<u32, (&'a StreamFinal, u8)> = HashMap::new();
+        for (f, granted) in filters {
+            let Some(g) = granted else { continue };
+            let index = &self.index;
+            let matching =
+                self.memo.entry(f.clone()).or_insert_with(|| index.matching(crate::topic::split_shared(f).1));
+            for s in matching.iter() {
+                let q = s.qos.min(*g);
+                let e = best.entry(s.stream).or_insert((s, q));
+                e.1 = e.1.max(q);
+            }
+        }
+        let mut v: Vec<_> = best.into_values().collect();
+        v.sort_by_key(|(s, _)| s.stream);
+        v
     }
 }
 
