@@ -86,6 +86,34 @@ async fn exact_delivery(qos: u8) {
     }
 }
 
+/// A subscriber flooded by mosquitto (which writes every message in a segment of its own):
+/// with `run.read_coalesce` at its default it waits between reads so messages gather, and says
+/// how often; with "0s" it never waits. Either way every message is accounted for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooded_subscriber_coalesces_reads_only_when_asked_and_counts_them() {
+    for (setting, coalesces) in [("", true), ("read_coalesce = \"0s\"\n", false)] {
+        let broker = Mosquitto::start();
+        let text = format!(
+            "[run]\nduration = \"2s\"\ndrain = \"1s\"\n{setting}[[group]]\nname = \"pub\"\nclients = 1\n[group.publish]\ntopic = \"flood/0\"\nqos = 0\npayload_size = 64\ngroup_rate = 50000\n[[group]]\nname = \"sub\"\nclients = 1\n[group.subscribe]\nfilters = [\"flood/#\"]\nqos = 0\n"
+        );
+        let report = support::run(support::plan(&text, &broker.url(), broker.dir.path())).await;
+        let ctx = format!("{setting:?}: {:?} {:?}", report.counters, report.errors);
+        let d = &report.delivery.all;
+        assert!(published(&report) >= 50_000, "{ctx}");
+        assert_eq!((d.delivered, d.lost, d.duplicates, d.phantom), (d.expected, 0, 0, 0), "{ctx}");
+        assert_eq!(d.expected, published(&report), "{ctx}");
+        let waited = counter(&report, "reads_coalesced");
+        if coalesces {
+            assert_eq!(report.read_coalesce_us, 50, "{ctx}");
+            // 50,000 messages a second, one segment each: data comes far closer than 50 µs apart
+            assert!(waited > 1_000, "{waited} reads waited ({ctx})");
+            assert!(squall_controller::report::text::render(&report).contains("reads waited 50µs"), "{ctx}");
+        } else {
+            assert_eq!((report.read_coalesce_us, waited), (0, 0), "{ctx}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos0_delivery_is_exact_on_both_protocols() {
     exact_delivery(0).await;

@@ -103,6 +103,7 @@ async fn run(
         start_ns,
         connecting: ConnectWindow::new(a.max_connecting, a.adaptive_connecting),
         timers,
+        read_coalesce_ns: a.read_coalesce_us as u64 * 1_000,
         unsent: Unsent::new(a.max_unsent_bytes),
         publish_ranges: a.publish_ranges.clone(),
         storms: Default::default(),

@@ -5,8 +5,9 @@
 //!
 //! cargo bench -p squall-benches --bench e2e -- idle --clients 19000 [--broker squall]
 //! cargo bench -p squall-benches --bench e2e -- connect --clients 10000 --rate 40000 [--inflight N|0] [--broker squall --connack-delay-ms 20]
-//! cargo bench -p squall-benches --bench e2e -- throughput --qos 0 --rate 1000000 --seconds 10
-//! cargo bench -p squall-benches --bench e2e -- lag --clients 1000 --rate 10 --seconds 10 [--coalesce-us 250]
+//! cargo bench -p squall-benches --bench e2e -- throughput --qos 0 --rate 1000000 --seconds 10 [--read-coalesce-us 0]
+//! cargo bench -p squall-benches --bench e2e -- flood-floor --seconds 10
+//! cargo bench -p squall-benches --bench e2e -- lag --clients 1000 --rate 10 --seconds 10 [--coalesce-us 250]   (with the bare floor of the same load)
 //! cargo bench -p squall-benches --bench e2e -- soak --clients 10000 --seconds 1800
 //! cargo bench -p squall-benches --bench e2e -- storm --clients 19000 [--broker squall] [--back now|backoff] [--sources 4]
 
@@ -20,6 +21,8 @@ use squall_controller::aggregate::Aggregate;
 use squall_controller::scenario::{Overrides, Source, load_source};
 use squall_controller::segment::segment;
 
+mod floor;
+
 struct Args {
     mode: String,
     broker: String,
@@ -30,6 +33,8 @@ struct Args {
     payload: u32,
     inflight: u32,
     coalesce_us: u64,
+    /// `run.read_coalesce` in µs; None: the default.
+    read_coalesce_us: Option<u64>,
     connack_delay_ms: u64,
     back: String,
     sources: u8,
@@ -46,6 +51,7 @@ fn args() -> Args {
         payload: 64,
         inflight: 256,
         coalesce_us: 0,
+        read_coalesce_us: None,
         connack_delay_ms: 0,
         back: String::new(),
         sources: 0,
@@ -62,6 +68,7 @@ fn args() -> Args {
             "--payload" => a.payload = val().parse().unwrap(),
             "--inflight" => a.inflight = val().parse().unwrap(),
             "--coalesce-us" => a.coalesce_us = val().parse().unwrap(),
+            "--read-coalesce-us" => a.read_coalesce_us = Some(val().parse().unwrap()),
             "--connack-delay-ms" => a.connack_delay_ms = val().parse().unwrap(),
             "--back" => a.back = val(),
             "--sources" => a.sources = val().parse().unwrap(),
@@ -304,10 +311,37 @@ fn main() {
                 c.p50_us, c.p99_us, c.max_us
             );
         }
+        "flood-floor" => {
+            // the bare floor of a flood, side by side: eager reads, then reads 50 µs apart
+            for gap_us in [0u64, 50] {
+                let f = floor::flood(broker.port, bpid, a.seconds, a.payload, Duration::from_micros(gap_us));
+                println!(
+                    "floor, bare threads (64 KiB writes, blocking reads {}): sent {}, received {} ({:.0}/s); tester {:.2}s = {:.2} µs/msg; broker {:.2}s = {:.2} µs/msg",
+                    if gap_us == 0 {
+                        "as data comes".to_string()
+                    } else {
+                        format!("at least {gap_us} µs apart")
+                    },
+                    f.sent,
+                    f.received,
+                    f.received as f64 / a.seconds as f64,
+                    f.tester_cpu_s,
+                    f.tester_cpu_s * 1e6 / f.received.max(1) as f64,
+                    f.broker_cpu_s,
+                    f.broker_cpu_s * 1e6 / f.received.max(1) as f64
+                );
+            }
+        }
         "throughput" => {
+            let read =
+                a.read_coalesce_us.map(|us| format!("read_coalesce = \"{us}us\"\n")).unwrap_or_default();
             let text = format!(
-                "[run]\nduration = \"{}s\"\ndrain = \"1s\"\n[[group]]\nname = \"pub\"\nclients = 1\nmax_inflight = 1000\n[group.publish]\ntopic = \"tp\"\nqos = {}\npayload_size = {}\ngroup_rate = {}\n[[group]]\nname = \"sub\"\nclients = 1\n[group.subscribe]\nfilters = [\"tp\"]\nqos = {}\n",
+                "[run]\nduration = \"{}s\"\ndrain = \"1s\"\n{read}[[group]]\nname = \"pub\"\nclients = 1\nmax_inflight = 1000\n[group.publish]\ntopic = \"tp\"\nqos = {}\npayload_size = {}\ngroup_rate = {}\n[[group]]\nname = \"sub\"\nclients = 1\n[group.subscribe]\nfilters = [\"tp\"]\nqos = {}\n",
                 a.seconds, a.qos, a.payload, a.rate, a.qos
+            );
+            println!(
+                "read_coalesce: {}",
+                a.read_coalesce_us.map_or("default (50 µs)".to_string(), |us| format!("{us} µs"))
             );
             let (c0, b0) = (self_cpu_s(), cpu_s(bpid));
             let w0 = Instant::now();
@@ -327,7 +361,10 @@ fn main() {
                 received as f64 / a.seconds as f64,
                 c.behind_schedule
             );
-            println!("e2e raw µs: p50 {} p99 {}", e2e.p50_us, e2e.p99_us);
+            println!(
+                "e2e raw µs: p50 {} p99 {}; reads that waited: {}",
+                e2e.p50_us, e2e.p99_us, c.reads_coalesced
+            );
             println!(
                 "CPU over {wall:.1}s: tester {tester:.2}s, broker {brok:.2}s → tester/broker {:.2}",
                 tester / brok.max(1e-9)
@@ -365,6 +402,27 @@ fn lag(a: &Args, rt: &tokio::runtime::Runtime, port: u16, bpid: u32) {
             a.clients, a.rate, cpu
         );
     }
+    // the bare floor of the same load, in the same run: what any tester pays here
+    let f = floor::fan_in(
+        port,
+        bpid,
+        a.clients,
+        a.rate,
+        a.seconds,
+        a.payload,
+        Duration::from_micros(a.coalesce_us),
+    );
+    println!(
+        "floor, bare threads (blocking send per message, clock_nanosleep, eager reader): sent {}, received {}; lag µs p50 {} p99 {}",
+        f.sent, f.received, f.lag_p50_us, f.lag_p99_us
+    );
+    println!(
+        "floor CPU: tester {:.2}s, broker {:.2}s → tester/broker {:.2}; tester {:.2} µs per message",
+        f.tester_cpu_s,
+        f.broker_cpu_s,
+        f.tester_cpu_s / f.broker_cpu_s.max(1e-9),
+        f.tester_cpu_s * 1e6 / f.received.max(1) as f64
+    );
     let text = format!(
         "[run]\nduration = \"{}s\"\ndrain = \"1s\"\ntimer_coalesce = \"{}us\"\n[[group]]\nname = \"pub\"\nclients = {}\nconnect_rate = 5000\n[group.publish]\ntopic = \"lag/{{i}}\"\nqos = 0\npayload_size = {}\ninterval = \"{}us\"\n[[group]]\nname = \"sub\"\nclients = 1\n[group.subscribe]\nfilters = [\"lag/#\"]\nqos = 0\n",
         a.seconds,
@@ -373,8 +431,9 @@ fn lag(a: &Args, rt: &tokio::runtime::Runtime, port: u16, bpid: u32) {
         a.payload,
         interval.as_micros()
     );
-    let (c0, b0) = (self_cpu_s(), cpu_s(bpid));
-    let agg = rt.block_on(drive(&text, port, |_| {}));
+    // from the moment every client is connected, as the floor (connects are not the point)
+    let (mut c0, mut b0) = (self_cpu_s(), cpu_s(bpid));
+    let agg = rt.block_on(drive(&text, port, |_| (c0, b0) = (self_cpu_s(), cpu_s(bpid))));
     let (tester, brok) = (self_cpu_s() - c0, cpu_s(bpid) - b0);
     let h = |m, t| agg.hists.get(m, t).summary();
     let lag = h(Metric::Lag, Timing::Raw);

@@ -35,6 +35,7 @@ pub fn segment(plan: &Plan, targets: &[squall_proto::target::TargetUrl], weights
             max_unsent_bytes: plan.max_unsent_bytes,
             publish_ranges: Vec::new(),
             timer_coalesce_us: plan.timer_coalesce.as_micros() as u32,
+            read_coalesce_us: plan.read_coalesce.as_micros() as u32,
             max_duration_ms: plan.max_duration.as_millis().max(1) as u64,
             // set by the link, which knows the agent's clock
             clock_offset_ns: 0,

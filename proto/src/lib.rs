@@ -30,4 +30,4 @@ pub mod topic;
 pub mod wire;
 
 /// The link protocol's version: a controller and an agent must agree on it.
-pub const LINK_VERSION: u32 = 5;
+pub const LINK_VERSION: u32 = 6;

@@ -51,6 +51,10 @@ pub struct Assignment {
     /// Wake-ups closer together than this share one, µs (0: every client wakes on its own
     /// deadline). Cuts the tester's CPU at many clients; adds up to this much lag.
     pub timer_coalesce_us: u32,
+    /// After a read that emptied the socket, a connection reads again no sooner than this, µs
+    /// (0: as soon as data comes). Lets a busy subscriber take many messages per read; their
+    /// arrival times are late by at most this (plus the timer's lag).
+    pub read_coalesce_us: u32,
     /// The agent stops all load after this long, whatever the controller says, ms.
     pub max_duration_ms: u64,
     /// The controller's estimate of (agent clock − controller clock), ns: the agent subtracts
@@ -562,6 +566,12 @@ impl Assignment {
                 self.timer_coalesce_us
             )));
         }
+        if self.read_coalesce_us > MAX_READ_COALESCE_US {
+            return Err(PlanError::Run(format!(
+                "read coalescing of {} µs is above {MAX_READ_COALESCE_US} µs",
+                self.read_coalesce_us
+            )));
+        }
         for g in &self.groups {
             g.spec.validate()?;
             if g.first.checked_add(g.count).is_none_or(|end| end > g.spec.clients) {
@@ -605,6 +615,12 @@ pub const MIN_INTERVAL_MS: f64 = 0.001;
 
 /// The most wake-ups may be coalesced, µs: past 10 ms the schedule itself would blur.
 pub const MAX_TIMER_COALESCE_US: u32 = 10_000;
+
+/// The default wait between reads of a busy connection, µs: the arrival error it may add.
+pub const DEFAULT_READ_COALESCE_US: u32 = 50;
+
+/// The longest wait between reads, µs: past 1 ms arrival times would blur latency itself.
+pub const MAX_READ_COALESCE_US: u32 = 1_000;
 
 /// The fastest an exponential backoff may grow per failure.
 pub const MAX_MULTIPLIER: f64 = 100.0;

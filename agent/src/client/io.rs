@@ -15,7 +15,7 @@ use crate::mqtt::transport::Stream;
 
 const READ_CHUNK: usize = 16 * 1024;
 /// Most bytes read in one step before they are processed.
-const READ_BUDGET: usize = 64 * 1024;
+pub const READ_BUDGET: usize = 64 * 1024;
 
 pub enum IoEvent {
     /// This many bytes were appended to the read buffer.
@@ -32,6 +32,7 @@ pub fn poll_io(
     pending: &mut Option<BytePages>,
     rbuf: &mut BytesMut,
     bytes_out: &mut u64,
+    read: bool,
 ) -> Poll<io::Result<IoEvent>> {
     let mut flushed = false;
     if let Some(p) = pending.as_mut() {
@@ -63,7 +64,7 @@ pub fn poll_io(
     }
     let mut tmp = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
     let mut total = 0;
-    while total < READ_BUDGET {
+    while read && total < READ_BUDGET {
         let mut rb = ReadBuf::uninit(&mut tmp);
         match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
             Poll::Ready(Ok(())) => {

@@ -117,6 +117,8 @@ pub struct Shared {
     pub connecting: Arc<ConnectWindow>,
     /// Wake-ups on schedule (tokio's own timer is 1 ms coarse).
     pub timers: Timers,
+    /// After a read that emptied its socket, a connection reads again no sooner than this, ns.
+    pub read_coalesce_ns: u64,
     /// Bytes written by clients and not yet taken by the kernel, against the agent's budget.
     pub unsent: Unsent,
     /// Every publishing group of the run by stream: e2e latency is the publisher's group's.
@@ -695,6 +697,9 @@ impl Client {
         let mut held_back = false;
         // bytes this connection queued and the kernel has not taken: the agent's budget holds them
         let mut queued = 0u64;
+        // a connection that just emptied its socket reads again no sooner than this, so a
+        // broker writing one message per segment does not cost a wake-up per message
+        let mut read_after: u64 = 0;
         let end = loop {
             let now = self.now();
             let disconnect_at = match self.follow_phase() {
@@ -829,6 +834,14 @@ impl Client {
             if let Some(at) = disconnect_at {
                 next = next.min(at);
             }
+            let read = now >= read_after;
+            // what this pass reads, if anything, waited for the gap
+            let after_wait = read && read_after > 0;
+            if read {
+                read_after = 0;
+            } else {
+                next = next.min(read_after);
+            }
             if deadline != Some(next) {
                 deadline = Some(next);
                 self.sleep.reset(self.shared.clock.instant_at(next.min(u64::MAX / 2)).into_std());
@@ -836,7 +849,7 @@ impl Client {
             let mut bytes_out = 0u64;
             let wake = tokio::select! {
                 biased;
-                r = std::future::poll_fn(|cx| poll_io(cx, &mut stream, &mut pending, &mut rbuf, &mut bytes_out)) => Wake::Io(r),
+                r = std::future::poll_fn(|cx| poll_io(cx, &mut stream, &mut pending, &mut rbuf, &mut bytes_out, read)) => Wake::Io(r),
                 _ = &mut self.sleep => Wake::Timer,
                 r = self.phase_rx.changed() => Wake::Phase(r.is_ok()),
             };
@@ -891,6 +904,13 @@ impl Client {
                 }
                 Some(Ok(IoEvent::Data(n))) => {
                     let now = self.now();
+                    if after_wait {
+                        self.shared.rec.shard(self.key).counters.reads_coalesced += 1;
+                    }
+                    // emptied the socket: let the next messages gather (never before CONNACK)
+                    if n < io::READ_BUDGET && connected && self.shared.read_coalesce_ns > 0 {
+                        read_after = now + self.shared.read_coalesce_ns;
+                    }
                     let was_connected = connected;
                     match self.handle_input(&mut rbuf, now, n as u64, intended_ns, &mut connected) {
                         Ok(None) => {}

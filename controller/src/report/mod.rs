@@ -36,6 +36,11 @@ pub struct Report {
     /// How long publishers actually published.
     pub publish_window_s: f64,
     pub drain_s: f64,
+    /// `run.read_coalesce`, µs: a connection that emptied its socket read again no sooner
+    /// than this, so the arrival times of what `reads_coalesced` reads took are late by at
+    /// most this (plus the timer's lag).
+    #[serde(default)]
+    pub read_coalesce_us: u64,
     pub targets: Vec<String>,
     /// The scenario named no broker: squall ran its embedded one.
     pub embedded_broker: bool,
@@ -563,6 +568,7 @@ pub fn build(i: Inputs<'_>) -> Report {
         elapsed_s: i.elapsed_s,
         publish_window_s: i.publish_window_s,
         drain_s: plan.drain.as_secs_f64(),
+        read_coalesce_us: plan.read_coalesce.as_micros() as u64,
         targets: i.targets,
         embedded_broker: i.embedded_broker,
         labels: BTreeMap::new(),

@@ -165,6 +165,14 @@ pub fn render(r: &Report) -> String {
             count(c("ack_timeouts"))
         );
     }
+    if c("reads_coalesced") > 0 {
+        let _ = writeln!(
+            o,
+            "                {} reads waited {} for more data (run.read_coalesce): arrival times late by at most that",
+            count(c("reads_coalesced")),
+            fmt_us(r.read_coalesce_us as f64)
+        );
+    }
     let d = &r.delivery.all;
     if r.delivery.receivers > 0 {
         let partial = if r.delivery.complete { "" } else { " (partial: the run did not finish)" };

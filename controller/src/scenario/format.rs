@@ -84,6 +84,13 @@ pub struct Run {
     /// Thousands of clients each waking on its own cost the tester CPU; "250us" or "1ms"
     /// trades that much timer lag (reported, and in corrected latency) for fewer wake-ups.
     pub timer_coalesce: Option<String>,
+    /// After a read that emptied its socket, a connection reads again no sooner than this
+    /// (default "50us"; "0s" reads as soon as data comes; at most "1ms"). A subscriber taking
+    /// messages one small write at a time from a busy broker would otherwise wake and read a
+    /// few at a time, and spend more CPU than the broker; the wait lets them gather. Arrival
+    /// times (end-to-end, PUBACK, SUBACK latency) are late by at most this, and only on a
+    /// connection that read within the last wait: the report counts such reads.
+    pub read_coalesce: Option<String>,
     /// Bytes all clients of one agent may hold written but not yet taken by the network
     /// (default 268435456, 256 MiB; at least 65536). A stalled broker fills every client's
     /// buffer: past this, clients take no more messages from their schedules, and what they

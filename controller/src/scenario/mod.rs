@@ -45,6 +45,8 @@ pub struct Plan {
     pub max_unsent_bytes: u64,
     /// Wake-ups closer together than this share one.
     pub timer_coalesce: Duration,
+    /// After a read that emptied the socket, the next no sooner than this.
+    pub read_coalesce: Duration,
     pub thresholds: Vec<Threshold>,
 }
 
@@ -72,6 +74,7 @@ impl Plan {
             adaptive_connecting: true,
             max_unsent_bytes: 0,
             timer_coalesce: Duration::ZERO,
+            read_coalesce: Duration::from_micros(squall_proto::plan::DEFAULT_READ_COALESCE_US as u64),
             thresholds: m.thresholds.iter().filter_map(|t| Threshold::parse(t).ok()).collect(),
         }
     }

@@ -303,6 +303,18 @@ pub fn resolve(src: &Source, ov: &Overrides) -> Result<Plan, Diagnostics> {
             format!("at most {} µs", squall_proto::plan::MAX_TIMER_COALESCE_US),
         );
     }
+    let read_coalesce = cx.duration(
+        path!["run", "read_coalesce"],
+        &run.read_coalesce,
+        Duration::from_micros(squall_proto::plan::DEFAULT_READ_COALESCE_US as u64),
+    );
+    if read_coalesce.as_micros() > squall_proto::plan::MAX_READ_COALESCE_US as u128 {
+        cx.err(
+            path!["run", "read_coalesce"],
+            format!("`{}` would blur arrival times", humantime::format_duration(read_coalesce)),
+            format!("at most {} µs", squall_proto::plan::MAX_READ_COALESCE_US),
+        );
+    }
     let max_unsent_bytes = run.max_unsent_bytes.unwrap_or(squall_proto::plan::DEFAULT_UNSENT_BYTES);
     if max_unsent_bytes < squall_proto::plan::MIN_UNSENT_BYTES {
         cx.err(
@@ -319,6 +331,7 @@ pub fn resolve(src: &Source, ov: &Overrides) -> Result<Plan, Diagnostics> {
         max_connecting,
         adaptive_connecting: run.max_connecting.is_none(),
         timer_coalesce,
+        read_coalesce,
         name,
         run_tag: fastrand::u32(..),
         targets,

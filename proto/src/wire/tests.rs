@@ -167,6 +167,7 @@ fn assignment() -> impl Strategy<Value = Assignment> {
                     max_duration_ms: maxd,
                     clock_offset_ns: offset,
                     timer_coalesce_us: coalesce,
+                    read_coalesce_us: coalesce / 10,
                     adaptive_connecting: adaptive,
                     max_unsent_bytes: unsent,
                     publish_ranges,

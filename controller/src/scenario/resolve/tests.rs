@@ -29,6 +29,7 @@ fn a_minimal_scenario_gets_defaults() {
     assert_eq!((p.qos, &p.payload, p.rate), (0, &PayloadSpec::Size(64), RateSpec::IntervalMs(100.0)));
     assert_eq!(plan.duration, DEFAULT_DURATION);
     assert_eq!(plan.timer_coalesce, Duration::ZERO, "every client wakes on its own deadline");
+    assert_eq!(plan.read_coalesce, Duration::from_micros(50), "a busy connection reads every 50 µs at most");
     assert_eq!((plan.adaptive_connecting, plan.max_connecting), (true, ADAPTIVE_CONNECTING_MAX));
     let fixed = load(&format!("[run]\nmax_connecting = 32\n{MINIMAL}")).unwrap();
     assert_eq!((fixed.adaptive_connecting, fixed.max_connecting), (false, 32));
@@ -199,6 +200,7 @@ fn numbers_beyond_what_squall_can_run_are_refused_with_the_bound() {
         (group("group_rate = 1e30"), 4, "lower group_rate to at most 1000000000"),
         (group("interval = \"1ns\""), 4, "an interval under 1µs"),
         (format!("[run]\ntimer_coalesce = \"11ms\"\n{}", group("interval = \"1s\"")), 2, "blur the schedule"),
+        (format!("[run]\nread_coalesce = \"2ms\"\n{}", group("interval = \"1s\"")), 2, "blur arrival times"),
         (format!("[run]\nmax_unsent_bytes = 100\n{}", group("interval = \"1s\"")), 2, "no room to send"),
         // found by the scenario fuzz: 1000 clients / 1e-300 per second overflowed a Duration
         (
@@ -221,6 +223,10 @@ fn numbers_beyond_what_squall_can_run_are_refused_with_the_bound() {
     load(&group("group_rate = 1000000000")).unwrap();
     let plan = load(&format!("[run]\ntimer_coalesce = \"10ms\"\n{}", group("interval = \"1s\""))).unwrap();
     assert_eq!(plan.timer_coalesce, Duration::from_millis(10));
+    let plan = load(&format!("[run]\nread_coalesce = \"1ms\"\n{}", group("interval = \"1s\""))).unwrap();
+    assert_eq!(plan.read_coalesce, Duration::from_millis(1));
+    let eager = load(&format!("[run]\nread_coalesce = \"0s\"\n{}", group("interval = \"1s\""))).unwrap();
+    assert_eq!(eager.read_coalesce, Duration::ZERO);
     load(&format!("[run]\nduration = \"30d\"\n{}", group("interval = \"1us\""))).unwrap();
     let ov = Overrides { duration: Some(Duration::from_secs(31 * 86_400)), ..Default::default() };
     let d = resolve(&Source::new("s.toml", group("interval = \"1s\"")), &ov).expect_err("flag checked too");
