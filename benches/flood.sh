@@ -4,7 +4,8 @@
 # fresh mosquitto with the same configuration. Prints each tool's rate, its own CPU per
 # message and the broker's.
 #
-#   bash benches/flood.sh [MESSAGES]     (default 2,000,000 for mqttwrk; squall runs 10 s)
+#   bash benches/flood.sh [MESSAGES]     (default 2,000,000 for mqttwrk; squall runs 10 s, with
+#                                        read_coalesce 50 µs and 0)
 #
 # Installs mqttwrk (crates.io, pinned) when it is missing.
 set -euo pipefail
@@ -47,6 +48,8 @@ wall, cpu = map(float, re.search(r"WALL ([\d.]+) CPU ([\d.]+)", text).groups())
 print(f"mqttwrk 0.2.0: published {pub:,.0f}/s, received {sub:,.0f}/s ({recv:,} of {n:,}); "
       f"tester CPU {cpu:.2f}s = {cpu * 1e6 / max(recv, 1):.2f} µs/msg; broker CPU {b:.2f}s = {b * 1e6 / max(recv, 1):.2f} µs/msg")
 PY
-echo "squall (cargo bench -p squall-benches --bench e2e -- throughput --broker mosquitto --qos 0 --rate 1000000 --seconds 10):"
-cargo bench -q -p squall-benches --bench e2e -- throughput --broker mosquitto --qos 0 --rate 1000000 --seconds 10 2>/dev/null \
-  | grep -E "QoS|CPU|per message|e2e"
+for rc in 50 0; do
+  echo "squall, read_coalesce ${rc} µs (cargo bench -p squall-benches --bench e2e -- throughput --broker mosquitto --qos 0 --rate 1000000 --seconds 10 --read-coalesce-us ${rc}):"
+  cargo bench -q -p squall-benches --bench e2e -- throughput --broker mosquitto --qos 0 --rate 1000000 --seconds 10 --read-coalesce-us "$rc" 2>/dev/null \
+    | grep -E "QoS|CPU|per message|e2e"
+done

@@ -87,11 +87,11 @@ async fn exact_delivery(qos: u8) {
 }
 
 /// A subscriber flooded by mosquitto (which writes every message in a segment of its own):
-/// with `run.read_coalesce` at its default it waits between reads so messages gather, and says
-/// how often; with "0s" it never waits. Either way every message is accounted for.
+/// with `run.read_coalesce = "50us"` it waits between reads so messages gather, and says how
+/// often; by default it never waits. Either way every message is accounted for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooded_subscriber_coalesces_reads_only_when_asked_and_counts_them() {
-    for (setting, coalesces) in [("", true), ("read_coalesce = \"0s\"\n", false)] {
+    for (setting, coalesces) in [("read_coalesce = \"50us\"\n", true), ("", false)] {
         let broker = Mosquitto::start();
         let text = format!(
             "[run]\nduration = \"2s\"\ndrain = \"1s\"\n{setting}[[group]]\nname = \"pub\"\nclients = 1\n[group.publish]\ntopic = \"flood/0\"\nqos = 0\npayload_size = 64\ngroup_rate = 50000\n[[group]]\nname = \"sub\"\nclients = 1\n[group.subscribe]\nfilters = [\"flood/#\"]\nqos = 0\n"
@@ -103,10 +103,13 @@ async fn a_flooded_subscriber_coalesces_reads_only_when_asked_and_counts_them() 
         assert_eq!((d.delivered, d.lost, d.duplicates, d.phantom), (d.expected, 0, 0, 0), "{ctx}");
         assert_eq!(d.expected, published(&report), "{ctx}");
         let waited = counter(&report, "reads_coalesced");
+        // over TCP every read's wait in the kernel is measured from its receive stamp
+        let wait = report.latency.get("read_wait").and_then(|l| l.raw).map_or(0, |h| h.count);
+        assert!(wait > 0, "no read_wait recorded ({ctx})");
         if coalesces {
             assert_eq!(report.read_coalesce_us, 50, "{ctx}");
-            // 50,000 messages a second, one segment each: data comes far closer than 50 µs apart
-            assert!(waited > 1_000, "{waited} reads waited ({ctx})");
+            // 50,000 messages a second, one segment each: reads come closer than half the window
+            assert!(waited > 0, "{waited} reads waited ({ctx})");
             assert!(squall_controller::report::text::render(&report).contains("reads waited 50µs"), "{ctx}");
         } else {
             assert_eq!((report.read_coalesce_us, waited), (0, 0), "{ctx}");
@@ -181,6 +184,8 @@ async fn tls_with_a_ca_made_by_the_test() {
     );
     assert!(report.delivery.all.delivered > 0);
     assert_eq!(report.delivery.all.lost, 0);
+    // rustls reads the socket: no receive stamps, reads are timed when they happen
+    assert!(!report.latency.contains_key("read_wait"), "{:?}", report.latency.keys());
 
     // a CA the broker's certificate does not chain to: every attempt fails in TLS, counted
     let other = TestCa::new("someone else");

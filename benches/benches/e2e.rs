@@ -361,9 +361,13 @@ fn main() {
                 received as f64 / a.seconds as f64,
                 c.behind_schedule
             );
+            let wait = agg
+                .hists
+                .get(squall_agent::metrics::Metric::ReadWait, squall_agent::metrics::Timing::Raw)
+                .summary();
             println!(
-                "e2e raw µs: p50 {} p99 {}; reads that waited: {}",
-                e2e.p50_us, e2e.p99_us, c.reads_coalesced
+                "e2e raw µs: p50 {} p90 {} p99 {}; reads that waited: {}; read_wait µs p50 {} p99 {}",
+                e2e.p50_us, e2e.p90_us, e2e.p99_us, c.reads_coalesced, wait.p50_us, wait.p99_us
             );
             println!(
                 "CPU over {wall:.1}s: tester {tester:.2}s, broker {brok:.2}s → tester/broker {:.2}",
@@ -424,9 +428,10 @@ fn lag(a: &Args, rt: &tokio::runtime::Runtime, port: u16, bpid: u32) {
         f.tester_cpu_s * 1e6 / f.received.max(1) as f64
     );
     let text = format!(
-        "[run]\nduration = \"{}s\"\ndrain = \"1s\"\ntimer_coalesce = \"{}us\"\n[[group]]\nname = \"pub\"\nclients = {}\nconnect_rate = 5000\n[group.publish]\ntopic = \"lag/{{i}}\"\nqos = 0\npayload_size = {}\ninterval = \"{}us\"\n[[group]]\nname = \"sub\"\nclients = 1\n[group.subscribe]\nfilters = [\"lag/#\"]\nqos = 0\n",
+        "[run]\nduration = \"{}s\"\ndrain = \"1s\"\ntimer_coalesce = \"{}us\"\n{}[[group]]\nname = \"pub\"\nclients = {}\nconnect_rate = 5000\n[group.publish]\ntopic = \"lag/{{i}}\"\nqos = 0\npayload_size = {}\ninterval = \"{}us\"\n[[group]]\nname = \"sub\"\nclients = 1\n[group.subscribe]\nfilters = [\"lag/#\"]\nqos = 0\n",
         a.seconds,
         a.coalesce_us,
+        a.read_coalesce_us.map(|us| format!("read_coalesce = \"{us}us\"\n")).unwrap_or_default(),
         a.clients,
         a.payload,
         interval.as_micros()

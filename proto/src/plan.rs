@@ -51,9 +51,9 @@ pub struct Assignment {
     /// Wake-ups closer together than this share one, µs (0: every client wakes on its own
     /// deadline). Cuts the tester's CPU at many clients; adds up to this much lag.
     pub timer_coalesce_us: u32,
-    /// After a read that emptied the socket, a connection reads again no sooner than this, µs
-    /// (0: as soon as data comes). Lets a busy subscriber take many messages per read; their
-    /// arrival times are late by at most this (plus the timer's lag).
+    /// On a busy connection, data that comes within this of a read that emptied the socket is
+    /// read at the window's end, µs (0: as soon as data comes). Lets a flooded subscriber take
+    /// many messages per read; their arrival times are late by at most this.
     pub read_coalesce_us: u32,
     /// The agent stops all load after this long, whatever the controller says, ms.
     pub max_duration_ms: u64,
@@ -616,8 +616,8 @@ pub const MIN_INTERVAL_MS: f64 = 0.001;
 /// The most wake-ups may be coalesced, µs: past 10 ms the schedule itself would blur.
 pub const MAX_TIMER_COALESCE_US: u32 = 10_000;
 
-/// The default wait between reads of a busy connection, µs: the arrival error it may add.
-pub const DEFAULT_READ_COALESCE_US: u32 = 50;
+/// The default read-coalescing window, µs: none (timeliness first; see the README).
+pub const DEFAULT_READ_COALESCE_US: u32 = 0;
 
 /// The longest wait between reads, µs: past 1 ms arrival times would blur latency itself.
 pub const MAX_READ_COALESCE_US: u32 = 1_000;

@@ -380,6 +380,7 @@ impl From<Metric> for pb::Metric {
             Metric::Will => pb::Metric::Will,
             Metric::Backlog => pb::Metric::Backlog,
             Metric::Tls => pb::Metric::Tls,
+            Metric::ReadWait => pb::Metric::ReadWait,
         }
     }
 }
@@ -397,6 +398,7 @@ fn metric_from(v: i32) -> Result<Metric, WireError> {
         Ok(pb::Metric::Will) => Metric::Will,
         Ok(pb::Metric::Backlog) => Metric::Backlog,
         Ok(pb::Metric::Tls) => Metric::Tls,
+        Ok(pb::Metric::ReadWait) => Metric::ReadWait,
         _ => return Err(bad("histogram.metric", format!("unknown metric {v}"))),
     })
 }

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use ntex_bytes::{BytePages, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncWrite, ReadBuf};
 
 use crate::mqtt::transport::Stream;
 
@@ -18,12 +18,26 @@ const READ_CHUNK: usize = 16 * 1024;
 pub const READ_BUDGET: usize = 64 * 1024;
 
 pub enum IoEvent {
-    /// This many bytes were appended to the read buffer.
-    Data(usize),
+    /// This many bytes were appended to the read buffer; and how long ago the newest of them
+    /// arrived, ns, when the kernel stamped it (TCP).
+    Data(usize, Option<u64>),
     /// Everything pending was written.
     Flushed,
+    /// Data is there to read ([`ReadMode::Watch`]), left unread.
+    Waiting,
     /// The broker closed the connection.
     Eof,
+}
+
+/// What a step does with the read side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Read what is there.
+    Read,
+    /// Do not read; say when data is there ([`IoEvent::Waiting`]).
+    Watch,
+    /// Leave the read side alone.
+    Off,
 }
 
 pub fn poll_io(
@@ -32,7 +46,7 @@ pub fn poll_io(
     pending: &mut Option<BytePages>,
     rbuf: &mut BytesMut,
     bytes_out: &mut u64,
-    read: bool,
+    reading: ReadMode,
 ) -> Poll<io::Result<IoEvent>> {
     let mut flushed = false;
     if let Some(p) = pending.as_mut() {
@@ -64,25 +78,35 @@ pub fn poll_io(
     }
     let mut tmp = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
     let mut total = 0;
-    while read && total < READ_BUDGET {
+    let mut age = None;
+    if reading == ReadMode::Watch {
+        return match stream.poll_read_ready(cx) {
+            Poll::Ready(r) => Poll::Ready(r.map(|()| IoEvent::Waiting)),
+            Poll::Pending if flushed => Poll::Ready(Ok(IoEvent::Flushed)),
+            Poll::Pending => Poll::Pending,
+        };
+    }
+    while reading == ReadMode::Read && total < READ_BUDGET {
         let mut rb = ReadBuf::uninit(&mut tmp);
-        match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
-            Poll::Ready(Ok(())) => {
+        match stream.poll_read_stamped(cx, &mut rb) {
+            Poll::Ready(Ok(stamped)) => {
                 let filled = rb.filled();
                 if filled.is_empty() {
-                    return Poll::Ready(Ok(if total > 0 { IoEvent::Data(total) } else { IoEvent::Eof }));
+                    return Poll::Ready(Ok(if total > 0 { IoEvent::Data(total, age) } else { IoEvent::Eof }));
                 }
                 rbuf.extend_from_slice(filled);
                 total += filled.len();
+                // the newest bytes are the last read's
+                age = stamped;
             }
             Poll::Ready(Err(e)) => {
-                return Poll::Ready(if total > 0 { Ok(IoEvent::Data(total)) } else { Err(e) });
+                return Poll::Ready(if total > 0 { Ok(IoEvent::Data(total, age)) } else { Err(e) });
             }
             Poll::Pending => break,
         }
     }
     if total > 0 {
-        Poll::Ready(Ok(IoEvent::Data(total)))
+        Poll::Ready(Ok(IoEvent::Data(total, age)))
     } else if flushed {
         Poll::Ready(Ok(IoEvent::Flushed))
     } else {

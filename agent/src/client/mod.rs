@@ -38,7 +38,7 @@ use crate::pacer::Pacer;
 use crate::payload::Header;
 use crate::timer::{Sleep, Timers};
 use backoff::Backoff;
-use io::{IoEvent, poll_io};
+use io::{IoEvent, ReadMode, poll_io};
 pub use outage::Outages;
 use squall_proto::clock::Clock;
 use squall_proto::metrics::{WillId, WillMark, WillRecord};
@@ -699,7 +699,15 @@ impl Client {
         let mut queued = 0u64;
         // a connection that just emptied its socket reads again no sooner than this, so a
         // broker writing one message per segment does not cost a wake-up per message
+        // Only once data comes inside that window is a wake-up set for its end: at rates where
+        // messages come further apart, reading costs what it did without the window.
+        // The window opens only on a busy connection: one read less than half a window after
+        // the last (a flood); it stays open while data keeps coming inside it, and closes
+        // after a window that brought nothing.
         let mut read_after: u64 = 0;
+        let mut data_waiting = false;
+        let mut busy = false;
+        let mut last_read = 0u64;
         let end = loop {
             let now = self.now();
             let disconnect_at = match self.follow_phase() {
@@ -834,13 +842,25 @@ impl Client {
             if let Some(at) = disconnect_at {
                 next = next.min(at);
             }
-            let read = now >= read_after;
-            // what this pass reads, if anything, waited for the gap
-            let after_wait = read && read_after > 0;
-            if read {
-                read_after = 0;
+            let reading = if now >= read_after {
+                ReadMode::Read
+            } else if data_waiting {
+                ReadMode::Off
             } else {
-                next = next.min(read_after);
+                ReadMode::Watch
+            };
+            // what this pass reads, if anything, waited for the window's end
+            let after_wait = reading == ReadMode::Read && data_waiting;
+            match reading {
+                ReadMode::Read => {
+                    if read_after > 0 && !data_waiting {
+                        // a whole window without data: the flood is over
+                        busy = false;
+                    }
+                    (read_after, data_waiting) = (0, false)
+                }
+                ReadMode::Off => next = next.min(read_after),
+                ReadMode::Watch => {}
             }
             if deadline != Some(next) {
                 deadline = Some(next);
@@ -849,7 +869,7 @@ impl Client {
             let mut bytes_out = 0u64;
             let wake = tokio::select! {
                 biased;
-                r = std::future::poll_fn(|cx| poll_io(cx, &mut stream, &mut pending, &mut rbuf, &mut bytes_out, read)) => Wake::Io(r),
+                r = std::future::poll_fn(|cx| poll_io(cx, &mut stream, &mut pending, &mut rbuf, &mut bytes_out, reading)) => Wake::Io(r),
                 _ = &mut self.sleep => Wake::Timer,
                 r = self.phase_rx.changed() => Wake::Phase(r.is_ok()),
             };
@@ -894,7 +914,16 @@ impl Client {
                     }
                 }
                 Some(Ok(IoEvent::Flushed)) => {}
-                Some(Ok(IoEvent::Data(_))) if self.silent.is_some() => {
+                // data came inside the window: it is read at the window's end
+                Some(Ok(IoEvent::Waiting)) => {
+                    if self.now() < read_after {
+                        data_waiting = true;
+                    } else {
+                        // it came after the window: read it now, the flood is over
+                        (read_after, busy) = (0, false);
+                    }
+                }
+                Some(Ok(IoEvent::Data(..))) if self.silent.is_some() => {
                     // read (so the kernel keeps acknowledging), never answered
                     rbuf.clear();
                 }
@@ -902,15 +931,30 @@ impl Client {
                     // the broker's keepalive ended the silent connection, as it should
                     break End::Event(back);
                 }
-                Some(Ok(IoEvent::Data(n))) => {
-                    let now = self.now();
+                Some(Ok(IoEvent::Data(n, age))) => {
+                    let read_at = self.now();
+                    // what came in is timed at the kernel's stamp of its newest byte, not at
+                    // the read: however long it waited for squall is measured apart
+                    let now = match age {
+                        Some(age) if connected => {
+                            let group = self.group.assignment.group;
+                            self.shared.rec.shard(self.key).record(group, Metric::ReadWait, Timing::Raw, age);
+                            read_at.saturating_sub(age)
+                        }
+                        _ => read_at,
+                    };
                     if after_wait {
                         self.shared.rec.shard(self.key).counters.reads_coalesced += 1;
                     }
                     // emptied the socket: let the next messages gather (never before CONNACK)
-                    if n < io::READ_BUDGET && connected && self.shared.read_coalesce_ns > 0 {
-                        read_after = now + self.shared.read_coalesce_ns;
+                    let window = self.shared.read_coalesce_ns;
+                    if n < io::READ_BUDGET && connected && window > 0 {
+                        busy |= read_at.saturating_sub(last_read) < window / 2;
+                        if busy {
+                            read_after = read_at + window;
+                        }
                     }
+                    last_read = read_at;
                     let was_connected = connected;
                     match self.handle_input(&mut rbuf, now, n as u64, intended_ns, &mut connected) {
                         Ok(None) => {}

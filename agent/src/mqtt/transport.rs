@@ -117,6 +117,58 @@ impl Stream {
         let _ = socket2::SockRef::from(tcp).set_linger(Some(std::time::Duration::ZERO));
     }
 
+    /// [`AsyncRead::poll_read`], and for TCP how long ago the newest byte read arrived (ns,
+    /// from the kernel's receive stamp): time it waited in the socket for squall, to take
+    /// off its arrival time. None over TLS (rustls reads the socket) or without a stamp.
+    pub fn poll_read_stamped(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<Option<u64>>> {
+        use std::os::fd::AsRawFd;
+        let tcp = match self {
+            Stream::Tls(s) => return Pin::new(s.as_mut()).poll_read(cx, buf).map_ok(|()| None),
+            Stream::Tcp(s) => s,
+        };
+        loop {
+            std::task::ready!(tcp.poll_read_ready(cx))?;
+            let fd = tcp.as_raw_fd();
+            let mut got = None;
+            // SAFETY: recvmsg initialises the bytes it reports, and only those are marked so
+            let unfilled = unsafe { buf.unfilled_mut() };
+            let cap = unfilled.len();
+            let r = tcp.try_io(tokio::io::Interest::READABLE, || {
+                let (n, age) = recv_stamped(fd, unfilled)?;
+                got = Some((n, age));
+                // a short read emptied the socket: say "would block" so the readiness is
+                // cleared (as tokio's own poll_read does), and the next poll waits for data
+                // instead of asking the kernel again
+                if n > 0 && n < cap { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(()) }
+            });
+            match (got, r) {
+                (Some((n, age)), _) => {
+                    // SAFETY: the kernel wrote these n bytes
+                    unsafe { buf.assume_init(n) };
+                    buf.advance(n);
+                    return Poll::Ready(Ok(age));
+                }
+                (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                (None, Err(e)) => return Poll::Ready(Err(e)),
+                (None, Ok(())) => unreachable!("the read either happened or failed"),
+            }
+        }
+    }
+
+    /// Ready once the socket has something to read (or an error, or the end), without reading
+    /// it. Over TLS this is the socket's readiness: call it only after a read found rustls
+    /// with nothing buffered.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Tcp(s) => s.poll_read_ready(cx),
+            Stream::Tls(s) => s.get_ref().0.poll_read_ready(cx),
+        }
+    }
+
     /// The negotiated TLS session, if this is TLS.
     pub fn tls_session(&self) -> Option<&rustls::ClientConnection> {
         match self {
@@ -178,7 +230,72 @@ pub async fn connect_tcp(addr: SocketAddr, source: Option<IpAddr>) -> io::Result
     let stream = socket.connect(addr).await?;
     // latency is what squall measures: no Nagle delay on small packets
     stream.set_nodelay(true)?;
+    // arrival stamps (see `poll_read_stamped`); without them reads are timed when they happen
+    let _ = stamp_arrivals(&stream);
     Ok(stream)
+}
+
+/// `SO_TIMESTAMPING` and `SCM_TIMESTAMPING` of the generic Linux ABI (x86, arm, riscv; mips
+/// and sparc number them apart); the `libc` crate exports them for Android only.
+const SO_TIMESTAMPING: libc::c_int = 37;
+const SCM_TIMESTAMPING: libc::c_int = SO_TIMESTAMPING;
+
+/// Asks the kernel to stamp each received segment in software, at the moment it came in, and
+/// to hand the newest stamp of every read back with it.
+fn stamp_arrivals(stream: &TcpStream) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let flags = (libc::SOF_TIMESTAMPING_RX_SOFTWARE | libc::SOF_TIMESTAMPING_SOFTWARE) as libc::c_int;
+    // SAFETY: a valid fd, a valid pointer to an int option of the right size
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_TIMESTAMPING,
+            &flags as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// One `recvmsg` into `buf`: the bytes read, and how long ago (ns, `CLOCK_REALTIME`, as the
+/// kernel stamps) the newest of them arrived, if the kernel stamped it.
+fn recv_stamped(fd: libc::c_int, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<(usize, Option<u64>)> {
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    // room for one SCM_TIMESTAMPING (three timespecs) and more, aligned for cmsghdr
+    let mut control = [0u64; 16];
+    // SAFETY: an all-zero msghdr is a valid empty one; every pointer set below outlives the call
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: the iovec points into `buf`, the kernel writes at most its length there
+    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut stamp_ns = 0u64;
+    // SAFETY: the CMSG_* walk stays within msg_controllen of `control`, which the kernel filled;
+    // the payload is read unaligned
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == SCM_TIMESTAMPING {
+                // ts[0]: the software stamp (ts[1] is deprecated, ts[2] hardware)
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
+                stamp_ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    let age = (stamp_ns > 0).then(|| {
+        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: writes one timespec
+        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+        (now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64).saturating_sub(stamp_ns)
+    });
+    Ok((n as usize, age))
 }
 
 fn set_bind_address_no_port(socket: &TcpSocket) -> io::Result<()> {

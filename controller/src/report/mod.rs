@@ -36,9 +36,8 @@ pub struct Report {
     /// How long publishers actually published.
     pub publish_window_s: f64,
     pub drain_s: f64,
-    /// `run.read_coalesce`, µs: a connection that emptied its socket read again no sooner
-    /// than this, so the arrival times of what `reads_coalesced` reads took are late by at
-    /// most this (plus the timer's lag).
+    /// `run.read_coalesce`, µs: the window a busy connection let data gather in, so the
+    /// arrival times of what `reads_coalesced` reads took are late by at most this.
     #[serde(default)]
     pub read_coalesce_us: u64,
     pub targets: Vec<String>,

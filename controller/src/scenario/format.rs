@@ -84,12 +84,13 @@ pub struct Run {
     /// Thousands of clients each waking on its own cost the tester CPU; "250us" or "1ms"
     /// trades that much timer lag (reported, and in corrected latency) for fewer wake-ups.
     pub timer_coalesce: Option<String>,
-    /// After a read that emptied its socket, a connection reads again no sooner than this
-    /// (default "50us"; "0s" reads as soon as data comes; at most "1ms"). A subscriber taking
-    /// messages one small write at a time from a busy broker would otherwise wake and read a
-    /// few at a time, and spend more CPU than the broker; the wait lets them gather. Arrival
-    /// times (end-to-end, PUBACK, SUBACK latency) are late by at most this, and only on a
-    /// connection that read within the last wait: the report counts such reads.
+    /// On a busy connection (reads less than half this apart), data that comes within this
+    /// of the last read is read at the window's end, in one read (default "0s": as soon as
+    /// data comes; "50us" for floods; at most "1ms"). A subscriber taking messages one small write at
+    /// a time from a busy broker would otherwise wake and read a few at a time, and spend more
+    /// CPU than the broker; the window lets them gather. Messages of such a read are timed at
+    /// the kernel's stamp of its newest byte, so they read late by at most this: the report
+    /// counts such reads.
     pub read_coalesce: Option<String>,
     /// Bytes all clients of one agent may hold written but not yet taken by the network
     /// (default 268435456, 256 MiB; at least 65536). A stalled broker fills every client's

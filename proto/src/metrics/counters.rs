@@ -90,8 +90,8 @@ counters! {
     /// Times a message came due while its client's unsent bytes were above the high-water
     /// mark (256 KiB), so it waited: the socket was not draining as fast as the schedule.
     send_buffer_full,
-    /// Reads that waited for `run.read_coalesce` after the previous one, so more data could
-    /// gather: the messages they took arrived up to that long before they were timed.
+    /// Reads that waited for the end of a `run.read_coalesce` window, so more data could
+    /// gather: the messages they took arrived up to that long before their newest byte.
     reads_coalesced,
     /// Messages received, by the QoS they arrived with.
     received_qos0,

@@ -61,10 +61,17 @@ pub enum Metric {
     /// TCP connected → TLS handshake done (raw only), every TLS connection: what a TLS storm
     /// costs, resumed or full (see the counters tls_handshakes and tls_resumed).
     Tls = 10,
+    /// How long the newest byte of each read had waited in the kernel before squall read it
+    /// (raw only; TCP, from the kernel's software receive stamp, `SO_TIMESTAMPING`): the
+    /// tester's own delay in taking what arrived, whether it read eagerly or let reads
+    /// coalesce (`run.read_coalesce`). Arrival times are taken from the stamp, so this wait is
+    /// not in e2e, PUBACK or SUBACK latency; messages earlier in the same read are timed at
+    /// the newest byte's arrival (late by at most the time between reads).
+    ReadWait = 11,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 11] = [
+    pub const ALL: [Metric; 12] = [
         Metric::Connect,
         Metric::Subscribe,
         Metric::Puback,
@@ -76,6 +83,7 @@ impl Metric {
         Metric::Will,
         Metric::Backlog,
         Metric::Tls,
+        Metric::ReadWait,
     ];
 
     /// Metrics measured from the actual event only (no intended time to correct from).
@@ -89,6 +97,7 @@ impl Metric {
                 | Metric::Will
                 | Metric::Backlog
                 | Metric::Tls
+                | Metric::ReadWait
         )
     }
 
@@ -105,6 +114,7 @@ impl Metric {
             Metric::Will => "will",
             Metric::Backlog => "backlog",
             Metric::Tls => "tls",
+            Metric::ReadWait => "read_wait",
         }
     }
 

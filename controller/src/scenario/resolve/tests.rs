@@ -29,7 +29,7 @@ fn a_minimal_scenario_gets_defaults() {
     assert_eq!((p.qos, &p.payload, p.rate), (0, &PayloadSpec::Size(64), RateSpec::IntervalMs(100.0)));
     assert_eq!(plan.duration, DEFAULT_DURATION);
     assert_eq!(plan.timer_coalesce, Duration::ZERO, "every client wakes on its own deadline");
-    assert_eq!(plan.read_coalesce, Duration::from_micros(50), "a busy connection reads every 50 µs at most");
+    assert_eq!(plan.read_coalesce, Duration::ZERO, "reads as soon as data comes unless asked");
     assert_eq!((plan.adaptive_connecting, plan.max_connecting), (true, ADAPTIVE_CONNECTING_MAX));
     let fixed = load(&format!("[run]\nmax_connecting = 32\n{MINIMAL}")).unwrap();
     assert_eq!((fixed.adaptive_connecting, fixed.max_connecting), (false, 32));
