@@ -289,12 +289,16 @@ fn recv_stamped(fd: libc::c_int, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::R
             c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
-    let age = (stamp_ns > 0).then(|| {
-        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: writes one timespec
-        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
-        (now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64).saturating_sub(stamp_ns)
-    });
+    let age = (stamp_ns > 0)
+        .then(|| {
+            let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: writes one timespec
+            unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+            (now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64).saturating_sub(stamp_ns)
+        })
+        // a wall clock stepped between stamp and read (NTP) would move arrivals by the step:
+        // past 10 s the stamp is not believed, and the read is timed when it happened
+        .filter(|&age| age < 10_000_000_000);
     Ok((n as usize, age))
 }
 
