@@ -53,6 +53,9 @@ use window::{ConnectWindow, Slot};
 /// a client buffer more than this.
 const MAX_INBOUND_PACKET: u32 = 16 << 20;
 
+/// Reads further apart than this mark a connection idle: its read buffer is given back.
+const IDLE_READ_NS: u64 = 10_000_000;
+
 /// Unsent bytes above which a client takes no more messages from its schedule.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
 
@@ -906,6 +909,11 @@ impl Client {
                 None if self.silent.is_some() => deadline = None,
                 None => {
                     deadline = None; // the timer fired: it must be re-armed
+                    if rbuf.is_empty() && rbuf.capacity() > 0 {
+                        // a connection gone quiet (its timers still fire: keepalive, acks)
+                        // gives its read buffer back
+                        rbuf = BytesMut::new();
+                    }
                     let now = self.now();
                     match self.conn.on_timer(now) {
                         Ok(0) => {}
@@ -954,7 +962,7 @@ impl Client {
                             read_after = read_at + window;
                         }
                     }
-                    last_read = read_at;
+                    let previous_read = std::mem::replace(&mut last_read, read_at);
                     let was_connected = connected;
                     match self.handle_input(&mut rbuf, now, n as u64, intended_ns, &mut connected) {
                         Ok(None) => {}
@@ -971,8 +979,9 @@ impl Client {
                         self.shared.connecting.handshake(now, now.saturating_sub(tcp_start));
                         drop(permit.take());
                     }
-                    if rbuf.is_empty() {
-                        // an idle connection holds no read buffer
+                    if rbuf.is_empty() && read_at.saturating_sub(previous_read) > IDLE_READ_NS {
+                        // an idle connection holds no read buffer; a busy one keeps its
+                        // allocation from read to read
                         rbuf = BytesMut::new();
                     }
                 }
