@@ -200,9 +200,12 @@ fn report_prints_markdown_and_csv_and_runs_carry_their_labels() {
     let _turn = SERIAL.blocking_lock();
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("t.csv");
+    let jsonl = dir.path().join("t.jsonl");
     let out = support::squall()
         .args(["report", &format!("{FIXTURES}/base.json"), "--md", "--csv"])
         .arg(&csv)
+        .arg("--jsonl")
+        .arg(&jsonl)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
@@ -218,6 +221,9 @@ fn report_prints_markdown_and_csv_and_runs_carry_their_labels() {
             "t_s,intervals,connected,published,received,connects,reconnects,errors,e2e_p50_us,e2e_p99_us,e2e_max_us"
         )
     );
+    // the fixture has no timeline: as many JSON lines as CSV rows, none
+    assert_eq!(std::fs::read_to_string(&jsonl).unwrap(), "");
+    assert_eq!(text.lines().count(), 1);
 
     // a real run with labels
     let scenario = dir.path().join("s.toml");
@@ -240,6 +246,19 @@ fn report_prints_markdown_and_csv_and_runs_carry_their_labels() {
         support::squall().args(["compare", &format!("{FIXTURES}/base.json")]).arg(&json).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("labels  → broker=embedded try=1"), "{text}");
+    // its timeline as JSON lines: one object per interval, the report's rows exactly
+    let out = support::squall().arg("report").arg(&json).arg("--jsonl").arg(&jsonl).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is one JSON object"))
+        .collect();
+    let rows = r["timeline"].as_array().unwrap();
+    assert!(!rows.is_empty(), "a 1 s run has intervals");
+    assert_eq!(&lines, rows);
+    let published: u64 = lines.iter().map(|l| l["published"].as_u64().unwrap()).sum();
+    assert_eq!(published, r["counters"]["published_qos0"].as_u64().unwrap(), "the series adds up to the run");
     let out = support::squall().args(["run", "-q", "--label", "oops"]).arg(&scenario).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }

@@ -25,6 +25,10 @@ pub struct ReportArgs {
     /// Write the per-interval series (the timeline) as CSV to this file.
     #[arg(long, value_name = "FILE")]
     pub csv: Option<PathBuf>,
+    /// Write the per-interval series (the timeline) as JSON lines to this file: one object
+    /// per interval, with the report's field names.
+    #[arg(long, value_name = "FILE")]
+    pub jsonl: Option<PathBuf>,
 }
 
 pub fn run(a: ReportArgs) -> u8 {
@@ -72,6 +76,12 @@ pub fn run(a: ReportArgs) -> u8 {
         eprintln!("error: cannot write {}: {e}", path.display());
         return exit::RUNTIME;
     }
+    if let Some(path) = &a.jsonl
+        && let Err(e) = write_jsonl(path, &r)
+    {
+        eprintln!("error: cannot write {}: {e}", path.display());
+        return exit::RUNTIME;
+    }
     if let Some(path) = &a.report {
         let json = serde_json::to_string_pretty(&r).expect("a report serializes");
         if let Err(e) = std::fs::write(path, json + "\n") {
@@ -85,6 +95,16 @@ pub fn run(a: ReportArgs) -> u8 {
         Status::Aborted => exit::INTERRUPTED,
         Status::Error => exit::RUNTIME,
     }
+}
+
+/// The timeline as JSON lines, one object per row (merged rows of a long run stay merged).
+fn write_jsonl(path: &std::path::Path, r: &Report) -> std::io::Result<()> {
+    let mut out = String::new();
+    for row in &r.timeline {
+        out.push_str(&serde_json::to_string(row).expect("a timeline row serializes"));
+        out.push('\n');
+    }
+    std::fs::write(path, out)
 }
 
 /// The timeline, one row per interval (merged rows of a long run stay merged).
