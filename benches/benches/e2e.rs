@@ -40,6 +40,13 @@ struct Args {
     sources: u8,
 }
 
+impl Args {
+    /// The `[run]` line of `--read-coalesce-us`, if given.
+    fn read_coalesce_line(&self) -> String {
+        self.read_coalesce_us.map(|us| format!("read_coalesce = \"{us}us\"\n")).unwrap_or_default()
+    }
+}
+
 fn args() -> Args {
     let mut a = Args {
         mode: String::new(),
@@ -333,15 +340,14 @@ fn main() {
             }
         }
         "throughput" => {
-            let read =
-                a.read_coalesce_us.map(|us| format!("read_coalesce = \"{us}us\"\n")).unwrap_or_default();
+            let read = a.read_coalesce_line();
             let text = format!(
                 "[run]\nduration = \"{}s\"\ndrain = \"1s\"\n{read}[[group]]\nname = \"pub\"\nclients = 1\nmax_inflight = 1000\n[group.publish]\ntopic = \"tp\"\nqos = {}\npayload_size = {}\ngroup_rate = {}\n[[group]]\nname = \"sub\"\nclients = 1\n[group.subscribe]\nfilters = [\"tp\"]\nqos = {}\n",
                 a.seconds, a.qos, a.payload, a.rate, a.qos
             );
             println!(
                 "read_coalesce: {}",
-                a.read_coalesce_us.map_or("default (50 µs)".to_string(), |us| format!("{us} µs"))
+                a.read_coalesce_us.map_or("default (0: eager)".to_string(), |us| format!("{us} µs"))
             );
             let (c0, b0) = (self_cpu_s(), cpu_s(bpid));
             let w0 = Instant::now();
@@ -431,7 +437,7 @@ fn lag(a: &Args, rt: &tokio::runtime::Runtime, port: u16, bpid: u32) {
         "[run]\nduration = \"{}s\"\ndrain = \"1s\"\ntimer_coalesce = \"{}us\"\n{}[[group]]\nname = \"pub\"\nclients = {}\nconnect_rate = 5000\n[group.publish]\ntopic = \"lag/{{i}}\"\nqos = 0\npayload_size = {}\ninterval = \"{}us\"\n[[group]]\nname = \"sub\"\nclients = 1\n[group.subscribe]\nfilters = [\"lag/#\"]\nqos = 0\n",
         a.seconds,
         a.coalesce_us,
-        a.read_coalesce_us.map(|us| format!("read_coalesce = \"{us}us\"\n")).unwrap_or_default(),
+        a.read_coalesce_line(),
         a.clients,
         a.payload,
         interval.as_micros()

@@ -36,6 +36,28 @@ fn connect(port: u16, id: &str) -> TcpStream {
     s
 }
 
+/// A connected client subscribed to `filter` at QoS 0.
+fn subscriber(port: u16, id: &str, filter: &str) -> TcpStream {
+    let mut s = connect(port, id);
+    let mut body = vec![0, 1];
+    body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+    body.extend_from_slice(filter.as_bytes());
+    body.push(0);
+    s.write_all(&frame(0x82, &body)).unwrap();
+    let mut suback = [0u8; 5];
+    s.read_exact(&mut suback).unwrap();
+    assert_eq!(suback[0], 0x90, "SUBACK");
+    s
+}
+
+/// A QoS 0 PUBLISH of `payload` filler bytes on `topic`.
+fn publish_frame(topic: &str, payload: u32) -> Vec<u8> {
+    let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+    body.extend_from_slice(topic.as_bytes());
+    body.resize(body.len() + payload as usize, 0x5a);
+    frame(0x30, &body)
+}
+
 fn frame(first: u8, body: &[u8]) -> Vec<u8> {
     let mut out = vec![first];
     let mut n = body.len();
@@ -105,24 +127,9 @@ pub fn fan_in(
     payload: u32,
     coalesce: Duration,
 ) -> Floor {
-    let mut sub = connect(port, "floor-sub");
-    let topic_filter = b"lag/#";
-    let mut body = vec![0, 1, 0, topic_filter.len() as u8];
-    body.extend_from_slice(topic_filter);
-    body.push(0);
-    sub.write_all(&frame(0x82, &body)).unwrap();
-    let mut suback = [0u8; 5];
-    sub.read_exact(&mut suback).unwrap();
-    assert_eq!(suback[0], 0x90, "SUBACK");
+    let mut sub = subscriber(port, "floor-sub", "lag/#");
     let mut pubs: Vec<(TcpStream, Vec<u8>)> = (0..clients)
-        .map(|i| {
-            let s = connect(port, &format!("floor-{i}"));
-            let topic = format!("lag/{i}");
-            let mut body = (topic.len() as u16).to_be_bytes().to_vec();
-            body.extend_from_slice(topic.as_bytes());
-            body.resize(body.len() + payload as usize, 0x5a);
-            (s, frame(0x30, &body))
-        })
+        .map(|i| (connect(port, &format!("floor-{i}")), publish_frame(&format!("lag/{i}"), payload)))
         .collect();
     let per_client = (rate * secs as f64).round() as u64;
     let expected = per_client * clients as u64;
@@ -195,19 +202,9 @@ fn sleep_until(at: Instant) {
 /// each read, sleep this long before the next (0: eager, a read as soon as data is there);
 /// the wait bounds the arrival error it adds. Runs `secs`, then waits for the broker to drain.
 pub fn flood(port: u16, bpid: u32, secs: u64, payload: u32, read_gap: Duration) -> Floor {
-    let mut sub = connect(port, "flood-sub");
-    let filter = b"tp";
-    let mut body = vec![0, 1, 0, filter.len() as u8];
-    body.extend_from_slice(filter);
-    body.push(0);
-    sub.write_all(&frame(0x82, &body)).unwrap();
-    let mut suback = [0u8; 5];
-    sub.read_exact(&mut suback).unwrap();
+    let mut sub = subscriber(port, "flood-sub", "tp");
     let mut publisher = connect(port, "flood-pub");
-    let mut one = 2u16.to_be_bytes().to_vec();
-    one.extend_from_slice(filter);
-    one.resize(one.len() + payload as usize, 0x5a);
-    let one = frame(0x30, &one);
+    let one = publish_frame("tp", payload);
     let per_batch = (64 * 1024 / one.len()).max(1);
     let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * per_batch).collect();
     sub.set_read_timeout(Some(Duration::from_secs(1))).unwrap();

@@ -76,9 +76,6 @@ pub fn poll_io(
             flushed = true;
         }
     }
-    let mut tmp = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-    let mut total = 0;
-    let mut age = None;
     if reading == ReadMode::Watch {
         return match stream.poll_read_ready(cx) {
             Poll::Ready(r) => Poll::Ready(r.map(|()| IoEvent::Waiting)),
@@ -86,6 +83,9 @@ pub fn poll_io(
             Poll::Pending => Poll::Pending,
         };
     }
+    let mut tmp = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+    let mut total = 0;
+    let mut age = None;
     while reading == ReadMode::Read && total < READ_BUDGET {
         let mut rb = ReadBuf::uninit(&mut tmp);
         match stream.poll_read_stamped(cx, &mut rb) {

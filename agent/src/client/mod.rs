@@ -120,7 +120,7 @@ pub struct Shared {
     pub connecting: Arc<ConnectWindow>,
     /// Wake-ups on schedule (tokio's own timer is 1 ms coarse).
     pub timers: Timers,
-    /// After a read that emptied its socket, a connection reads again no sooner than this, ns.
+    /// The window a busy connection lets data gather in before it reads, ns (0: none).
     pub read_coalesce_ns: u64,
     /// Bytes written by clients and not yet taken by the kernel, against the agent's budget.
     pub unsent: Unsent,
@@ -178,6 +178,16 @@ impl Unsent {
     pub fn held(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
+}
+
+/// What one read brought, for the recorder.
+#[derive(Clone, Copy)]
+struct Read {
+    bytes: u64,
+    /// How long its newest byte waited in the kernel (the receive stamp), once connected.
+    wait_ns: Option<u64>,
+    /// It waited for the end of a read-coalescing window.
+    coalesced: bool,
 }
 
 /// Where a subscriber's deliveries are accounted.
@@ -700,13 +710,12 @@ impl Client {
         let mut held_back = false;
         // bytes this connection queued and the kernel has not taken: the agent's budget holds them
         let mut queued = 0u64;
-        // a connection that just emptied its socket reads again no sooner than this, so a
-        // broker writing one message per segment does not cost a wake-up per message
-        // Only once data comes inside that window is a wake-up set for its end: at rates where
-        // messages come further apart, reading costs what it did without the window.
-        // The window opens only on a busy connection: one read less than half a window after
-        // the last (a flood); it stays open while data keeps coming inside it, and closes
-        // after a window that brought nothing.
+        // Read coalescing (`run.read_coalesce`): on a busy connection (a read less than half
+        // a window after the last) a read that emptied the socket opens a window; data that
+        // comes inside it is read at its end, so a broker writing one message per segment
+        // does not cost a wake-up per message. A wake-up is set only once data came inside
+        // the window; it stays open while data keeps coming and closes after one that
+        // brought nothing.
         let mut read_after: u64 = 0;
         let mut data_waiting = false;
         let mut busy = false;
@@ -943,17 +952,9 @@ impl Client {
                     let read_at = self.now();
                     // what came in is timed at the kernel's stamp of its newest byte, not at
                     // the read: however long it waited for squall is measured apart
-                    let now = match age {
-                        Some(age) if connected => {
-                            let group = self.group.assignment.group;
-                            self.shared.rec.shard(self.key).record(group, Metric::ReadWait, Timing::Raw, age);
-                            read_at.saturating_sub(age)
-                        }
-                        _ => read_at,
-                    };
-                    if after_wait {
-                        self.shared.rec.shard(self.key).counters.reads_coalesced += 1;
-                    }
+                    let wait_ns = age.filter(|_| connected);
+                    let now = read_at.saturating_sub(wait_ns.unwrap_or(0));
+                    let read = Read { bytes: n as u64, wait_ns, coalesced: after_wait };
                     // emptied the socket: let the next messages gather (never before CONNACK)
                     let window = self.shared.read_coalesce_ns;
                     if n < io::READ_BUDGET && connected && window > 0 {
@@ -964,7 +965,7 @@ impl Client {
                     }
                     let previous_read = std::mem::replace(&mut last_read, read_at);
                     let was_connected = connected;
-                    match self.handle_input(&mut rbuf, now, n as u64, intended_ns, &mut connected) {
+                    match self.handle_input(&mut rbuf, now, read, intended_ns, &mut connected) {
                         Ok(None) => {}
                         Ok(Some(end)) => {
                             // flush what the last packets asked for (a PUBACK, a DISCONNECT)
@@ -1061,7 +1062,7 @@ impl Client {
         &mut self,
         rbuf: &mut BytesMut,
         now: u64,
-        n: u64,
+        read: Read,
         intended_ns: u64,
         connected: &mut bool,
     ) -> Result<Option<End>, Fault> {
@@ -1072,7 +1073,13 @@ impl Client {
         {
             let rec = &self.shared.rec;
             let mut shard = rec.shard(self.key);
-            shard.counters.bytes_in += n;
+            shard.counters.bytes_in += read.bytes;
+            if let Some(w) = read.wait_ns {
+                shard.record(group, Metric::ReadWait, Timing::Raw, w);
+            }
+            if read.coalesced {
+                shard.counters.reads_coalesced += 1;
+            }
             let run_tag = self.shared.run_tag;
             let receiver = self.will_receiver;
             let backlog = &mut self.backlog;

@@ -86,9 +86,9 @@ pub struct Run {
     pub timer_coalesce: Option<String>,
     /// On a busy connection (reads less than half this apart), data that comes within this
     /// of the last read is read at the window's end, in one read (default "0s": as soon as
-    /// data comes; "50us" for floods; at most "1ms"). A subscriber taking messages one small write at
-    /// a time from a busy broker would otherwise wake and read a few at a time, and spend more
-    /// CPU than the broker; the window lets them gather. Messages of such a read are timed at
+    /// data comes; "50us" for floods; at most "1ms"). A subscriber taking messages one small
+    /// write at a time from a busy broker would otherwise wake and read a few at a time, and
+    /// spend more CPU than the broker; the window lets them gather. Messages of such a read are timed at
     /// the kernel's stamp of its newest byte, so they read late by at most this: the report
     /// counts such reads.
     pub read_coalesce: Option<String>,

@@ -45,7 +45,7 @@ pub struct Plan {
     pub max_unsent_bytes: u64,
     /// Wake-ups closer together than this share one.
     pub timer_coalesce: Duration,
-    /// After a read that emptied the socket, the next no sooner than this.
+    /// The window a busy connection lets data gather in before it reads (zero: none).
     pub read_coalesce: Duration,
     pub thresholds: Vec<Threshold>,
 }
