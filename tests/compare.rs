@@ -263,6 +263,59 @@ fn report_prints_markdown_and_csv_and_runs_carry_their_labels() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// Errors by kind, as a series: a run whose every connect is refused (nothing listens on its
+/// port) has a `tcp_refused` count in each interval; the CSV gets a column for it that adds up
+/// to the report's total, and the HTML a plot of errors per second by kind.
+#[test]
+fn errors_by_kind_are_a_series_in_the_timeline_csv_and_html() {
+    let _turn = SERIAL.blocking_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("s.toml");
+    std::fs::write(&scenario, "[run]\nduration = \"2s\"\ndrain = \"200ms\"\n[[group]]\nname = \"p\"\nclients = 3\n[group.publish]\ntopic = \"e/{i}\"\ninterval = \"100ms\"\n").unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let (json, csv, html) = (dir.path().join("r.json"), dir.path().join("r.csv"), dir.path().join("r.html"));
+    let out = support::squall()
+        .args(["run", "-q", "--target", &format!("mqtt://127.0.0.1:{port}"), "--report"])
+        .arg(&json)
+        .arg(&scenario)
+        .output()
+        .unwrap();
+    // nothing connected: a runtime failure, with its report written
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let refused =
+        r["errors"].as_array().unwrap().iter().find(|e| e["kind"] == "tcp_refused").unwrap()["count"]
+            .as_u64()
+            .unwrap();
+    assert!(refused >= 3, "each client was refused at least once: {refused}");
+    let rows = r["timeline"].as_array().unwrap();
+    let by_kind: u64 = rows.iter().filter_map(|row| row["errors_by_kind"]["tcp_refused"].as_u64()).sum();
+    assert_eq!(by_kind, refused, "the series adds up to the report's count");
+
+    let out = support::squall()
+        .arg("report")
+        .arg(&json)
+        .arg("--csv")
+        .arg(&csv)
+        .arg("--html")
+        .arg(&html)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "the report keeps the run's verdict");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = header.iter().position(|c| *c == "errors_tcp_refused").expect("a column for the kind");
+    assert_eq!(col, header.len() - 1, "after the fixed columns: {header:?}");
+    let sum: u64 = lines.map(|l| l.split(',').nth(col).unwrap().parse::<u64>().unwrap()).sum();
+    assert_eq!(sum, refused);
+    let page = std::fs::read_to_string(&html).unwrap();
+    let fig = page.find("Errors per second by kind").expect("a plot of errors by kind");
+    assert!(page[fig..].contains("tcp_refused"), "its legend names the kind");
+}
+
 /// `--broker-pid`: mosquitto's own CPU and memory over the run, read from /proc, are in the
 /// report (and so side by side in compare); a pid that is not there is refused (exit 2).
 #[test]

@@ -28,6 +28,10 @@ pub struct IntervalRow {
     #[serde(default)]
     pub reconnects: u64,
     pub errors: u64,
+    /// The same errors by kind (`tcp_refused`, `ack_timeout` … as in the report's `errors`,
+    /// reason codes summed): at most one entry per kind, absent in a row without errors.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub errors_by_kind: BTreeMap<String, u64>,
     /// Corrected end-to-end latency in this interval, µs (absent without messages).
     pub e2e_p50_us: Option<u64>,
     pub e2e_p99_us: Option<u64>,
@@ -55,6 +59,13 @@ impl IntervalRow {
             connects: self.connects + next.connects,
             reconnects: self.reconnects + next.reconnects,
             errors: self.errors + next.errors,
+            errors_by_kind: {
+                let mut k = self.errors_by_kind.clone();
+                for (name, n) in &next.errors_by_kind {
+                    *k.entry(name.clone()).or_default() += n;
+                }
+                k
+            },
             e2e_p50_us: worst(self.e2e_p50_us, next.e2e_p50_us),
             e2e_p99_us: worst(self.e2e_p99_us, next.e2e_p99_us),
             e2e_max_us: worst(self.e2e_max_us, next.e2e_max_us),
@@ -232,6 +243,9 @@ impl Aggregate {
         pending.row.connects += s.counters.connects;
         pending.row.reconnects += s.counters.reconnects;
         pending.row.errors += n_errors;
+        for e in s.errors.iter().filter(|e| e.count > 0) {
+            *pending.row.errors_by_kind.entry(e.error.name().to_string()).or_default() += e.count;
+        }
         if let Some(h) = s.histograms.iter().find(|h| h.group >= self.groups) {
             return Err(format!("a histogram of group {}, which the scenario does not have", h.group));
         }
@@ -440,6 +454,9 @@ mod tests {
         assert!(a.timeline.iter().all(|r| r.published == 15 && r.connected == 10));
         assert_eq!(a.timeline[0].e2e_max_us, Some(300));
         assert_eq!(a.missing_snapshots, 0);
+        // one refused connect per agent per interval, by kind
+        assert!(a.timeline.iter().all(|r| r.errors == 2 && r.errors_by_kind.len() == 1));
+        assert_eq!(a.timeline[0].errors_by_kind["tcp_refused"], 2);
     }
 
     #[test]
@@ -469,6 +486,8 @@ mod tests {
         assert!(t.len() < MAX_ROWS, "{} rows", t.len());
         assert_eq!(t.iter().map(|r| r.intervals as u64).sum::<u64>(), n, "every interval in some row");
         assert_eq!(t.iter().map(|r| r.published).sum::<u64>(), 2 * n, "counts add up");
+        let refused: u64 = t.iter().map(|r| r.errors_by_kind.get("tcp_refused").copied().unwrap_or(0)).sum();
+        assert_eq!(refused, n, "errors by kind add up across merged rows");
         assert!(t.windows(2).all(|w| w[0].t_s < w[1].t_s), "in time order");
         let worst = t.iter().filter_map(|r| r.e2e_max_us).max().unwrap();
         assert!((90_000..90_100).contains(&worst), "the bad second survives merging: {worst}µs");

@@ -107,10 +107,13 @@ fn write_jsonl(path: &std::path::Path, r: &Report) -> std::io::Result<()> {
     std::fs::write(path, out)
 }
 
-/// The timeline, one row per interval (merged rows of a long run stay merged).
+/// The timeline, one row per interval (merged rows of a long run stay merged); after the
+/// fixed columns, one `errors_<kind>` column per kind of error the run had.
 fn write_csv(path: &std::path::Path, r: &Report) -> Result<(), Box<dyn std::error::Error>> {
+    let kinds: std::collections::BTreeSet<&str> =
+        r.timeline.iter().flat_map(|row| row.errors_by_kind.keys().map(String::as_str)).collect();
     let mut w = csv::Writer::from_path(path)?;
-    w.write_record([
+    let fixed = [
         "t_s",
         "intervals",
         "connected",
@@ -122,22 +125,28 @@ fn write_csv(path: &std::path::Path, r: &Report) -> Result<(), Box<dyn std::erro
         "e2e_p50_us",
         "e2e_p99_us",
         "e2e_max_us",
-    ])?;
+    ];
+    w.write_record(fixed.iter().map(|c| c.to_string()).chain(kinds.iter().map(|k| format!("errors_{k}"))))?;
     let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
     for row in &r.timeline {
-        w.write_record([
-            format!("{:.3}", row.t_s),
-            row.intervals.to_string(),
-            row.connected.to_string(),
-            row.published.to_string(),
-            row.received.to_string(),
-            row.connects.to_string(),
-            row.reconnects.to_string(),
-            row.errors.to_string(),
-            opt(row.e2e_p50_us),
-            opt(row.e2e_p99_us),
-            opt(row.e2e_max_us),
-        ])?;
+        let by_kind = kinds.iter().map(|k| row.errors_by_kind.get(*k).copied().unwrap_or(0).to_string());
+        w.write_record(
+            [
+                format!("{:.3}", row.t_s),
+                row.intervals.to_string(),
+                row.connected.to_string(),
+                row.published.to_string(),
+                row.received.to_string(),
+                row.connects.to_string(),
+                row.reconnects.to_string(),
+                row.errors.to_string(),
+                opt(row.e2e_p50_us),
+                opt(row.e2e_p99_us),
+                opt(row.e2e_max_us),
+            ]
+            .into_iter()
+            .chain(by_kind),
+        )?;
     }
     w.flush()?;
     Ok(())

@@ -118,6 +118,21 @@ pub(crate) fn plot_percentiles(o: &mut String, name: &str, series: &[(String, &s
 }
 
 /// A time series plot: one or more lines over the run's seconds.
+/// A count per row as a rate: each row's count over the time since the row before.
+fn per_second(
+    tl: &[crate::aggregate::IntervalRow],
+    f: impl Fn(&crate::aggregate::IntervalRow) -> u64,
+) -> Vec<(f64, f64)> {
+    let mut prev = 0.0;
+    tl.iter()
+        .map(|row| {
+            let span = (row.t_s - prev).max(1e-3);
+            prev = row.t_s;
+            (row.t_s, f(row) as f64 / span)
+        })
+        .collect()
+}
+
 fn series_plot(o: &mut String, title: &str, unit_us: bool, lines: &[(&str, &str, Vec<(f64, f64)>)]) {
     let all: Vec<(f64, f64)> = lines.iter().flat_map(|l| l.2.iter().copied()).collect();
     if all.len() < 2 {
@@ -248,16 +263,7 @@ figcaption {{ font-weight: 600; margin-bottom: 4px; }}
     }
     let _ = write!(o, "</table><h2>Over time</h2>");
     let tl = &r.timeline;
-    let per_s = |f: fn(&crate::aggregate::IntervalRow) -> u64| -> Vec<(f64, f64)> {
-        let mut prev = 0.0;
-        tl.iter()
-            .map(|row| {
-                let span = (row.t_s - prev).max(1e-3);
-                prev = row.t_s;
-                (row.t_s, f(row) as f64 / span)
-            })
-            .collect()
-    };
+    let per_s = |f: fn(&crate::aggregate::IntervalRow) -> u64| per_second(tl, f);
     series_plot(
         &mut o,
         "Connected clients",
@@ -289,6 +295,21 @@ figcaption {{ font-weight: 600; margin-bottom: 4px; }}
             ("reconnects", "#8c564b", per_s(|x| x.reconnects)),
         ],
     );
+    let kinds: std::collections::BTreeSet<&str> =
+        tl.iter().flat_map(|row| row.errors_by_kind.keys().map(String::as_str)).collect();
+    if !kinds.is_empty() {
+        const PALETTE: [&str; 8] =
+            ["#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+        let series: Vec<(&str, &str, Vec<(f64, f64)>)> = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, kind)| {
+                let points = per_second(tl, |row| row.errors_by_kind.get(*kind).copied().unwrap_or(0));
+                (*kind, PALETTE[i % PALETTE.len()], points)
+            })
+            .collect();
+        series_plot(&mut o, "Errors per second by kind", false, &series);
+    }
     let d = &r.delivery.all;
     let _ = write!(
         o,
