@@ -227,6 +227,74 @@ fn controller_and_three_agents_merge_exactly_against_mosquitto() {
     eprintln!("start lateness µs {late:?}, skew {skew} µs");
 }
 
+/// `squall agent --metrics-listen`: the agent serves its own runs' metrics, scraped during the
+/// run and parsed; its counters only grow, carry its name and the scenario's group names, and
+/// once the run is over equal what the controller's report says of that agent.
+#[test]
+fn an_agent_serves_its_own_metrics_that_match_the_report() {
+    let broker = Mosquitto::start();
+    let s = Setup::new(&scenario(&broker.url(), "3s"));
+    let (mut controller, url) = s.controller(1, &[]);
+    let port = support::mosquitto::free_port();
+    // not --once: it outlives the run, so its last figures can be read after the report
+    let mut cmd = support::squall();
+    cmd.args([
+        "agent",
+        "--controller",
+        &url,
+        "--name",
+        "m0",
+        "--metrics-listen",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .arg("--token-file")
+    .arg(s.path("token"));
+    let mut agent = Proc::spawn(cmd);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        if let Some(m) = support::prom::scrape(port)
+            .filter(|m| support::prom::value(m, "squall_published_qos1_total") > 0.0)
+        {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "the agent served no metrics");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(controller.wait(), 0, "stderr:\n{}", controller.stderr());
+    // the run's last snapshot reaches the agent's metrics as it goes up the link
+    std::thread::sleep(Duration::from_millis(300));
+    let last = support::prom::scrape(port).unwrap_or_else(|| {
+        panic!("the agent still serves ({:?}):\n{}", agent.child.try_wait(), agent.stderr())
+    });
+    let r = s.report();
+    let published = |m: &prometheus_parse::Scrape| support::prom::value(m, "squall_published_qos1_total");
+    assert!(published(&last) >= published(&first), "counters only grow");
+    assert_eq!(published(&last) as u64, counter(&r, "published_qos1"), "the agent's figure is the report's");
+    assert_eq!(
+        support::prom::value(&last, "squall_received_qos1_total") as u64,
+        counter(&r, "received_qos1")
+    );
+    assert!(
+        last.samples.iter().filter(|x| x.metric.starts_with("squall_")).all(|x| {
+            x.metric.starts_with("squall_latency_seconds") || x.labels.get("agent") == Some("m0")
+        })
+    );
+    let groups: std::collections::BTreeSet<&str> = last
+        .samples
+        .iter()
+        .filter(|x| x.metric == "squall_latency_seconds")
+        .filter_map(|x| x.labels.get("group"))
+        .collect();
+    assert!(groups.contains("sensors") && groups.contains("backend"), "{groups:?}");
+
+    // a port already taken: exit 2 and why, before dialing anyone
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut p = s.agent(&url, "m1", "token", &["--metrics-listen", &addr]);
+    assert_eq!(p.wait(), 2);
+    assert!(p.stderr().contains("cannot serve metrics"), "{}", p.stderr());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merged_counts_equal_what_squalls_broker_counted() {
     let broker = support::broker(|_| {}).await;

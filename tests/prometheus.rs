@@ -4,33 +4,9 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-fn scrape(port: u16) -> Option<prometheus_parse::Scrape> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
-    let lines = body.lines().map(|l| Ok(l.to_string()));
-    Some(prometheus_parse::Scrape::parse(lines).expect("the exposition parses"))
-}
-
-fn value(s: &prometheus_parse::Scrape, name: &str) -> f64 {
-    s.samples
-        .iter()
-        .filter(|x| x.metric == name)
-        .map(|x| match x.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
-}
+use support::prom::{scrape, value};
 
 #[test]
 fn a_run_serves_metrics_that_parse_and_only_grow() {
@@ -90,6 +66,47 @@ fn a_run_serves_metrics_that_parse_and_only_grow() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot serve metrics"));
 }
 
+/// Errors by kind are a counter of their own: a run whose connects are all refused serves
+/// `squall_errors_total{kind="tcp_refused"}`, growing.
+#[test]
+fn errors_are_served_by_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("s.toml");
+    std::fs::write(&scenario, "[run]\nduration = \"3s\"\ndrain = \"200ms\"\n[[group]]\nname = \"p\"\nclients = 3\n[group.publish]\ntopic = \"e/{i}\"\ninterval = \"100ms\"\n").unwrap();
+    let closed = support::mosquitto::free_port();
+    let port = support::mosquitto::free_port();
+    let mut child = support::squall()
+        .args(["run", "-q", "--target", &format!("mqtt://127.0.0.1:{closed}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
+        .arg(&scenario)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = |m: &prometheus_parse::Scrape| {
+        m.samples
+            .iter()
+            .filter(|x| x.metric == "squall_errors_total" && x.labels.get("kind") == Some("tcp_refused"))
+            .map(|x| match x.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum::<f64>()
+    };
+    let first = loop {
+        if let Some(n) = scrape(port).map(|m| refused(&m)).filter(|n| *n > 0.0) {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "no tcp_refused errors served");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_millis(1200));
+    let second = scrape(port).map(|m| refused(&m)).expect("still served");
+    let _ = child.wait();
+    assert!(second > first, "{first} → {second}: each client keeps retrying, each a refusal");
+}
+
 /// The Grafana dashboard in deploy/ asks only for series squall serves.
 #[test]
 fn the_grafana_dashboard_names_only_metrics_squall_serves() {
@@ -98,7 +115,11 @@ fn the_grafana_dashboard_names_only_metrics_squall_serves() {
     let d: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
     let mut served: Vec<String> =
         squall_proto::metrics::Counters::NAMES.iter().map(|n| format!("squall_{n}_total")).collect();
-    served.extend(["squall_connected_clients".into(), "squall_latency_seconds_bucket".into()]);
+    served.extend([
+        "squall_connected_clients".into(),
+        "squall_errors_total".into(),
+        "squall_latency_seconds_bucket".into(),
+    ]);
     let panels = d["panels"].as_array().unwrap();
     assert!(panels.len() >= 4);
     for p in panels {

@@ -51,6 +51,17 @@ pub struct LinkOptions {
     pub link_version: u32,
     /// Memory available to runs, bytes; `None` = read it when a run is offered (tests set it).
     pub memory_bytes: Option<u64>,
+    /// Told of every run accepted and every event sent up (`--metrics-listen`).
+    pub observer: Option<Arc<dyn Observer>>,
+}
+
+/// Sees what this agent does as it reports it: each run it accepts, and each event of the run
+/// as it goes up the link (snapshots, the end). Called on the link's thread: keep it short.
+pub trait Observer: Send + Sync + std::fmt::Debug {
+    /// A run was accepted, with this assignment (before its engine starts).
+    fn assigned(&self, a: &Assignment);
+    /// An event of the run, as it is sent to the controller.
+    fn event(&self, ev: &AgentEvent);
 }
 
 /// How serving ended.
@@ -438,14 +449,19 @@ struct Tally {
     counters: std::collections::BTreeMap<&'static str, u64>,
     /// Its receivers' delivery totals, when it finished.
     delivery: Option<squall_proto::metrics::Delivery>,
+    #[serde(skip)]
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl Tally {
-    fn new(run: &str, agent: &str) -> Tally {
-        Tally { run: run.into(), agent: agent.into(), end: "stopped", ..Default::default() }
+    fn new(run: &str, agent: &str, observer: Option<Arc<dyn Observer>>) -> Tally {
+        Tally { run: run.into(), agent: agent.into(), end: "stopped", observer, ..Default::default() }
     }
 
     fn observe(&mut self, ev: &AgentEvent) {
+        if let Some(o) = &self.observer {
+            o.event(ev);
+        }
         match ev {
             AgentEvent::Snapshot(s) => {
                 self.snapshots += 1;
@@ -773,10 +789,13 @@ async fn session(
                                         let correction = Arc::new(AtomicI64::new(0));
                                         let start_offset_ns = a.clock_offset_ns;
                                         let clock = opts.clock.clone().corrected_by(correction.clone());
+                                        if let Some(o) = &opts.observer {
+                                            o.assigned(&a);
+                                        }
                                         match engine.spawn(engine::start(a, clock)).await {
                                             Ok(Ok(handle)) => {
                                                 att.chunks = Chunks::new(MAX_RUN_STREAMS);
-                                                let tally = Tally::new(&asg.run, &opts.name);
+                                                let tally = Tally::new(&asg.run, &opts.name, opts.observer.clone());
                                                 att.run = Some(asg.run.clone());
                                                 att.running = Some(Running { handle, tally, correction, start_offset_ns, fit: None });
                                                 Ok(())

@@ -5,10 +5,14 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use clap::Args;
 use squall_agent::link::{self, AllowRule, LinkError, LinkOptions};
 use squall_proto::auth::Token;
 use squall_proto::clock::Clock;
+use squall_proto::link::AgentEvent;
+use squall_proto::plan::Assignment;
 
 use super::exit;
 use super::run::parse_duration;
@@ -50,6 +54,11 @@ pub struct AgentArgs {
     /// controller's report, to check the merge against.
     #[arg(long, value_name = "FILE")]
     pub tally_file: Option<PathBuf>,
+    /// Serve Prometheus metrics of this agent's own runs on ADDR (`GET /metrics`): the names
+    /// `squall run --metrics-listen` serves, labelled with this agent's name, summed over
+    /// every run it serves.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Tests only: speak this link version instead of squall's own.
     #[arg(long, hide = true)]
     pub test_link_version: Option<u32>,
@@ -97,6 +106,7 @@ pub fn run(a: AgentArgs) -> u8 {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
+    let metrics = a.metrics_listen.map(|addr| (addr, squall_controller::prometheus::Live::for_agent(&name)));
     let fd_limit = link::raise_fd_limit();
     let opts = LinkOptions {
         controller: a.controller.clone(),
@@ -115,6 +125,9 @@ pub fn run(a: AgentArgs) -> u8 {
         cores: a.threads.map(u32::from).unwrap_or_else(super::host_cores),
         tally_file: a.tally_file.clone(),
         link_version: a.test_link_version.unwrap_or(squall_proto::LINK_VERSION),
+        observer: metrics
+            .as_ref()
+            .map(|(_, live)| Arc::new(Metrics(live.clone())) as Arc<dyn link::Observer>),
     };
     // the engine's runtime; the link keeps its own (this thread), so heartbeats never queue
     // behind 20k clients
@@ -141,6 +154,18 @@ pub fn run(a: AgentArgs) -> u8 {
     };
     tracing::info!(controller = %opts.controller, name = %opts.name, fd_limit, "Agent starting");
     let result = link_rt.block_on(async {
+        if let Some((addr, live)) = metrics {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    tokio::spawn(squall_controller::prometheus::serve(l, live));
+                }
+                Err(e) => {
+                    return Err(LinkError::Refused(format!(
+                        "cannot serve metrics on {addr}: {e} (is the port taken?)"
+                    )));
+                }
+            }
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             super::run::interrupted().await;
@@ -158,6 +183,30 @@ pub fn run(a: AgentArgs) -> u8 {
         Err(e @ LinkError::Unreachable(_)) => {
             eprintln!("error: {e}");
             exit::RUNTIME
+        }
+    }
+}
+
+/// The most groups named in `/metrics` (a rogue controller's group index cannot make more).
+const MAX_GROUPS: usize = 1024;
+
+/// `--metrics-listen`: the agent's snapshots, as it sends them, into the Prometheus state.
+#[derive(Debug)]
+struct Metrics(squall_controller::prometheus::Live);
+
+impl link::Observer for Metrics {
+    fn assigned(&self, a: &Assignment) {
+        let n = a.groups.iter().map(|g| g.group as usize + 1).max().unwrap_or(0).min(MAX_GROUPS);
+        let mut names: Vec<String> = (0..n).map(|i| format!("group-{i}")).collect();
+        for g in a.groups.iter().filter(|g| (g.group as usize) < n) {
+            names[g.group as usize] = g.spec.name.clone();
+        }
+        self.0.set_groups(names);
+    }
+
+    fn event(&self, ev: &AgentEvent) {
+        if let AgentEvent::Snapshot(s) = ev {
+            self.0.apply(s);
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod ca;
 pub mod mosquitto;
+pub mod prom;
 pub mod proxy;
 
 use squall_controller::coordinator::{self, RunSetup};
