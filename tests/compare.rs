@@ -347,6 +347,57 @@ fn a_local_brokers_cpu_and_memory_are_in_the_report() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such process"));
 }
 
+/// `--broker-sys`: a broker's own figures from its `$SYS/#` topics (for a broker on another
+/// host). mosquitto publishing every second: its count of PUBLISH packets received over the
+/// run is exactly what squall says it published (the broker is fresh and only the load
+/// publishes), and it saw every client connected at once.
+#[test]
+fn a_brokers_sys_topics_are_in_the_report() {
+    let _turn = SERIAL.blocking_lock();
+    let m = support::mosquitto::Mosquitto::start_with(
+        |port| format!("listener {port} 127.0.0.1\nallow_anonymous true\nsys_interval 1\n"),
+        |_| {},
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("s.toml");
+    std::fs::write(&scenario, LOAD).unwrap();
+    let json = dir.path().join("r.json");
+    let out = support::squall()
+        .args(["run", "--target", &m.url(), "--broker-sys", "--live", "off", "--report"])
+        .arg(&json)
+        .arg(&scenario)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("broker $SYS   publishes in"));
+    let r: Report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let b = r.broker_sys.clone().expect("--broker-sys reports");
+    assert!(b.error.is_none(), "{:?}", b.error);
+    assert!(b.version.as_deref().unwrap_or("").starts_with("mosquitto version"), "{b:?}");
+    let published = r.counters["published_qos1"] as f64;
+    assert!(published > 0.0);
+    assert_eq!(b.publish_received, Some(published), "the broker counted what squall sent");
+    // it also sent its $SYS messages to squall's one extra client
+    assert!(b.publish_sent.unwrap() >= r.counters["received_qos1"] as f64, "{b:?}");
+    // 20 publishers, 1 subscriber, the $SYS client
+    assert!(b.clients_connected_peak.unwrap() >= 21.0, "{b:?}");
+    let (h0, hp, h1) = (b.heap_start_bytes.unwrap(), b.heap_peak_bytes.unwrap(), b.heap_end_bytes.unwrap());
+    assert!(h0 > 0.0 && hp >= h0 && hp >= h1, "{b:?}");
+    let c = compare::compare(&[side("a", vec![r.clone()]), side("b", vec![r])], &[]);
+    assert!(c.totals.iter().any(|t| t.name == "broker $SYS publishes in" && t.values[0] == published));
+
+    // the embedded broker publishes no $SYS: the report says so, the run still passes
+    let out = support::squall()
+        .args(["run", "-q", "--broker-sys", "--report"])
+        .arg(&json)
+        .arg(&scenario)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(r.broker_sys.unwrap().error.unwrap().contains("no $SYS figures"));
+}
+
 /// `compare --html`: per metric, one plot with every side's curve (the fixture: e2e for both
 /// sides, puback for the base alone), and the table below.
 #[test]

@@ -402,6 +402,12 @@ pub fn compare(sides: &[Side], gates: &[Gate]) -> Comparison {
         total("tester CPU s", &|r| counter(r, "agent_cpu_us") / 1e6),
         total("broker CPU s", &|r| r.broker_process.as_ref().map_or(0.0, |b| b.cpu_s)),
         total("broker RSS peak KiB", &|r| r.broker_process.as_ref().map_or(0.0, |b| b.rss_peak_kib as f64)),
+        total("broker $SYS heap peak B", &|r| {
+            r.broker_sys.as_ref().and_then(|b| b.heap_peak_bytes).unwrap_or(0.0)
+        }),
+        total("broker $SYS publishes in", &|r| {
+            r.broker_sys.as_ref().and_then(|b| b.publish_received).unwrap_or(0.0)
+        }),
     ];
 
     let gates = gates

@@ -16,6 +16,7 @@
 
 pub mod aggregate;
 pub mod broker_process;
+pub mod broker_sys;
 pub mod clock_offset;
 pub mod compare;
 pub mod coordinator;

@@ -158,9 +158,17 @@ pub fn run(a: ControllerArgs) -> u8 {
             eprintln!("error: {e}");
             return exit::INVALID;
         }
+        let sys = a.scenario.broker_sys.then(|| super::broker_sys::SysWatch::start(&setup.plan, &setup.targets[0]));
         let result = coordinator::run(setup, remote, interrupted()).await;
+        let broker_sys = match sys {
+            Some(w) => Some(w.finish().await),
+            None => None,
+        };
         let code = match result {
-            Ok(report) => a.scenario.finish(&report),
+            Ok(mut report) => {
+                report.broker_sys = broker_sys;
+                a.scenario.finish(&report)
+            }
             Err(e) => start_failed(e),
         };
         // let the agents hear that the run is over before the endpoint goes

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod agents;
 pub mod broker;
+pub mod broker_sys;
 pub mod check;
 pub mod compare;
 pub mod controller;

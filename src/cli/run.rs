@@ -63,6 +63,11 @@ pub struct ScenarioArgs {
     /// report (read from /proc), so configurations are compared on cost too.
     #[arg(long, value_name = "PID")]
     pub broker_pid: Option<u32>,
+    /// Subscribe one more client to the first target's `$SYS/#` for the run: the broker's
+    /// own memory, messages, bytes and clients go into the report (for a broker on another
+    /// host, where --broker-pid cannot read it).
+    #[arg(long)]
+    pub broker_sys: bool,
     /// Serve live metrics for Prometheus on this address during the run (`GET /metrics`):
     /// counters per agent, connected clients, latency histograms per metric and group.
     #[arg(long, value_name = "ADDR")]
@@ -278,6 +283,8 @@ async fn run_async(a: RunArgs, plan: Plan) -> u8 {
         metrics_listen: a.scenario.metrics_listen,
         broker_pid: a.scenario.broker_pid,
     };
+    let sys =
+        a.scenario.broker_sys.then(|| super::broker_sys::SysWatch::start(&setup.plan, &setup.targets[0]));
     let result = match a.local_agents {
         None => coordinator::run(setup, agents::InProcess, interrupted()).await,
         Some(n) => {
@@ -306,6 +313,9 @@ async fn run_async(a: RunArgs, plan: Plan) -> u8 {
     };
     if let Some(b) = &broker {
         report.broker = Some(super::embedded::counters(&b.stats()));
+    }
+    if let Some(w) = sys {
+        report.broker_sys = Some(w.finish().await);
     }
     a.scenario.finish(&report)
 }

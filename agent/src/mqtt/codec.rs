@@ -51,6 +51,27 @@ pub struct ConnectSpec {
     pub receive_max: u16,
 }
 
+impl ConnectSpec {
+    /// A clean session with no will: `client_id`, credentials if given, this keepalive.
+    pub fn clean(
+        client_id: &str,
+        username: Option<&str>,
+        password: Option<&str>,
+        keepalive_secs: u16,
+    ) -> ConnectSpec {
+        ConnectSpec {
+            client_id: ByteString::from(client_id),
+            keepalive_secs,
+            clean_start: true,
+            session_expiry_secs: 0,
+            username: username.map(ByteString::from),
+            password: password.map(|p| Bytes::copy_from_slice(p.as_bytes())),
+            will: None,
+            receive_max: 1000,
+        }
+    }
+}
+
 /// The broker's limits and features, from CONNACK properties (MQTT 5) or the 3.1.1 defaults.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ServerLimits {

@@ -87,6 +87,9 @@ pub struct Report {
     /// The broker's process on this host (`--broker-pid`): its CPU and memory over the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker_process: Option<crate::broker_process::BrokerProcess>,
+    /// What the broker said of itself on `$SYS/#` during the run (`--broker-sys`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_sys: Option<crate::broker_sys::BrokerSys>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -609,6 +612,7 @@ pub fn build(i: Inputs<'_>) -> Report {
         warnings: i.warnings,
         broker: None,
         broker_process: None,
+        broker_sys: None,
     };
     let untracked: u64 = i.results.iter().map(|r| r.storms_untracked).sum();
     if untracked > 0 {

@@ -287,6 +287,9 @@ pub fn render(r: &Report) -> String {
             if b.gone { " · the process ended during the run" } else { "" }
         );
     }
+    if let Some(b) = &r.broker_sys {
+        let _ = writeln!(o, "{}", sys_line(b));
+    }
     if let Some(w) = &r.wills {
         let partial = if w.complete { "" } else { " (partial: the run did not finish)" };
         let _ = writeln!(
@@ -451,4 +454,24 @@ mod tests {
         assert_eq!(count(1234567), "1,234,567");
         assert_eq!(count(12), "12");
     }
+}
+
+/// The `$SYS` figures on one line: what was heard, or why nothing was.
+pub fn sys_line(b: &crate::broker_sys::BrokerSys) -> String {
+    let mut parts = Vec::new();
+    let n = |v: f64| count(v.max(0.0).round() as u64);
+    if let (Some(rx), Some(tx)) = (b.publish_received, b.publish_sent) {
+        parts.push(format!("publishes in {} · out {}", n(rx), n(tx)));
+    }
+    if let (Some(s), Some(p), Some(e)) = (b.heap_start_bytes, b.heap_peak_bytes, b.heap_end_bytes) {
+        parts.push(format!("heap {} → {} B (peak {})", n(s), n(e), n(p)));
+    }
+    if let Some(c) = b.clients_connected_peak {
+        parts.push(format!("clients peak {}", n(c)));
+    }
+    if parts.is_empty() {
+        parts.push(format!("{} topics", b.topics.len()));
+    }
+    let why = b.error.as_ref().map(|e| format!(" · {e}")).unwrap_or_default();
+    format!("  broker $SYS   {}{why}", parts.join(" · "))
 }
