@@ -1,6 +1,7 @@
 //! One client connection: CONNECT (authentication, limits, injected refusals, session attach
 //! or takeover), then packets in and out until it ends, then the will and the session's fate.
 
+use std::collections::VecDeque;
 use std::io;
 use std::mem::MaybeUninit;
 use std::num::NonZeroU16;
@@ -26,6 +27,9 @@ use crate::topic::{Match, Sub, valid_filter, valid_topic};
 use crate::{Shared, Stream};
 
 const READ_CHUNK: usize = 16 * 1024;
+
+/// How long a connection whose CONNACK is withheld is kept open, at most.
+const SILENT_FOR: Duration = Duration::from_secs(600);
 
 /// How a connection ended, for the will and the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +67,34 @@ struct Conn {
     arrived_ns: u64,
     arrived: Instant,
     conn_no: u64,
+    /// Output behind a delayed packet (empty: none is delayed, writes go straight out).
+    gate: VecDeque<Slot>,
+    next_token: u64,
+}
+
+/// One TCP stream is ordered: what the broker writes after a delayed packet leaves after it,
+/// as it would from a broker that is slow to produce that packet.
+enum Slot {
+    /// A packet in the delay line (by its token); its bytes once released.
+    Held { token: u64, released: Option<(Bytes, Kind, Option<u16>)> },
+    /// Written while a packet before it was held, with its timeline notes (made when it leaves).
+    Behind { bytes: BytePages, notes: Vec<OutNote> },
+}
+
+type OutNote = (Kind, Option<u16>, Option<u8>, bool, Option<Note>);
+
+/// Where output goes now: straight out, or behind the last held packet.
+fn sink<'a>(out: &'a mut Option<BytePages>, gate: &'a mut VecDeque<Slot>) -> &'a mut BytePages {
+    if gate.is_empty() {
+        return out.get_or_insert_with(BytePages::default);
+    }
+    if !matches!(gate.back(), Some(Slot::Behind { .. })) {
+        gate.push_back(Slot::Behind { bytes: BytePages::default(), notes: Vec::new() });
+    }
+    match gate.back_mut() {
+        Some(Slot::Behind { bytes, .. }) => bytes,
+        _ => unreachable!("a Behind slot was just made last"),
+    }
 }
 
 pub async fn serve(sh: Arc<Shared>, stream: Stream, id: u64) {
@@ -86,6 +118,8 @@ pub async fn serve(sh: Arc<Shared>, stream: Stream, id: u64) {
         arrived_ns: 0,
         arrived: Instant::now(),
         conn_no: 0,
+        gate: VecDeque::new(),
+        next_token: 0,
     };
     c.note(Dir::In, Kind::Opened, None, None, false, None);
     let close = match c.handshake().await {
@@ -106,9 +140,59 @@ impl Conn {
         dup: bool,
         note: Option<Note>,
     ) {
-        if self.sh.timeline.enabled {
-            let at_ns = if dir == Dir::In { self.arrived_ns.max(1) } else { self.sh.now_ns() };
-            self.events.push(PacketEvent { at_ns, conn: self.conn_no, dir, kind, pid, qos, dup, note });
+        if !self.sh.timeline.enabled {
+            return;
+        }
+        // output held behind a delayed packet is noted when it leaves; a withheld ack never does
+        if dir == Dir::Out && !self.gate.is_empty() && note != Some(Note::Withheld) {
+            sink(&mut self.out, &mut self.gate);
+            if let Some(Slot::Behind { notes, .. }) = self.gate.back_mut() {
+                notes.push((kind, pid, qos, dup, note));
+            }
+            return;
+        }
+        self.record(dir, kind, pid, qos, dup, note);
+    }
+
+    fn record(
+        &mut self,
+        dir: Dir,
+        kind: Kind,
+        pid: Option<u16>,
+        qos: Option<u8>,
+        dup: bool,
+        note: Option<Note>,
+    ) {
+        let at_ns = if dir == Dir::In { self.arrived_ns.max(1) } else { self.sh.now_ns() };
+        self.events.push(PacketEvent { at_ns, conn: self.conn_no, dir, kind, pid, qos, dup, note });
+    }
+
+    /// Sends what the gate holds, in order, up to the first packet still in the delay line.
+    fn release_gate(&mut self) {
+        while let Some(front) = self.gate.front() {
+            if matches!(front, Slot::Held { released: None, .. }) {
+                break;
+            }
+            match self.gate.pop_front().expect("peeked") {
+                Slot::Held { released: Some((bytes, kind, pid)), .. } => {
+                    if self.sh.timeline.enabled {
+                        self.record(Dir::Out, kind, pid, None, false, Some(Note::Delayed));
+                    }
+                    self.out.get_or_insert_with(BytePages::default).put_slice(&bytes);
+                }
+                Slot::Behind { mut bytes, notes } => {
+                    let out = self.out.get_or_insert_with(BytePages::default);
+                    while let Some(p) = bytes.take() {
+                        out.put_slice(p.as_ref());
+                    }
+                    if self.sh.timeline.enabled {
+                        for (kind, pid, qos, dup, note) in notes {
+                            self.record(Dir::Out, kind, pid, qos, dup, note);
+                        }
+                    }
+                }
+                Slot::Held { released: None, .. } => unreachable!("checked above"),
+            }
         }
     }
 
@@ -126,12 +210,12 @@ impl Conn {
     /// Queues an MQTT 5 DISCONNECT with `code` (3.1.1 has none: the connection just closes).
     fn say_disconnect(&mut self, code: u8) {
         if let Some(c) = &self.codec {
-            let _ = c.disconnect(code, self.out.get_or_insert_with(BytePages::default));
+            let _ = c.disconnect(code, sink(&mut self.out, &mut self.gate));
         }
     }
 
     fn out(&mut self) -> &mut BytePages {
-        self.out.get_or_insert_with(BytePages::default)
+        sink(&mut self.out, &mut self.gate)
     }
 
     /// Reads until something arrives. Err on EOF or error.
@@ -174,6 +258,22 @@ impl Conn {
             self.stream.flush().await?;
         }
         Ok(())
+    }
+
+    /// A withheld CONNACK: the connection stays open and unanswered until the client closes it,
+    /// the broker shuts down, or [`SILENT_FOR`] passes; what the client sends is read and
+    /// dropped (a broker that hangs on a client does not process it).
+    async fn silent(&mut self) {
+        let mut shutdown = self.sh.shutdown.clone();
+        let until = tokio::time::Instant::now() + SILENT_FOR;
+        loop {
+            self.rbuf.clear();
+            tokio::select! {
+                r = self.read_some() => if r.is_err() { return },
+                _ = tokio::time::sleep_until(until) => return,
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 
     /// CONNECT to CONNACK. Ok(true): connected; Ok(false): refused and answered.
@@ -256,6 +356,17 @@ impl Conn {
             self.write_all_pending().await?;
             return Ok(false);
         }
+        let connack =
+            if self.faults.is_empty() { AckFate::Send } else { self.faults.ack(AckPacket::ConnAck) };
+        if connack == AckFate::Withhold {
+            // a broker that never answers: no session is attached, nothing is read or sent,
+            // until the client gives up (or the bound)
+            self.sh.stats.faults_applied.fetch_add(1, Relaxed);
+            self.note(Dir::Out, Kind::ConnAck, None, None, false, Some(Note::Withheld));
+            self.flush_events();
+            self.silent().await;
+            return Ok(false);
+        }
         let expire = self.faults.expire_session();
         if expire {
             self.sh.stats.faults_applied.fetch_add(1, Relaxed);
@@ -270,7 +381,7 @@ impl Conn {
         self.sh.stats.connections.fetch_add(1, Relaxed);
         let mut ack = BytePages::default();
         let _ = self.codec().connack(present, 0, &props, &mut ack);
-        self.send_ack(AckPacket::ConnAck, Kind::ConnAck, None, ack);
+        self.send_ack_as(connack, Kind::ConnAck, None, ack);
         if present {
             self.resend(&session);
         }
@@ -292,20 +403,33 @@ impl Conn {
     }
 
     /// Sends, delays or withholds an acknowledgement as the fault rules say.
-    fn send_ack(&mut self, packet: AckPacket, kind: Kind, pid: Option<u16>, mut bytes: BytePages) {
+    fn send_ack(&mut self, packet: AckPacket, kind: Kind, pid: Option<u16>, bytes: BytePages) {
         let fate = if self.faults.is_empty() { AckFate::Send } else { self.faults.ack(packet) };
+        self.send_ack_as(fate, kind, pid, bytes);
+    }
+
+    /// Sends, delays or withholds an acknowledgement whose fate is decided.
+    fn send_ack_as(&mut self, fate: AckFate, kind: Kind, pid: Option<u16>, mut bytes: BytePages) {
         match fate {
             AckFate::Send => {
                 self.note(Dir::Out, kind, pid, None, false, None);
-                let out = self.out.get_or_insert_with(BytePages::default);
+                let out = sink(&mut self.out, &mut self.gate);
                 while let Some(p) = bytes.take() {
                     out.put_slice(p.as_ref());
                 }
             }
             AckFate::Delay(d) => {
                 self.sh.stats.faults_applied.fetch_add(1, Relaxed);
+                // what is written after it waits behind it (one stream is ordered)
+                let token = self.next_token;
+                self.next_token += 1;
+                self.gate.push_back(Slot::Held { token, released: None });
                 // the delay counts from the packet's arrival, so it is exactly what a client sees
-                self.sh.delay.hold(self.arrived + d, self.mailbox.clone(), (bytes.freeze(), kind, pid));
+                self.sh.delay.hold(
+                    self.arrived + d,
+                    self.mailbox.clone(),
+                    (token, bytes.freeze(), kind, pid),
+                );
             }
             AckFate::Withhold => {
                 self.sh.stats.faults_applied.fetch_add(1, Relaxed);
@@ -322,7 +446,7 @@ impl Conn {
                 Stage::AwaitAck | Stage::AwaitRec => {
                     let d = &o.delivery;
                     let codec = self.codec.as_ref().expect("connected");
-                    let out = self.out.get_or_insert_with(BytePages::default);
+                    let out = sink(&mut self.out, &mut self.gate);
                     let _ =
                         codec.publish(&d.msg.topic, &d.msg.payload, d.qos, d.retain, true, Some(o.pid), out);
                     self.sh.stats.messages_out[u8::from(d.qos) as usize].fetch_add(1, Relaxed);
@@ -330,7 +454,7 @@ impl Conn {
                 }
                 Stage::AwaitComp => {
                     let codec = self.codec.as_ref().expect("connected");
-                    let out = self.out.get_or_insert_with(BytePages::default);
+                    let out = sink(&mut self.out, &mut self.gate);
                     let _ = codec.ack(Ack::PubRel, o.pid, 0, out);
                     self.note(Dir::Out, Kind::PubRel, Some(o.pid.get()), None, false, None);
                 }
@@ -346,7 +470,7 @@ impl Conn {
         let limit = st.link.as_ref().map_or(0, |l| l.receive_max).min(self.sh.config.max_inflight) as usize;
         let mut sent = [0u64; 3];
         let mut noted: Vec<(Option<u16>, u8)> = Vec::new();
-        let out = self.out.get_or_insert_with(BytePages::default);
+        let out = sink(&mut self.out, &mut self.gate);
         while let Some(d) = st.outbox.front() {
             if d.qos != QoS::AtMostOnce && st.inflight.len() >= limit {
                 break;
@@ -415,6 +539,14 @@ impl Conn {
             if wrote > 0 {
                 self.sh.stats.bytes_out.fetch_add(wrote, Relaxed);
             }
+            // a stall that began while this connection waited: what woke it waits out the stall
+            // (at most the bytes of one read came in; nothing is routed, acked or written)
+            if !matches!(ev, Ev::Shutdown) {
+                let (stalled, now_ns) = (self.sh.faults.stalled_until(), self.sh.now_ns());
+                if stalled > now_ns {
+                    tokio::time::sleep(Duration::from_nanos(stalled - now_ns)).await;
+                }
+            }
             match ev {
                 Ev::Io(Ok(IoEv::Data(n))) => {
                     self.stamp(n);
@@ -431,10 +563,16 @@ impl Conn {
                 Ev::Mailbox => {
                     let ready: Vec<_> =
                         std::mem::take(&mut *self.mailbox.ready.lock().unwrap_or_else(|e| e.into_inner()));
-                    for (bytes, kind, pid) in ready {
-                        self.note(Dir::Out, kind, pid, None, false, Some(Note::Delayed));
-                        self.out().put_slice(&bytes);
+                    for (token, bytes, kind, pid) in ready {
+                        let slot = self
+                            .gate
+                            .iter_mut()
+                            .find(|s| matches!(s, Slot::Held { token: t, .. } if *t == token));
+                        if let Some(Slot::Held { released, .. }) = slot {
+                            *released = Some((bytes, kind, pid));
+                        }
                     }
+                    self.release_gate();
                 }
                 Ev::Wake => self.pump(),
                 Ev::Kick => {
@@ -531,7 +669,7 @@ impl Conn {
                         Ack::PubRel,
                         pid,
                         0,
-                        self.out.get_or_insert_with(BytePages::default),
+                        sink(&mut self.out, &mut self.gate),
                     );
                     self.note(Dir::Out, Kind::PubRel, Some(pid.get()), None, false, None);
                 }

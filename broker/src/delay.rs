@@ -17,8 +17,8 @@ use tokio::sync::Notify;
 
 use crate::timeline::Kind;
 
-/// A held packet: its bytes, and what it is (for the timeline).
-pub type Held = (Bytes, Kind, Option<u16>);
+/// A held packet: its connection's token for it, its bytes, and what it is (for the timeline).
+pub type Held = (u64, Bytes, Kind, Option<u16>);
 
 /// Where released packets go: one per connection.
 #[derive(Debug, Default)]
