@@ -1,0 +1,9 @@
+//! `squall device`: an open device-conformance endpoint. A device's MQTT client connects to
+//! squall's broker, which withholds and drops on purpose; the verdicts come from the broker's
+//! packet timeline (timestamps taken off the socket).
+//!
+//! Built so far: [`backoff`], the classifier of a device's retry delays (constant, linear,
+//! exponential, jittered) that the backoff cases judge by. The cases themselves, the suite
+//! file and the endpoint are still to come (issue 11).
+
+pub mod backoff;
