@@ -37,44 +37,107 @@ pub enum Seen {
     Recovered,
 }
 
-/// Sorted sequences, dropped from the front without shifting the rest: under steady loss the
-/// front is declared lost once per message, and a plain Vec would move up to [`MAX_AHEAD`]
-/// entries each time (measured: 520 ns per message against 75 ns).
+/// Received sequences above a gap, as sorted, disjoint, non-touching ranges `[start, end)`:
+/// after one lost message a stream keeps arriving in order, which is one range however many
+/// messages follow (held one by one, 4,096 of them per stream came to 32 KiB: 320 MB for
+/// 10,000 streams after one bout of loss, found in a 30-minute soak).
 #[derive(Debug, Clone, Default)]
 struct Ahead {
-    v: Vec<u64>,
-    head: usize,
+    r: std::collections::VecDeque<(u64, u64)>,
+    /// Sequences held, all ranges together.
+    n: u64,
 }
+
+/// Ranges held above a gap before the first gap is declared lost (only heavy reordering
+/// makes many: each is a run of messages with a hole before it).
+const MAX_RANGES: usize = 256;
 
 impl Ahead {
     #[inline]
-    fn get(&self) -> &[u64] {
-        &self.v[self.head..]
-    }
-
-    #[inline]
     fn is_empty(&self) -> bool {
-        self.head == self.v.len()
+        self.r.is_empty()
     }
 
-    fn len(&self) -> usize {
-        self.v.len() - self.head
+    /// Sequences held.
+    fn len(&self) -> u64 {
+        self.n
     }
 
-    fn insert(&mut self, pos: usize, seq: u64) {
-        self.v.insert(self.head + pos, seq);
+    fn ranges(&self) -> usize {
+        self.r.len()
     }
 
-    /// Drops the first `n`; the space is reclaimed once the dropped part is half the vector.
-    fn drop_front(&mut self, n: usize) {
-        self.head += n;
-        if self.head == self.v.len() {
-            self.v.clear();
-            self.head = 0;
-        } else if self.head >= 64 && self.head * 2 >= self.v.len() {
-            self.v.drain(..self.head);
-            self.head = 0;
+    fn first(&self) -> Option<u64> {
+        self.r.front().map(|r| r.0)
+    }
+
+    /// Adds `seq`; false if it is already held.
+    fn insert(&mut self, seq: u64) -> bool {
+        // in order after a gap: the last range grows (the common case)
+        if let Some(last) = self.r.back_mut() {
+            if seq == last.1 {
+                last.1 += 1;
+                self.n += 1;
+                return true;
+            }
+            if seq > last.1 {
+                self.r.push_back((seq, seq + 1));
+                self.n += 1;
+                return true;
+            }
         }
+        // the first range ending after seq
+        let i = self.r.partition_point(|&(_, e)| e <= seq);
+        if i < self.r.len() && self.r[i].0 <= seq {
+            return false;
+        }
+        self.n += 1;
+        let joins_prev = i > 0 && self.r[i - 1].1 == seq;
+        let joins_next = i < self.r.len() && self.r[i].0 == seq + 1;
+        match (joins_prev, joins_next) {
+            (true, true) => {
+                self.r[i - 1].1 = self.r[i].1;
+                self.r.remove(i);
+            }
+            (true, false) => self.r[i - 1].1 += 1,
+            (false, true) => self.r[i].0 -= 1,
+            (false, false) => self.r.insert(i, (seq, seq + 1)),
+        }
+        true
+    }
+
+    /// Takes the first range if it starts at `base`: the new base.
+    fn take_from(&mut self, base: u64) -> u64 {
+        match self.r.front() {
+            Some(&(s, e)) if s == base => {
+                self.r.pop_front();
+                self.n -= e - s;
+                e
+            }
+            _ => base,
+        }
+    }
+
+    /// Forgets everything below `base` (already counted).
+    fn drop_below(&mut self, base: u64) {
+        while let Some(&(s, e)) = self.r.front() {
+            if e <= base {
+                self.r.pop_front();
+                self.n -= e - s;
+            } else {
+                if s < base {
+                    self.r[0].0 = base;
+                    self.n -= base - s;
+                }
+                break;
+            }
+        }
+    }
+
+    /// Sequences held at or above `at`, and below it.
+    fn split_count(&self, at: u64) -> (u64, u64) {
+        let above: u64 = self.r.iter().map(|&(s, e)| e.saturating_sub(s.max(at))).sum();
+        (above, self.n - above)
     }
 }
 
@@ -120,10 +183,6 @@ impl StreamLedger {
             self.base += 1;
             self.drain_consecutive();
         } else {
-            let Err(pos) = self.ahead.get().binary_search(&seq) else {
-                self.duplicates += 1;
-                return Seen::Duplicate;
-            };
             if self.offline_gap {
                 // everything between the last message before going offline and this one
                 self.offline_gap = false;
@@ -135,9 +194,12 @@ impl StreamLedger {
                 self.base = seq + 1;
                 self.drain_consecutive();
             } else {
-                self.ahead.insert(pos, seq);
-                if self.ahead.len() > max_ahead {
-                    let next = self.ahead.get()[0];
+                if !self.ahead.insert(seq) {
+                    self.duplicates += 1;
+                    return Seen::Duplicate;
+                }
+                if self.ahead.len() > max_ahead as u64 || self.ahead.ranges() > MAX_RANGES {
+                    let next = self.ahead.first().expect("just inserted");
                     self.declare_lost(self.base, next);
                     self.base = next;
                     self.drain_consecutive();
@@ -156,14 +218,9 @@ impl StreamLedger {
         if self.ahead.is_empty() {
             return; // in order: the common case
         }
-        let n = self.ahead.get().iter().zip(self.base..).take_while(|(a, b)| **a == *b).count();
-        if n > 0 {
-            self.ahead.drop_front(n);
-            self.base += n as u64;
-        }
         // entries below base (after an offline jump) are already counted
-        let below = self.ahead.get().partition_point(|a| *a < self.base);
-        self.ahead.drop_front(below);
+        self.ahead.drop_below(self.base);
+        self.base = self.ahead.take_from(self.base);
     }
 
     fn declare_lost(&mut self, start: u64, end: u64) {
@@ -181,9 +238,9 @@ impl StreamLedger {
     fn mark_offline(&mut self, session_lost: bool) {
         self.session_lost = session_lost;
         let mut base = self.base;
-        for a in std::mem::take(&mut self.ahead).get().iter().copied() {
-            self.declare_lost(base, a);
-            base = a + 1;
+        for (start, end) in std::mem::take(&mut self.ahead).r {
+            self.declare_lost(base, start);
+            base = end;
         }
         self.base = base;
         self.offline_gap = true;
@@ -201,12 +258,11 @@ impl StreamLedger {
             refused: 0,
             phantom: 0,
         };
-        let beyond = self.ahead.get().iter().filter(|a| **a >= sent).count() as u64
-            + self.base.saturating_sub(sent).min(self.received);
+        let (above, held) = self.ahead.split_count(sent);
+        let beyond = above + self.base.saturating_sub(sent).min(self.received);
         d.phantom = beyond;
         d.received -= beyond.min(d.received);
         if sent > self.base {
-            let held = self.ahead.get().iter().filter(|a| **a < sent).count() as u64;
             d.lost += (sent - self.base) - held;
         }
         d
@@ -410,6 +466,32 @@ mod tests {
         assert_eq!(l.observe(1, 0, 1), Seen::Recovered);
         let d = totals(&l, &[fin(1, MAX_AHEAD as u64 + 2)]);
         assert_eq!((d.received, d.lost), (MAX_AHEAD as u64 + 2, 0));
+    }
+
+    /// One lost message, then the stream goes on in order: what is held above the gap is one
+    /// range, not a sequence per message (it was 8 bytes each, up to 4,096 per stream), until
+    /// the gap is declared lost; heavy reordering is bounded by ranges too.
+    #[test]
+    fn what_waits_above_a_gap_is_held_as_ranges() {
+        let mut s = StreamLedger::default();
+        s.observe(0, MAX_AHEAD);
+        for seq in 2..=MAX_AHEAD as u64 {
+            s.observe(seq, MAX_AHEAD);
+            assert_eq!(s.ahead.ranges(), 1, "at {seq}");
+        }
+        assert_eq!((s.ahead.len(), s.base, s.lost), (MAX_AHEAD as u64 - 1, 1, 0));
+        s.observe(MAX_AHEAD as u64 + 1, MAX_AHEAD);
+        s.observe(MAX_AHEAD as u64 + 2, MAX_AHEAD);
+        assert_eq!((s.lost, s.base, s.ahead.len()), (1, MAX_AHEAD as u64 + 3, 0), "the gap declared lost");
+        // every other message missing: a range each, at most MAX_RANGES before the first gap goes
+        let mut r = StreamLedger::default();
+        for k in 0..10_000u64 {
+            r.observe(2 * k + 1, MAX_AHEAD);
+            assert!(r.ahead.ranges() <= MAX_RANGES);
+        }
+        assert_eq!(r.received, 10_000);
+        let d = r.finalize(20_000);
+        assert_eq!((d.received, d.lost), (10_000, 10_000), "{d:?}");
     }
 
     #[test]
