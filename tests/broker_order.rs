@@ -1,7 +1,8 @@
 //! The broker's faults seen byte by byte on the wire, by a hand-written MQTT 3.1.1 client (no
 //! library between the test and the packets): a delayed packet holds back what is written
 //! after it, as one ordered stream would; a withheld CONNACK leaves the client unanswered and
-//! unprocessed; a stall holds a connection that was already waiting.
+//! unprocessed; a stall holds a connection that was already waiting; a drop right after
+//! CONNACK sends the CONNACK first.
 
 mod support;
 
@@ -239,5 +240,18 @@ async fn a_stall_holds_a_connection_that_was_already_waiting() {
         "the second PUBLISH was taken in {} µs after the first PUBACK, inside the stall",
         (took_second - acked_first) / 1000
     );
+    broker.shutdown().await;
+}
+
+/// `drop_after = "0s"`, the unstable connection of Device Advisor's reconnect case: the client
+/// gets its CONNACK, then the connection ends (no DISCONNECT), every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_right_after_connack_sends_the_connack_first() {
+    let broker = support::broker(|c| c.faults = vec![Rule::all(Action::DropAfter(Duration::ZERO))]).await;
+    for attempt in 1..=3 {
+        let (mut c, _) = Raw::connect(&broker, "unstable", true).await;
+        assert_eq!(c.read().await, None, "attempt {attempt}: closed after the CONNACK, no DISCONNECT");
+    }
+    assert_eq!(broker.stats().faults_applied, 3);
     broker.shutdown().await;
 }

@@ -587,6 +587,9 @@ impl Conn {
                     return Close::Abrupt;
                 }
                 Ev::DropFault => {
+                    // what was written before the drop leaves first (drop_after = "0s": the
+                    // CONNACK, then the drop), bounded: a client that reads nothing holds nothing up
+                    let _ = tokio::time::timeout(Duration::from_millis(100), self.write_all_pending()).await;
                     self.sh.stats.faults_applied.fetch_add(1, Relaxed);
                     self.note(Dir::Out, Kind::Closed, None, None, false, Some(Note::Dropped));
                     return Close::Abrupt;
