@@ -3,7 +3,8 @@
 //! packet timeline (timestamps taken off the socket).
 //!
 //! Built so far: [`backoff`], the classifier of a device's retry delays (constant, linear,
-//! exponential, jittered) that the backoff cases judge by. The cases themselves, the suite
-//! file and the endpoint are still to come (issue 11).
+//! exponential, jittered) that the backoff cases judge by, and [`suite`], suite files in
+//! Device Advisor's shape. The cases themselves and the endpoint are still to come (issue 11).
 
 pub mod backoff;
+pub mod suite;
