@@ -10,6 +10,7 @@
 //! cargo bench -p squall-benches --bench e2e -- lag --clients 1000 --rate 10 --seconds 10 [--coalesce-us 250]   (with the bare floor of the same load)
 //! cargo bench -p squall-benches --bench e2e -- soak --clients 10000 --seconds 1800
 //! cargo bench -p squall-benches --bench e2e -- storm --clients 19000 [--broker squall] [--back now|backoff] [--sources 4]
+//! cargo bench -p squall-benches --bench e2e -- ledger-memory --clients 10000   (no broker: the receiver ledger alone)
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -235,6 +236,9 @@ fn main() {
         return serve_broker();
     }
     let a = args();
+    if a.mode == "ledger-memory" {
+        return ledger_memory(a.clients);
+    }
     let workers: usize = std::env::var("WORKERS").ok().and_then(|w| w.parse().ok()).unwrap_or(2);
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().unwrap();
@@ -517,6 +521,29 @@ async fn floor(
         all.value_at_quantile(0.99) / 1000,
         cpu * 1e6 / all.len().max(1) as f64,
     )
+}
+
+/// The receiver ledger's memory after loss: `streams` streams, each losing its second message
+/// and then delivering 4,000 more in order (what a subscriber's ledger holds after one bout of
+/// broker-side loss, before the gaps are declared lost). RSS before and after, per stream.
+fn ledger_memory(streams: u32) {
+    let me = std::process::id();
+    let mut ledger = squall_proto::metrics::ReceiverLedger::new();
+    for s in 0..streams {
+        ledger.observe(s, 0, 1);
+    }
+    let before = rss_kib(me);
+    for seq in 2..4002u64 {
+        for s in 0..streams {
+            ledger.observe(s, seq, 1);
+        }
+    }
+    let after = rss_kib(me);
+    println!(
+        "ledger: {streams} streams, one message lost each, 4,000 after it: RSS {before} → {after} KiB, {:.0} bytes per stream",
+        (after.saturating_sub(before)) as f64 * 1024.0 / streams.max(1) as f64
+    );
+    std::hint::black_box(&ledger);
 }
 
 /// A soak: `--clients` publishers at 1 msg/s each, QoS 1, and one subscriber to all of them,

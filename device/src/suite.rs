@@ -216,7 +216,9 @@ fn case(c: FileCase) -> Result<Case, SuiteError> {
         }
         Some(serde_json::Value::String(s)) => vec![s.clone()],
         Some(other) => {
-            return Err(here(format!("`TOPIC_LIST_FOR_SUBSCRIPTION_VALIDATION` must be a list, not {other}")));
+            return Err(here(format!(
+                "`TOPIC_LIST_FOR_SUBSCRIPTION_VALIDATION` must be a list, not {other}"
+            )));
         }
     };
     let user_properties = match c.configuration.get("USER_PROPERTIES") {
