@@ -117,10 +117,12 @@ pub async fn serve(sh: Arc<Shared>, stream: Stream, id: u64) {
         scratch: Vec::new(),
         arrived_ns: 0,
         arrived: Instant::now(),
-        conn_no: 0,
+        conn_no: id,
         gate: VecDeque::new(),
         next_token: 0,
     };
+    // the timeline's Opened and Closed are when they happened (no packet's arrival to take)
+    c.arrived_ns = c.sh.now_ns();
     c.note(Dir::In, Kind::Opened, None, None, false, None);
     let close = match c.handshake().await {
         Ok(true) => c.run().await,
@@ -811,6 +813,7 @@ impl Conn {
 
     async fn finish(mut self, close: Close) {
         let connected = self.session.is_some();
+        self.arrived_ns = self.sh.now_ns();
         self.note(Dir::In, Kind::Closed, None, None, false, None);
         self.flush_events();
         if let Some(session) = self.session.take() {
