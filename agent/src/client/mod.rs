@@ -624,8 +624,10 @@ impl Client {
         if ep.tls.is_some() && self.tls.is_none() {
             self.tls = transport::own_connector(ep, self.group.assignment.spec.tls_resumption);
         }
-        let connected =
-            tokio::time::timeout(timeout, transport::connect_with(ep, self.source, self.tls.as_ref())).await;
+        // boxed: the TCP connect and TLS handshake states are large (the handshake's TLS state
+        // inline), and unboxed they would size every client's task for its whole life
+        let connecting = Box::pin(transport::connect_with(ep, self.source, self.tls.as_ref()));
+        let connected = tokio::time::timeout(timeout, connecting).await;
         // a lost SYN shows as a connect of a second or more: the handshake window backs off
         self.shared.connecting.tcp_connect(self.now().saturating_sub(tcp_start));
         let stream = match connected {
@@ -969,7 +971,7 @@ impl Client {
                         Ok(None) => {}
                         Ok(Some(end)) => {
                             // flush what the last packets asked for (a PUBACK, a DISCONNECT)
-                            self.flush_best_effort(&mut stream, &mut pending).await;
+                            Box::pin(self.flush_best_effort(&mut stream, &mut pending)).await;
                             break end;
                         }
                         Err(f) => break self.faulted(f, connected),
@@ -1324,11 +1326,12 @@ impl Client {
                     None => *pending = Some(out),
                 }
             }
-            self.flush_best_effort(stream, pending).await;
+            Box::pin(self.flush_best_effort(stream, pending)).await;
         }
         self.conn.lost();
-        let _ = tokio::time::timeout(Duration::from_millis(200), tokio::io::AsyncWriteExt::shutdown(stream))
-            .await;
+        // boxed, as the flush above: a leaving client's futures need not size its whole task
+        let shutdown = tokio::io::AsyncWriteExt::shutdown(stream);
+        let _ = Box::pin(tokio::time::timeout(Duration::from_millis(200), shutdown)).await;
         End::Stop
     }
 
