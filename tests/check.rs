@@ -328,7 +328,7 @@ fn json_junit_and_yaml_outputs() {
         .unwrap();
     let xml = String::from_utf8_lossy(&out.stdout).to_string();
     let parsed = std::process::Command::new("python3")
-        .args(["-c", "import sys,xml.etree.ElementTree as E; t=E.fromstring(sys.stdin.read()); print(len(t.findall('testcase')), t.get('failures'))"])
+        .args(["-c", "import sys,xml.etree.ElementTree as E; t=E.fromstring(sys.stdin.read()).find('testsuite'); print(len(t.findall('testcase')), t.get('failures'))"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()

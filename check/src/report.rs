@@ -155,46 +155,40 @@ pub fn yaml(r: &CheckReport) -> String {
     out
 }
 
-fn xml(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
-
-/// JUnit XML: one test case per check (skipped and reported checks as skipped).
+/// JUnit XML (written by `quick-junit`, which escapes and strips what XML cannot hold): one
+/// suite, one test case per check (skipped and reported checks as skipped).
 pub fn junit(r: &CheckReport) -> String {
-    let mut o = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let total: f64 = r.checks.iter().map(|c| c.duration_ms).sum::<f64>() / 1e3;
-    let _ = writeln!(
-        o,
-        "<testsuite name=\"squall check {}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" time=\"{total:.3}\" timestamp=\"{}\">",
-        xml(&r.target),
-        r.checks.len(),
-        r.failed,
-        r.skipped + r.info,
-        xml(&r.started_at)
-    );
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    let ms = |v: f64| std::time::Duration::from_secs_f64(v.max(0.0) / 1e3);
+    let mut suite = TestSuite::new(format!("squall check {}", r.target));
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&r.started_at) {
+        suite.set_timestamp(t);
+    }
+    suite.set_time(ms(r.checks.iter().map(|c| c.duration_ms).sum()));
     for c in &r.checks {
-        let _ = write!(
-            o,
-            "  <testcase classname=\"squall.check\" name=\"{}\" time=\"{:.3}\"",
-            xml(&c.id),
-            c.duration_ms / 1e3
-        );
-        match c.status {
-            Status::Pass => o.push_str("/>\n"),
+        let status = match c.status {
+            Status::Pass => TestCaseStatus::success(),
             Status::Fail => {
-                let msg = match &c.hint {
+                let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                s.set_message(match &c.hint {
                     Some(h) => format!("{} (hint: {h})", c.detail),
                     None => c.detail.clone(),
-                };
-                let _ = writeln!(o, ">\n    <failure message=\"{}\"/>\n  </testcase>", xml(&msg));
+                });
+                s
             }
             Status::Skip | Status::Info => {
-                let _ = writeln!(o, ">\n    <skipped message=\"{}\"/>\n  </testcase>", xml(&c.detail));
+                let mut s = TestCaseStatus::skipped();
+                s.set_message(c.detail.clone());
+                s
             }
-        }
+        };
+        let mut case = TestCase::new(c.id.clone(), status);
+        case.set_classname("squall.check").set_time(ms(c.duration_ms));
+        suite.add_test_case(case);
     }
-    o.push_str("</testsuite>\n");
-    o
+    let mut report = Report::new("squall check");
+    report.add_test_suite(suite);
+    report.to_string().expect("a JUnit report serializes to a string")
 }
 
 #[cfg(test)]
@@ -240,6 +234,22 @@ mod tests {
         r
     }
 
+    /// What the hand-written writer got wrong: control characters (invalid in XML 1.0) and
+    /// quotes in a broker's reason string or a check's detail. The XML parses back (with
+    /// quick-junit's reader) and keeps the message, control characters dropped.
+    #[test]
+    fn junit_survives_whatever_a_broker_says() {
+        let mut r = report();
+        r.checks[1].detail = "it's \u{7}\u{1b}[31m <\"closed\"> & \u{0}gone".into();
+        let j = junit(&r);
+        let back = quick_junit::Report::deserialize_from_str(&j).expect("the JUnit XML parses");
+        let case = &back.test_suites[0].test_cases[1];
+        let quick_junit::TestCaseStatus::NonSuccess { message, .. } = &case.status else { panic!("{j}") };
+        let m = message.as_ref().unwrap().as_str();
+        assert!(m.starts_with("it's ") && m.contains("<\"closed\"> & gone"), "{m:?}");
+        assert!(!m.contains('\u{7}') && !m.contains('\u{0}') && !m.contains('\u{1b}'), "{m:?}");
+    }
+
     #[test]
     fn tally_and_renderings() {
         let r = report();
@@ -247,8 +257,8 @@ mod tests {
         let t = text(&r);
         assert!(t.contains("✗ v5 publish.qos1") && t.contains("hint: check the ACL"), "{t}");
         let j = junit(&r);
-        assert!(j.contains("tests=\"2\" failures=\"1\""), "{j}");
-        assert!(j.contains("<failure message=\"PUBACK &lt;0x87&gt; (hint: check the ACL)\"/>"), "{j}");
+        assert!(j.contains("tests=\"2\"") && j.contains("failures=\"1\""), "{j}");
+        assert!(j.contains("<failure message=\"PUBACK &lt;0x87&gt; (hint: check the ACL)\""), "{j}");
         let y = yaml(&r);
         assert!(y.contains("  - check: \"tcp\""), "{y}");
         assert!(y.contains("    data:\n      code: 135"), "{y}");
