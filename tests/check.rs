@@ -301,6 +301,24 @@ async fn the_embedded_broker_with_faults() {
     );
 }
 
+/// `--max-latency`: a bound no loopback round trip can meet (1 µs) fails the latency check,
+/// with the figures and a hint, and only it; a generous one (10 s) passes.
+#[test]
+fn max_latency_fails_a_slow_round_trip_and_only_the_latency_check() {
+    let broker = Mosquitto::start();
+    let (code, got, v) = check(&[&broker.url(), "--protocol", "5", "--max-latency", "1us"]);
+    assert_eq!(code, 1, "{got:#?}");
+    let l = find(&v, "v5.latency");
+    assert_eq!(l["status"], "fail", "{l}");
+    assert!(l["detail"].as_str().unwrap().contains("median over --max-latency 1us (5 of 5 over)"), "{l}");
+    assert!(l["hint"].as_str().unwrap().contains("slow to deliver"), "{l}");
+    assert!(l["data"]["p50_ms"].as_f64().unwrap() > 0.001);
+    let failed: Vec<&String> = got.iter().filter(|(_, s)| *s == "fail").map(|(id, _)| id).collect();
+    assert_eq!(failed, ["v5.latency"], "no other check fails for it");
+    let (code, got, _) = check(&[&broker.url(), "--protocol", "5", "--max-latency", "10s"]);
+    assert_eq!((code, got["v5.latency"].as_str()), (0, "pass"), "{got:#?}");
+}
+
 #[test]
 fn json_junit_and_yaml_outputs() {
     let broker = Mosquitto::start();

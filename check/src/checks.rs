@@ -767,7 +767,28 @@ async fn per_protocol(r: &mut Runner, p: Protocol) {
                         q(0.99),
                         s[s.len() - 1]
                     );
-                    r.push("latency", Some(p), Status::Pass, t.elapsed(), detail, None, Some(data));
+                    match r.o.max_latency {
+                        Some(bound) if q(0.5) > bound.as_secs_f64() * 1e3 => {
+                            let max = bound.as_secs_f64() * 1e3;
+                            let over = s.iter().filter(|v| **v > max).count();
+                            let detail = format!(
+                                "{detail}: median over --max-latency {} ({over} of {} over)",
+                                humantime::format_duration(bound),
+                                s.len()
+                            );
+                            let hint = "the broker, or the network to it, is slow to deliver: is it overloaded, far away, or persisting each message?".to_string();
+                            r.push(
+                                "latency",
+                                Some(p),
+                                Status::Fail,
+                                t.elapsed(),
+                                detail,
+                                Some(hint),
+                                Some(data),
+                            );
+                        }
+                        _ => r.push("latency", Some(p), Status::Pass, t.elapsed(), detail, None, Some(data)),
+                    }
                 }
                 Ok(_) => r.skip("latency", Some(p), "skipped: --samples 0"),
                 Err(e) => {

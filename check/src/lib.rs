@@ -57,6 +57,8 @@ pub struct CheckOptions {
     pub skip: Vec<String>,
     /// Round-trip samples.
     pub samples: usize,
+    /// The latency check fails when the median round trip exceeds this.
+    pub max_latency: Option<Duration>,
     pub anonymous: Anonymous,
     /// Also run the optional checks: shared subscription, payload-size probe, burst.
     pub extended: bool,

@@ -66,6 +66,10 @@ pub struct CheckArgs {
     /// Round-trip latency samples.
     #[arg(long, default_value_t = 20)]
     pub samples: usize,
+    /// Fail the latency check when the median round trip (publish to one's own message
+    /// coming back) exceeds this, e.g. 1s or 50ms. Without it the check only reports.
+    #[arg(long, value_parser = parse_duration)]
+    pub max_latency: Option<Duration>,
     /// Judge anonymous access instead of only reporting it.
     #[arg(long, value_enum, default_value_t = AnonymousArg::Report)]
     pub anonymous: AnonymousArg,
@@ -150,6 +154,7 @@ pub fn run(a: CheckArgs) -> u8 {
         only: a.only,
         skip: a.skip,
         samples: a.samples,
+        max_latency: a.max_latency,
         anonymous: match a.anonymous {
             AnonymousArg::Report => Anonymous::Report,
             AnonymousArg::Allowed => Anonymous::Allowed,
