@@ -1,5 +1,6 @@
-//! Just enough X.509 (DER) to report a certificate: its subject's common name and validity.
-//! rustls verifies certificates; this only describes them.
+//! What the check reports of a certificate: its subject's and issuer's common names and its
+//! validity, read with the `x509-cert` crate. rustls verifies certificates; this only
+//! describes them.
 
 /// What the check reports about one certificate.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
@@ -11,96 +12,26 @@ pub struct CertInfo {
     pub not_after: i64,
 }
 
-struct Der<'a> {
-    b: &'a [u8],
+/// The common name (2.5.4.3) of a distinguished name, its first if several.
+fn common_name(name: &x509_cert::name::Name) -> Option<String> {
+    let cn = x509_cert::der::oid::ObjectIdentifier::new_unwrap("2.5.4.3");
+    name.0.iter().flat_map(|rdn| rdn.0.iter()).find(|atv| atv.oid == cn).map(|atv| {
+        // UTF8String, PrintableString and IA5String all carry text as is
+        String::from_utf8_lossy(atv.value.value()).into_owned()
+    })
 }
 
-impl<'a> Der<'a> {
-    /// The next TLV: (tag, contents).
-    fn next(&mut self) -> Option<(u8, &'a [u8])> {
-        let tag = *self.b.first()?;
-        let first = *self.b.get(1)? as usize;
-        let (len, hdr) = if first < 0x80 {
-            (first, 2)
-        } else {
-            let n = first & 0x7f;
-            if n == 0 || n > 4 {
-                return None;
-            }
-            let mut len = 0usize;
-            for i in 0..n {
-                len = (len << 8) | *self.b.get(2 + i)? as usize;
-            }
-            (len, 2 + n)
-        };
-        let body = self.b.get(hdr..hdr + len)?;
-        self.b = &self.b[hdr + len..];
-        Some((tag, body))
-    }
-}
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn time(tag: u8, v: &[u8]) -> Option<i64> {
-    let s = std::str::from_utf8(v).ok()?;
-    let (year, rest) = match tag {
-        0x17 => {
-            let yy: i64 = s.get(0..2)?.parse().ok()?;
-            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, s.get(2..)?)
-        }
-        0x18 => (s.get(0..4)?.parse().ok()?, s.get(4..)?),
-        _ => return None,
-    };
-    let n = |i: usize| -> Option<i64> { rest.get(i..i + 2)?.parse().ok() };
-    let days = days_from_civil(year, n(0)?, n(2)?);
-    Some(days * 86_400 + n(4)? * 3_600 + n(6)? * 60 + n(8)?)
-}
-
-fn common_name(name: &[u8]) -> Option<String> {
-    let mut rdns = Der { b: name };
-    while let Some((_, set)) = rdns.next() {
-        let mut atvs = Der { b: set };
-        while let Some((_, atv)) = atvs.next() {
-            let mut d = Der { b: atv };
-            let (_, oid) = d.next()?;
-            if oid == [0x55, 0x04, 0x03] {
-                let (_, v) = d.next()?;
-                return Some(String::from_utf8_lossy(v).into_owned());
-            }
-        }
-    }
-    None
-}
-
-/// Reads a DER certificate; `None` if it is not one this can read.
+/// Reads a DER certificate (with the `x509-cert` crate); `None` if it is not one.
 pub fn parse(der: &[u8]) -> Option<CertInfo> {
-    let (_, cert) = Der { b: der }.next()?;
-    let (_, tbs) = Der { b: cert }.next()?;
-    let mut t = Der { b: tbs };
-    let (mut tag, mut v) = t.next()?;
-    if tag == 0xa0 {
-        (tag, v) = t.next()?; // version; then the serial number
-    }
-    let _ = (tag, v);
-    t.next()?; // signature algorithm
-    let (_, issuer) = t.next()?;
-    let (_, validity) = t.next()?;
-    let (_, subject) = t.next()?;
-    let mut val = Der { b: validity };
-    let (tb, nb) = val.next()?;
-    let (ta, na) = val.next()?;
+    use x509_cert::der::Decode;
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    let tbs = &cert.tbs_certificate;
+    let unix = |t: &x509_cert::time::Time| i64::try_from(t.to_unix_duration().as_secs()).ok();
     Some(CertInfo {
-        subject_cn: common_name(subject),
-        issuer_cn: common_name(issuer),
-        not_before: time(tb, nb)?,
-        not_after: time(ta, na)?,
+        subject_cn: common_name(&tbs.subject),
+        issuer_cn: common_name(&tbs.issuer),
+        not_before: unix(&tbs.validity.not_before)?,
+        not_after: unix(&tbs.validity.not_after)?,
     })
 }
 
@@ -125,6 +56,24 @@ mod tests {
         assert_eq!(info.issuer_cn.as_deref(), Some("Test CA"));
         assert_eq!(info.not_before, 1_704_153_600); // 2024-01-02T00:00:00Z
         assert_eq!(info.not_after, 2_561_500_800); // 2051-03-04 (GeneralizedTime past 2049)
+    }
+
+    /// A broker may send anything as its certificate: every truncation and every one-byte
+    /// change of a real one is read or refused, never a panic.
+    #[test]
+    fn broken_certificates_are_refused_not_a_panic() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let der =
+            rcgen::CertificateParams::new(vec!["b.test".to_string()]).unwrap().self_signed(&key).unwrap();
+        let der = der.der().to_vec();
+        for n in 0..der.len() {
+            assert_eq!(parse(&der[..n]), None, "a truncation at {n} is no certificate");
+        }
+        for i in 0..der.len() {
+            let mut d = der.clone();
+            d[i] ^= 0xff;
+            let _ = parse(&d);
+        }
     }
 
     #[test]
