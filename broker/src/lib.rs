@@ -383,6 +383,11 @@ impl Broker {
         self.sh.timeline.of(client_id)
     }
 
+    /// Events of `client_id` the timeline had no room for (see [`timeline::MAX_EVENTS`]).
+    pub fn timeline_dropped(&self, client_id: &str) -> u64 {
+        self.sh.timeline.dropped(client_id)
+    }
+
     pub fn timeline_clients(&self) -> Vec<String> {
         self.sh.timeline.clients()
     }

@@ -62,31 +62,92 @@ pub struct PacketEvent {
     pub note: Option<Note>,
 }
 
+/// Events kept per client, and over all clients: a device that floods (or a load run left
+/// with the timeline on) fills them and the rest is counted, not kept (an event is ~40 bytes).
+pub const MAX_EVENTS_PER_CLIENT: usize = 200_000;
+pub const MAX_EVENTS: usize = 2_000_000;
+/// Clients with a log, at most (client ids past it get none).
+pub const MAX_CLIENTS: usize = 100_000;
+
+#[derive(Debug, Default)]
+struct Logs {
+    by_client: HashMap<String, (Vec<PacketEvent>, u64)>,
+    total: usize,
+}
+
 #[derive(Debug, Default)]
 pub struct Timeline {
     pub enabled: bool,
-    by_client: Mutex<HashMap<String, Vec<PacketEvent>>>,
+    logs: Mutex<Logs>,
 }
 
 impl Timeline {
     pub fn new(enabled: bool) -> Timeline {
-        Timeline { enabled, by_client: Mutex::new(HashMap::new()) }
+        Timeline { enabled, logs: Mutex::new(Logs::default()) }
     }
 
     pub fn record(&self, client: &str, events: impl IntoIterator<Item = PacketEvent>) {
         if !self.enabled {
             return;
         }
-        let mut m = self.by_client.lock().unwrap_or_else(|e| e.into_inner());
-        m.entry(client.to_string()).or_default().extend(events);
+        let mut l = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        let Logs { by_client, total } = &mut *l;
+        if !by_client.contains_key(client) && by_client.len() >= MAX_CLIENTS {
+            return; // a flood of client ids
+        }
+        let (log, dropped) = by_client.entry(client.to_string()).or_default();
+        for e in events {
+            if log.len() < MAX_EVENTS_PER_CLIENT && *total < MAX_EVENTS {
+                log.push(e);
+                *total += 1;
+            } else {
+                *dropped += 1;
+            }
+        }
     }
 
     /// Everything recorded for `client`, in order.
     pub fn of(&self, client: &str) -> Vec<PacketEvent> {
-        self.by_client.lock().unwrap_or_else(|e| e.into_inner()).get(client).cloned().unwrap_or_default()
+        let l = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        l.by_client.get(client).map(|(v, _)| v.clone()).unwrap_or_default()
+    }
+
+    /// Events of `client` not kept because the timeline was full.
+    pub fn dropped(&self, client: &str) -> u64 {
+        let l = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        l.by_client.get(client).map_or(0, |(_, d)| *d)
     }
 
     pub fn clients(&self) -> Vec<String> {
-        self.by_client.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+        self.logs.lock().unwrap_or_else(|e| e.into_inner()).by_client.keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(i: u64) -> PacketEvent {
+        PacketEvent {
+            at_ns: i,
+            conn: 1,
+            dir: Dir::In,
+            kind: Kind::Publish,
+            pid: None,
+            qos: Some(0),
+            dup: false,
+            note: None,
+        }
+    }
+
+    #[test]
+    fn a_flooding_client_fills_its_log_and_the_rest_is_counted() {
+        let t = Timeline::new(true);
+        t.record("flood", (0..MAX_EVENTS_PER_CLIENT as u64 + 10).map(ev));
+        t.record("quiet", (0..3).map(ev));
+        assert_eq!(t.of("flood").len(), MAX_EVENTS_PER_CLIENT);
+        assert_eq!(t.dropped("flood"), 10);
+        assert_eq!((t.of("quiet").len(), t.dropped("quiet")), (3, 0), "another client keeps its own");
+        assert!(Timeline::new(false).of("x").is_empty());
     }
 }
