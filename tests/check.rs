@@ -319,6 +319,46 @@ fn max_latency_fails_a_slow_round_trip_and_only_the_latency_check() {
     assert_eq!((code, got["v5.latency"].as_str()), (0, "pass"), "{got:#?}");
 }
 
+/// `--every`: rounds on a cadence, one JSON document per line, `--rounds` to stop; with
+/// `--stop-on-fail` the first failing round ends it (exit 1); JUnit is refused for a stream.
+#[test]
+fn every_round_is_a_line_until_rounds_or_the_first_failure() {
+    let broker = Mosquitto::start();
+    let base = [broker.url(), "--only".into(), "connect,latency".into(), "--protocol".into(), "5".into()];
+    let run = |extra: &[&str]| support::squall().arg("check").args(&base).args(extra).output().unwrap();
+    let out = run(&["--every", "200ms", "--rounds", "3", "--format", "json", "--samples", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let rounds: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON document per line"))
+        .collect();
+    assert_eq!(rounds.len(), 3);
+    assert!(
+        rounds.iter().all(|r| r["ok"] == true && r["checks"].as_array().unwrap().len() >= 3),
+        "{rounds:?}"
+    );
+
+    let out = run(&[
+        "--every",
+        "200ms",
+        "--rounds",
+        "5",
+        "--stop-on-fail",
+        "--max-latency",
+        "1us",
+        "--samples",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 1, "stopped at the first failing round: {text}");
+    assert!(text.contains("round 1") && text.contains("FAIL") && text.contains("(v5.latency)"), "{text}");
+
+    assert_eq!(run(&["--every", "1s", "--format", "junit"]).status.code(), Some(2));
+    assert_eq!(run(&["--rounds", "3"]).status.code(), Some(2), "--rounds needs --every");
+    assert_eq!(run(&["--every", "1ms"]).status.code(), Some(2), "at least 100 ms between rounds");
+}
+
 #[test]
 fn json_junit_and_yaml_outputs() {
     let broker = Mosquitto::start();

@@ -76,9 +76,21 @@ pub struct CheckArgs {
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-    /// Also write the report in --format to this file (stdout then gets the table).
+    /// Also write the report in --format to this file (stdout then gets the table; with
+    /// --every, the latest round's report).
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Check again on this cadence (start to start, e.g. 60s), for monitoring: one line per
+    /// round (text), one JSON document per line (json) or one YAML document per round, until
+    /// --rounds or a signal. Exit 1 if any round failed.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub every: Option<Duration>,
+    /// With --every: stop after this many rounds.
+    #[arg(long, value_name = "N", requires = "every")]
+    pub rounds: Option<u64>,
+    /// With --every: stop at the first round that fails (exit 1).
+    #[arg(long, requires = "every")]
+    pub stop_on_fail: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -166,6 +178,23 @@ pub fn run(a: CheckArgs) -> u8 {
         Ok(rt) => rt,
         Err(code) => return code,
     };
+    if let Some(every) = a.every {
+        if a.format == Format::Junit {
+            eprintln!("error: --every writes a stream of rounds: use --format text, json or yaml");
+            return exit::INVALID;
+        }
+        if every < Duration::from_millis(100) {
+            eprintln!("error: --every {}: at least 100ms between rounds", humantime::format_duration(every));
+            return exit::INVALID;
+        }
+        let round = Rounds {
+            format: a.format,
+            output: a.output.clone(),
+            rounds: a.rounds,
+            stop_on_fail: a.stop_on_fail,
+        };
+        return rt.block_on(every_round(&round, o, every));
+    }
     let r = rt.block_on(squall_check::run(o));
     let rendered = match a.format {
         Format::Text => report::text(&r),
@@ -184,4 +213,74 @@ pub fn run(a: CheckArgs) -> u8 {
         None => print!("{rendered}"),
     }
     if r.ok { exit::PASS } else { exit::FAIL }
+}
+
+/// What `--every` needs of the arguments.
+struct Rounds {
+    format: Format,
+    output: Option<PathBuf>,
+    rounds: Option<u64>,
+    stop_on_fail: bool,
+}
+
+/// `--every`: rounds on a fixed cadence until `--rounds`, a failure with `--stop-on-fail`, or
+/// a signal; each round's result as it comes.
+async fn every_round(a: &Rounds, o: squall_check::CheckOptions, every: Duration) -> u8 {
+    use std::io::Write;
+    let mut any_failed = false;
+    let mut next = tokio::time::Instant::now();
+    let interrupted = super::run::interrupted();
+    tokio::pin!(interrupted);
+    for round in 1u64.. {
+        let r = squall_check::run(o.clone()).await;
+        any_failed |= !r.ok;
+        let line = match a.format {
+            Format::Json => serde_json::to_string(&r).expect("a report serializes") + "\n",
+            Format::Yaml => report::yaml(&r),
+            _ => {
+                let failed: Vec<&str> = r
+                    .checks
+                    .iter()
+                    .filter(|c| c.status == squall_check::report::Status::Fail)
+                    .map(|c| c.id.as_str())
+                    .collect();
+                format!(
+                    "{} round {round} {} {}: {} passed, {} failed{}\n",
+                    r.started_at,
+                    r.target,
+                    if r.ok { "ok" } else { "FAIL" },
+                    r.passed,
+                    r.failed,
+                    if failed.is_empty() { String::new() } else { format!(" ({})", failed.join(", ")) }
+                )
+            }
+        };
+        print!("{line}");
+        let _ = std::io::stdout().flush();
+        if let Some(path) = &a.output {
+            let full = match a.format {
+                Format::Json => report::json(&r),
+                Format::Yaml => report::yaml(&r),
+                _ => report::text(&r),
+            };
+            if let Err(e) = std::fs::write(path, full) {
+                eprintln!("error: cannot write {}: {e}", path.display());
+                return exit::RUNTIME;
+            }
+        }
+        if (a.stop_on_fail && !r.ok) || a.rounds.is_some_and(|n| round >= n) {
+            break;
+        }
+        // start to start; a round that overran is not made up for
+        next += every;
+        let now = tokio::time::Instant::now();
+        if next < now {
+            next = now;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = &mut interrupted => break,
+        }
+    }
+    if any_failed { exit::FAIL } else { exit::PASS }
 }
