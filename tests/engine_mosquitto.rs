@@ -86,11 +86,16 @@ async fn exact_delivery(qos: u8) {
     }
 }
 
+/// The flood test measures how reads space out under a flood: the other tests of this file,
+/// run beside it on two cores, would space them out for it. It runs alone; the rest share.
+static TURN: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// A subscriber flooded by mosquitto (which writes every message in a segment of its own):
 /// with `run.read_coalesce = "50us"` it waits between reads so messages gather, and says how
 /// often; by default it never waits. Either way every message is accounted for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooded_subscriber_coalesces_reads_only_when_asked_and_counts_them() {
+    let _alone = TURN.write().await;
     for (setting, coalesces) in [("read_coalesce = \"50us\"\n", true), ("", false)] {
         let broker = Mosquitto::start();
         let text = format!(
@@ -119,16 +124,19 @@ async fn a_flooded_subscriber_coalesces_reads_only_when_asked_and_counts_them() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos0_delivery_is_exact_on_both_protocols() {
+    let _shared = TURN.read().await;
     exact_delivery(0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos1_delivery_is_exact_on_both_protocols() {
+    let _shared = TURN.read().await;
     exact_delivery(1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos2_delivery_is_exact_on_both_protocols() {
+    let _shared = TURN.read().await;
     exact_delivery(2).await;
 }
 
@@ -168,6 +176,7 @@ fn tls_broker(ca: &TestCa) -> Mosquitto {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_ca_made_by_the_test() {
+    let _shared = TURN.read().await;
     let ca = TestCa::new("squall test CA");
     let broker = tls_broker(&ca);
     let d = broker.dir.path();
@@ -204,6 +213,7 @@ async fn tls_with_a_ca_made_by_the_test() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_accepted_and_refused_with_the_reason_code() {
+    let _shared = TURN.read().await;
     for (protocol, codes) in [("3.1.1", [4u8, 5]), ("5", [0x86u8, 0x87])] {
         let broker = Mosquitto::start_with(
             |port| format!("listener {port} 127.0.0.1\nallow_anonymous false\npassword_file passwd\n"),
@@ -267,6 +277,7 @@ enabled = false
 
 #[test]
 fn a_dropping_broker_shows_as_lost_and_fails_the_threshold_with_exit_code_1() {
+    let _shared = TURN.blocking_read();
     // one message in flight to each subscriber and a queue of 5: a fast stream overflows it
     let broker = Mosquitto::start_with(
         |port| {
@@ -328,6 +339,7 @@ qos = 1
 /// handshake every time). The handshakes are counted and timed apart from CONNACK.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_storm_resumes_each_clients_session_or_not_as_asked() {
+    let _shared = TURN.read().await;
     let ca = TestCa::new("squall test CA");
     let broker = tls_broker(&ca);
     let d = broker.dir.path();
