@@ -272,9 +272,7 @@ fn errors_by_kind_are_a_series_in_the_timeline_csv_and_html() {
     let dir = tempfile::tempdir().unwrap();
     let scenario = dir.path().join("s.toml");
     std::fs::write(&scenario, "[run]\nduration = \"2s\"\ndrain = \"200ms\"\n[[group]]\nname = \"p\"\nclients = 3\n[group.publish]\ntopic = \"e/{i}\"\ninterval = \"100ms\"\n").unwrap();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let port = support::mosquitto::free_port(); // nothing listens there
     let (json, csv, html) = (dir.path().join("r.json"), dir.path().join("r.csv"), dir.path().join("r.html"));
     let out = support::squall()
         .args(["run", "-q", "--target", &format!("mqtt://127.0.0.1:{port}"), "--report"])

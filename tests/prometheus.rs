@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::prom::{scrape, value};
+use support::prom::{scrape, value, value_with};
 
 #[test]
 fn a_run_serves_metrics_that_parse_and_only_grow() {
@@ -84,16 +84,8 @@ fn errors_are_served_by_kind() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    let refused = |m: &prometheus_parse::Scrape| {
-        m.samples
-            .iter()
-            .filter(|x| x.metric == "squall_errors_total" && x.labels.get("kind") == Some("tcp_refused"))
-            .map(|x| match x.value {
-                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-                _ => 0.0,
-            })
-            .sum::<f64>()
-    };
+    let refused =
+        |m: &prometheus_parse::Scrape| value_with(m, "squall_errors_total", &[("kind", "tcp_refused")]);
     let first = loop {
         if let Some(n) = scrape(port).map(|m| refused(&m)).filter(|n| *n > 0.0) {
             break n;

@@ -47,6 +47,11 @@ fn one() -> u32 {
 pub const MAX_ROWS: usize = 2048;
 
 impl IntervalRow {
+    /// Every kind of error the rows have, in name order (the CSV's and the HTML's series).
+    pub fn error_kinds(rows: &[IntervalRow]) -> std::collections::BTreeSet<&str> {
+        rows.iter().flat_map(|row| row.errors_by_kind.keys().map(String::as_str)).collect()
+    }
+
     /// `self` followed by `next`, as one row.
     fn merge(&self, next: &IntervalRow) -> IntervalRow {
         let worst = |a: Option<u64>, b: Option<u64>| a.max(b);

@@ -7,7 +7,7 @@ use squall_broker::PacketEvent;
 use squall_broker::timeline::{Dir, Kind, Note};
 
 /// One connection of the device, times in ns since the broker started.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Attempt {
     /// Which connection (accept order).
     pub conn: u64,
@@ -28,15 +28,7 @@ pub fn attempts(events: &[PacketEvent]) -> Vec<Attempt> {
         let i = match out.iter().position(|a| a.conn == e.conn) {
             Some(i) => i,
             None => {
-                out.push(Attempt {
-                    conn: e.conn,
-                    opened_ns: None,
-                    connect_ns: None,
-                    connack_ns: None,
-                    connack_note: None,
-                    closed_ns: None,
-                    dropped_by_broker: false,
-                });
+                out.push(Attempt { conn: e.conn, ..Default::default() });
                 out.len() - 1
             }
         };

@@ -196,12 +196,7 @@ pub fn run(a: CheckArgs) -> u8 {
         return rt.block_on(every_round(&round, o, every));
     }
     let r = rt.block_on(squall_check::run(o));
-    let rendered = match a.format {
-        Format::Text => report::text(&r),
-        Format::Json => report::json(&r),
-        Format::Yaml => report::yaml(&r),
-        Format::Junit => report::junit(&r),
-    };
+    let rendered = render(a.format, &r);
     match &a.output {
         Some(path) => {
             if let Err(e) = std::fs::write(path, &rendered) {
@@ -213,6 +208,16 @@ pub fn run(a: CheckArgs) -> u8 {
         None => print!("{rendered}"),
     }
     if r.ok { exit::PASS } else { exit::FAIL }
+}
+
+/// The report in `format`.
+fn render(format: Format, r: &squall_check::CheckReport) -> String {
+    match format {
+        Format::Text => report::text(r),
+        Format::Json => report::json(r),
+        Format::Yaml => report::yaml(r),
+        Format::Junit => report::junit(r),
+    }
 }
 
 /// What `--every` needs of the arguments.
@@ -258,12 +263,7 @@ async fn every_round(a: &Rounds, o: squall_check::CheckOptions, every: Duration)
         print!("{line}");
         let _ = std::io::stdout().flush();
         if let Some(path) = &a.output {
-            let full = match a.format {
-                Format::Json => report::json(&r),
-                Format::Yaml => report::yaml(&r),
-                _ => report::text(&r),
-            };
-            if let Err(e) = std::fs::write(path, full) {
+            if let Err(e) = std::fs::write(path, render(a.format, &r)) {
                 eprintln!("error: cannot write {}: {e}", path.display());
                 return exit::RUNTIME;
             }

@@ -110,8 +110,7 @@ fn write_jsonl(path: &std::path::Path, r: &Report) -> std::io::Result<()> {
 /// The timeline, one row per interval (merged rows of a long run stay merged); after the
 /// fixed columns, one `errors_<kind>` column per kind of error the run had.
 fn write_csv(path: &std::path::Path, r: &Report) -> Result<(), Box<dyn std::error::Error>> {
-    let kinds: std::collections::BTreeSet<&str> =
-        r.timeline.iter().flat_map(|row| row.errors_by_kind.keys().map(String::as_str)).collect();
+    let kinds = squall_controller::aggregate::IntervalRow::error_kinds(&r.timeline);
     let mut w = csv::Writer::from_path(path)?;
     let fixed = [
         "t_s",

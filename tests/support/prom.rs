@@ -19,9 +19,14 @@ pub fn scrape(port: u16) -> Option<prometheus_parse::Scrape> {
 
 /// The sum of every sample called `name` (over its labels).
 pub fn value(s: &prometheus_parse::Scrape, name: &str) -> f64 {
+    value_with(s, name, &[])
+}
+
+/// The sum of the samples called `name` that carry these labels.
+pub fn value_with(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     s.samples
         .iter()
-        .filter(|x| x.metric == name)
+        .filter(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
         .map(|x| match x.value {
             prometheus_parse::Value::Counter(v)
             | prometheus_parse::Value::Gauge(v)

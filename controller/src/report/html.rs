@@ -117,7 +117,6 @@ pub(crate) fn plot_percentiles(o: &mut String, name: &str, series: &[(String, &s
     let _ = write!(o, "</svg></figure>");
 }
 
-/// A time series plot: one or more lines over the run's seconds.
 /// A count per row as a rate: each row's count over the time since the row before.
 fn per_second(
     tl: &[crate::aggregate::IntervalRow],
@@ -133,6 +132,7 @@ fn per_second(
         .collect()
 }
 
+/// A time series plot: one or more lines over the run's seconds.
 fn series_plot(o: &mut String, title: &str, unit_us: bool, lines: &[(&str, &str, Vec<(f64, f64)>)]) {
     let all: Vec<(f64, f64)> = lines.iter().flat_map(|l| l.2.iter().copied()).collect();
     if all.len() < 2 {
@@ -263,7 +263,6 @@ figcaption {{ font-weight: 600; margin-bottom: 4px; }}
     }
     let _ = write!(o, "</table><h2>Over time</h2>");
     let tl = &r.timeline;
-    let per_s = |f: fn(&crate::aggregate::IntervalRow) -> u64| per_second(tl, f);
     series_plot(
         &mut o,
         "Connected clients",
@@ -274,7 +273,10 @@ figcaption {{ font-weight: 600; margin-bottom: 4px; }}
         &mut o,
         "Messages per second",
         false,
-        &[("published", "#1f77b4", per_s(|x| x.published)), ("received", "#ff7f0e", per_s(|x| x.received))],
+        &[
+            ("published", "#1f77b4", per_second(tl, |x| x.published)),
+            ("received", "#ff7f0e", per_second(tl, |x| x.received)),
+        ],
     );
     series_plot(
         &mut o,
@@ -290,13 +292,12 @@ figcaption {{ font-weight: 600; margin-bottom: 4px; }}
         "Errors, connects and reconnects per second",
         false,
         &[
-            ("errors", "#d62728", per_s(|x| x.errors)),
-            ("connects", "#9467bd", per_s(|x| x.connects)),
-            ("reconnects", "#8c564b", per_s(|x| x.reconnects)),
+            ("errors", "#d62728", per_second(tl, |x| x.errors)),
+            ("connects", "#9467bd", per_second(tl, |x| x.connects)),
+            ("reconnects", "#8c564b", per_second(tl, |x| x.reconnects)),
         ],
     );
-    let kinds: std::collections::BTreeSet<&str> =
-        tl.iter().flat_map(|row| row.errors_by_kind.keys().map(String::as_str)).collect();
+    let kinds = crate::aggregate::IntervalRow::error_kinds(tl);
     if !kinds.is_empty() {
         const PALETTE: [&str; 8] =
             ["#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
