@@ -101,6 +101,8 @@ pub struct PublishIn {
     pub retain: bool,
     pub dup: bool,
     pub pid: Option<NonZeroU16>,
+    /// MQTT 5 user properties (3.1.1: none).
+    pub user_properties: Vec<(ByteString, ByteString)>,
 }
 
 /// A packet from a client.
@@ -200,6 +202,7 @@ impl ServerCodec {
                     retain: p.retain,
                     dup: p.dup,
                     pid: p.packet_id,
+                    user_properties: Vec::new(),
                 }),
                 _ => return Err(DecodeError::MalformedPacket),
             },
@@ -212,6 +215,7 @@ impl ServerCodec {
                     retain: p.retain,
                     dup: p.dup,
                     pid: p.packet_id,
+                    user_properties: p.properties.user_properties,
                 }),
                 _ => return Err(DecodeError::MalformedPacket),
             },

@@ -22,7 +22,7 @@ use crate::delay::Mailbox;
 use crate::faults::{AckFate, AckPacket, ConnFaults, InPacket, connack_code_for};
 use crate::router::min_qos;
 use crate::session::{Message, Outstanding, Session, Stage};
-use crate::timeline::{Dir, Kind, Note, PacketEvent};
+use crate::timeline::{Detail, Dir, Kind, Note, PAYLOAD_KEPT, PacketEvent, payload_hash};
 use crate::topic::{Match, Sub, valid_filter, valid_topic};
 use crate::{Shared, Stream};
 
@@ -166,7 +166,26 @@ impl Conn {
         note: Option<Note>,
     ) {
         let at_ns = if dir == Dir::In { self.arrived_ns.max(1) } else { self.sh.now_ns() };
-        self.events.push(PacketEvent { at_ns, conn: self.conn_no, dir, kind, pid, qos, dup, note });
+        self.events.push(PacketEvent {
+            at_ns,
+            conn: self.conn_no,
+            dir,
+            kind,
+            pid,
+            qos,
+            dup,
+            note,
+            detail: None,
+        });
+    }
+
+    /// What the packet just noted (an inbound one: they are never held) said.
+    fn detail(&mut self, d: impl FnOnce() -> Detail) {
+        if self.sh.timeline.enabled
+            && let Some(e) = self.events.last_mut()
+        {
+            e.detail = Some(Box::new(d()));
+        }
     }
 
     /// Sends what the gate holds, in order, up to the first packet still in the delay line.
@@ -335,6 +354,14 @@ impl Conn {
         self.client_id = client_id.clone();
         self.conn_no = self.id;
         self.note(Dir::In, Kind::Connect, None, None, false, None);
+        self.detail(|| Detail::Connect {
+            client_id: client_id.to_string(),
+            v5,
+            clean_start: c.clean_start,
+            keepalive: c.keepalive,
+            session_expiry: c.session_expiry,
+            session_present: false,
+        });
         self.faults = self.sh.faults.for_connection(&client_id);
         if refuse.is_none() {
             refuse = self.authenticate(&c, v5);
@@ -374,6 +401,16 @@ impl Conn {
             self.sh.stats.faults_applied.fetch_add(1, Relaxed);
         }
         let (session, present) = self.sh.attach(&client_id, &c, self.id, self.kick.clone(), expire);
+        if present
+            && let Some(Detail::Connect { session_present, .. }) = self
+                .events
+                .iter_mut()
+                .rev()
+                .find(|e| e.kind == Kind::Connect)
+                .and_then(|e| e.detail.as_deref_mut())
+        {
+            *session_present = true;
+        }
         props.session_expiry =
             (v5 && c.session_expiry != session.lock().expiry_secs).then(|| session.lock().expiry_secs);
         self.session = Some(session.clone());
@@ -577,6 +614,11 @@ impl Conn {
                     self.release_gate();
                 }
                 Ev::Wake => self.pump(),
+                Ev::Kick if self.sh.take_drop(self.id) => {
+                    // the broker's choice (`squall device` moving on): as a network failure, no word
+                    self.note(Dir::Out, Kind::Closed, None, None, false, Some(Note::Dropped));
+                    return Close::Abrupt;
+                }
                 Ev::Kick => {
                     // taken over: MQTT 5 says why
                     self.say_disconnect(0x8E);
@@ -584,6 +626,7 @@ impl Conn {
                     return Close::TakenOver;
                 }
                 Ev::KeepaliveExpired => {
+                    self.note(Dir::Out, Kind::Closed, None, None, false, Some(Note::KeepaliveExpired));
                     self.say_disconnect(0x8D);
                     let _ = tokio::time::timeout(Duration::from_millis(500), self.write_all_pending()).await;
                     return Close::Abrupt;
@@ -633,6 +676,25 @@ impl Conn {
             _ => (None, None, false),
         };
         self.note(Dir::In, kind, pid, qos, dup, None);
+        match &pkt {
+            In::Publish(p) => self.detail(|| Detail::Publish {
+                topic: p.topic.to_string(),
+                retain: p.retain,
+                payload_len: p.payload.len(),
+                payload: String::from_utf8_lossy(&p.payload[..p.payload.len().min(PAYLOAD_KEPT)])
+                    .into_owned(),
+                payload_hash: payload_hash(&p.payload),
+                user_properties: p
+                    .user_properties
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            }),
+            In::Subscribe { filters, .. } => self.detail(|| Detail::Subscribe {
+                filters: filters.iter().map(|(f, o)| (f.to_string(), u8::from(o.qos))).collect(),
+            }),
+            _ => {}
+        }
         if !self.faults.is_empty() {
             let on = match &pkt {
                 In::Publish(_) => Some(InPacket::Publish),

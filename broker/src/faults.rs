@@ -157,6 +157,11 @@ impl Faults {
         self.rules.write().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
+    /// Forgets how many connections each client made: `first` and `after` count from now.
+    pub fn reset_attempts(&self) {
+        self.attempts.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// Stalls the broker until `until_ns` (ns since start): nothing is read or written.
     pub fn stall_until(&self, until_ns: u64) {
         self.stall_until_ns.fetch_max(until_ns, Ordering::Relaxed);

@@ -113,6 +113,8 @@ pub(crate) struct Shared {
     delay: delay::DelayLine,
     start: Instant,
     next_id: AtomicU64,
+    /// Connections the broker chose to drop ([`Broker::drop_client`]), until they notice.
+    dropping: Mutex<Vec<u64>>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -124,6 +126,13 @@ impl Shared {
 
     fn id(&self) -> u64 {
         self.next_id.fetch_add(1, Relaxed) + 1
+    }
+
+    /// Whether connection `conn` was kicked to be dropped (not taken over); forgets it.
+    pub fn take_drop(&self, conn: u64) -> bool {
+        let mut d = self.dropping.lock().unwrap_or_else(|e| e.into_inner());
+        let found = d.iter().position(|c| *c == conn);
+        found.map(|i| d.swap_remove(i)).is_some()
     }
 
     /// Finds or makes the session of `client_id` and attaches connection `conn` to it; an
@@ -331,6 +340,7 @@ impl Broker {
             delay: delay::DelayLine::start(),
             start: Instant::now(),
             next_id: AtomicU64::new(0),
+            dropping: Mutex::new(Vec::new()),
             shutdown: rx,
             config,
         });
@@ -378,9 +388,55 @@ impl Broker {
         self.sh.faults.stall_until(self.sh.now_ns() + d.as_nanos() as u64);
     }
 
+    /// Drops the connection `client_id` has now, if any (as a network failure would: no
+    /// DISCONNECT; its will is published). Returns whether there was one.
+    pub fn drop_client(&self, client_id: &str) -> bool {
+        let map = self.sh.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(s) = map.get(client_id) else { return false };
+        let st = s.lock();
+        let Some(link) = st.link.as_ref() else { return false };
+        {
+            let mut d = self.sh.dropping.lock().unwrap_or_else(|e| e.into_inner());
+            if d.len() < 1024 {
+                d.push(link.conn);
+            }
+        }
+        link.kick.notify_one();
+        true
+    }
+
+    /// Publishes a message into the broker as if a client had (origin 0: no client's no-local
+    /// applies). Returns how many subscriptions it reached.
+    pub fn publish(&self, topic: &str, payload: Vec<u8>, qos: u8, retain: bool) -> usize {
+        let qos = match qos {
+            0 => codec::QoS::AtMostOnce,
+            1 => codec::QoS::AtLeastOnce,
+            _ => codec::QoS::ExactlyOnce,
+        };
+        let msg = Arc::new(session::Message {
+            topic: ByteString::from(topic),
+            payload: payload.into(),
+            qos,
+            retain,
+            origin: 0,
+        });
+        let mut scratch = Vec::new();
+        self.sh.router.publish(msg, &self.sh.stats, &mut scratch)
+    }
+
     /// The packet timeline of one client (needs `timeline = true`).
     pub fn timeline(&self, client_id: &str) -> Vec<PacketEvent> {
         self.sh.timeline.of(client_id)
+    }
+
+    /// `client_id`'s timeline from its `from`-th event on.
+    pub fn timeline_since(&self, client_id: &str, from: usize) -> Vec<PacketEvent> {
+        self.sh.timeline.since(client_id, from)
+    }
+
+    /// ns since the broker started: the timeline's clock.
+    pub fn now_ns(&self) -> u64 {
+        self.sh.now_ns()
     }
 
     /// Events of `client_id` the timeline had no room for (see [`timeline::MAX_EVENTS`]).

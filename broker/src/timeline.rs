@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Kind {
     Connect,
@@ -31,7 +31,7 @@ pub enum Kind {
     Closed,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Dir {
     In,
@@ -39,16 +39,62 @@ pub enum Dir {
 }
 
 /// What the broker did about a packet, when a fault touched it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Note {
     Delayed,
     Withheld,
     Refused,
+    /// The broker ended the connection on purpose (a drop fault, or `squall device` moving on).
     Dropped,
+    /// The broker ended the connection: nothing came from the client for 1.5 × its keepalive.
+    KeepaliveExpired,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// What a packet said, for the packets a judge reads the content of (the rest carry none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case", tag = "packet")]
+pub enum Detail {
+    Connect {
+        client_id: String,
+        v5: bool,
+        clean_start: bool,
+        keepalive: u16,
+        /// MQTT 5 session expiry, s (3.1.1: 0 with a clean session, u32::MAX without).
+        session_expiry: u32,
+        /// What the CONNACK said (false when none was sent).
+        session_present: bool,
+    },
+    Publish {
+        topic: String,
+        retain: bool,
+        payload_len: usize,
+        /// The payload's first [`PAYLOAD_KEPT`] bytes (lossy UTF-8).
+        payload: String,
+        /// A hash of the whole payload, to compare it with an expected one.
+        #[serde(skip)]
+        payload_hash: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        user_properties: Vec<(String, String)>,
+    },
+    Subscribe {
+        /// Filters and their requested QoS.
+        filters: Vec<(String, u8)>,
+    },
+}
+
+/// Payload bytes a timeline keeps of each inbound PUBLISH.
+pub const PAYLOAD_KEPT: usize = 256;
+
+/// The hash [`Detail::Publish`] keeps of a payload.
+pub fn payload_hash(payload: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    payload.hash(&mut h);
+    h.finish()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct PacketEvent {
     /// ns since the broker started.
     pub at_ns: u64,
@@ -60,6 +106,8 @@ pub struct PacketEvent {
     pub qos: Option<u8>,
     pub dup: bool,
     pub note: Option<Note>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Box<Detail>>,
 }
 
 /// Events kept per client, and over all clients: a device that floods (or a load run left
@@ -112,6 +160,12 @@ impl Timeline {
         l.by_client.get(client).map(|(v, _)| v.clone()).unwrap_or_default()
     }
 
+    /// What was recorded for `client` from its `from`-th event on.
+    pub fn since(&self, client: &str, from: usize) -> Vec<PacketEvent> {
+        let l = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        l.by_client.get(client).map(|(v, _)| v.get(from..).unwrap_or_default().to_vec()).unwrap_or_default()
+    }
+
     /// Events of `client` not kept because the timeline was full.
     pub fn dropped(&self, client: &str) -> u64 {
         let l = self.logs.lock().unwrap_or_else(|e| e.into_inner());
@@ -137,6 +191,7 @@ mod tests {
             qos: Some(0),
             dup: false,
             note: None,
+            detail: None,
         }
     }
 
