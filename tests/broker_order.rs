@@ -9,111 +9,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use squall_broker::{AckPacket, Action, Delay, Rule, Selector};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// A raw 3.1.1 connection.
-struct Raw {
-    s: TcpStream,
-}
-
-/// A packet: its first byte (type and flags) and its body.
-type Packet = (u8, Vec<u8>);
-
-fn frame(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    let mut n = body.len();
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(body);
-    out
-}
-
-fn string(s: &str) -> Vec<u8> {
-    let mut v = (s.len() as u16).to_be_bytes().to_vec();
-    v.extend_from_slice(s.as_bytes());
-    v
-}
-
-fn publish(topic: &str, pid: u16, payload: &[u8]) -> Vec<u8> {
-    let mut body = string(topic);
-    body.extend_from_slice(&pid.to_be_bytes());
-    body.extend_from_slice(payload);
-    frame(0x32, &body)
-}
-
-impl Raw {
-    /// Opens a connection and sends CONNECT (clean session or not); does not wait.
-    async fn open(broker: &squall_broker::Broker, id: &str, clean: bool) -> Raw {
-        let mut s = TcpStream::connect(broker.local_addr()).await.unwrap();
-        s.set_nodelay(true).unwrap();
-        let mut body = string("MQTT");
-        body.extend_from_slice(&[4, if clean { 0x02 } else { 0x00 }, 0, 60]);
-        body.extend_from_slice(&string(id));
-        s.write_all(&frame(0x10, &body)).await.unwrap();
-        Raw { s }
-    }
-
-    /// Connects and reads the CONNACK: its session-present flag.
-    async fn connect(broker: &squall_broker::Broker, id: &str, clean: bool) -> (Raw, bool) {
-        let mut r = Raw::open(broker, id, clean).await;
-        let (first, body) = r.read().await.expect("a CONNACK");
-        assert_eq!((first, body[1]), (0x20, 0), "CONNACK accepted");
-        (r, body[0] & 1 == 1)
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.s.write_all(bytes).await.unwrap();
-    }
-
-    async fn subscribe(&mut self, filter: &str, pid: u16) {
-        let mut body = pid.to_be_bytes().to_vec();
-        body.extend_from_slice(&string(filter));
-        body.push(1);
-        self.send(&frame(0x82, &body)).await;
-        let (first, _) = self.read().await.expect("a SUBACK");
-        assert_eq!(first, 0x90);
-    }
-
-    /// The next packet, or `None` if none comes within 5 s (or the connection ends).
-    async fn read(&mut self) -> Option<Packet> {
-        self.read_within(Duration::from_secs(5)).await
-    }
-
-    async fn read_within(&mut self, limit: Duration) -> Option<Packet> {
-        tokio::time::timeout(limit, async {
-            let first = self.s.read_u8().await.ok()?;
-            let (mut len, mut shift) = (0usize, 0);
-            loop {
-                let b = self.s.read_u8().await.ok()?;
-                len |= ((b & 0x7f) as usize) << shift;
-                shift += 7;
-                if b & 0x80 == 0 {
-                    break;
-                }
-            }
-            let mut body = vec![0; len];
-            self.s.read_exact(&mut body).await.ok()?;
-            Some((first, body))
-        })
-        .await
-        .ok()
-        .flatten()
-    }
-}
-
-fn pid_of(body: &[u8]) -> u16 {
-    u16::from_be_bytes([body[0], body[1]])
-}
+use support::raw::{Raw, pid_of, publish};
 
 /// Every second PUBACK is delayed: the undelayed ones written after it wait behind it, so the
 /// client gets its PUBACKs in the order it published (before, the delayed ones came last).
@@ -126,7 +22,7 @@ async fn delayed_acks_leave_in_order_behind_each_other() {
         }];
     })
     .await;
-    let (mut c, _) = Raw::connect(&broker, "ordered", true).await;
+    let (mut c, _) = Raw::connect(broker.local_addr(), "ordered", true).await;
     let mut burst = Vec::new();
     for pid in 1..=6 {
         burst.extend(publish("o/t", pid, b"x"));
@@ -157,10 +53,10 @@ async fn a_delayed_connack_comes_before_the_resumed_sessions_resends() {
         }];
     })
     .await;
-    let (mut dev, present) = Raw::connect(&broker, "dev", false).await;
+    let (mut dev, present) = Raw::connect(broker.local_addr(), "dev", false).await;
     assert!(!present);
     dev.subscribe("r/t", 1).await;
-    let (mut app, _) = Raw::connect(&broker, "app", true).await;
+    let (mut app, _) = Raw::connect(broker.local_addr(), "app", true).await;
     app.send(&publish("r/t", 7, b"stored")).await;
     assert_eq!(app.read().await.map(|p| p.0), Some(0x40), "PUBACK to the publisher");
     // the device gets it and never acknowledges it, then goes away
@@ -169,7 +65,7 @@ async fn a_delayed_connack_comes_before_the_resumed_sessions_resends() {
     drop(dev);
 
     let t = Instant::now();
-    let mut dev = Raw::open(&broker, "dev", false).await;
+    let mut dev = Raw::open(broker.local_addr(), "dev", false).await;
     let (first, body) = dev.read().await.expect("a packet");
     assert_eq!(first, 0x20, "the CONNACK first, not a packet of type {:#x}", first >> 4);
     assert_eq!(body, [1, 0], "session present, accepted");
@@ -192,16 +88,16 @@ async fn a_withheld_connack_leaves_the_connection_unanswered_and_unprocessed() {
         }];
     })
     .await;
-    let (mut watcher, _) = Raw::connect(&broker, "watcher", true).await;
+    let (mut watcher, _) = Raw::connect(broker.local_addr(), "watcher", true).await;
     watcher.subscribe("w/#", 1).await;
     for attempt in 1..=2 {
-        let mut dev = Raw::open(&broker, "dev", true).await;
+        let mut dev = Raw::open(broker.local_addr(), "dev", true).await;
         dev.send(&publish("w/t", 1, b"too early")).await;
         assert_eq!(dev.read_within(Duration::from_millis(300)).await, None, "attempt {attempt}: no answer");
         drop(dev);
     }
     assert_eq!(watcher.read_within(Duration::from_millis(200)).await, None, "nothing was routed");
-    let (mut dev, _) = Raw::connect(&broker, "dev", true).await;
+    let (mut dev, _) = Raw::connect(broker.local_addr(), "dev", true).await;
     dev.send(&publish("w/t", 2, b"now")).await;
     assert_eq!(dev.read().await.map(|p| p.0), Some(0x40));
     let (first, _) = watcher.read().await.expect("the third connection's message");
@@ -218,7 +114,7 @@ async fn a_withheld_connack_leaves_the_connection_unanswered_and_unprocessed() {
 async fn a_stall_holds_a_connection_that_was_already_waiting() {
     use squall_broker::timeline::{Dir, Kind};
     let broker = support::broker(|c| c.timeline = true).await;
-    let (mut c, _) = Raw::connect(&broker, "waiting", true).await;
+    let (mut c, _) = Raw::connect(broker.local_addr(), "waiting", true).await;
     c.send(&publish("s/t", 1, b"before")).await;
     assert_eq!(c.read().await.map(|p| p.0), Some(0x40), "acknowledged at once before the stall");
     // the connection now waits in its loop for the next packet
@@ -249,7 +145,7 @@ async fn a_stall_holds_a_connection_that_was_already_waiting() {
 async fn a_drop_right_after_connack_sends_the_connack_first() {
     let broker = support::broker(|c| c.faults = vec![Rule::all(Action::DropAfter(Duration::ZERO))]).await;
     for attempt in 1..=3 {
-        let (mut c, _) = Raw::connect(&broker, "unstable", true).await;
+        let (mut c, _) = Raw::connect(broker.local_addr(), "unstable", true).await;
         assert_eq!(c.read().await, None, "attempt {attempt}: closed after the CONNACK, no DISCONNECT");
     }
     assert_eq!(broker.stats().faults_applied, 3);

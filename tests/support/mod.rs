@@ -6,6 +6,7 @@ pub mod ca;
 pub mod mosquitto;
 pub mod prom;
 pub mod proxy;
+pub mod raw;
 
 use squall_controller::coordinator::{self, RunSetup};
 use squall_controller::report::Report;
@@ -23,6 +24,11 @@ pub fn plan(text: &str, target: &str, dir: &std::path::Path) -> Plan {
 
 /// Runs a plan to the end with one in-process agent.
 pub async fn run(plan: Plan) -> Report {
+    run_until(plan, std::future::pending()).await
+}
+
+/// Runs a plan with one in-process agent until its end or until `stop` (as an interrupt).
+pub async fn run_until(plan: Plan, stop: impl std::future::Future<Output = ()>) -> Report {
     let targets = plan.targets.clone();
     let setup = RunSetup {
         plan,
@@ -33,9 +39,7 @@ pub async fn run(plan: Plan) -> Report {
         metrics_listen: None,
         broker_pid: None,
     };
-    coordinator::run(setup, squall::cli::agents::InProcess, std::future::pending())
-        .await
-        .expect("the run starts")
+    coordinator::run(setup, squall::cli::agents::InProcess, stop).await.expect("the run starts")
 }
 
 /// The built `squall` binary.
@@ -71,4 +75,24 @@ pub fn assert_counters_match_tallies(
         assert_eq!(value.as_u64().unwrap(), summed, "counter {name}: report against the agents' tallies");
     }
     tallies
+}
+
+/// Validates `instance` against `schema` with Python's jsonschema (the reference validator).
+pub fn validate_with_jsonschema(schema: &std::path::Path, instance: &std::path::Path) {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import json,sys,jsonschema; jsonschema.validate(json.load(open(sys.argv[2])), json.load(open(sys.argv[1]))); print('ok')",
+        ])
+        .arg(schema)
+        .arg(instance)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{} does not match {}: {}\n(needs Python's jsonschema: the README's test command installs it)",
+        instance.display(),
+        schema.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
