@@ -22,7 +22,7 @@
 use serde::Serialize;
 
 /// The shape of a series of delays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Policy {
     Constant,
@@ -37,7 +37,7 @@ pub enum Policy {
 }
 
 /// What the judgement means for the case.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Grade {
     Pass,
@@ -47,7 +47,7 @@ pub enum Grade {
     Insufficient,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Judgement {
     pub policy: Option<Policy>,
     pub grade: Grade,

@@ -9,4 +9,6 @@
 
 pub mod attempts;
 pub mod backoff;
+pub mod report;
+pub mod run;
 pub mod suite;

@@ -19,6 +19,8 @@ pub enum Schema {
     Report,
     /// `squall check --format json` output.
     Check,
+    /// `squall device --report` output.
+    DeviceReport,
 }
 
 pub fn run(a: InitArgs) -> u8 {
@@ -30,6 +32,7 @@ pub fn run(a: InitArgs) -> u8 {
         Some(Schema::Scenario) => squall_controller::init::scenario_schema(),
         Some(Schema::Report) => squall_controller::report::schema(),
         Some(Schema::Check) => squall_check::report::schema(),
+        Some(Schema::DeviceReport) => squall_device::report::schema(),
     };
     println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
     exit::PASS

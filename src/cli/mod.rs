@@ -8,6 +8,7 @@ pub mod broker_sys;
 pub mod check;
 pub mod compare;
 pub mod controller;
+pub mod device;
 pub mod embedded;
 pub mod exit;
 pub mod init;
@@ -43,6 +44,9 @@ pub enum Command {
     /// Check a broker, step by step (TCP, TLS, CONNECT, auth, publish, subscribe, latency,
     /// retained, will, session), for CI and on-call; exit code 0 only if all pass.
     Check(check::CheckArgs),
+    /// Judge a device's MQTT client (Device Advisor's cases): the device connects to squall,
+    /// whose broker withholds and drops on purpose; exit code 0 only if every case passes.
+    Device(device::DeviceArgs),
     /// Run squall's embedded MQTT broker standalone (with optional fault injection).
     Broker(broker::BrokerArgs),
     /// Compare the reports of runs (broker configurations) by latency percentile, throughput
@@ -76,6 +80,7 @@ pub fn dispatch(cli: Cli) -> u8 {
         Command::Init(a) => init::run(a),
         Command::Broker(a) => broker::run(a),
         Command::Check(a) => check::run(a),
+        Command::Device(a) => device::run(a),
         Command::Compare(a) => compare::run(a),
         Command::Report(a) => report::run(a),
     }
