@@ -460,3 +460,171 @@ fn the_command_end_to_end() {
     let out = support::squall().args(["device"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "a suite or a case is needed");
 }
+
+/// paho-mqtt 2.1 (PyPI) as the device (tests/interop/paho_device.py), through the command:
+/// each case's verdict is compared with what paho's source says it does. Written down before
+/// the first run; the line of paho 2.1's `paho/mqtt/client.py` each follows is cited.
+const PAHO_311: &[(&str, &str, &str, &str)] = &[
+    // (case, configuration, expected verdict, why)
+    (
+        "MQTT_Subscribe",
+        r#"{"TOPIC_LIST_FOR_SUBSCRIPTION_VALIDATION":["cmd/paho"]}"#,
+        "pass",
+        "on_connect subscribes when the CONNACK says no session (the script, as paho's docs advise)",
+    ),
+    ("MQTT_Connect", "{}", "pass", "connect_async + loop_start send CONNECT"),
+    (
+        "MQTT_Client_Puback_QoS1",
+        r#"{"TRIGGER_TOPIC":"cmd/paho"}"#,
+        "pass",
+        "_handle_publish answers a QoS 1 PUBLISH with _send_puback (manual_ack off)",
+    ),
+    (
+        "MQTT_Connect_Exponential_Backoff_Retries",
+        "{}",
+        "pass",
+        "_check_keepalive closes a connection with nothing in for keepalive; _reconnect_wait doubles \
+      _reconnect_delay (min(delay * 2, max_delay)), reset only by a successful CONNACK",
+    ),
+    (
+        "MQTT_Connect_Jitter_Backoff_Retries",
+        "{}",
+        "pass_with_warning",
+        "_reconnect_wait doubles the delay with no random part: strict exponential",
+    ),
+    (
+        "MQTT_Reconnect_Backoff_Retries_On_Server_Disconnect",
+        "{}",
+        "pass_with_warning",
+        "a refused CONNACK returns MQTT_ERR_CONN_REFUSED, loop_forever then calls _reconnect_wait: doubling, no jitter",
+    ),
+    (
+        "MQTT_Reconnect_Backoff_Retries_On_Unstable_Connection",
+        "{}",
+        "fail",
+        "_handle_connack sets _reconnect_delay = None on every successful CONNACK: back after min_delay each time (constant)",
+    ),
+    (
+        "MQTT_Publish",
+        r#"{"TOPIC_FOR_PUBLISH_VALIDATION":"dev/paho","PAYLOAD_FOR_PUBLISH_VALIDATION":"hello from paho"}"#,
+        "pass",
+        "the script publishes on dev/paho",
+    ),
+    (
+        "MQTT_Publish_Retained_Messages",
+        r#"{"TOPIC_FOR_PUBLISH_RETAINED_VALIDATION":"dev/paho"}"#,
+        "pass",
+        "publish(retain=True) sets the retain flag",
+    ),
+    (
+        "MQTT_Publish_Retry_No_Puback",
+        r#"{"EXECUTION_TIMEOUT":"4"}"#,
+        "timeout",
+        "paho 2 never resends on a live connection (message_retry_set is gone); only \
+      _messages_reconnect_reset_out marks messages DUP, on reconnect",
+    ),
+    (
+        "MQTT_Subscribe_Retry_No_Suback",
+        r#"{"EXECUTION_TIMEOUT":"4"}"#,
+        "timeout",
+        "paho keeps no state to resend a SUBSCRIBE with",
+    ),
+    (
+        "MQTT_No_Ack_PingResp",
+        "{}",
+        "pass",
+        "_check_keepalive sends PINGREQ after keepalive with nothing in, and closes one keepalive later (window 1.5 × keepalive)",
+    ),
+    (
+        "MQTT_Persistent_Session_Happy_Case",
+        r#"{"TRIGGER_TOPIC":"cmd/paho"}"#,
+        "pass",
+        "clean_session=False resumes; on_connect does not subscribe with session present; the stored PUBLISH is PUBACKed",
+    ),
+    ("MQTT_Expired_Persistent_Session", "{}", "pass", "session present false: on_connect subscribes again"),
+];
+
+const PAHO_5: &[(&str, &str, &str, &str)] = &[
+    (
+        "MQTT_Publish_Retry_No_Puback",
+        "{}",
+        "pass",
+        "MQTT_CLEAN_START_FIRST_ONLY: a reconnect keeps the session, and _messages_reconnect_reset_out resends \
+      unacknowledged QoS 1 with DUP after the CONNACK",
+    ),
+    (
+        "MQTT_Publish_User_Property",
+        r#"{"USER_PROPERTIES":[{"name":"device","value":"paho"}]}"#,
+        "pass",
+        "the script's PUBLISH properties carry UserProperty device=paho",
+    ),
+    (
+        "MQTT_Subscribe_Retry_No_Suback",
+        "{}",
+        "pass",
+        "dropped by squall, told no session: on_connect subscribes again on the next connection",
+    ),
+];
+
+fn paho_suite(protocol: &str, cases: &[(&str, &str, &str, &str)]) {
+    let dir = tempfile::tempdir().unwrap();
+    let tests: Vec<String> = cases
+        .iter()
+        .map(|(id, config, _, _)| {
+            let config = if config.contains("EXECUTION_TIMEOUT") {
+                config.to_string()
+            } else if *config == "{}" {
+                r#"{"EXECUTION_TIMEOUT":"60"}"#.to_string()
+            } else {
+                config.replacen('{', r#"{"EXECUTION_TIMEOUT":"60","#, 1)
+            };
+            format!(r#"{{"name":"{id}","configuration":{config},"test":{{"id":"{id}","version":"0.0.0"}}}}"#)
+        })
+        .collect();
+    let suite = dir.path().join("suite.json");
+    std::fs::write(&suite, format!(r#"{{"tests":[{}]}}"#, tests.join(","))).unwrap();
+    let port = support::mosquitto::free_port();
+    let report = dir.path().join("r.json");
+    let endpoint = support::squall()
+        .args(["device", "--listen", &format!("127.0.0.1:{port}"), "--suite"])
+        .arg(&suite)
+        .arg("--report")
+        .arg(&report)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut paho = std::process::Command::new("python3")
+        .args(["tests/interop/paho_device.py", "127.0.0.1", &port.to_string(), protocol])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 runs (the README's test command installs paho-mqtt)");
+    let out = endpoint.wait_with_output().unwrap();
+    let _ = paho.kill();
+    let _ = paho.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let mut wrong = Vec::new();
+    for (i, (id, _, want, why)) in cases.iter().enumerate() {
+        let got = json["cases"][i]["verdict"].as_str().unwrap_or("?");
+        if got != *want {
+            wrong.push(format!("{id}: {got}, expected {want} ({why}): {}", json["cases"][i]["why"]));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "paho (MQTT {protocol}) against the expected table:\n{}\n{stdout}",
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn paho_as_the_device_mqtt_311() {
+    paho_suite("3.1.1", PAHO_311);
+}
+
+#[test]
+fn paho_as_the_device_mqtt_5() {
+    paho_suite("5", PAHO_5);
+}

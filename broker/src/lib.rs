@@ -405,6 +405,14 @@ impl Broker {
         true
     }
 
+    /// The subscriptions `client_id`'s session holds now (filter, QoS granted).
+    pub fn subscriptions(&self, client_id: &str) -> Vec<(String, u8)> {
+        let map = self.sh.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(client_id).map_or_else(Vec::new, |s| {
+            s.lock().subscriptions.iter().map(|(f, o)| (f.clone(), u8::from(o.qos))).collect()
+        })
+    }
+
     /// Publishes a message into the broker as if a client had (origin 0: no client's no-local
     /// applies). Returns how many subscriptions it reached.
     pub fn publish(&self, topic: &str, payload: Vec<u8>, qos: u8, retain: bool) -> usize {

@@ -227,19 +227,17 @@ impl Cx<'_> {
         what: &str,
         mut f: impl FnMut(&[PacketEvent]) -> Option<T>,
     ) -> Result<T, Stop> {
-        loop {
-            let ev = self.events();
-            if let Some(t) = f(&ev) {
-                return Ok(t);
-            }
-            let what = if self.ep.known.is_none() { "waiting for the device to connect" } else { what };
-            if Instant::now() >= self.deadline {
-                let limit = self.deadline_s();
-                return Err(Stop::Timeout(format!("{limit} s passed {what}")));
-            }
-            self.status(what);
-            tokio::time::sleep(POLL).await;
-        }
+        self.until_with(what, |ev, _| f(ev)).await
+    }
+
+    /// [`Cx::until`], `f` also given the broker (to read a session's state).
+    async fn until_with<T>(
+        &mut self,
+        what: &str,
+        f: impl FnMut(&[PacketEvent], &Broker) -> Option<T>,
+    ) -> Result<T, Stop> {
+        let found = self.wait(what, None, f).await?;
+        Ok(found.expect("without a limit of its own, a wait ends found or timed out"))
     }
 
     /// Like [`Cx::until`], but the limit is `by` (sooner than the deadline): `None` then.
@@ -249,17 +247,27 @@ impl Cx<'_> {
         by: Instant,
         mut f: impl FnMut(&[PacketEvent]) -> Option<T>,
     ) -> Result<Option<T>, Stop> {
+        self.wait(what, Some(by), |ev, _| f(ev)).await
+    }
+
+    async fn wait<T>(
+        &mut self,
+        what: &str,
+        by: Option<Instant>,
+        mut f: impl FnMut(&[PacketEvent], &Broker) -> Option<T>,
+    ) -> Result<Option<T>, Stop> {
         loop {
             let ev = self.events();
-            if let Some(t) = f(&ev) {
+            if let Some(t) = f(&ev, &self.ep.broker) {
                 return Ok(Some(t));
             }
-            if Instant::now() >= by.min(self.deadline) {
-                return if by < self.deadline {
-                    Ok(None)
-                } else {
-                    Err(Stop::Timeout(format!("{} s passed {what}", self.deadline_s())))
-                };
+            let what = if self.ep.known.is_none() { "waiting for the device to connect" } else { what };
+            let now = Instant::now();
+            if by.is_some_and(|by| now >= by && by < self.deadline) {
+                return Ok(None);
+            }
+            if now >= self.deadline {
+                return Err(Stop::Timeout(format!("{} s passed {what}", self.deadline_s())));
             }
             self.status(what);
             tokio::time::sleep(POLL).await;
@@ -399,30 +407,61 @@ fn payload_of(case: &Case) -> Vec<u8> {
     }
 }
 
-/// Waits for a QoS 1 (or 2) subscription of the device (to one matching `trigger`, if given)
-/// and names the topic squall publishes on: the trigger, or the filter made concrete.
-async fn qos1_subscription(cx: &mut Cx<'_>, trigger: Option<&str>) -> Result<(u64, String), Stop> {
+/// A QoS 1 subscription of the device, seen on the wire or already in its resumed session.
+struct Subscribed {
+    /// The connection it was made or resumed on.
+    conn: u64,
+    /// The topic squall publishes on: the trigger, or the filter made concrete.
+    topic: String,
+    /// Every filter the device holds then.
+    filters: Vec<(String, u8)>,
+}
+
+/// Waits for a QoS 1 (or 2) subscription of the device (to a filter matching `trigger`, if
+/// given): a SUBSCRIBE in this phase, or one its session kept (a device that resumed its
+/// session from an earlier case rightly does not subscribe again).
+async fn qos1_subscription(cx: &mut Cx<'_>, trigger: Option<&str>) -> Result<Subscribed, Stop> {
     let what = match trigger {
         Some(t) => format!("waiting for a QoS 1 SUBSCRIBE to a filter matching {t}"),
         None => "waiting for a QoS 1 SUBSCRIBE".to_string(),
     };
-    cx.until(&what, |ev| {
-        ev.iter().filter(|e| e.dir == Dir::In && e.kind == Kind::Subscribe).find_map(|e| {
-            let Detail::Subscribe { filters } = e.detail.as_deref()? else { return None };
-            filters.iter().filter(|(_, q)| *q >= 1).find_map(|(f, _)| match trigger {
-                Some(t) => squall_proto::topic::matches(f, t).then(|| (e.conn, t.to_string())),
-                None => Some((e.conn, topic_for(f))),
-            })
+    let id = cx.ep.known.clone();
+    let pick = |filters: &[(String, u8)]| {
+        filters.iter().filter(|(_, q)| *q >= 1).find_map(|(f, _)| match trigger {
+            Some(t) => squall_proto::topic::matches(f, t).then(|| t.to_string()),
+            None => Some(topic_for(f)),
+        })
+    };
+    cx.until_with(&what, |ev, broker| {
+        let on_wire = ev.iter().filter(|e| e.dir == Dir::In && e.kind == Kind::Subscribe).find_map(|e| {
+            let topic = pick(&subscribed(std::slice::from_ref(e), None))?;
+            Some(Subscribed { conn: e.conn, topic, filters: subscribed(ev, Some(e.conn)) })
+        });
+        on_wire.or_else(|| {
+            // resumed: the session's own subscriptions, once its CONNACK is out
+            let c =
+                ev.iter().rev().find(|e| e.kind == Kind::ConnAck && e.dir == Dir::Out && e.note.is_none())?;
+            connect_of(ev, Some(c.conn)).filter(|s| s.session_present)?;
+            let held = broker.subscriptions(id.as_deref().or_else(|| client_of(ev))?);
+            Some(Subscribed { conn: c.conn, topic: pick(&held)?, filters: held })
         })
     })
     .await
+}
+
+/// The client id the phase's CONNECTs carried.
+fn client_of(ev: &[PacketEvent]) -> Option<&str> {
+    ev.iter().find_map(|e| match e.detail.as_deref()? {
+        Detail::Connect { client_id, .. } => Some(client_id.as_str()),
+        _ => None,
+    })
 }
 
 /// `MQTT_Client_Puback_QoS1`: squall publishes at QoS 1 to a topic the device subscribed to;
 /// the device must PUBACK it (on any of its connections: a resent copy's PUBACK counts).
 async fn puback_qos1(cx: &mut Cx<'_>, case: &Case) -> Judged {
     cx.begin(Vec::new());
-    let (_, topic) = qos1_subscription(cx, case.trigger_topic.as_deref()).await?;
+    let topic = qos1_subscription(cx, case.trigger_topic.as_deref()).await?.topic;
     let payload = payload_of(case);
     let len = payload.len();
     let sent_ns = cx.ep.broker.now_ns();
@@ -674,8 +713,12 @@ async fn publish(cx: &mut Cx<'_>, case: &Case) -> Judged {
 
 /// `MQTT_Subscribe`: the device subscribes to every filter of
 /// `TOPIC_LIST_FOR_SUBSCRIPTION_VALIDATION` (over one or several SUBSCRIBEs), or to anything.
+///
+/// Every connection of the case is told its session is gone (CONNACK session present = false),
+/// so a device with a persistent session subscribes as on its first boot instead of rightly
+/// relying on the subscriptions an earlier case left it.
 async fn subscribe(cx: &mut Cx<'_>, case: &Case) -> Judged {
-    cx.begin(Vec::new());
+    cx.begin(vec![(Selector::default(), Action::ExpireSession)]);
     let want = case.subscriptions.clone();
     let got = cx
         .until("waiting for the device's SUBSCRIBE", |ev| {
@@ -694,8 +737,15 @@ async fn subscribe(cx: &mut Cx<'_>, case: &Case) -> Judged {
 /// Device Advisor does. MQTT 5 forbids resending on the same connection (MQTT-4.4.0-1): a v5
 /// device is dropped `--settle` after its unanswered packet and must resend it on its next
 /// connection with the session kept (a SUBSCRIBE: subscribe to the same filters again).
+///
+/// For the SUBSCRIBE, every connection of the case is told its session is gone (as in
+/// `MQTT_Subscribe`): a device must then subscribe, and after a reconnect subscribe again.
 async fn retry(cx: &mut Cx<'_>, ack: AckPacket) -> Judged {
-    cx.begin(vec![(Selector::default(), Action::Withhold { packet: ack })]);
+    let mut rules = vec![(Selector::default(), Action::Withhold { packet: ack })];
+    if ack == AckPacket::SubAck {
+        rules.push((Selector::default(), Action::ExpireSession));
+    }
+    cx.begin(rules);
     let kind = if ack == AckPacket::PubAck { Kind::Publish } else { Kind::Subscribe };
     let name = if kind == Kind::Publish { "QoS 1 PUBLISH" } else { "SUBSCRIBE" };
     let unanswered =
@@ -858,8 +908,7 @@ async fn session(cx: &mut Cx<'_>, case: &Case, expired: bool) -> Judged {
             if c.v5 { " and a session expiry" } else { "" }
         )));
     }
-    let (conn, topic) = qos1_subscription(cx, case.trigger_topic.as_deref()).await?;
-    let filters = subscribed(&cx.events(), Some(conn));
+    let Subscribed { conn, topic, filters } = qos1_subscription(cx, case.trigger_topic.as_deref()).await?;
     tokio::time::sleep(cx.ep.settle).await;
     cx.drop_device();
     cx.until("dropping the device", |ev| closed(ev, conn)).await?;
