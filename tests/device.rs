@@ -628,3 +628,88 @@ fn paho_as_the_device_mqtt_311() {
 fn paho_as_the_device_mqtt_5() {
     paho_suite("5", PAHO_5);
 }
+
+/// Over TLS, with mosquitto_sub (another client nobody here wrote) as the device: it connects
+/// with the test CA, subscribes at QoS 1, and acknowledges squall's PUBLISH.
+#[test]
+fn over_tls_with_mosquitto_sub_as_the_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = support::ca::TestCa::new("device-ca");
+    let ca_file = ca.write_ca(dir.path(), "ca.pem");
+    let server = ca.issue(dir.path(), "server", &["127.0.0.1"]);
+    let port = support::mosquitto::free_port();
+    let endpoint = support::squall()
+        .args([
+            "device",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--case",
+            "MQTT_Client_Puback_QoS1",
+            "--tls-cert",
+        ])
+        .arg(&server.cert)
+        .arg("--tls-key")
+        .arg(&server.key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut sub = std::process::Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-i",
+            "tls-device",
+            "-q",
+            "1",
+            "-t",
+            "cmd/#",
+            "--cafile",
+        ])
+        .arg(&ca_file)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("mosquitto_sub runs (the README's test command installs mosquitto-clients)");
+    let out = endpoint.wait_with_output().unwrap();
+    let _ = sub.kill();
+    let _ = sub.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("PUBACK of packet 1") && stdout.contains("on cmd/squall"), "{stdout}");
+
+    // a certificate that is not one: exit 2
+    let out = support::squall()
+        .args(["device", "--listen", "127.0.0.1:0", "--case", "MQTT_Connect", "--tls-cert"])
+        .arg(&ca_file)
+        .arg("--tls-key")
+        .arg(&ca_file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// With --client-id only that client is the device: another that connects first is not judged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_given_client_is_the_device() {
+    let broker = Broker::start(BrokerConfig { timeline: true, ..Default::default() }).await.unwrap();
+    let mut ep = Endpoint::new(broker, Some("the-device".into()), Duration::from_millis(100));
+    let addr = ep.broker.local_addr();
+    let c = suite::parse(&case("MQTT_Connect", r#"{"EXECUTION_TIMEOUT":"5"}"#)).unwrap().remove(0);
+    let clients = tokio::spawn(async move {
+        let _other = Raw::connect(addr, "someone-else", true).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _device = Raw::connect(addr, "the-device", true).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let r = ep.run(&c, &mut |_| {}).await;
+    clients.abort();
+    assert_verdict(&r, Verdict::Pass, "CONNECT");
+    assert_eq!(r.client_id.as_deref(), Some("the-device"));
+    assert!(
+        r.started_s + 0.25 < r.timeline[0].at_ns as f64 / 1e9,
+        "judged from the device's CONNECT, not the other's"
+    );
+}
