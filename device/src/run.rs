@@ -584,6 +584,9 @@ impl Cx<'_> {
                 return Err(Stop::Judged(Verdict::Timeout, why, Vec::new()));
             }
             if Instant::now() >= self.deadline {
+                if let Some(why) = stuck(&a, self.ep.broker.now_ns(), Duration::ZERO) {
+                    return Err(Stop::Judged(Verdict::Timeout, why, Vec::new()));
+                }
                 let got =
                     if a.is_empty() { "no CONNECT".to_string() } else { format!("{with_connect} CONNECTs") };
                 return Err(Stop::Timeout(format!(

@@ -7,8 +7,11 @@ connect only, session expiry 300 s), subscribes to cmd/paho at QoS 1 in on_conne
 session was resumed (as paho's documentation advises), publishes a retained QoS 1 message on
 dev/paho every 0.5 s (MQTT 5: with the user property device=paho), keepalive 2 s, and lets paho
 reconnect by itself: reconnect_delay_set(0.05, 5), paho's doubling delay. Runs until killed.
+PAHO_MIN_DELAY, PAHO_MAX_DELAY and PAHO_KEEPALIVE (seconds) set them otherwise (real time:
+benches/device_realtime.sh).
 """
 
+import os
 import sys
 import time
 
@@ -25,7 +28,10 @@ client = mqtt.Client(
     protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
     clean_session=None if v5 else False,
 )
-client.reconnect_delay_set(min_delay=0.05, max_delay=5)
+client.reconnect_delay_set(
+    min_delay=float(os.environ.get("PAHO_MIN_DELAY", "0.05")),
+    max_delay=float(os.environ.get("PAHO_MAX_DELAY", "5")),
+)
 
 
 def on_connect(c, userdata, flags, reason_code, properties):
@@ -38,7 +44,7 @@ connect_props = None
 if v5:
     connect_props = Properties(PacketTypes.CONNECT)
     connect_props.SessionExpiryInterval = 300
-client.connect_async(host, port, keepalive=2, properties=connect_props)
+client.connect_async(host, port, keepalive=int(os.environ.get("PAHO_KEEPALIVE", "2")), properties=connect_props)
 client.loop_start()
 
 publish_props = None
