@@ -551,6 +551,7 @@ async fn connect_backoff(cx: &mut Cx<'_>, jitter: bool) -> Judged {
         let found = cx
             .until_stuck(
                 &format!("series {}/{series}: waiting for CONNECT {}", s + 1, withheld + 1),
+                "withheld",
                 withheld,
                 patience,
             )
@@ -573,7 +574,13 @@ async fn connect_backoff(cx: &mut Cx<'_>, jitter: bool) -> Judged {
 impl Cx<'_> {
     /// Waits for `n + 1` attempts of the phase (the device retrying `n` times), saying how
     /// many CONNECTs were withheld; a device stuck on one attempt for `patience` fails.
-    async fn until_stuck(&mut self, what: &str, n: u32, patience: Duration) -> Result<Vec<Attempt>, Stop> {
+    async fn until_stuck(
+        &mut self,
+        what: &str,
+        done: &str,
+        n: u32,
+        patience: Duration,
+    ) -> Result<Vec<Attempt>, Stop> {
         loop {
             let a = attempts(&self.events());
             let with_connect = a.iter().filter(|a| a.connect_ns.is_some()).count();
@@ -598,7 +605,7 @@ impl Cx<'_> {
             let status = if self.ep.known.is_none() {
                 "waiting for the device to connect".to_string()
             } else {
-                format!("{what} ({}/{n} answered with silence)", with_connect.min(n as usize))
+                format!("{what}: {}/{n} CONNECTs {done}", with_connect.min(n as usize))
             };
             self.status(&status);
             tokio::time::sleep(POLL).await;
@@ -636,7 +643,14 @@ async fn reconnect_backoff(cx: &mut Cx<'_>, n: u32, unstable: bool) -> Judged {
         cx.drop_device();
     }
     let patience = cx.ep.settle.max(Duration::from_secs(1)) * 60;
-    let a = cx.until_stuck("waiting for the reconnections", n + 1, patience).await?;
+    let a = cx
+        .until_stuck(
+            "waiting for the reconnections",
+            if unstable { "dropped" } else { "refused" },
+            n + 1,
+            patience,
+        )
+        .await?;
     let j = classify(&delays_s(&a[..n as usize + 2]));
     Err(Stop::Judged(graded(&j), j.why.clone(), vec![j]))
 }
