@@ -420,4 +420,95 @@ fn bad_usage_exits_2() {
     let out = support::squall().args(["check", "mqtt://localhost", "--only", "wil"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown check `wil`"));
+    let out = support::squall().args(["check", "mqtt://localhost", "--require", "retain"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give one of retained, shared, qos1, qos2"));
+    let out = support::squall().args(["check", "mqtt://localhost", "--expect-deny", "a/#"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no + or # wildcards"));
+}
+
+/// The cause of each failing or skipped check, exactly (none for a pass).
+fn causes(v: &serde_json::Value) -> BTreeMap<String, String> {
+    v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| Some((c["id"].as_str()?.to_string(), c["cause"].as_str()?.to_string())))
+        .collect()
+}
+
+/// mosquitto with `retain_available false`: on 3.1.1 it closes the connection on a retained
+/// PUBLISH; on MQTT 5 its CONNACK says so. Either way `retained` alone names the cause, and
+/// `will` and `session` pass on connections of their own.
+#[test]
+fn retain_disabled_is_one_cause_on_each_protocol() {
+    let broker = Mosquitto::start_with(
+        |port| format!("listener {port} 127.0.0.1\nallow_anonymous true\nretain_available false\n"),
+        |_| {},
+    );
+    let (code, got, v) = check(&[&broker.url()]);
+    assert_eq!(code, 1);
+    let c = causes(&v);
+    assert_eq!(c.get("v311.retained").map(String::as_str), Some("retain_unavailable"), "{c:#?}");
+    assert_eq!(c.get("v5.retained").map(String::as_str), Some("retain_unavailable"), "{c:#?}");
+    assert_statuses(
+        &got,
+        &[
+            ("v311.retained", "fail"),
+            ("v5.retained", "skip"),
+            ("v311.will", "pass"),
+            ("v311.session", "pass"),
+            ("v5.will", "pass"),
+            ("v5.will.clean_disconnect", "pass"),
+            ("v5.session", "pass"),
+        ],
+    );
+    assert!(find(&v, "v311.retained")["hint"].as_str().unwrap().contains("retain_available false"));
+    let failed: Vec<&str> = got.iter().filter(|(_, s)| *s == "fail").map(|(id, _)| id.as_str()).collect();
+    assert_eq!(failed, ["v311.retained"], "nothing else fails");
+    // asked for, a declared absence fails
+    let (code, got, v) =
+        check(&[&broker.url(), "--protocol", "5", "--only", "connect,retained", "--require", "retained"]);
+    assert_eq!(code, 1);
+    assert_statuses(&got, &[("v5.retained", "fail")]);
+    assert_eq!(causes(&v)["v5.retained"], "retain_unavailable");
+}
+
+/// mosquitto with an ACL that makes everything read-only: publishes are refused (MQTT 5) or
+/// dropped (3.1.1), so own messages never come back; what depends on that is skipped with that
+/// reason instead of blaming retained messages or sessions.
+#[test]
+fn a_read_only_acl_is_one_cause() {
+    let broker = Mosquitto::start_with(
+        |port| format!("listener {port} 127.0.0.1\nallow_anonymous true\nacl_file acl\n"),
+        |dir| support::mosquitto::write_readable(&dir.join("acl"), "topic read #\n"),
+    );
+    let (code, got, v) = check(&[&broker.url()]);
+    assert_eq!(code, 1);
+    let c = causes(&v);
+    for p in ["v311", "v5"] {
+        for q in 0..=2 {
+            let id = format!("{p}.subscribe.qos{q}");
+            let want = if p == "v5" && q > 0 { "acl_denied" } else { "not_delivered" };
+            assert_eq!(c.get(&id).map(String::as_str), Some(want), "{id}: {c:#?}");
+        }
+        for dependent in ["latency", "retained", "will", "will.clean_disconnect", "session"] {
+            let id = format!("{p}.{dependent}");
+            assert_eq!(got[&id], "skip", "{id}");
+            assert_eq!(c[&id], "not_delivered", "{id}");
+            assert!(find(&v, &id)["detail"].as_str().unwrap().contains("are not delivered (see subscribe)"));
+        }
+    }
+    assert_eq!(c["v5.publish.qos1"], "acl_denied");
+    assert_eq!(got["v311.publish.qos1"], "pass", "3.1.1 cannot refuse a publish");
+    // --expect-deny: a denial there passes; where the ACL allows, it fails
+    let (code, got, _) = check(&[&broker.url(), "--only", "connect,deny", "--expect-deny", "secret/x"]);
+    assert_eq!(code, 0, "{got:#?}");
+    assert_statuses(&got, &[("v311.deny[secret/x]", "pass"), ("v5.deny[secret/x]", "pass")]);
+    let open = Mosquitto::start();
+    let (code, got, v) = check(&[&open.url(), "--only", "connect,deny", "--expect-deny", "secret/x"]);
+    assert_eq!(code, 1);
+    assert_statuses(&got, &[("v5.deny[secret/x]", "fail")]);
+    assert_eq!(causes(&v)["v5.deny[secret/x]"], "not_denied");
 }

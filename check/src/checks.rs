@@ -11,7 +11,7 @@ use squall_agent::mqtt::tls::{self, TlsMaterial};
 use squall_agent::mqtt::transport::{self, ConnectFailure, Endpoint};
 
 use crate::client::{Client, ClientError, ConnAck};
-use crate::report::{CheckReport, CheckResult, SCHEMA_VERSION, Status};
+use crate::report::{Cause, CheckReport, CheckResult, SCHEMA_VERSION, Status};
 use crate::{Anonymous, CHECKS, CheckOptions, EXTENDED};
 
 struct Runner {
@@ -55,6 +55,33 @@ fn refusal_hint(code: u8, o: &CheckOptions) -> String {
         0x97 => "quota exceeded: the broker's connection limit is reached".into(),
         _ => "see the broker's logs for why it refused".into(),
     }
+}
+
+/// The cause of a CONNACK refusal.
+fn refusal_cause(code: u8) -> Cause {
+    match code {
+        4 | 0x86 => Cause::AuthFailed,
+        5 | 0x87 => Cause::NotAuthorized,
+        0x97 => Cause::ConnectionLimit,
+        _ => Cause::Refused,
+    }
+}
+
+/// The cause of an error that ended a connection attempt or an exchange.
+fn error_cause(e: &ClientError) -> Cause {
+    match e {
+        ClientError::Connect(ConnectFailure::Refused) => Cause::Unreachable,
+        ClientError::Connect(ConnectFailure::Tls(_)) => Cause::Tls,
+        ClientError::Timeout(..) => Cause::Timeout,
+        ClientError::Disconnected(0x9a) => Cause::RetainUnavailable,
+        ClientError::Closed | ClientError::Disconnected(_) | ClientError::Io(_) => Cause::ConnectionClosed,
+        _ => Cause::Other,
+    }
+}
+
+/// Whether the connection is gone.
+fn lost(e: &ClientError) -> bool {
+    matches!(e, ClientError::Closed | ClientError::Disconnected(_) | ClientError::Io(_))
 }
 
 /// The hint for an error that ended a connection attempt or an exchange.
@@ -107,7 +134,24 @@ impl Runner {
             detail: detail.into(),
             hint,
             data,
+            cause: None,
         });
+    }
+
+    /// Says why the last result failed or was skipped.
+    fn cause(&mut self, c: Cause) {
+        if let Some(last) = self.results.last_mut() {
+            last.cause = Some(c);
+        }
+    }
+
+    fn skip_because(&mut self, check: &str, p: Option<Protocol>, why: impl Into<String>, c: Cause) {
+        self.skip(check, p, why);
+        self.cause(c);
+    }
+
+    fn required(&self, feature: &str) -> bool {
+        self.o.require.iter().any(|f| f == feature)
     }
 
     fn skip(&mut self, check: &str, p: Option<Protocol>, why: impl Into<String>) {
@@ -452,8 +496,10 @@ async fn per_protocol(r: &mut Runner, p: Protocol) {
         Some(stream) => Client::handshake(stream, &spec, p, timeout).await,
         None => Client::connect(&ep, &spec, p, timeout).await,
     };
+    let mut limits = squall_agent::mqtt::codec::ServerLimits::default();
     let mut main = match first {
         Ok((c, ack)) if ack.code == 0 => {
+            limits = ack.limits.clone();
             let l = &ack.limits;
             let mut detail = format!(
                 "accepted in {}; session present: {}",
@@ -503,6 +549,7 @@ async fn per_protocol(r: &mut Runner, p: Protocol) {
                 Some(hint.clone()),
                 Some(serde_json::json!({ "code": ack.code })),
             );
+            r.cause(refusal_cause(ack.code));
             if r.selected("auth") {
                 if matches!(ack.code, 4 | 5 | 0x86 | 0x87) {
                     r.push(
@@ -514,6 +561,7 @@ async fn per_protocol(r: &mut Runner, p: Protocol) {
                         Some(hint),
                         None,
                     );
+                    r.cause(refusal_cause(ack.code));
                 } else {
                     r.skip("auth", Some(p), "skipped: the connection was refused for another reason");
                 }
@@ -523,6 +571,7 @@ async fn per_protocol(r: &mut Runner, p: Protocol) {
         Err(e) => {
             let hint = client_hint(&e);
             r.push("connect", Some(p), Status::Fail, t.elapsed(), e.to_string(), Some(hint), None);
+            r.cause(error_cause(&e));
             if r.selected("auth") {
                 r.skip("auth", Some(p), "skipped: CONNECT failed");
             }
@@ -575,9 +624,20 @@ async fn per_protocol(r: &mut Runner, p: Protocol) {
 
     let max_qos = r.o.max_qos.min(2);
     let mut publish_ok = [false; 3];
+    let mut publish_cause = [None; 3];
+    // MQTT 5: what the broker declares absent is reported as such, not probed (unless required)
+    let declared_absent = |q: u8| p == Protocol::V5 && q > limits.max_qos;
     for q in 0..=max_qos {
         let name = format!("publish.qos{q}");
         if !r.selected(&name) {
+            continue;
+        }
+        if declared_absent(q) && !r.required(&format!("qos{q}")) {
+            let why = format!(
+                "the broker declares maximum QoS {} (CONNACK); not probed (--require qos{q} judges it)",
+                limits.max_qos
+            );
+            r.skip_because(&name, Some(p), why, Cause::QosUnavailable);
             continue;
         }
         let topic = r.topic(p, &format!("publish/q{q}"));
@@ -625,11 +685,13 @@ async fn per_protocol(r: &mut Runner, p: Protocol) {
                     Some(hint),
                     Some(serde_json::json!({ "code": a.code })),
                 );
+                r.cause(if a.code == 0x87 { Cause::AclDenied } else { Cause::Other });
             }
             Err(e) => {
                 let hint = client_hint(&e);
                 r.push(&name, Some(p), Status::Fail, t.elapsed(), e.to_string(), Some(hint), None);
-                if matches!(e, ClientError::Closed | ClientError::Disconnected(_) | ClientError::Io(_)) {
+                r.cause(error_cause(&e));
+                if lost(&e) {
                     return skip_rest_after_loss(r, p);
                 }
             }
@@ -637,15 +699,32 @@ async fn per_protocol(r: &mut Runner, p: Protocol) {
     }
 
     let mut receive_ok = [false; 3];
+    let mut tried_receive = false;
+    for (q, c) in publish_cause.iter_mut().enumerate() {
+        // what made each publish fail, for the subscribe check it skips
+        *c = r
+            .results
+            .iter()
+            .rev()
+            .find(|x| x.id == format!("{}.publish.qos{q}", proto_tag(p)))
+            .and_then(|x| x.cause);
+    }
     for q in 0..=max_qos {
         let name = format!("subscribe.qos{q}");
         if !r.selected(&name) {
             continue;
         }
-        if r.selected(&format!("publish.qos{q}")) && !publish_ok[q as usize] {
-            r.skip(&name, Some(p), format!("skipped: publishing at QoS {q} failed"));
+        if declared_absent(q) && !r.required(&format!("qos{q}")) {
+            let why = format!("the broker declares maximum QoS {} (CONNACK); not probed", limits.max_qos);
+            r.skip_because(&name, Some(p), why, Cause::QosUnavailable);
             continue;
         }
+        if r.selected(&format!("publish.qos{q}")) && !publish_ok[q as usize] {
+            let cause = publish_cause[q as usize].unwrap_or(Cause::Other);
+            r.skip_because(&name, Some(p), format!("skipped: publishing at QoS {q} failed"), cause);
+            continue;
+        }
+        tried_receive = true;
         let topic = r.topic(p, &format!("subscribe/q{q}"));
         let qos = qos_from_u8(q).expect("0..=2");
         let t = Instant::now();
@@ -662,6 +741,10 @@ async fn per_protocol(r: &mut Runner, p: Protocol) {
                     Some(hint),
                     None,
                 );
+                r.cause(error_cause(&e));
+                if lost(&e) {
+                    return skip_rest_after_loss(r, p);
+                }
                 continue;
             }
         };
@@ -676,6 +759,7 @@ async fn per_protocol(r: &mut Runner, p: Protocol) {
                 Some(format!("Not authorized? check the broker's ACL for topic {topic}")),
                 Some(serde_json::json!({ "granted": granted })),
             );
+            r.cause(if matches!(granted, 0x80 | 0x87) { Cause::AclDenied } else { Cause::Other });
             continue;
         }
         let payload = format!("own-{q}-{}", r.run);
@@ -690,6 +774,7 @@ async fn per_protocol(r: &mut Runner, p: Protocol) {
                 Some(hint),
                 None,
             );
+            r.cause(error_cause(&e));
             continue;
         }
         match client.recv_on(&topic, 1, timeout).await {
@@ -718,14 +803,42 @@ async fn per_protocol(r: &mut Runner, p: Protocol) {
             Err(e) => {
                 let hint = client_hint(&e);
                 r.push(&name, Some(p), Status::Fail, t.elapsed(), e.to_string(), Some(hint), None);
+                r.cause(error_cause(&e));
+                continue;
             }
         }
+        if !receive_ok[q as usize] {
+            r.cause(Cause::NotDelivered);
+        }
+    }
+
+    if r.selected("deny") {
+        for topic in r.o.expect_deny.clone() {
+            deny(r, p, &topic).await;
+        }
+    }
+
+    // what follows needs own messages back: if none came, say so instead of guessing
+    if tried_receive && !receive_ok.iter().any(|ok| *ok) {
+        let why = format!("skipped: publishes on {} are not delivered (see subscribe)", r.o.topic_prefix);
+        for c in checks_from("latency") {
+            if r.selected(c) {
+                r.skip_because(c, Some(p), why.clone(), Cause::NotDelivered);
+                if c == "will" && r.selected("will") {
+                    r.skip_because("will.clean_disconnect", Some(p), why.clone(), Cause::NotDelivered);
+                }
+            }
+        }
+        if let Some(c) = main {
+            c.disconnect().await;
+        }
+        return;
     }
 
     // round trip: publish, receive own message, N times
     if r.selected("latency") {
         if r.selected("subscribe.qos0") && !receive_ok[0] {
-            r.skip("latency", Some(p), "skipped: receiving own messages failed");
+            r.skip_because("latency", Some(p), "skipped: receiving own messages failed", Cause::NotDelivered);
         } else {
             let topic = r.topic(p, "latency");
             let t = Instant::now();
@@ -786,6 +899,7 @@ async fn per_protocol(r: &mut Runner, p: Protocol) {
                                 Some(hint),
                                 Some(data),
                             );
+                            r.cause(Cause::Slow);
                         }
                         _ => r.push("latency", Some(p), Status::Pass, t.elapsed(), detail, None, Some(data)),
                     }
@@ -794,32 +908,114 @@ async fn per_protocol(r: &mut Runner, p: Protocol) {
                 Err(e) => {
                     let hint = client_hint(&e);
                     r.push("latency", Some(p), Status::Fail, t.elapsed(), e.to_string(), Some(hint), None);
+                    r.cause(error_cause(&e));
                 }
             }
         }
     }
 
-    if r.selected("retained") {
-        retained(r, p, client).await;
-    }
-    if r.selected("will") {
-        will(r, p, client).await;
-    }
-    if r.selected("session") {
-        session(r, p, client).await;
-    }
-    if r.selected("shared") {
-        shared(r, p, client).await;
-    }
-    if r.selected("max_payload") {
-        max_payload(r, p, client).await;
-    }
-    if r.selected("burst") {
-        burst(r, p, client).await;
+    // each of these gets a working connection: never one an earlier check lost
+    for check in ["retained", "will", "session", "shared", "max_payload", "burst"] {
+        if !r.selected(check) {
+            continue;
+        }
+        if let Err(e) = revive(r, p, &mut main).await {
+            let why = format!("skipped: the connection was lost and a new one failed: {e}");
+            for c in checks_from(check) {
+                if r.selected(c) {
+                    r.skip_because(c, Some(p), why.clone(), error_cause(&e));
+                }
+            }
+            return;
+        }
+        let client = main.as_mut().expect("revived");
+        match check {
+            "retained" => retained(r, p, &limits).await,
+            "will" => will(r, p, client).await,
+            "session" => session(r, p, client).await,
+            "shared"
+                if p == Protocol::V5 && !limits.shared_subscription_available && !r.required("shared") =>
+            {
+                let why = "the broker declares no shared subscriptions (CONNACK); not probed (--require shared judges it)";
+                r.skip_because("shared", Some(p), why, Cause::SharedUnavailable);
+            }
+            "shared" => shared(r, p, client).await,
+            "max_payload" => max_payload(r, p, client).await,
+            _ => burst(r, p, client).await,
+        }
     }
     if let Some(c) = main {
         c.disconnect().await;
     }
+}
+
+/// `--expect-deny TOPIC`, on a connection of its own: passes when the broker refuses the
+/// subscription or the publish there (or closes the connection on it), or grants both but
+/// delivers nothing; fails when its own message comes back.
+async fn deny(r: &mut Runner, p: Protocol, topic: &str) {
+    let timeout = r.o.timeout;
+    let t = Instant::now();
+    let spec = r.spec(p, "deny", true);
+    let Some(mut c) = second(r, "deny", p, &spec, t).await else { return };
+    let outcome: Result<String, String> = async {
+        match c.subscribe(topic, QoS::AtLeastOnce, timeout).await {
+            Ok(codes) if codes.first().is_none_or(|g| *g >= 0x80) => {
+                let g = codes.first().copied().unwrap_or(0x80);
+                return Ok(format!("SUBSCRIBE refused: 0x{g:02x} {}", reason_meaning(g)));
+            }
+            Err(e) if lost(&e) => return Ok(format!("the broker ended the connection on SUBSCRIBE ({e})")),
+            Err(e) => return Err(format!("SUBSCRIBE: {e}")),
+            Ok(_) => {}
+        }
+        let payload = format!("deny-{}", r.run);
+        match c.publish(topic, payload.as_bytes(), QoS::AtLeastOnce, false, timeout).await {
+            Ok(Some(a)) if a.code >= 0x80 => {
+                return Ok(format!("PUBLISH refused: 0x{:02x} {}", a.code, reason_meaning(a.code)));
+            }
+            Err(e) if lost(&e) => return Ok(format!("the broker ended the connection on PUBLISH ({e})")),
+            Err(e) => return Err(format!("PUBLISH: {e}")),
+            Ok(_) => {}
+        }
+        match c.recv_on(topic, 1, timeout.min(Duration::from_secs(2))).await {
+            Ok(got) if got.iter().any(|m| m.payload == payload.as_bytes()) => {
+                Err("allowed: the subscription was granted and its own message came back".into())
+            }
+            _ => Ok("subscription granted, but nothing published there is delivered".into()),
+        }
+    }
+    .await;
+    c.abort();
+    match outcome {
+        Ok(how) => {
+            r.push("deny", Some(p), Status::Pass, t.elapsed(), format!("{topic}: denied ({how})"), None, None)
+        }
+        Err(why) => {
+            let hint =
+                format!("the broker's ACL lets this client use {topic}: check its rules for this user");
+            r.push("deny", Some(p), Status::Fail, t.elapsed(), format!("{topic}: {why}"), Some(hint), None);
+            r.cause(Cause::NotDenied);
+        }
+    }
+    if let Some(last) = r.results.last_mut() {
+        last.id = format!("{}.deny[{topic}]", proto_tag(p));
+    }
+}
+
+/// Makes sure `main` is a live connection: a PINGREQ answered, or a new connection.
+async fn revive(r: &mut Runner, p: Protocol, main: &mut Option<Client>) -> Result<(), ClientError> {
+    let wait = r.o.timeout.min(Duration::from_secs(2));
+    if let Some(c) = main.as_mut()
+        && c.ping(wait).await.is_ok()
+    {
+        return Ok(());
+    }
+    if let Some(c) = main.take() {
+        c.abort();
+    }
+    let spec = r.spec(p, "main", true);
+    let (c, _) = r.open(p, &spec).await?;
+    *main = Some(c);
+    Ok(())
 }
 
 /// The checks from `first` on, in order.
@@ -848,6 +1044,8 @@ async fn second(r: &mut Runner, check: &str, p: Protocol, spec: &ConnectSpec, t:
             } else {
                 client_hint(&e)
             };
+            let limit =
+                matches!(&e, ClientError::Closed) || matches!(&e, ClientError::Io(m) if m.contains("reset"));
             r.push(
                 check,
                 Some(p),
@@ -857,20 +1055,48 @@ async fn second(r: &mut Runner, check: &str, p: Protocol, spec: &ConnectSpec, t:
                 Some(hint),
                 None,
             );
+            r.cause(if limit { Cause::ConnectionLimit } else { error_cause(&e) });
             None
         }
     }
 }
 
-async fn retained(r: &mut Runner, p: Protocol, main: &mut Client) {
+/// Retained messages, on a connection of its own (a broker that refuses them by closing the
+/// connection takes nothing else down with it).
+async fn retained(r: &mut Runner, p: Protocol, limits: &squall_agent::mqtt::codec::ServerLimits) {
     let timeout = r.o.timeout;
     let topic = r.topic(p, "retained");
     let payload = format!("retained-{}", r.run);
     let t = Instant::now();
     let qos = qos_from_u8(r.o.max_qos.min(1)).expect("0..=1");
+    const DISABLED: &str =
+        "retained messages are disabled on this broker (mosquitto: retain_available false)";
+    if p == Protocol::V5 && !limits.retain_available {
+        let why = "the broker declares retained messages unavailable (CONNACK retain available = no)";
+        if r.required("retained") {
+            r.push("retained", Some(p), Status::Fail, t.elapsed(), why, Some(DISABLED.into()), None);
+            r.cause(Cause::RetainUnavailable);
+        } else {
+            let why = format!("{why}; not probed (--require retained judges it)");
+            r.skip_because("retained", Some(p), why, Cause::RetainUnavailable);
+        }
+        return;
+    }
+    let spec = r.spec(p, "retained-set", true);
+    let Some(mut main) = second(r, "retained", p, &spec, t).await else { return };
+    let main = &mut main;
     if let Err(e) = main.publish(&topic, payload.as_bytes(), qos, true, timeout).await {
-        let hint = client_hint(&e);
-        r.push("retained", Some(p), Status::Fail, t.elapsed(), format!("setting it: {e}"), Some(hint), None);
+        let (detail, hint, cause) = if lost(&e) {
+            (
+                format!("the broker ended the connection on a retained PUBLISH ({e})"),
+                DISABLED.to_string(),
+                Cause::RetainUnavailable,
+            )
+        } else {
+            (format!("setting it: {e}"), client_hint(&e), error_cause(&e))
+        };
+        r.push("retained", Some(p), Status::Fail, t.elapsed(), detail, Some(hint), None);
+        r.cause(cause);
         return;
     }
     let spec = r.spec(p, "retained", true);
@@ -878,6 +1104,8 @@ async fn retained(r: &mut Runner, p: Protocol, main: &mut Client) {
         let _ = main.publish(&topic, b"", qos, true, timeout).await;
         return;
     };
+    // a QoS 0 retained PUBLISH has no answer: a broker that refuses it closes the connection
+    let alive = main.ping(timeout.min(Duration::from_secs(2))).await.is_ok();
     let got = match other.subscribe(&topic, qos, timeout).await {
         Ok(_) => other.recv_on(&topic, 1, timeout).await.unwrap_or_default(),
         Err(_) => Vec::new(),
@@ -925,17 +1153,30 @@ async fn retained(r: &mut Runner, p: Protocol, main: &mut Client) {
             Some("the broker should delete a retained message on an empty payload".into()),
             None,
         ),
-        _ => r.push(
-            "retained",
-            Some(p),
-            Status::Fail,
-            t.elapsed(),
-            format!("a new subscriber did not receive it within {timeout:?}"),
-            Some(
-                "retained messages may be disabled on this broker (MQTT 5: CONNACK retain available)".into(),
-            ),
-            None,
-        ),
+        _ if !alive => {
+            r.push(
+                "retained",
+                Some(p),
+                Status::Fail,
+                t.elapsed(),
+                "the broker ended the connection on a retained PUBLISH",
+                Some(DISABLED.into()),
+                None,
+            );
+            r.cause(Cause::RetainUnavailable);
+        }
+        _ => {
+            r.push(
+                "retained",
+                Some(p),
+                Status::Fail,
+                t.elapsed(),
+                format!("accepted, but a new subscriber did not receive it within {timeout:?}"),
+                Some("the broker does not keep retained messages for new subscribers".into()),
+                None,
+            );
+            r.cause(Cause::RetainNotKept);
+        }
     }
 }
 
@@ -965,6 +1206,7 @@ async fn will(r: &mut Runner, p: Protocol, observer: &mut Client) {
             Some(hint),
             None,
         );
+        r.cause(error_cause(&e));
         return;
     }
     // an abrupt close must deliver the will, within keepalive bounds
@@ -998,6 +1240,9 @@ async fn will(r: &mut Runner, p: Protocol, observer: &mut Client) {
             None,
         ),
     }
+    if r.results.last().is_some_and(|c| c.status == Status::Fail) {
+        r.cause(Cause::WillNotPublished);
+    }
     // and a clean DISCONNECT must not
     let t = Instant::now();
     let mut spec = r.spec(p, "will-clean", true);
@@ -1016,6 +1261,7 @@ async fn will(r: &mut Runner, p: Protocol, observer: &mut Client) {
             Some("the broker breaks MQTT: a clean DISCONNECT discards the will".into()),
             None,
         );
+        r.cause(Cause::WillOnCleanDisconnect);
     } else {
         r.push(
             "will.clean_disconnect",
@@ -1049,6 +1295,7 @@ async fn session(r: &mut Runner, p: Protocol, main: &mut Client) {
             Some(format!("check the broker's ACL for topic {topic}")),
             None,
         );
+        r.cause(Cause::AclDenied);
         return;
     }
     let payload = format!("queued-{}", r.run);
@@ -1063,6 +1310,7 @@ async fn session(r: &mut Runner, p: Protocol, main: &mut Client) {
             Some(hint),
             None,
         );
+        r.cause(error_cause(&e));
         return;
     }
     match r.open(p, &spec).await {
@@ -1105,6 +1353,9 @@ async fn session(r: &mut Runner, p: Protocol, main: &mut Client) {
                     None,
                 ),
             }
+            if r.results.last().is_some_and(|c| c.status == Status::Fail) {
+                r.cause(Cause::SessionNotKept);
+            }
         }
         Err(e) => {
             let hint = client_hint(&e);
@@ -1117,6 +1368,7 @@ async fn session(r: &mut Runner, p: Protocol, main: &mut Client) {
                 Some(hint),
                 None,
             );
+            r.cause(error_cause(&e));
         }
     }
 }

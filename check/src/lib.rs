@@ -62,7 +62,16 @@ pub struct CheckOptions {
     pub anonymous: Anonymous,
     /// Also run the optional checks: shared subscription, payload-size probe, burst.
     pub extended: bool,
+    /// Features judged even where an MQTT 5 broker declares them absent (`retained`, `shared`,
+    /// `qos1`, `qos2`): a declared absence then fails instead of being reported.
+    pub require: Vec<String>,
+    /// Topics on which a denial is what should happen (`--expect-deny`): a publish or
+    /// subscription there passes when the broker refuses it.
+    pub expect_deny: Vec<String>,
 }
+
+/// What `--require` takes.
+pub const REQUIRABLE: &[&str] = &["retained", "shared", "qos1", "qos2"];
 
 /// Every check name, in order (`--only`/`--skip` take these; `publish` means all its QoS).
 pub const CHECKS: &[&str] = &[
@@ -74,6 +83,7 @@ pub const CHECKS: &[&str] = &[
     "anonymous",
     "publish",
     "subscribe",
+    "deny",
     "latency",
     "retained",
     "will",

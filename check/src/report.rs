@@ -21,6 +21,53 @@ pub enum Status {
     Info,
 }
 
+/// Why a check failed or was skipped, for machines (the detail and the hint say it for people).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// Nothing listens there (TCP refused), or the name does not resolve.
+    Unreachable,
+    /// The TLS handshake failed.
+    Tls,
+    /// CONNACK: bad user name or password (3.1.1 code 4, MQTT 5 0x86).
+    AuthFailed,
+    /// CONNACK: not authorized (code 5, 0x87).
+    NotAuthorized,
+    /// CONNACK refused for another reason (the detail has the code).
+    Refused,
+    /// The broker refused another connection: a connection limit.
+    ConnectionLimit,
+    /// An ACL refused a publish or a subscription (PUBACK/SUBACK 0x87, 3.1.1 SUBACK 0x80).
+    AclDenied,
+    /// Own messages on the test prefix never came back (an ACL that drops silently, most often).
+    NotDelivered,
+    /// Retained messages are unavailable: declared in CONNACK, or the broker closed the
+    /// connection (or sent DISCONNECT 0x9A) on a retained PUBLISH.
+    RetainUnavailable,
+    /// The broker declares (MQTT 5 CONNACK) that it lacks this QoS.
+    QosUnavailable,
+    /// The broker declares that it has no shared subscriptions.
+    SharedUnavailable,
+    /// A retained message was accepted but not given to a new subscriber.
+    RetainNotKept,
+    /// A will was not published after an abrupt close.
+    WillNotPublished,
+    /// A will was published after a clean DISCONNECT.
+    WillOnCleanDisconnect,
+    /// A persistent session was not kept, or its queued message not delivered.
+    SessionNotKept,
+    /// No answer within the timeout.
+    Timeout,
+    /// The broker closed the connection (or sent DISCONNECT) for a reason squall cannot tell.
+    ConnectionClosed,
+    /// `--expect-deny`: the broker let this client use a topic it should deny.
+    NotDenied,
+    /// The round trip is over `--max-latency`.
+    Slow,
+    /// Something else: the detail says what.
+    Other,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CheckResult {
     /// Unique within the report: the check name, prefixed by the protocol where it has one
@@ -38,6 +85,9 @@ pub struct CheckResult {
     pub hint: Option<String>,
     /// Structured facts: broker limits, latency percentiles, certificates …
     pub data: Option<serde_json::Value>,
+    /// Why it failed or was skipped (none for a pass, or a skip the user asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -217,6 +267,7 @@ mod tests {
                     detail: "ok".into(),
                     hint: None,
                     data: None,
+                    cause: None,
                 },
                 CheckResult {
                     id: "v5.publish.qos1".into(),
@@ -227,6 +278,7 @@ mod tests {
                     detail: "PUBACK <0x87>".into(),
                     hint: Some("check the ACL".into()),
                     data: Some(serde_json::json!({"code": 135})),
+                    cause: Some(Cause::AclDenied),
                 },
             ],
         };

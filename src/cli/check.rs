@@ -70,6 +70,14 @@ pub struct CheckArgs {
     /// coming back) exceeds this, e.g. 1s or 50ms. Without it the check only reports.
     #[arg(long, value_parser = parse_duration)]
     pub max_latency: Option<Duration>,
+    /// Judge these features even where an MQTT 5 broker declares them absent in CONNACK
+    /// (retained, shared, qos1, qos2): a declared absence fails instead of being reported.
+    #[arg(long, value_delimiter = ',', value_name = "FEATURE")]
+    pub require: Vec<String>,
+    /// A topic this client must not be allowed to use (repeatable): the `deny` check passes
+    /// when the broker refuses the subscription or the publish there, or delivers nothing.
+    #[arg(long, value_name = "TOPIC")]
+    pub expect_deny: Vec<String>,
     /// Judge anonymous access instead of only reporting it.
     #[arg(long, value_enum, default_value_t = AnonymousArg::Report)]
     pub anonymous: AnonymousArg,
@@ -142,6 +150,16 @@ pub fn run(a: CheckArgs) -> u8 {
             return exit::INVALID;
         }
     }
+    if let Some(f) = a.require.iter().find(|f| !squall_check::REQUIRABLE.contains(&f.as_str())) {
+        eprintln!("error: --require {f}: give one of {}", squall_check::REQUIRABLE.join(", "));
+        return exit::INVALID;
+    }
+    if let Some(t) = a.expect_deny.iter().find(|t| squall_proto::topic::validate_topic(t).is_err()) {
+        eprintln!(
+            "error: --expect-deny {t:?}: give a topic name to publish on (no + or # wildcards, not empty)"
+        );
+        return exit::INVALID;
+    }
     let o = CheckOptions {
         url,
         tls: TlsFiles {
@@ -173,6 +191,8 @@ pub fn run(a: CheckArgs) -> u8 {
             AnonymousArg::Refused => Anonymous::Refused,
         },
         extended: a.extended,
+        require: a.require,
+        expect_deny: a.expect_deny,
     };
     let rt = match super::runtime(&mut tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,
