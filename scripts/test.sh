@@ -21,9 +21,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-if ! python3 -c "import paho.mqtt, jsonschema" >/dev/null 2>&1 || ! have kubernetes-validate; then
-  echo "installing paho-mqtt, jsonschema and kubernetes-validate (interop, schema and deploy tests)"
-  python3 -m pip install -q "paho-mqtt==2.1.0" "jsonschema>=4" "kubernetes-validate==1.37.0"
+if ! python3 -c "import paho.mqtt, jsonschema, yaml" >/dev/null 2>&1 || ! have kubernetes-validate; then
+  echo "installing paho-mqtt, jsonschema, PyYAML and kubernetes-validate (interop, schema, YAML and deploy tests)"
+  python3 -m pip install -q "paho-mqtt==2.1.0" "jsonschema>=4" "PyYAML>=6" "kubernetes-validate==1.37.0"
 fi
 
 cargo test --workspace --locked "$@"

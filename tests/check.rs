@@ -406,11 +406,23 @@ fn json_junit_and_yaml_outputs() {
         .args(["check", &broker.url(), "--format", "yaml", "--only", "connect", "--protocol", "5"])
         .output()
         .unwrap();
-    let yaml = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        yaml.starts_with("---\n") && yaml.contains("  - check: \"connect\"") && yaml.contains("ok: true"),
-        "{yaml}"
-    );
+    let yaml = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(yaml.starts_with("---\n"), "{yaml}");
+    // another parser (PyYAML) reads it as the JSON report's data
+    let mut py = std::process::Command::new("python3")
+        .args(["-c", "import json,sys,yaml; print(json.dumps(yaml.safe_load(sys.stdin), default=str))"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs (the README's test command installs PyYAML)");
+    {
+        use std::io::Write;
+        py.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    }
+    let parsed: serde_json::Value = serde_json::from_slice(&py.wait_with_output().unwrap().stdout).unwrap();
+    let connect = parsed["checks"].as_array().unwrap().iter().find(|c| c["id"] == "v5.connect").cloned();
+    assert_eq!(parsed["ok"].as_bool(), Some(true), "{yaml}");
+    assert_eq!(connect.map(|c| c["status"].clone()), Some(serde_json::json!("pass")), "{yaml}");
 }
 
 #[test]

@@ -155,54 +155,10 @@ pub fn json(r: &CheckReport) -> String {
     serde_json::to_string_pretty(r).expect("a report serializes") + "\n"
 }
 
-/// YAML, written from the JSON form (block style, every string quoted).
+/// YAML (serde_norway), one document, starting `---` so rounds of `--every` stream apart.
 pub fn yaml(r: &CheckReport) -> String {
-    fn scalar(v: &serde_json::Value) -> String {
-        match v {
-            serde_json::Value::String(s) => serde_json::to_string(s).expect("a string serializes"),
-            serde_json::Value::Null => "null".into(),
-            other => other.to_string(),
-        }
-    }
-    fn emit(v: &serde_json::Value, indent: usize, out: &mut String) {
-        let pad = " ".repeat(indent);
-        match v {
-            serde_json::Value::Object(m) if m.is_empty() => out.push_str(" {}\n"),
-            serde_json::Value::Array(a) if a.is_empty() => out.push_str(" []\n"),
-            serde_json::Value::Object(m) => {
-                out.push('\n');
-                for (k, v) in m {
-                    let _ = write!(out, "{pad}{k}:");
-                    if v.is_object() || v.is_array() {
-                        emit(v, indent + 2, out);
-                    } else {
-                        let _ = writeln!(out, " {}", scalar(v));
-                    }
-                }
-            }
-            serde_json::Value::Array(a) => {
-                out.push('\n');
-                for v in a {
-                    let _ = write!(out, "{pad}-");
-                    if v.is_object() || v.is_array() {
-                        let mut inner = String::new();
-                        emit(v, indent + 2, &mut inner);
-                        // the first key goes on the dash line
-                        out.push_str(&inner.replacen(&format!("\n{}", " ".repeat(indent + 2)), " ", 1));
-                    } else {
-                        let _ = writeln!(out, " {}", scalar(v));
-                    }
-                }
-            }
-            other => {
-                let _ = writeln!(out, " {}", scalar(other));
-            }
-        }
-    }
-    let v = serde_json::to_value(r).expect("a report serializes");
-    let mut out = String::from("---");
-    emit(&v, 0, &mut out);
-    out
+    let body = serde_norway::to_string(r).expect("a report serializes to YAML");
+    format!("---\n{body}")
 }
 
 /// JUnit XML (written by `quick-junit`, which escapes and strips what XML cannot hold): one
@@ -312,8 +268,9 @@ mod tests {
         assert!(j.contains("tests=\"2\"") && j.contains("failures=\"1\""), "{j}");
         assert!(j.contains("<failure message=\"PUBACK &lt;0x87&gt; (hint: check the ACL)\""), "{j}");
         let y = yaml(&r);
-        assert!(y.contains("  - check: \"tcp\""), "{y}");
-        assert!(y.contains("    data:\n      code: 135"), "{y}");
+        let from_yaml: CheckReport = serde_norway::from_str(y.trim_start_matches("---\n")).unwrap();
+        assert_eq!(from_yaml, r, "the YAML reads back as the report:\n{y}");
+        assert!(y.starts_with("---\n") && y.contains("code: 135"), "{y}");
         let back: CheckReport = serde_json::from_str(&json(&r)).unwrap();
         assert_eq!(back, r);
     }
