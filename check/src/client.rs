@@ -47,6 +47,8 @@ pub struct Client {
     clock: Clock,
     inbox: VecDeque<IncomingPublish>,
     events: VecDeque<Event>,
+    /// The first bytes of the last read that began a packet (to recognise a 3.1.1 CONNACK).
+    head: [u8; 4],
 }
 
 /// An acknowledgement of a QoS 1/2 publish: its reason code and how long it took.
@@ -95,6 +97,7 @@ impl Client {
             clock,
             inbox: VecDeque::new(),
             events: VecDeque::new(),
+            head: [0; 4],
         };
         c.conn.begin(spec, c.clock.now_ns()).map_err(ClientError::Fault)?;
         c.flush().await?;
@@ -115,7 +118,24 @@ impl Client {
                     },
                 ));
             }
-            c.read(deadline, "CONNACK").await?;
+            match c.read(deadline, "CONNACK").await {
+                // a broker without MQTT 5 answers in 3.1.1's form (20 02 00 01: "unacceptable
+                // protocol version"), which MQTT 5's decoder cannot read: take it for what it says
+                Err(ClientError::Fault(_))
+                    if protocol == Protocol::V5 && c.head[..4] == [0x20, 0x02, 0x00, 0x01] =>
+                {
+                    return Ok((
+                        c,
+                        ConnAck {
+                            code: 0x84,
+                            session_present: false,
+                            limits: Default::default(),
+                            elapsed: Duration::from_nanos(0),
+                        },
+                    ));
+                }
+                r => r?,
+            }
         }
     }
 
@@ -139,6 +159,11 @@ impl Client {
             Ok(Ok(0)) => return Err(ClientError::Closed),
             Ok(Ok(n)) => n,
         };
+        if self.rbuf.is_empty() {
+            let k = n.min(4);
+            self.head = [0; 4];
+            self.head[..k].copy_from_slice(&tmp[..k]);
+        }
         self.rbuf.extend_from_slice(&tmp[..n]);
         let now = self.clock.now_ns();
         let (inbox, events) = (&mut self.inbox, &mut self.events);

@@ -33,6 +33,9 @@ pub enum Cause {
     AuthFailed,
     /// CONNACK: not authorized (code 5, 0x87).
     NotAuthorized,
+    /// The broker does not speak this MQTT version (CONNACK 0x84, or 3.1.1's code 1; a
+    /// broker without MQTT 5 answers in 3.1.1's form).
+    ProtocolUnsupported,
     /// CONNACK refused for another reason (the detail has the code).
     Refused,
     /// The broker refused another connection: a connection limit.

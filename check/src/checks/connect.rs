@@ -111,13 +111,14 @@ pub(super) async fn anonymous(r: &mut Runner, p: Protocol) {
             c.disconnect().await;
             Some(true)
         }
-        Ok(_) => Some(false),
+        Ok((_, ack)) if matches!(ack.code, 4 | 5 | 0x86 | 0x87) => Some(false),
+        Ok(_) => None,
         Err(_) => None,
     };
     let detail = match accepted {
         Some(true) => "the broker accepts clients without credentials",
         Some(false) => "the broker refuses clients without credentials",
-        None => "could not tell (the connection failed)",
+        None => "could not tell (the connection failed, or was refused for another reason)",
     };
     let status = match (r.o.anonymous, accepted) {
         (Anonymous::Report, _) => Status::Info,

@@ -68,6 +68,7 @@ fn refusal_hint(code: u8, o: &CheckOptions) -> String {
 /// The cause of a CONNACK refusal.
 fn refusal_cause(code: u8) -> Cause {
     match code {
+        1 | 0x84 => Cause::ProtocolUnsupported,
         4 | 0x86 => Cause::AuthFailed,
         5 | 0x87 => Cause::NotAuthorized,
         0x97 => Cause::ConnectionLimit,
@@ -254,9 +255,12 @@ async fn per_protocol(r: &mut Runner, p: Protocol) {
         connect::anonymous(r, p).await;
     }
     let Some(client) = main.as_mut() else {
+        // what made CONNECT fail is why the rest is skipped
+        let id = format!("{}.connect", proto_tag(p));
+        let cause = r.results.iter().rev().find(|c| c.id == id).and_then(|c| c.cause).unwrap_or(Cause::Other);
         for c in checks_from("publish") {
             if r.selected(c) {
-                r.skip(c, Some(p), "skipped: CONNECT failed");
+                r.skip_because(c, Some(p), "skipped: CONNECT failed", cause);
             }
         }
         return;
