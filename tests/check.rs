@@ -524,3 +524,23 @@ fn a_read_only_acl_is_one_cause() {
     assert_statuses(&got, &[("v5.deny[secret/x]", "fail")]);
     assert_eq!(causes(&v)["v5.deny[secret/x]"], "not_denied");
 }
+
+/// mosquitto with `max_qos 1`: on 3.1.1 it ends the connection on a QoS 2 PUBLISH, which reads
+/// as QoS 2 unavailable, and the rest goes on over a new connection; MQTT 5's CONNACK says so,
+/// and QoS 2 is reported, not probed.
+#[test]
+fn a_close_on_a_qos2_publish_is_that_qos_refused() {
+    let broker = Mosquitto::start_with(
+        |port| format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_qos 1\n"),
+        |_| {},
+    );
+    let (code, got, v) = check(&[&broker.url()]);
+    assert_eq!(code, 1);
+    let c = causes(&v);
+    for id in ["v311.publish.qos2", "v311.subscribe.qos2", "v5.publish.qos2", "v5.subscribe.qos2"] {
+        assert_eq!(c.get(id).map(String::as_str), Some("qos_unavailable"), "{id}: {c:#?}");
+    }
+    assert_statuses(&got, &[("v311.publish.qos2", "fail"), ("v5.publish.qos2", "skip")]);
+    let failed: Vec<&str> = got.iter().filter(|(_, s)| *s == "fail").map(|(id, _)| id.as_str()).collect();
+    assert_eq!(failed, ["v311.publish.qos2"], "everything else passes over a new connection");
+}

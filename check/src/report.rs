@@ -47,7 +47,8 @@ pub enum Cause {
     /// Retained messages are unavailable: declared in CONNACK, or the broker closed the
     /// connection (or sent DISCONNECT 0x9A) on a retained PUBLISH.
     RetainUnavailable,
-    /// The broker declares (MQTT 5 CONNACK) that it lacks this QoS.
+    /// The broker lacks this QoS: declared in MQTT 5's CONNACK, or it ended the connection on a
+    /// PUBLISH at it.
     QosUnavailable,
     /// The broker declares that it has no shared subscriptions.
     SharedUnavailable,

@@ -7,7 +7,7 @@ use super::*;
 pub(super) async fn publish_all(
     r: &mut Runner,
     p: Protocol,
-    client: &mut Client,
+    main: &mut Option<Client>,
     limits: &ServerLimits,
 ) -> Option<[bool; 3]> {
     let timeout = r.o.timeout;
@@ -15,11 +15,19 @@ pub(super) async fn publish_all(
     let mut publish_ok = [false; 3];
     // MQTT 5: what the broker declares absent is reported as such, not probed (unless required)
     let declared_absent = |q: u8| p == Protocol::V5 && q > limits.max_qos;
+    // the QoS at which the broker ended the connection: it takes nothing above
+    let mut closed_at: Option<u8> = None;
     for q in 0..=max_qos {
         let name = format!("publish.qos{q}");
         if !r.selected(&name) {
             continue;
         }
+        if let Some(c) = closed_at {
+            let why = format!("skipped: the broker ended the connection on a QoS {c} PUBLISH");
+            r.skip_because(&name, Some(p), why, Cause::QosUnavailable);
+            continue;
+        }
+        let client = main.as_mut().expect("connected or revived");
         if declared_absent(q) && !r.required(&format!("qos{q}")) {
             let why = format!(
                 "the broker declares maximum QoS {} (CONNACK); not probed (--require qos{q} judges it)",
@@ -74,6 +82,25 @@ pub(super) async fn publish_all(
                     Some(serde_json::json!({ "code": a.code })),
                 );
                 r.cause(if a.code == 0x87 { Cause::AclDenied } else { Cause::Other });
+            }
+            Err(e) if q > 0 && lost(&e) => {
+                // a close right after a QoS q PUBLISH: the broker refuses that QoS (one probe
+                // per connection tells which); the rest goes on over a new connection
+                let hint =
+                    format!("the broker does not take QoS {q} (mosquitto: max_qos); publish at a lower QoS");
+                let detail = format!("the broker ended the connection on a QoS {q} PUBLISH ({e})");
+                r.push(&name, Some(p), Status::Fail, t.elapsed(), detail, Some(hint), None);
+                r.cause(Cause::QosUnavailable);
+                closed_at = Some(q);
+                if let Err(e) = revive(r, p, main).await {
+                    let why = format!("skipped: the connection was lost and a new one failed: {e}");
+                    for c in checks_from("subscribe") {
+                        if r.selected(c) {
+                            r.skip_because(c, Some(p), why.clone(), error_cause(&e));
+                        }
+                    }
+                    return None;
+                }
             }
             Err(e) => {
                 let hint = client_hint(&e);

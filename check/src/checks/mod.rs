@@ -254,7 +254,7 @@ async fn per_protocol(r: &mut Runner, p: Protocol) {
     if r.selected("anonymous") {
         connect::anonymous(r, p).await;
     }
-    let Some(client) = main.as_mut() else {
+    if main.is_none() {
         // what made CONNECT fail is why the rest is skipped
         let id = format!("{}.connect", proto_tag(p));
         let cause = r.results.iter().rev().find(|c| c.id == id).and_then(|c| c.cause).unwrap_or(Cause::Other);
@@ -264,8 +264,9 @@ async fn per_protocol(r: &mut Runner, p: Protocol) {
             }
         }
         return;
-    };
-    let Some(publish_ok) = messages::publish_all(r, p, client, &limits).await else { return };
+    }
+    let Some(publish_ok) = messages::publish_all(r, p, &mut main, &limits).await else { return };
+    let client = main.as_mut().expect("connected or revived");
     let Some((tried_receive, receive_ok)) = messages::subscribe_all(r, p, client, &limits, publish_ok).await
     else {
         return;
