@@ -205,6 +205,10 @@ impl Cx<'_> {
     /// Sets the phase's faults (for the device, or any client while none is known), counts
     /// its connections from 0 and drops its current one: the phase starts at its next CONNECT.
     fn begin(&mut self, rules: Vec<(Selector, Action)>) {
+        // the phase starts before anything changes: the CONNECT that answers the drop below is
+        // always after it, however late this task runs on a loaded machine
+        self.t0_ns = self.ep.broker.now_ns();
+        self.first_conn = None;
         let faults = self.ep.broker.faults();
         faults.clear();
         faults.reset_attempts();
@@ -216,8 +220,6 @@ impl Cx<'_> {
         if let Some(id) = &self.ep.known {
             self.ep.broker.drop_client(id);
         }
-        self.t0_ns = self.ep.broker.now_ns();
-        self.first_conn = None;
     }
 
     /// Waits until `f` finds what it looks for in the phase's events, saying `what` meanwhile;
