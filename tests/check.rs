@@ -440,6 +440,11 @@ fn bad_usage_exits_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no + or # wildcards"));
 }
 
+/// The ids of the failed checks.
+fn failed(got: &BTreeMap<String, String>) -> Vec<&str> {
+    got.iter().filter(|(_, s)| *s == "fail").map(|(id, _)| id.as_str()).collect()
+}
+
 /// The cause of each failing or skipped check, exactly (none for a pass).
 fn causes(v: &serde_json::Value) -> BTreeMap<String, String> {
     v["checks"]
@@ -477,7 +482,7 @@ fn retain_disabled_is_one_cause_on_each_protocol() {
         ],
     );
     assert!(find(&v, "v311.retained")["hint"].as_str().unwrap().contains("retain_available false"));
-    let failed: Vec<&str> = got.iter().filter(|(_, s)| *s == "fail").map(|(id, _)| id.as_str()).collect();
+    let failed = failed(&got);
     assert_eq!(failed, ["v311.retained"], "nothing else fails");
     // asked for, a declared absence fails
     let (code, got, v) =
@@ -541,6 +546,6 @@ fn a_close_on_a_qos2_publish_is_that_qos_refused() {
         assert_eq!(c.get(id).map(String::as_str), Some("qos_unavailable"), "{id}: {c:#?}");
     }
     assert_statuses(&got, &[("v311.publish.qos2", "fail"), ("v5.publish.qos2", "skip")]);
-    let failed: Vec<&str> = got.iter().filter(|(_, s)| *s == "fail").map(|(id, _)| id.as_str()).collect();
+    let failed = failed(&got);
     assert_eq!(failed, ["v311.publish.qos2"], "everything else passes over a new connection");
 }

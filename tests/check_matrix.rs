@@ -69,16 +69,6 @@ impl Drop for Proc {
     }
 }
 
-fn wait_for(port: u16, what: &str) {
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("{what} never listened on {port}");
-}
-
 fn interop(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("target/interop").join(path)
 }
@@ -120,7 +110,7 @@ fn aedes_speaks_311_only() {
             .spawn()
             .expect("node runs"),
     );
-    wait_for(port, "aedes");
+    support::wait_for_port(port, "aedes");
     compare("aedes 0.51.3", &format!("mqtt://127.0.0.1:{port}"), AEDES);
 }
 
@@ -177,8 +167,8 @@ max_inflight_count = 100
             .spawn()
             .unwrap(),
     );
-    wait_for(v4, "rumqttd (v4)");
-    wait_for(v5, "rumqttd (v5)");
+    support::wait_for_port(v4, "rumqttd (v4)");
+    support::wait_for_port(v5, "rumqttd (v5)");
     compare_protocol("rumqttd 0.19.0, 3.1.1 listener", &format!("mqtt://127.0.0.1:{v4}"), "3.1.1", &[]);
     compare_protocol("rumqttd 0.19.0, MQTT 5 listener", &format!("mqtt://127.0.0.1:{v5}"), "5", &[]);
 }

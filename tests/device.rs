@@ -119,6 +119,20 @@ async fn judge_with(
 const JITTERED_MS: &[u64] = &[30, 25, 90, 70, 260, 200, 600];
 const DOUBLING_MS: &[u64] = &[20, 40, 80, 160, 320, 640, 1280, 2560];
 
+/// `squall device --listen 127.0.0.1:PORT ARGS…` (output captured), once it listens.
+fn spawn_device(args: &[&std::ffi::OsStr]) -> (std::process::Child, u16) {
+    let port = support::mosquitto::free_port();
+    let child = support::squall()
+        .args(["device", "--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    support::wait_for_port(port, "squall device");
+    (child, port)
+}
+
 fn assert_verdict(r: &CaseResult, want: Verdict, says: &str) {
     assert_eq!(r.verdict, want, "{}: {}", r.id, r.why);
     assert!(r.why.contains(says), "{}: {:?} should say {says:?}", r.id, r.why);
@@ -201,6 +215,7 @@ async fn a_device_that_waits_forever_for_connack_times_out_saying_so() {
         .remove(0);
     let addr = ep.broker.local_addr();
     let device = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await; // after the case has started
         let r = Raw::open(addr, "patient", true).await;
         tokio::time::sleep(Duration::from_secs(4)).await;
         drop(r);
@@ -397,32 +412,21 @@ fn the_command_end_to_end() {
         ]}"#,
     )
     .unwrap();
-    let port = support::mosquitto::free_port();
     let (report, junit) = (dir.path().join("r.json"), dir.path().join("r.xml"));
-    let endpoint = support::squall()
-        .args(["device", "--listen", &format!("127.0.0.1:{port}"), "--settle", "100ms", "--suite"])
-        .arg(&suite)
-        .arg("--report")
-        .arg(&report)
-        .arg("--junit")
-        .arg(&junit)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (endpoint, port) = spawn_device(&[
+        "--settle".as_ref(),
+        "100ms".as_ref(),
+        "--suite".as_ref(),
+        suite.as_os_str(),
+        "--report".as_ref(),
+        report.as_os_str(),
+        "--junit".as_ref(),
+        junit.as_os_str(),
+    ]);
     // garbage first: the endpoint keeps serving
-    let wait_for_port = || {
-        for _ in 0..200 {
-            if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("the endpoint never listened");
-    };
     {
         use std::io::Write;
-        let mut g = wait_for_port();
+        let mut g = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let _ = g.write_all(b"\x10\xff\xff\xff\xff\x7fgarbage");
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -587,18 +591,9 @@ fn paho_suite(protocol: &str, cases: &[(&str, &str, &str, &str)]) {
         .collect();
     let suite = dir.path().join("suite.json");
     std::fs::write(&suite, format!(r#"{{"tests":[{}]}}"#, tests.join(","))).unwrap();
-    let port = support::mosquitto::free_port();
     let report = dir.path().join("r.json");
-    let endpoint = support::squall()
-        .args(["device", "--listen", &format!("127.0.0.1:{port}"), "--suite"])
-        .arg(&suite)
-        .arg("--report")
-        .arg(&report)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let (endpoint, port) =
+        spawn_device(&["--suite".as_ref(), suite.as_os_str(), "--report".as_ref(), report.as_os_str()]);
     let mut paho = std::process::Command::new("python3")
         .args(["tests/interop/paho_device.py", "127.0.0.1", &port.to_string(), protocol])
         .stdout(std::process::Stdio::null())
@@ -641,24 +636,14 @@ fn over_tls_with_mosquitto_sub_as_the_device() {
     let ca = support::ca::TestCa::new("device-ca");
     let ca_file = ca.write_ca(dir.path(), "ca.pem");
     let server = ca.issue(dir.path(), "server", &["127.0.0.1"]);
-    let port = support::mosquitto::free_port();
-    let endpoint = support::squall()
-        .args([
-            "device",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--case",
-            "MQTT_Client_Puback_QoS1",
-            "--tls-cert",
-        ])
-        .arg(&server.cert)
-        .arg("--tls-key")
-        .arg(&server.key)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let (endpoint, port) = spawn_device(&[
+        "--case".as_ref(),
+        "MQTT_Client_Puback_QoS1".as_ref(),
+        "--tls-cert".as_ref(),
+        server.cert.as_os_str(),
+        "--tls-key".as_ref(),
+        server.key.as_os_str(),
+    ]);
     let mut sub = std::process::Command::new("mosquitto_sub")
         .args([
             "-h",

@@ -209,6 +209,19 @@ impl Cx<'_> {
         // always after it, however late this task runs on a loaded machine
         self.t0_ns = self.ep.broker.now_ns();
         self.first_conn = None;
+        if self.ep.known.is_none() {
+            // a client already connected when the case starts is the device (the latest, if
+            // several: --client-id picks one); it is dropped below like a known one
+            let broker = &self.ep.broker;
+            self.ep.known = broker
+                .timeline_clients()
+                .into_iter()
+                .filter_map(|c| {
+                    Some((broker.timeline(&c).iter().rev().find(|e| e.kind == Kind::Connect)?.at_ns, c))
+                })
+                .max()
+                .map(|(_, c)| c);
+        }
         let faults = self.ep.broker.faults();
         faults.clear();
         faults.reset_attempts();

@@ -96,3 +96,14 @@ pub fn validate_with_jsonschema(schema: &std::path::Path, instance: &std::path::
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Waits (5 s at most) until something accepts TCP connections on 127.0.0.1:`port`.
+pub fn wait_for_port(port: u16, what: &str) {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("{what} never listened on {port}");
+}
