@@ -549,3 +549,22 @@ fn a_close_on_a_qos2_publish_is_that_qos_refused() {
     let failed = failed(&got);
     assert_eq!(failed, ["v311.publish.qos2"], "everything else passes over a new connection");
 }
+
+/// mosquitto with `max_packet_size 20000`: MQTT 5's CONNACK declares it, so `max_payload`
+/// probes only up to it and says so; 3.1.1 learns it by the broker closing on 64 KiB.
+#[test]
+fn max_payload_probes_up_to_the_declared_packet_size() {
+    let broker = Mosquitto::start_with(
+        |port| format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_packet_size 20000\n"),
+        |_| {},
+    );
+    let (_, got, v) = check(&[&broker.url(), "--only", "connect,max_payload"]);
+    assert_statuses(&got, &[("v5.max_payload", "info"), ("v311.max_payload", "info")]);
+    let v5 = find(&v, "v5.max_payload");
+    assert!(
+        v5["detail"].as_str().unwrap().contains("maximum packet size of 20000 bytes: probed up to it"),
+        "{v5}"
+    );
+    assert_eq!(v5["data"]["largest_bytes"], 16 << 10);
+    assert_eq!(find(&v, "v311.max_payload")["data"]["largest_bytes"], 16 << 10);
+}

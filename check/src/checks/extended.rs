@@ -68,7 +68,10 @@ pub(super) async fn shared(r: &mut Runner, p: Protocol, main: &mut Client) {
     }
 }
 
-pub(super) async fn max_payload(r: &mut Runner, p: Protocol, main: &mut Client) {
+/// The largest payload that round-trips, probed 1 KiB to 1 MiB; on MQTT 5 only up to the
+/// maximum packet size the broker declares (a larger packet is a protocol error it may close
+/// the connection for, MQTT-3.1.2-24).
+pub(super) async fn max_payload(r: &mut Runner, p: Protocol, main: &mut Client, limits: &ServerLimits) {
     let timeout = r.o.timeout;
     let topic = r.topic(p, "payload");
     let t = Instant::now();
@@ -77,7 +80,10 @@ pub(super) async fn max_payload(r: &mut Runner, p: Protocol, main: &mut Client) 
         return;
     }
     let mut largest = 0usize;
-    for size in [1usize << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20] {
+    // a PUBLISH is the payload, the topic and at most ~16 bytes of header and properties
+    let declared = limits.max_packet_size.filter(|_| p == Protocol::V5).map(|m| m as usize);
+    let fits = |size: usize| declared.is_none_or(|m| size + topic.len() + 16 <= m);
+    for size in [1usize << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20].into_iter().filter(|s| fits(*s)) {
         let payload = vec![b'p'; size];
         match main.publish(&topic, &payload, QoS::AtLeastOnce, false, timeout).await {
             Ok(Some(a)) if a.code < 0x80 => {}
@@ -99,11 +105,14 @@ pub(super) async fn max_payload(r: &mut Runner, p: Protocol, main: &mut Client) 
             None,
         );
     } else {
-        let detail = if largest == 1 << 20 {
+        let mut detail = if largest == 1 << 20 {
             "1 MiB payloads round-trip (probed up to 1 MiB)".to_string()
         } else {
             format!("the largest payload that round-tripped: {} KiB", largest >> 10)
         };
+        if let Some(m) = declared {
+            detail += &format!(" (the broker declares a maximum packet size of {m} bytes: probed up to it)");
+        }
         r.push(
             "max_payload",
             Some(p),

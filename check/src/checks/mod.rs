@@ -324,7 +324,7 @@ async fn per_protocol(r: &mut Runner, p: Protocol) {
                 r.skip_because("shared", Some(p), why, Cause::SharedUnavailable);
             }
             "shared" => extended::shared(r, p, client).await,
-            "max_payload" => extended::max_payload(r, p, client).await,
+            "max_payload" => extended::max_payload(r, p, client, &limits).await,
             _ => extended::burst(r, p, client).await,
         }
     }
