@@ -11,7 +11,6 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 /// (check id, status, cause, why): what differs from a pass.
 type Row = (&'static str, &'static str, Option<&'static str>, &'static str);
