@@ -87,9 +87,7 @@ pub(super) async fn connect_main(r: &mut Runner, p: Protocol) -> (Option<Client>
             None
         }
         Err(e) => {
-            let hint = client_hint(&e);
-            r.push("connect", Some(p), Status::Fail, t.elapsed(), e.to_string(), Some(hint), None);
-            r.cause(error_cause(&e));
+            r.failed_on("connect", Some(p), t.elapsed(), "", &e);
             if r.selected("auth") {
                 r.skip("auth", Some(p), "skipped: CONNECT failed");
             }

@@ -137,17 +137,7 @@ pub(super) async fn will(r: &mut Runner, p: Protocol, observer: &mut Client) {
     let topic = r.topic(p, "will");
     let t = Instant::now();
     if let Err(e) = observer.subscribe(&topic, QoS::AtLeastOnce, timeout).await {
-        let hint = client_hint(&e);
-        r.push(
-            "will",
-            Some(p),
-            Status::Fail,
-            t.elapsed(),
-            format!("subscribing to the will topic: {e}"),
-            Some(hint),
-            None,
-        );
-        r.cause(error_cause(&e));
+        r.failed_on("will", Some(p), t.elapsed(), "subscribing to the will topic", &e);
         return;
     }
     // an abrupt close must deliver the will, within keepalive bounds
@@ -241,17 +231,7 @@ pub(super) async fn session(r: &mut Runner, p: Protocol, main: &mut Client) {
     }
     let payload = format!("queued-{}", r.run);
     if let Err(e) = main.publish(&topic, payload.as_bytes(), QoS::AtLeastOnce, false, timeout).await {
-        let hint = client_hint(&e);
-        r.push(
-            "session",
-            Some(p),
-            Status::Fail,
-            t.elapsed(),
-            format!("publishing while it was away: {e}"),
-            Some(hint),
-            None,
-        );
-        r.cause(error_cause(&e));
+        r.failed_on("session", Some(p), t.elapsed(), "publishing while it was away", &e);
         return;
     }
     match r.open(p, &spec).await {
@@ -299,17 +279,7 @@ pub(super) async fn session(r: &mut Runner, p: Protocol, main: &mut Client) {
             }
         }
         Err(e) => {
-            let hint = client_hint(&e);
-            r.push(
-                "session",
-                Some(p),
-                Status::Fail,
-                t.elapsed(),
-                format!("reconnecting: {e}"),
-                Some(hint),
-                None,
-            );
-            r.cause(error_cause(&e));
+            r.failed_on("session", Some(p), t.elapsed(), "reconnecting", &e);
         }
     }
 }

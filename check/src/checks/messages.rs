@@ -103,9 +103,7 @@ pub(super) async fn publish_all(
                 }
             }
             Err(e) => {
-                let hint = client_hint(&e);
-                r.push(&name, Some(p), Status::Fail, t.elapsed(), e.to_string(), Some(hint), None);
-                r.cause(error_cause(&e));
+                r.failed_on(&name, Some(p), t.elapsed(), "", &e);
                 if lost(&e) {
                     skip_rest_after_loss(r, p);
                     return None;
@@ -162,17 +160,7 @@ pub(super) async fn subscribe_all(
         let codes = match client.subscribe(&topic, qos, timeout).await {
             Ok(c) => c,
             Err(e) => {
-                let hint = client_hint(&e);
-                r.push(
-                    &name,
-                    Some(p),
-                    Status::Fail,
-                    t.elapsed(),
-                    format!("SUBSCRIBE: {e}"),
-                    Some(hint),
-                    None,
-                );
-                r.cause(error_cause(&e));
+                r.failed_on(&name, Some(p), t.elapsed(), "SUBSCRIBE", &e);
                 if lost(&e) {
                     skip_rest_after_loss(r, p);
                     return None;
@@ -196,17 +184,7 @@ pub(super) async fn subscribe_all(
         }
         let payload = format!("own-{q}-{}", r.run);
         if let Err(e) = client.publish(&topic, payload.as_bytes(), qos, false, timeout).await {
-            let hint = client_hint(&e);
-            r.push(
-                &name,
-                Some(p),
-                Status::Fail,
-                t.elapsed(),
-                format!("publishing to it: {e}"),
-                Some(hint),
-                None,
-            );
-            r.cause(error_cause(&e));
+            r.failed_on(&name, Some(p), t.elapsed(), "publishing to it", &e);
             continue;
         }
         match client.recv_on(&topic, 1, timeout).await {
@@ -233,9 +211,7 @@ pub(super) async fn subscribe_all(
                 None,
             ),
             Err(e) => {
-                let hint = client_hint(&e);
-                r.push(&name, Some(p), Status::Fail, t.elapsed(), e.to_string(), Some(hint), None);
-                r.cause(error_cause(&e));
+                r.failed_on(&name, Some(p), t.elapsed(), "", &e);
                 continue;
             }
         }
@@ -305,9 +281,7 @@ pub(super) async fn latency(r: &mut Runner, p: Protocol, client: &mut Client, re
             }
             Ok(_) => r.skip("latency", Some(p), "skipped: --samples 0"),
             Err(e) => {
-                let hint = client_hint(&e);
-                r.push("latency", Some(p), Status::Fail, t.elapsed(), e.to_string(), Some(hint), None);
-                r.cause(error_cause(&e));
+                r.failed_on("latency", Some(p), t.elapsed(), "", &e);
             }
         }
     }

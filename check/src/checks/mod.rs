@@ -150,6 +150,20 @@ impl Runner {
         });
     }
 
+    /// A failure because of `e` (after `context`, if any), with its hint and cause.
+    fn failed_on(
+        &mut self,
+        check: &str,
+        p: Option<Protocol>,
+        took: Duration,
+        context: &str,
+        e: &ClientError,
+    ) {
+        let detail = if context.is_empty() { e.to_string() } else { format!("{context}: {e}") };
+        self.push(check, p, Status::Fail, took, detail, Some(client_hint(e)), None);
+        self.cause(error_cause(e));
+    }
+
     /// Says why the last result failed or was skipped.
     fn cause(&mut self, c: Cause) {
         if let Some(last) = self.results.last_mut() {
