@@ -146,7 +146,10 @@ pub(super) async fn will(r: &mut Runner, p: Protocol, observer: &mut Client) {
     spec.keepalive_secs = keepalive;
     let payload = format!("will-{}", r.run);
     spec.will = Some(will_on(&topic, &payload));
-    let Some(dying) = second(r, "will", p, &spec, t).await else { return };
+    let Some((dying, ack)) = second_with_ack(r, "will", p, &spec, t).await else { return };
+    // MQTT 5: the broker may impose its own keepalive (CONNACK server keepalive); the will is
+    // due 1.5 × that after the close
+    let keepalive = ack.limits.server_keepalive_secs.filter(|_| p == Protocol::V5).unwrap_or(keepalive);
     let closed = Instant::now();
     dying.abort();
     let bound = timeout.max(Duration::from_millis(keepalive as u64 * 1500 + 1000));

@@ -379,19 +379,28 @@ fn skip_rest_after_loss(r: &mut Runner, p: Protocol) {
 
 /// A second connection for checks that need one; a failure is the check's failure.
 async fn second(r: &mut Runner, check: &str, p: Protocol, spec: &ConnectSpec, t: Instant) -> Option<Client> {
+    second_with_ack(r, check, p, spec, t).await.map(|(c, _)| c)
+}
+
+/// [`second`], with its CONNACK (what the broker imposes on it, e.g. its keepalive).
+async fn second_with_ack(
+    r: &mut Runner,
+    check: &str,
+    p: Protocol,
+    spec: &ConnectSpec,
+    t: Instant,
+) -> Option<(Client, ConnAck)> {
     match r.open(p, spec).await {
-        Ok((c, _)) => Some(c),
+        Ok(c) => Some(c),
         Err(e) => {
-            let hint = if matches!(&e, ClientError::Closed)
-                || matches!(&e, ClientError::Io(m) if m.contains("reset"))
-            {
+            let limit =
+                matches!(&e, ClientError::Closed) || matches!(&e, ClientError::Io(m) if m.contains("reset"));
+            let hint = if limit {
                 "the broker refused a second connection: is a connection limit (max_connections) reached?"
                     .to_string()
             } else {
                 client_hint(&e)
             };
-            let limit =
-                matches!(&e, ClientError::Closed) || matches!(&e, ClientError::Io(m) if m.contains("reset"));
             r.push(
                 check,
                 Some(p),
