@@ -59,11 +59,12 @@ fn mark(v: Verdict) -> &'static str {
     }
 }
 
-/// One line per case, then the tally.
+/// A case's verdict in one line.
 pub fn line(c: &CaseResult) -> String {
     format!("{:<20} {} ({}): {}", mark(c.verdict), c.name, c.id, c.why)
 }
 
+/// One line per case, then the tally.
 pub fn text(r: &DeviceReport) -> String {
     let mut s = String::new();
     for c in &r.cases {

@@ -31,12 +31,6 @@ pub enum Verdict {
     Timeout,
 }
 
-impl Verdict {
-    pub fn passed(self) -> bool {
-        matches!(self, Verdict::Pass | Verdict::PassWithWarning)
-    }
-}
-
 /// One case's result, with its evidence.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct CaseResult {
@@ -67,19 +61,17 @@ pub const MAX_PING_KEEPALIVE_S: u16 = 230;
 /// The endpoint.
 pub struct Endpoint {
     pub broker: Broker,
-    /// Only this client is the device (`--client-id`); none: the first that connects.
-    pub client_id: Option<String>,
     /// How long a case gives the device to do something more after what it waits for (a
     /// SUBACK to arrive before a drop, a SUBSCRIBE that must not come). `--settle`.
     pub settle: Duration,
-    /// The device seen so far.
+    /// The device: the client id given (`--client-id`), else the one seen so far.
     known: Option<String>,
 }
 
 impl Endpoint {
+    /// `client_id`: only this client is the device (`--client-id`); none: the first that connects.
     pub fn new(broker: Broker, client_id: Option<String>, settle: Duration) -> Endpoint {
-        let known = client_id.clone();
-        Endpoint { broker, client_id, settle, known }
+        Endpoint { broker, settle, known: client_id }
     }
 
     /// Runs one case to its verdict; `say` gets the live status ("waiting for the device").
@@ -92,7 +84,6 @@ impl Endpoint {
             t0_ns: started_ns,
             first_conn: None,
             seen: Vec::new(),
-            fetched: 0,
             said: String::new(),
             say,
         };
@@ -143,9 +134,9 @@ struct Cx<'a> {
     /// When the current phase started: it looks at connections from the first CONNECT after.
     t0_ns: u64,
     first_conn: Option<u64>,
-    /// The device's events since the endpoint started, as fetched.
+    /// The device's events since the endpoint started, as fetched (its timeline's first
+    /// `seen.len()` events).
     seen: Vec<PacketEvent>,
-    fetched: usize,
     said: String,
     say: &'a mut dyn FnMut(&str),
 }
@@ -188,8 +179,7 @@ impl Cx<'_> {
     /// the phase started.
     fn events(&mut self) -> Vec<PacketEvent> {
         let Some(id) = self.device() else { return Vec::new() };
-        let new = self.ep.broker.timeline_since(&id, self.fetched);
-        self.fetched += new.len();
+        let new = self.ep.broker.timeline_since(&id, self.seen.len());
         self.seen.extend(new);
         if self.first_conn.is_none() {
             let t0 = self.t0_ns;
