@@ -72,7 +72,9 @@ fn a_run_serves_metrics_that_parse_and_only_grow() {
 fn errors_are_served_by_kind() {
     let dir = tempfile::tempdir().unwrap();
     let scenario = dir.path().join("s.toml");
-    std::fs::write(&scenario, "[run]\nduration = \"3s\"\ndrain = \"200ms\"\n[[group]]\nname = \"p\"\nclients = 3\n[group.publish]\ntopic = \"e/{i}\"\ninterval = \"100ms\"\n").unwrap();
+    // a constant 100 ms backoff, so retries keep coming whatever the machine's pace (the
+    // default exponential one from 1 s may not retry again within any fixed wait)
+    std::fs::write(&scenario, "[run]\nduration = \"60s\"\ndrain = \"200ms\"\n[[group]]\nname = \"p\"\nclients = 3\n[group.reconnect]\nenabled = true\nmin_backoff = \"100ms\"\nmax_backoff = \"100ms\"\nbackoff = \"constant\"\njitter = \"none\"\n[group.publish]\ntopic = \"e/{i}\"\ninterval = \"100ms\"\n").unwrap();
     let closed = support::mosquitto::free_port();
     let port = support::mosquitto::free_port();
     let mut child = support::squall()
@@ -93,10 +95,16 @@ fn errors_are_served_by_kind() {
         assert!(Instant::now() < deadline, "no tcp_refused errors served");
         std::thread::sleep(Duration::from_millis(100));
     };
-    std::thread::sleep(Duration::from_millis(1200));
-    let second = scrape(port).map(|m| refused(&m)).expect("still served");
+    let grew = loop {
+        let second = scrape(port).map(|m| refused(&m)).expect("still served");
+        if second > first || Instant::now() >= deadline {
+            break second;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = child.kill();
     let _ = child.wait();
-    assert!(second > first, "{first} → {second}: each client keeps retrying, each a refusal");
+    assert!(grew > first, "{first} → {grew}: each client keeps retrying, each a refusal");
 }
 
 /// The Grafana dashboard in deploy/ asks only for series squall serves.
