@@ -21,11 +21,11 @@ use tokio::task::JoinSet;
 
 use crate::client::window::ConnectWindow;
 use crate::client::{Client, Countdown, GroupRuntime, Outcome, Phase, Shared, Unsent};
+use crate::lanes::Lanes;
 use crate::metrics::shares::ShareReceipts;
 use crate::metrics::{Collector, Expectations, LedgerTotals, ReceiverLedger, Recorder, StreamFinal};
 use crate::mqtt::tls;
 use crate::mqtt::transport::Endpoint;
-use crate::timer::Timers;
 use squall_proto::clock::Clock;
 pub use squall_proto::link::{AgentEvent, AgentResult, Command};
 use squall_proto::metrics::Observers;
@@ -45,7 +45,7 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("cannot resolve {target}: {source}")]
     Resolve { target: String, source: std::io::Error },
-    #[error("cannot create the engine's timer (timerfd): {0}")]
+    #[error("cannot start the engine's threads or their timers (timerfd): {0}")]
     Timer(std::io::Error),
 }
 
@@ -71,8 +71,10 @@ pub async fn start(a: Assignment, clock: Clock) -> Result<AgentHandle, StartErro
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
     let (ev_tx, ev_rx) = mpsc::channel(1024);
     let clock = clock.shifted(a.clock_offset_ns.saturating_neg());
-    let timers = Timers::new(Duration::from_micros(a.timer_coalesce_us as u64)).map_err(StartError::Timer)?;
-    tokio::spawn(run(a, clock, endpoints, timers, cmd_rx, ev_tx));
+    // the clients' threads: as many as the runtime the engine was started on has workers
+    let lanes = Lanes::for_current_runtime(Duration::from_micros(a.timer_coalesce_us as u64))
+        .map_err(StartError::Timer)?;
+    tokio::spawn(run(a, clock, endpoints, lanes, cmd_rx, ev_tx));
     Ok(AgentHandle { commands: cmd_tx, events: ev_rx })
 }
 
@@ -80,7 +82,7 @@ async fn run(
     a: Assignment,
     clock: Clock,
     endpoints: Vec<Endpoint>,
-    timers: Timers,
+    lanes: Lanes,
     mut cmds: mpsc::Receiver<Command>,
     events: mpsc::Sender<AgentEvent>,
 ) {
@@ -102,7 +104,7 @@ async fn run(
         publishers: Countdown::new(n_publishers),
         start_ns,
         connecting: ConnectWindow::new(a.max_connecting, a.adaptive_connecting),
-        timers,
+        lanes,
         read_coalesce_ns: a.read_coalesce_us as u64 * 1_000,
         unsent: Unsent::new(a.max_unsent_bytes),
         publish_ranges: a.publish_ranges.clone(),
@@ -119,7 +121,8 @@ async fn run(
     for g in &groups {
         for local in 0..g.assignment.count {
             let c = Client::new(g.clone(), shared.clone(), local);
-            tasks.spawn(c.run());
+            let (lane, _) = shared.lanes.of(c.key());
+            tasks.spawn_on(c.run(), lane);
         }
     }
     tracing::info!(agent = a.agent, clients = n_clients, groups = groups.len(), "Agent started");

@@ -9,7 +9,8 @@
 //! - [`mqtt`]: the wire (ntex-mqtt's codec), the I/O-free connection state machine, TCP/TLS
 //!   transport and source addresses.
 //! - [`pacer`]: when each message is intended to be sent (the basis of corrected latency).
-//! - [`timer`]: wake-ups on those times to the microsecond (one timerfd per engine).
+//! - [`timer`]: wake-ups on those times to the microsecond (one timerfd per lane).
+//! - [`lanes`]: the engine's threads, one single-threaded runtime per core, clients pinned.
 //! - [`payload`]: the measurement header every squall payload starts with.
 //! - [`metrics`]: recording shards, the snapshot collector, the delivery ledger.
 //! - [`link`]: the agent's side of the gRPC link: dialing, authentication, the lease.
@@ -21,6 +22,7 @@
 
 pub mod client;
 pub mod engine;
+pub mod lanes;
 pub mod link;
 pub mod metrics;
 pub mod mqtt;

@@ -364,10 +364,14 @@ mod tests {
 
     #[test]
     fn many_sleepers_each_wake_once_in_deadline_order() {
-        rt().block_on(async {
+        // one thread, as an engine lane: what is woken runs in wake order (on two workers a
+        // busy machine interleaves one round's sleepers, and the order says nothing)
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
             let timers = Arc::new(Timers::new(Duration::ZERO).unwrap());
             let order = Arc::new(Mutex::new(Vec::new()));
-            let t0 = Instant::now() + Duration::from_millis(5);
+            // far enough out that every sleeper is registered before the first deadline
+            let t0 = Instant::now() + Duration::from_millis(50);
             let mut tasks = Vec::new();
             for i in (0..200u64).rev() {
                 let (timers, order) = (timers.clone(), order.clone());

@@ -140,13 +140,8 @@ pub fn run(a: AgentArgs) -> u8 {
         Err(code) => return code,
     };
     if let Some(ms) = a.test_engine_stall_ms {
-        // a thread of the engine's taken away, as a busy host or a noisy neighbour would
-        engine.spawn(async move {
-            loop {
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                std::thread::sleep(std::time::Duration::from_millis(ms.min(900)));
-            }
-        });
+        // the engine's client threads taken away, as a busy host or a noisy neighbour would
+        squall_agent::lanes::stall_for_tests(ms);
     }
     let link_rt = match super::runtime(&mut tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,

@@ -27,6 +27,7 @@ use std::time::Duration;
 use ntex_bytes::{BytePages, ByteString, Bytes, BytesMut};
 use tokio::sync::{Notify, watch};
 
+use crate::lanes::Lanes;
 use crate::metrics::Seen;
 use crate::metrics::shares::ShareReceipts;
 use crate::metrics::{LoadError, Metric, ReceiverLedger, Recorder, Shard, Timing};
@@ -36,7 +37,7 @@ use crate::mqtt::state::{Connection, Event, Fault};
 use crate::mqtt::transport::{self, ConnectFailure, Endpoint, Stream};
 use crate::pacer::Pacer;
 use crate::payload::Header;
-use crate::timer::{Sleep, Timers};
+use crate::timer::Sleep;
 use backoff::Backoff;
 use io::{IoEvent, ReadMode, poll_io};
 pub use outage::Outages;
@@ -118,8 +119,9 @@ pub struct Shared {
     pub start_ns: u64,
     /// Slots for handshakes in flight.
     pub connecting: Arc<ConnectWindow>,
-    /// Wake-ups on schedule (tokio's own timer is 1 ms coarse).
-    pub timers: Timers,
+    /// The engine's threads, each with its timer (tokio's own is 1 ms coarse); a client runs
+    /// on the lane of its key.
+    pub lanes: Lanes,
     /// The window a busy connection lets data gather in before it reads, ns (0: none).
     pub read_coalesce_ns: u64,
     /// Bytes written by clients and not yet taken by the kernel, against the agent's budget.
@@ -370,7 +372,7 @@ impl Client {
             lost_unasked: None,
             rng: fastrand::Rng::with_seed(((sh.run_tag as u64) << 32) ^ global as u64),
             phase_rx: sh.phase.clone(),
-            sleep: sh.timers.sleep(),
+            sleep: sh.lanes.of(global as usize).1.sleep(),
             will,
             will_receiver,
             keepalive_in_force: s.keepalive_secs,
@@ -499,6 +501,11 @@ impl Client {
     }
 
     /// Runs the client to the end of the run.
+    /// Its key: its recorder shard and its lane.
+    pub fn key(&self) -> usize {
+        self.key
+    }
+
     pub async fn run(mut self) -> Outcome {
         let mut attempt_at = self.group.first_attempt_ns(self.local, self.shared.start_ns);
         let mut first = true;
