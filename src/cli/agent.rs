@@ -42,8 +42,9 @@ pub struct AgentArgs {
     /// Stop all load after hearing nothing from the controller for this long.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub lease: Duration,
-    /// Engine threads, each running its share of the clients (default: one per core). Several agents on one host share its
-    /// cores: give each cores ÷ agents (`squall run --local-agents` does).
+    /// Engine threads, each running its share of the clients (default: one per core).
+    /// Several agents on one host share its cores: give each cores ÷ agents (`squall run
+    /// --local-agents` does).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
     /// Serve one run, then exit (for Jobs, and `squall run --local-agents`).
