@@ -8,11 +8,19 @@
 //!
 //! Every loop is bounded: publishing ends at the window's end, reconnecting ends with the run,
 //! and the engine aborts tasks that outlive their shutdown grace.
+//!
+//! Here: the task's life (connect, session loop, close). Beside it: [`shared`] what all of an
+//! engine's clients share, `publish` the schedule's side, `receive` what reads bring (the
+//! ledger), `io` the one non-blocking I/O step, [`backoff`] and [`window`] the reconnect and
+//! handshake pacing, `storm`, `outage` and `will` what events, losses and wills are owed.
 
 pub mod backoff;
 mod group;
 mod io;
 mod outage;
+mod publish;
+mod receive;
+pub mod shared;
 mod storm;
 mod will;
 pub mod window;
@@ -20,35 +28,33 @@ pub mod window;
 pub use group::{GroupRuntime, PayloadPlan};
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ntex_bytes::{BytePages, ByteString, Bytes, BytesMut};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
-use crate::lanes::Lanes;
-use crate::metrics::Seen;
-use crate::metrics::shares::ShareReceipts;
-use crate::metrics::{LoadError, Metric, ReceiverLedger, Recorder, Shard, Timing};
+use crate::metrics::{LoadError, Metric, ReceiverLedger, Timing};
 use crate::mqtt::codec::{ConnectSpec, QoS, Will, qos_from_u8};
-use crate::mqtt::inflight::{Kind, Token};
-use crate::mqtt::state::{Connection, Event, Fault};
-use crate::mqtt::transport::{self, ConnectFailure, Endpoint, Stream};
+use crate::mqtt::inflight::Kind;
+use crate::mqtt::state::{Connection, Fault};
+use crate::mqtt::transport::{self, ConnectFailure, Stream};
 use crate::pacer::Pacer;
-use crate::payload::Header;
 use crate::timer::Sleep;
 use backoff::Backoff;
 use io::{IoEvent, ReadMode, poll_io};
 pub use outage::Outages;
-use squall_proto::clock::Clock;
-use squall_proto::metrics::{WillId, WillMark, WillRecord};
-use squall_proto::plan::{Comeback, EventAction, PublishRange, group_of_stream};
+pub use receive::Receiver;
+use receive::{Backlog, Read};
+pub use shared::{Countdown, Phase, Shared, Unsent};
+use squall_proto::metrics::WillId;
+use squall_proto::plan::{Comeback, EventAction};
 use squall_proto::protocol::Protocol;
 pub use storm::Storms;
 use storm::{Away, StormKey};
 use will::WillState;
-use window::{ConnectWindow, Slot};
+use window::Slot;
 
 /// The largest packet a client accepts from a broker: a broken or hostile broker cannot make
 /// a client buffer more than this.
@@ -59,154 +65,6 @@ const IDLE_READ_NS: u64 = 10_000_000;
 
 /// Unsent bytes above which a client takes no more messages from its schedule.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
-
-/// Where the run is; every client watches it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Connecting and subscribing; nothing is published.
-    Ramp,
-    /// Publishers send on schedule within `[start, until)`.
-    Publish { start_ns: u64, until_ns: u64 },
-    /// Disconnect: client `j` of a group's share leaves at `at_ns + j / disconnect_rate`.
-    Finish { at_ns: u64 },
-    /// Stop now (the controller is gone, or the run hit its limit).
-    Abort,
-}
-
-/// Counts down to zero and wakes whoever waits for it.
-#[derive(Debug, Default)]
-pub struct Countdown {
-    left: AtomicUsize,
-    notify: Notify,
-}
-
-impl Countdown {
-    pub fn new(n: usize) -> Countdown {
-        Countdown { left: AtomicUsize::new(n), notify: Notify::new() }
-    }
-
-    pub fn done(&self) {
-        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.notify.notify_one();
-        }
-    }
-
-    pub fn left(&self) -> usize {
-        self.left.load(Ordering::Acquire)
-    }
-
-    pub async fn wait(&self) {
-        while self.left() > 0 {
-            self.notify.notified().await;
-        }
-    }
-}
-
-/// What every client of an agent shares.
-pub struct Shared {
-    pub clock: Clock,
-    pub rec: Arc<Recorder>,
-    pub endpoints: Vec<Endpoint>,
-    pub sources: Vec<IpAddr>,
-    pub run_tag: u32,
-    pub agent: u32,
-    pub phase: watch::Receiver<Phase>,
-    /// Clients whose first connection attempt has not finished yet.
-    pub ready: Countdown,
-    /// Publishers that have not yet fixed their final sent count.
-    pub publishers: Countdown,
-    /// When ramp-up started (connect schedules count from here), ns.
-    pub start_ns: u64,
-    /// Slots for handshakes in flight.
-    pub connecting: Arc<ConnectWindow>,
-    /// The engine's threads, each with its timer (tokio's own is 1 ms coarse); a client runs
-    /// on the lane of its key.
-    pub lanes: Lanes,
-    /// The window a busy connection lets data gather in before it reads, ns (0: none).
-    pub read_coalesce_ns: u64,
-    /// Bytes written by clients and not yet taken by the kernel, against the agent's budget.
-    pub unsent: Unsent,
-    /// Every publishing group of the run by stream: e2e latency is the publisher's group's.
-    pub publish_ranges: Vec<PublishRange>,
-    /// The storms (event firings) this agent's clients were taken by, and their way back.
-    pub storms: Storms,
-    /// Connections lost without the scenario asking, and the way back.
-    pub outages: Outages,
-}
-
-/// The agent's unsent bytes: one budget for all its clients, so a stalled broker cannot make
-/// 100,000 clients hold 256 KiB each.
-#[derive(Debug)]
-pub struct Unsent {
-    bytes: AtomicU64,
-    budget: u64,
-}
-
-impl Unsent {
-    pub fn new(budget: u64) -> Unsent {
-        Unsent { bytes: AtomicU64::new(0), budget }
-    }
-
-    fn add(&self, n: u64) {
-        self.bytes.fetch_add(n, Ordering::Relaxed);
-    }
-
-    fn sub(&self, n: u64) {
-        self.bytes.fetch_sub(n, Ordering::Relaxed);
-    }
-
-    /// Room left in the budget, bytes.
-    pub fn room(&self) -> u64 {
-        self.budget.saturating_sub(self.bytes.load(Ordering::Relaxed))
-    }
-
-    /// Takes up to `want` bytes of the room (all clients reserve before they write, so the
-    /// budget holds however many threads write at once). Returns what was granted.
-    fn reserve(&self, want: u64) -> u64 {
-        let mut cur = self.bytes.load(Ordering::Relaxed);
-        loop {
-            let grant = want.min(self.budget.saturating_sub(cur));
-            if grant == 0 {
-                return 0;
-            }
-            match self.bytes.compare_exchange_weak(cur, cur + grant, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return grant,
-                Err(now) => cur = now,
-            }
-        }
-    }
-
-    /// Bytes held now.
-    pub fn held(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
-    }
-}
-
-/// What one read brought, for the recorder.
-#[derive(Clone, Copy)]
-struct Read {
-    bytes: u64,
-    /// How long its newest byte waited in the kernel (the receive stamp), once connected.
-    wait_ns: Option<u64>,
-    /// It waited for the end of a read-coalescing window.
-    coalesced: bool,
-}
-
-/// Where a subscriber's deliveries are accounted.
-pub enum Receiver {
-    Own(ReceiverLedger),
-    /// Members of one shared subscription account together.
-    Shared(Arc<Mutex<ReceiverLedger>>),
-    /// … and when members run on other agents too, the controller settles it.
-    Remote(Arc<Mutex<ShareReceipts>>),
-}
-
-/// Where one read's messages are accounted.
-enum Sink<'a> {
-    None,
-    Ledger(&'a mut ReceiverLedger),
-    Remote(&'a mut ShareReceipts),
-}
 
 /// What a client hands back when it ends.
 pub struct Outcome {
@@ -1016,261 +874,6 @@ impl Client {
         end
     }
 
-    /// Publishes every message that is due, as far as the window and `room` (bytes) allow.
-    /// Returns true when due messages were held back (window full, no room, the per-wake cap).
-    fn publish_due(&mut self, now: u64, room: u64) -> bool {
-        if self.publish_fixed {
-            return false;
-        }
-        let group = self.group.assignment.group;
-        let Some(pacer) = self.pacer.as_mut() else { return false };
-        if pacer.next_due_ns().is_none_or(|t| t > now) {
-            return false;
-        }
-        let (Some(topic), Some(plan)) = (self.topic.as_ref(), self.group.payload.as_ref()) else {
-            return false;
-        };
-        let qos = self.group.pub_qos;
-        let retain = self.group.assignment.spec.publish.as_ref().is_some_and(|p| p.retain);
-        let mut shard = self.shared.rec.shard(self.key);
-        let mut sent = 0u64;
-        // a packet's size: fixed header (≤ 5), topic (2 + len), packet id (2), payload
-        let packet = 9 + topic.len() as u64 + plan.len as u64;
-        let mut written = 0u64;
-        // bounded per wake-up so one late client cannot starve its worker thread; within the
-        // bytes reserved (the last message may pass them by less than its size)
-        while sent < 1024 && written < room {
-            if qos != QoS::AtMostOnce && self.conn.window_room() == 0 {
-                break;
-            }
-            let Some((seq, intended_ns)) = pacer.take_due(now) else { break };
-            let header =
-                Header { run_tag: self.shared.run_tag, stream: self.stream, seq, intended_ns, sent_ns: now };
-            match self.conn.publish(now, topic, qos, retain, Token { seq, intended_ns }, plan.len, |out| {
-                plan.write(&header, out)
-            }) {
-                Ok(Ok(())) => {
-                    sent += 1;
-                    written += packet;
-                    shard.record(group, Metric::Lag, Timing::Raw, now - intended_ns);
-                }
-                // cannot happen after the room check; the message stays unsent and due
-                Ok(Err(_)) | Err(_) => break,
-            }
-        }
-        match qos {
-            QoS::AtMostOnce => shard.counters.published_qos0 += sent,
-            QoS::AtLeastOnce => shard.counters.published_qos1 += sent,
-            QoS::ExactlyOnce => shard.counters.published_qos2 += sent,
-        }
-        pacer.next_due_ns().is_some_and(|t| t <= now)
-    }
-
-    /// Handles everything read. `Some(end)` when the connection must end.
-    fn handle_input(
-        &mut self,
-        rbuf: &mut BytesMut,
-        now: u64,
-        read: Read,
-        intended_ns: u64,
-        connected: &mut bool,
-    ) -> Result<Option<End>, Fault> {
-        let group = self.group.assignment.group;
-        let mut deferred: Vec<Event> = Vec::new();
-        // this client's publishes the broker refused, saying why: not owed to subscribers
-        let mut refused_n = 0u64;
-        {
-            let rec = &self.shared.rec;
-            let mut shard = rec.shard(self.key);
-            shard.counters.bytes_in += read.bytes;
-            if let Some(w) = read.wait_ns {
-                shard.record(group, Metric::ReadWait, Timing::Raw, w);
-            }
-            if read.coalesced {
-                shard.counters.reads_coalesced += 1;
-            }
-            let run_tag = self.shared.run_tag;
-            let receiver = self.will_receiver;
-            let backlog = &mut self.backlog;
-            // a resumed session's backlog follows its CONNACK in the same read: watch from there
-            let resuming = self.was_connected && !self.spec.clean_start && self.receiver.is_some();
-            let ranges = &self.shared.publish_ranges[..];
-            let mut shared_guard;
-            let mut remote_guard;
-            let mut sink = match self.receiver.as_mut() {
-                Some(Receiver::Own(l)) => Sink::Ledger(l),
-                Some(Receiver::Shared(l)) => {
-                    shared_guard = l.lock().unwrap_or_else(|e| e.into_inner());
-                    Sink::Ledger(&mut shared_guard)
-                }
-                Some(Receiver::Remote(r)) => {
-                    remote_guard = r.lock().unwrap_or_else(|e| e.into_inner());
-                    Sink::Remote(&mut remote_guard)
-                }
-                None => Sink::None,
-            };
-            let res = self.conn.handle(rbuf, now, |ev| match ev {
-                Event::ConnAck { session_present: true, code: 0, .. } if resuming => {
-                    *backlog = Some(Backlog { since: now, last: now, n: 0 });
-                    deferred.push(ev)
-                }
-                Event::Message(m) => {
-                    let m = Received { run_tag, now, payload: &m.payload, qos: u8::from(m.qos), receiver };
-                    on_message(&mut shard, &mut sink, backlog.as_mut(), ranges, group, m)
-                }
-                Event::PublishDone { qos, token, sent_ns, code } => {
-                    if code >= 0x80 {
-                        shard.counters.publish_refused += 1;
-                        shard.error(LoadError::PublishRefused { code });
-                        refused_n += 1;
-                    } else {
-                        let m = if qos == QoS::AtLeastOnce {
-                            shard.counters.acked_qos1 += 1;
-                            Metric::Puback
-                        } else {
-                            shard.counters.acked_qos2 += 1;
-                            Metric::Pubcomp
-                        };
-                        shard.record_both(
-                            group,
-                            m,
-                            now.saturating_sub(sent_ns),
-                            now.saturating_sub(token.intended_ns),
-                        );
-                    }
-                }
-                Event::Pong { .. } => {}
-                other => deferred.push(other),
-            });
-            res?;
-        }
-        if refused_n > 0 {
-            self.group.refused[self.local as usize].fetch_add(refused_n, Ordering::Release);
-        }
-        for ev in deferred {
-            match ev {
-                Event::ConnAck { session_present, code, elapsed_ns, limits } => {
-                    if code != 0 {
-                        self.connect_failed(LoadError::ConnectRefused { code });
-                        return Ok(Some(End::Retry));
-                    }
-                    *connected = true;
-                    self.keepalive_in_force =
-                        limits.server_keepalive_secs.unwrap_or(self.group.assignment.spec.keepalive_secs);
-                    if let Some(w) = self.will.as_mut() {
-                        w.connected(&mut self.shared.rec.shard(self.key), now, session_present);
-                    }
-                    if let Some(a) = self.away.take() {
-                        a.back(&self.shared.storms, now);
-                    }
-                    if let Some(failed) = self.lost_unasked.take() {
-                        self.shared.outages.back(now, failed + 1);
-                    }
-                    if self.was_connected && !self.spec.clean_start {
-                        let mut s = self.shared.rec.shard(self.key);
-                        if session_present {
-                            s.counters.sessions_resumed += 1;
-                        } else {
-                            s.counters.sessions_lost += 1;
-                        }
-                    }
-                    self.was_connected = true;
-                    self.shared.rec.connected_inc();
-                    self.backoff.reset();
-                    {
-                        let mut s = self.shared.rec.shard(self.key);
-                        s.counters.connects += 1;
-                        if let Some(lost_at) = self.lost_at.take() {
-                            // back after a loss: backoff, attempts and the broker's time together
-                            s.counters.reconnects += 1;
-                            s.record(group, Metric::Reconnect, Timing::Raw, now.saturating_sub(lost_at));
-                        }
-                        s.record(group, Metric::Connect, Timing::Raw, elapsed_ns);
-                        s.record(group, Metric::Connect, Timing::Corrected, now.saturating_sub(intended_ns));
-                    }
-                    if session_present {
-                        self.resend(now)?;
-                    }
-                    if !self.filters.is_empty() {
-                        if self.subscribed && !session_present {
-                            if let Some(Receiver::Own(l)) = self.receiver.as_mut() {
-                                l.mark_offline(!self.spec.clean_start);
-                            }
-                        }
-                        if !self.subscribed || !session_present {
-                            let filters = std::mem::take(&mut self.filters);
-                            let r = self.conn.subscribe(now, &filters, Token::default());
-                            self.filters = filters;
-                            if !matches!(r, Ok(Ok(()))) {
-                                return Err(Fault::Protocol("could not subscribe"));
-                            }
-                        } else {
-                            self.signal_ready();
-                        }
-                    } else {
-                        self.signal_ready();
-                    }
-                }
-                Event::Abandoned(slots) => {
-                    let n = slots
-                        .iter()
-                        .filter(|s| {
-                            matches!(s.kind, Kind::AwaitPubAck | Kind::AwaitPubRec | Kind::AwaitPubComp)
-                        })
-                        .count();
-                    self.shared.rec.shard(self.key).counters.unacked += n as u64;
-                }
-                Event::SubAck { codes, sent_ns, .. } => {
-                    let mut s = self.shared.rec.shard(self.key);
-                    s.record(group, Metric::Subscribe, Timing::Raw, now.saturating_sub(sent_ns));
-                    for (i, code) in codes.iter().enumerate() {
-                        if *code < 0x80 {
-                            s.counters.subscribes += 1;
-                            if let Some(g) = self.granted.get_mut(i) {
-                                *g = Some(*code);
-                            }
-                        } else {
-                            s.counters.subscribe_failures += 1;
-                            s.error(LoadError::SubscribeRefused { code: *code });
-                        }
-                    }
-                    drop(s);
-                    self.subscribed = true;
-                    self.signal_ready();
-                }
-                Event::Disconnect { code } => {
-                    return Ok(Some(self.lost(LoadError::DisconnectedByBroker { code }, *connected)));
-                }
-                Event::UnsubAck { .. }
-                | Event::Message(_)
-                | Event::PublishDone { .. }
-                | Event::Pong { .. } => {}
-            }
-        }
-        Ok(None)
-    }
-
-    /// Resends open publishes on a resumed session, rebuilding each payload from its token.
-    fn resend(&mut self, now: u64) -> Result<(), Fault> {
-        let (Some(topic), Some(plan)) = (self.topic.clone(), self.group.payload.as_ref()) else {
-            return Ok(());
-        };
-        let retain = self.group.assignment.spec.publish.as_ref().is_some_and(|p| p.retain);
-        let (run_tag, stream) = (self.shared.run_tag, self.stream);
-        self.conn.resend_open(now, |slot, out| {
-            let h = Header {
-                run_tag,
-                stream,
-                seq: slot.token.seq,
-                intended_ns: slot.token.intended_ns,
-                sent_ns: slot.sent_ns,
-            };
-            plan.write(&h, out);
-            Some((topic.clone(), retain, plan.len))
-        })?;
-        Ok(())
-    }
-
     fn lost(&mut self, e: LoadError, connected: bool) -> End {
         self.conn.lost();
         if connected {
@@ -1380,113 +983,5 @@ impl Client {
                 .zip(self.granted.iter().copied())
                 .collect(),
         }
-    }
-}
-
-/// What a resumed persistent session was handed: messages published before its CONNACK.
-struct Backlog {
-    /// The CONNACK (session present), and the last backlog message's receipt, ns.
-    since: u64,
-    last: u64,
-    n: u64,
-}
-
-/// One message as it was read.
-struct Received<'a> {
-    run_tag: u32,
-    now: u64,
-    payload: &'a [u8],
-    qos: u8,
-    /// The receiver, in the will ledger.
-    receiver: u64,
-}
-
-/// One received message: latency (under the group that published it, `own_group` if the
-/// stream is not the run's), ledger, counters.
-#[inline]
-fn on_message(
-    shard: &mut Shard,
-    sink: &mut Sink<'_>,
-    backlog: Option<&mut Backlog>,
-    ranges: &[PublishRange],
-    own_group: u32,
-    m: Received<'_>,
-) {
-    let Received { run_tag, now, payload, qos, receiver } = m;
-    shard.counters.count_received(qos);
-    let Ok(h) = Header::read(payload) else {
-        match WillId::read(payload) {
-            Some(w) if w.run_tag == run_tag => {
-                shard.counters.wills_received += 1;
-                shard.wills.push(WillRecord {
-                    mark: WillMark::Delivered,
-                    group: w.group,
-                    client: w.client,
-                    epoch: w.epoch,
-                    at_unix_ns: now,
-                    receiver,
-                    topic: String::new(),
-                });
-            }
-            Some(_) => shard.counters.received_stale += 1,
-            None => shard.counters.received_foreign += 1,
-        }
-        return;
-    };
-    if h.run_tag != run_tag {
-        shard.counters.received_stale += 1;
-        return;
-    }
-    if let Some(b) = backlog
-        && h.sent_ns < b.since
-    {
-        b.n += 1;
-        b.last = now;
-        shard.counters.backlog_delivered += 1;
-    }
-    let group = group_of_stream(ranges, h.stream).unwrap_or(own_group);
-    shard.record_both(group, Metric::E2e, now.saturating_sub(h.sent_ns), now.saturating_sub(h.intended_ns));
-    match sink {
-        Sink::Ledger(l) => match l.observe(h.stream, h.seq, qos) {
-            Seen::New { out_of_order: true } | Seen::Recovered => shard.counters.out_of_order += 1,
-            Seen::Duplicate => shard.counters.duplicates += 1,
-            Seen::New { out_of_order: false } => {}
-        },
-        // duplicates across agents are the controller's to find
-        Sink::Remote(r) => {
-            if r.observe(h.stream, h.seq, qos, now) {
-                shard.counters.out_of_order += 1;
-            }
-        }
-        Sink::None => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reservations_never_pass_the_budget_however_many_threads_take() {
-        let unsent = Arc::new(Unsent::new(1 << 20));
-        let peak = Arc::new(AtomicU64::new(0));
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let (unsent, peak) = (unsent.clone(), peak.clone());
-                std::thread::spawn(move || {
-                    for _ in 0..20_000 {
-                        let got = unsent.reserve(64 << 10);
-                        peak.fetch_max(unsent.held(), Ordering::Relaxed);
-                        unsent.sub(got);
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        assert!(peak.load(Ordering::Relaxed) <= 1 << 20);
-        assert_eq!(unsent.held(), 0, "every reservation given back");
-        assert_eq!(unsent.reserve(u64::MAX), 1 << 20, "a grant is at most the room");
     }
 }

@@ -5,7 +5,7 @@
 //! - [`state`]: the connection state machine (no I/O; unit-tested with bytes).
 //! - [`transport`]: TCP and TLS streams, source addresses.
 //! - [`tls`]: rustls client configuration from CA, client certificate and key files.
-//! - [`topic`]: MQTT topic-filter matching.
+//! - topic-filter matching is the contract's ([`squall_proto::topic`]), shared with the controller.
 
 pub mod codec;
 pub mod inflight;
