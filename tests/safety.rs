@@ -37,11 +37,30 @@ async fn the_agent_stops_all_load_when_its_controller_is_gone() {
         }
     }
     connections(&broker, 50).await;
+    // the clients run on the engine's lanes, one per worker of the runtime it started on
+    assert_eq!(lane_threads(), 2);
     // the controller goes away without a word
     drop(h.commands);
     connections(&broker, 0).await;
     let s = broker.stats();
     assert_eq!(s.disconnects_clean, 50, "the clients left with DISCONNECT: {s:?}");
+    // and the engine's threads (its lanes) end with it: an agent serving run after run keeps none
+    for _ in 0..1000 {
+        if lane_threads() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{} engine lane threads still alive 10 s after the run ended", lane_threads());
+}
+
+/// This process's threads named as the engine names its lanes.
+fn lane_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("lane-"))
+        .count()
 }
 
 #[test]
