@@ -196,9 +196,9 @@ impl Inner {
 ///
 /// Arming costs a `timerfd_settime` (a reprogrammed hardware timer: a VM exit on a hypervisor)
 /// and the fire an `epoll_wait` wake-up, ~20 µs of CPU together on the 2-vCPU VM of
-/// BENCHMARKS.md. When deadlines are denser than that (5,000 clients × 10 msg/s are 20 µs
-/// apart) the runtime is busy anyway, and a yield hands the worker to the clients, so the next
-/// round comes after them at the cost of one reactor poll. Never with coalescing asked for
+/// BENCHMARKS.md. When deadlines are denser than that (5,000 clients × 10 msg/s on one lane
+/// are 20 µs apart) the runtime is busy anyway, and a yield hands the lane to the clients, so
+/// the next round comes after them at the cost of one reactor poll. Never with coalescing asked for
 /// (`min_gap`): that is a request for fewer wake-ups, not earlier ones.
 const SPIN_NS: u64 = 20_000;
 
