@@ -6,8 +6,8 @@
 //! waking each other (`futex` and the reactor's `eventfd`) and going back to sleep
 //! (BENCHMARKS.md, Fan-in floor). A lane's sockets, timer and tasks share one thread, so a
 //! wake-up stays on it. Clients go round-robin by their global index, so the load of a
-//! homogeneous group splits evenly, and a lane's recorder shards are its own (the recorder's
-//! shard count is a multiple of the lane count).
+//! homogeneous group splits evenly, and a lane's recorder shards are its own when the
+//! recorder's shard count (two per core) is a multiple of the lane count, as by default.
 //!
 //! The engine's control (phases, snapshots, the link) stays on the runtime it was started on.
 
