@@ -188,6 +188,13 @@ async fn a_stalled_broker_cannot_make_the_agent_hold_more_than_its_unsent_budget
     let unsent = encoded.saturating_sub(c["bytes_out"]);
     eprintln!("published {published}, bytes out {}, unsent ≥ {unsent}, {c:?}", c["bytes_out"]);
     assert!(c["send_buffer_full"] > 0, "the budget was never reached: the test proves nothing");
+    // counted once each time a due message finds no room: a client that looked again on a
+    // timer (every millisecond, as it once did) would count thousands in the stall's seconds
+    assert!(
+        c["send_buffer_full"] < 50,
+        "{} times without room: the client polls the budget instead of waiting for room handed back",
+        c["send_buffer_full"]
+    );
     assert!(c["behind_schedule"] > 0, "what could not be sent is counted behind schedule");
     assert!(unsent <= BUDGET + 75, "{unsent} bytes unsent, over the {BUDGET}-byte budget");
     // the per-client limit (256 KiB) alone would have let it hold four times as much

@@ -7,6 +7,7 @@
 //!
 //! cargo bench -p squall-benches --bench distributed -- cost --agents 0,1,2,4 --rate 20000 --seconds 10
 //! cargo bench -p squall-benches --bench distributed -- connections --agents 6 --brokers 6 --clients 100000
+//! cargo bench -p squall-benches --bench distributed -- stalled --agents 6 --brokers 6 --clients 100000 --budget-mib 16 --payload 16384
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -26,6 +27,10 @@ struct Args {
     seconds: u64,
     qos: u8,
     repeat: u32,
+    /// `stalled`: each agent's unsent-bytes budget, MiB.
+    budget_mib: u64,
+    /// `stalled`: bytes per message (each client sends one a second).
+    payload: u32,
     /// Agent engine threads: cores ÷ agents (at least 1) when set to 0.
     threads: Option<u32>,
     squall: PathBuf,
@@ -41,6 +46,8 @@ fn args() -> Args {
         seconds: 10,
         qos: 0,
         repeat: 1,
+        budget_mib: 16,
+        payload: 16384,
         threads: None,
         squall: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/squall"),
     };
@@ -55,6 +62,8 @@ fn args() -> Args {
             "--seconds" => a.seconds = val().parse().unwrap(),
             "--qos" => a.qos = val().parse().unwrap(),
             "--repeat" => a.repeat = val().parse().unwrap(),
+            "--budget-mib" => a.budget_mib = val().parse().unwrap(),
+            "--payload" => a.payload = val().parse().unwrap(),
             "--threads" => a.threads = Some(val().parse().unwrap()),
             "--squall" => a.squall = val().into(),
             m if !m.starts_with('-') => a.mode = m.to_string(),
@@ -140,7 +149,8 @@ fn main() {
     match a.mode.as_str() {
         "cost" => cost(&a),
         "connections" => connections(&a),
-        other => panic!("mode cost|connections, not `{other}`"),
+        "stalled" => stalled(&a),
+        other => panic!("mode cost|connections|stalled, not `{other}`"),
     }
 }
 
@@ -343,4 +353,105 @@ fn connections(a: &Args) {
             (t1 as f64 - t0 as f64) / (c1 as f64 - c0 as f64).max(1.0)
         );
     }
+}
+
+/// Open file descriptors of a process (a broker's: about its connections).
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Issue 8's scale hazard at scale: every broker stops reading (SIGSTOP, a hung broker) while
+/// `--clients` clients publish `--payload` bytes (16 KiB) once a second. The kernel's socket buffers fill, then the
+/// clients' own; each agent must hold at most its one budget of unsent bytes (without it,
+/// 256 KiB per client: 25 GB at 100k), count what the schedule owed and could not send, and
+/// stay cheap while it waits for room.
+fn stalled(a: &Args) {
+    let n = *a.agents.first().unwrap_or(&6);
+    let dir = tempfile::tempdir().unwrap();
+    let brokers: Vec<(Proc, u16)> = (0..a.brokers).map(|_| broker(&a.squall)).collect();
+    let urls: Vec<String> = brokers.iter().map(|(_, p)| format!("\"mqtt://127.0.0.1:{p}\"")).collect();
+    let budget = a.budget_mib << 20;
+    let scenario = dir.path().join("stalled.toml");
+    std::fs::write(
+        &scenario,
+        format!(
+            "[target]\nurls = [{}]\n[run]\nduration = \"{}s\"\ndrain = \"0s\"\nramp_timeout = \"300s\"\n\
+             max_unsent_bytes = {budget}\n\
+             [[group]]\nname = \"stalled\"\nclients = {}\nconnect_rate = 50000\nkeepalive = \"300s\"\n\
+             [group.publish]\ntopic = \"stall/{{i}}\"\nqos = 0\npayload_size = {}\ninterval = \"1s\"\n",
+            urls.join(", "),
+            a.seconds,
+            a.clients,
+            a.payload
+        ),
+    )
+    .unwrap();
+    let rep = dir.path().join("stalled.json");
+    let mut run = Proc(
+        Command::new(&a.squall)
+            .arg("run")
+            .arg(&scenario)
+            .args(["--local-agents", &n.to_string(), "--live", "off", "-q", "--report"])
+            .arg(&rep)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = run.0.id();
+    let t0 = Instant::now();
+    let connected = |brokers: &[(Proc, u16)]| brokers.iter().map(|(p, _)| fds(p.0.id())).sum::<usize>();
+    while connected(&brokers) < a.clients as usize && run.0.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("{} connections at the brokers after {:.1}s", connected(&brokers), t0.elapsed().as_secs_f64());
+    // a few seconds of healthy publishing, then the brokers hang
+    std::thread::sleep(Duration::from_secs(3));
+    let rss = |pid: u32| tree(pid).iter().map(|p| rss_kib(*p)).sum::<u64>();
+    let cpu = |pid: u32| tree(pid).iter().map(|p| cpu_s(*p)).sum::<f64>();
+    let (rss0, cpu0, ts) = (rss(pid), cpu(pid), Instant::now());
+    for (p, _) in &brokers {
+        unsafe { libc::kill(p.0.id() as i32, libc::SIGSTOP) };
+    }
+    println!("brokers stopped; tester RSS {rss0} KiB");
+    // (CPU seconds since the stall, at seconds since the stall): the last reading while it ran
+    let (mut peak, mut last, mut mark) = (rss0, (0.0, 0.0), (0.0, 0.0));
+    for i in 1.. {
+        if run.0.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let now = rss(pid);
+        peak = peak.max(now);
+        // agents that have exited no longer show in /proc: keep the highest reading
+        let c = cpu(pid) - cpu0;
+        if c > last.0 {
+            last = (c, ts.elapsed().as_secs_f64());
+        }
+        if i % 10 == 0 {
+            let pct = 100.0 * (last.0 - mark.0) / (last.1 - mark.1).max(1e-9);
+            println!("  +{:.0}s: tester RSS {now} KiB, CPU {pct:.0} % of a core over the last 5 s", last.1);
+            mark = last;
+        }
+    }
+    for (p, _) in &brokers {
+        unsafe { libc::kill(p.0.id() as i32, libc::SIGCONT) };
+    }
+    let code = run.0.wait().unwrap().code().unwrap_or(-1);
+    let r = report(&rep);
+    let per_budget = (peak.saturating_sub(rss0) as f64 * 1024.0) / (budget * n as u64) as f64;
+    println!(
+        "exit {code}; tester RSS {rss0} → peak {peak} KiB (+{} KiB = {per_budget:.2} × the {n} agents' budgets of {} MiB); \
+         CPU while stalled {:.2} s in {:.1} s ({:.0} % of a core)",
+        peak.saturating_sub(rss0),
+        a.budget_mib,
+        last.0,
+        last.1,
+        100.0 * last.0 / last.1.max(1e-9)
+    );
+    for k in
+        ["published_qos0", "bytes_out", "send_buffer_full", "behind_schedule", "connects", "connections_lost"]
+    {
+        println!("  {k}: {}", counter(&r, k));
+    }
+    println!("  errors: {}", r["errors"]);
 }

@@ -81,6 +81,8 @@ enum Wake {
     Timer,
     /// The phase changed (false: the engine is gone).
     Phase(bool),
+    /// Room came back in the agent's budget of unsent bytes.
+    Room,
 }
 
 /// How a connection ended.
@@ -691,6 +693,7 @@ impl Client {
             }
             // sleep until the first thing that is due
             let mut next = self.conn.next_deadline().unwrap_or(u64::MAX);
+            let mut room_wait = None;
             let backlog = pending.as_ref().map_or(0, |p| p.len());
             if connected
                 && backlog < WRITE_HIGH_WATER
@@ -699,9 +702,11 @@ impl Client {
                 if let Some(p) = self.pacer.as_ref().filter(|_| !self.publish_fixed) {
                     let due = p.next_due_ns().unwrap_or(u64::MAX);
                     // the agent's budget is full with other clients' bytes: nothing of this
-                    // client's will free it, so look again in a millisecond
-                    let due = if self.shared.unsent.room() == 0 { due.max(now + 1_000_000) } else { due };
-                    next = next.min(due);
+                    // client's will free it, so it waits for room handed back
+                    room_wait = if due <= now { self.shared.unsent.wait_for_room() } else { None };
+                    if room_wait.is_none() {
+                        next = next.min(due);
+                    }
                 }
             }
             if let Some(u) = self.open_window_until() {
@@ -751,7 +756,9 @@ impl Client {
                 r = std::future::poll_fn(|cx| poll_io(cx, &mut stream, &mut pending, &mut rbuf, &mut bytes_out, reading)) => Wake::Io(r),
                 _ = &mut self.sleep => Wake::Timer,
                 r = self.phase_rx.changed() => Wake::Phase(r.is_ok()),
+                _ = async { room_wait.as_mut().unwrap().await }, if room_wait.is_some() => Wake::Room,
             };
+            drop(room_wait);
             if bytes_out > 0 {
                 self.shared.rec.shard(self.key).counters.bytes_out += bytes_out;
                 let taken = bytes_out.min(queued);
@@ -767,7 +774,7 @@ impl Client {
                     publish_now = true;
                     None
                 }
-                Wake::Phase(true) => {
+                Wake::Phase(true) | Wake::Room => {
                     publish_now = true;
                     continue;
                 }

@@ -91,15 +91,24 @@ pub struct Shared {
 
 /// The agent's unsent bytes: one budget for all its clients, so a stalled broker cannot make
 /// 100,000 clients hold 256 KiB each.
+///
+/// A client whose message comes due while the budget is full of other clients' bytes waits for
+/// room ([`Unsent::wait_for_room`]) rather than looking again on a timer: with 100,000 clients
+/// behind a stalled broker, looking every millisecond would be 100 million wake-ups a second.
+/// Room handed back wakes one waiter; a waiter that takes room and leaves some wakes the next,
+/// so room reaches every waiter without waking them all for each byte freed.
 #[derive(Debug)]
 pub struct Unsent {
     bytes: AtomicU64,
     budget: u64,
+    /// Clients waiting for room.
+    waiting: Arc<AtomicUsize>,
+    freed: Arc<Notify>,
 }
 
 impl Unsent {
     pub fn new(budget: u64) -> Unsent {
-        Unsent { bytes: AtomicU64::new(0), budget }
+        Unsent { bytes: AtomicU64::new(0), budget, waiting: Arc::default(), freed: Arc::default() }
     }
 
     pub(super) fn add(&self, n: u64) {
@@ -107,12 +116,16 @@ impl Unsent {
     }
 
     pub(super) fn sub(&self, n: u64) {
-        self.bytes.fetch_sub(n, Ordering::Relaxed);
+        // SeqCst against `wait_for_room`: either the waiter sees the room, or this sees the waiter
+        self.bytes.fetch_sub(n, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.freed.notify_one();
+        }
     }
 
     /// Room left in the budget, bytes.
     pub fn room(&self) -> u64 {
-        self.budget.saturating_sub(self.bytes.load(Ordering::Relaxed))
+        self.budget.saturating_sub(self.bytes.load(Ordering::SeqCst))
     }
 
     /// Takes up to `want` bytes of the room (all clients reserve before they write, so the
@@ -125,7 +138,13 @@ impl Unsent {
                 return 0;
             }
             match self.bytes.compare_exchange_weak(cur, cur + grant, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return grant,
+                Ok(_) => {
+                    // room is left: the next waiter may take it
+                    if cur + grant < self.budget && self.waiting.load(Ordering::Relaxed) > 0 {
+                        self.freed.notify_one();
+                    }
+                    return grant;
+                }
                 Err(now) => cur = now,
             }
         }
@@ -134,6 +153,36 @@ impl Unsent {
     /// Bytes held now.
     pub fn held(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// A wait for room, ready once some is handed back; `None` if there is room already.
+    /// The wait is registered before the room is looked at, so room freed in between is not
+    /// missed.
+    pub(super) fn wait_for_room(&self) -> Option<RoomWait> {
+        let mut notified = Box::pin(self.freed.clone().notified_owned());
+        notified.as_mut().enable();
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let wait = RoomWait { waiting: self.waiting.clone(), notified };
+        (self.room() == 0).then_some(wait)
+    }
+}
+
+/// A client's wait for room in [`Unsent`]'s budget (counted among the waiters until dropped).
+pub(super) struct RoomWait {
+    waiting: Arc<AtomicUsize>,
+    notified: std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>,
+}
+
+impl Future for RoomWait {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.notified.as_mut().poll(cx)
+    }
+}
+
+impl Drop for RoomWait {
+    fn drop(&mut self) {
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -163,5 +212,38 @@ mod tests {
         assert!(peak.load(Ordering::Relaxed) <= 1 << 20);
         assert_eq!(unsent.held(), 0, "every reservation given back");
         assert_eq!(unsent.reserve(u64::MAX), 1 << 20, "a grant is at most the room");
+    }
+
+    /// Room handed back reaches every waiter, one after another, without a timer; and a wait
+    /// begun with room free ends at once.
+    #[tokio::test(flavor = "current_thread")]
+    async fn waiters_for_room_are_woken_by_room_handed_back() {
+        let unsent = Arc::new(Unsent::new(1000));
+        assert_eq!(unsent.reserve(1000), 1000);
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let unsent = unsent.clone();
+                let wait = unsent.wait_for_room().expect("the budget is full");
+                tokio::spawn(async move {
+                    wait.await;
+                    // each takes 100 and keeps it
+                    assert_eq!(unsent.reserve(100), 100);
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        assert_eq!(unsent.waiting.load(Ordering::SeqCst), 3);
+        unsent.sub(300);
+        for w in waiters {
+            tokio::time::timeout(std::time::Duration::from_secs(10), w)
+                .await
+                .expect("every waiter woke")
+                .unwrap();
+        }
+        assert_eq!(unsent.waiting.load(Ordering::SeqCst), 0, "a wait that ended is no longer counted");
+        assert_eq!(unsent.room(), 0, "the three took what was handed back");
+        unsent.sub(1);
+        assert!(unsent.wait_for_room().is_none(), "room is free: no wait");
+        assert_eq!(unsent.waiting.load(Ordering::SeqCst), 0);
     }
 }

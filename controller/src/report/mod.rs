@@ -138,7 +138,8 @@ pub struct AgentReport {
     /// Scheduled messages it never sent (see the counter of that name).
     #[serde(default)]
     pub behind_schedule: u64,
-    /// Times a message came due with its client's send buffer above the high-water mark.
+    /// Times a message came due with no room to write it: its client's send buffer above the
+    /// high-water mark, or the agent's budget of unsent bytes (`run.max_unsent_bytes`) full.
     #[serde(default)]
     pub send_buffer_full: u64,
     /// Why its figures are suspect, if they are (the tester, not the broker, may have been
