@@ -76,6 +76,9 @@ pub struct Outcome {
     pub filters: Vec<(String, Option<u8>)>,
 }
 
+/// A read that waited and brought less than this acknowledges at once (see `Stream::ack_now`).
+const ACK_NOW_BELOW: usize = 2048;
+
 enum Wake {
     Io(std::io::Result<IoEvent>),
     Timer,
@@ -829,6 +832,9 @@ impl Client {
                     let wait_ns = age.filter(|_| connected);
                     let now = read_at.saturating_sub(wait_ns.unwrap_or(0));
                     let read = Read { bytes: n as u64, wait_ns, coalesced: after_wait };
+                    if after_wait && n < ACK_NOW_BELOW {
+                        stream.ack_now();
+                    }
                     // emptied the socket: let the next messages gather (never before CONNACK)
                     let window = self.shared.read_coalesce_ns;
                     if n < io::READ_BUDGET && connected && window > 0 {

@@ -86,10 +86,7 @@ impl Stream {
     /// this side had sent and not yet seen acknowledged are still retransmitted by the kernel.
     pub fn blackhole(&self) -> io::Result<()> {
         use std::os::fd::AsRawFd;
-        let tcp = match self {
-            Stream::Tcp(s) => s,
-            Stream::Tls(s) => s.get_ref().0,
-        };
+        let tcp = self.tcp();
         // one instruction: return 0 (keep no bytes of the packet: drop it)
         let mut code = [libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 }];
         let prog = libc::sock_fprog { len: 1, filter: code.as_mut_ptr() };
@@ -110,11 +107,34 @@ impl Stream {
     /// keeps no TIME_WAIT (19,000 ports in TIME_WAIT made each new connect scan for a free port:
     /// 60 % of the tester's CPU in a storm).
     pub fn reset_on_close(&self) {
-        let tcp = match self {
+        let _ = socket2::SockRef::from(self.tcp()).set_linger(Some(std::time::Duration::ZERO));
+    }
+
+    /// Acknowledges at once what the kernel received and has not acknowledged (TCP_QUICKACK).
+    /// After a read that waited (read coalescing), so the broker's TCP is never kept waiting
+    /// for an ACK longer than the read did: Linux sends the ACK of small segments when the
+    /// application reads or on its delayed-ACK timer, and a sender short of ACKs paces itself
+    /// down (e2e p99 0.2–0.5 ms eager against 17 ms coalesced at 50,000 msg/s before this).
+    pub fn ack_now(&self) {
+        use std::os::fd::AsRawFd;
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt reads one int during the call
+        unsafe {
+            libc::setsockopt(
+                self.tcp().as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                &one as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        match self {
             Stream::Tcp(s) => s,
             Stream::Tls(s) => s.get_ref().0,
-        };
-        let _ = socket2::SockRef::from(tcp).set_linger(Some(std::time::Duration::ZERO));
+        }
     }
 
     /// [`AsyncRead::poll_read`], and for TCP how long ago the newest byte read arrived (ns,
