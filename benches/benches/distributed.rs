@@ -131,6 +131,25 @@ fn tree(pid: u32) -> Vec<u32> {
     out
 }
 
+/// RSS of a process and its descendants, KiB.
+fn tree_rss(pid: u32) -> u64 {
+    tree(pid).iter().map(|p| rss_kib(*p)).sum()
+}
+
+/// `squall run SCENARIO --local-agents N` writing its report to `report`, quietly.
+fn local_run(squall: &Path, scenario: &Path, agents: u32, report: &Path) -> Proc {
+    Proc(
+        Command::new(squall)
+            .arg("run")
+            .arg(scenario)
+            .args(["--local-agents", &agents.to_string(), "--live", "off", "-q", "--report"])
+            .arg(report)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 fn report(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).expect("the report")).unwrap()
 }
@@ -311,20 +330,11 @@ fn connections(a: &Args) {
         .unwrap();
         let rep = dir.path().join("idle.json");
         let t0 = Instant::now();
-        let mut run = Proc(
-            Command::new(&a.squall)
-                .arg("run")
-                .arg(&scenario)
-                .args(["--local-agents", &n.to_string(), "--live", "off", "-q", "--report"])
-                .arg(&rep)
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+        let mut run = local_run(&a.squall, &scenario, n, &rep);
         let pid = run.0.id();
         let (mut peak_tester, mut peak_brokers) = (0u64, 0u64);
         while run.0.try_wait().unwrap().is_none() {
-            let t: u64 = tree(pid).iter().map(|p| rss_kib(*p)).sum();
+            let t = tree_rss(pid);
             let b: u64 = brokers.iter().map(|(p, _)| rss_kib(p.0.id())).sum();
             peak_tester = peak_tester.max(t);
             peak_brokers = peak_brokers.max(b);
@@ -387,16 +397,7 @@ fn stalled(a: &Args) {
     )
     .unwrap();
     let rep = dir.path().join("stalled.json");
-    let mut run = Proc(
-        Command::new(&a.squall)
-            .arg("run")
-            .arg(&scenario)
-            .args(["--local-agents", &n.to_string(), "--live", "off", "-q", "--report"])
-            .arg(&rep)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut run = local_run(&a.squall, &scenario, n, &rep);
     let pid = run.0.id();
     let t0 = Instant::now();
     let connected = |brokers: &[(Proc, u16)]| brokers.iter().map(|(p, _)| fds(p.0.id())).sum::<usize>();
@@ -406,9 +407,8 @@ fn stalled(a: &Args) {
     println!("{} connections at the brokers after {:.1}s", connected(&brokers), t0.elapsed().as_secs_f64());
     // a few seconds of healthy publishing, then the brokers hang
     std::thread::sleep(Duration::from_secs(3));
-    let rss = |pid: u32| tree(pid).iter().map(|p| rss_kib(*p)).sum::<u64>();
     let cpu = |pid: u32| tree(pid).iter().map(|p| cpu_s(*p)).sum::<f64>();
-    let (rss0, cpu0, ts) = (rss(pid), cpu(pid), Instant::now());
+    let (rss0, cpu0, ts) = (tree_rss(pid), cpu(pid), Instant::now());
     for (p, _) in &brokers {
         unsafe { libc::kill(p.0.id() as i32, libc::SIGSTOP) };
     }
@@ -420,7 +420,7 @@ fn stalled(a: &Args) {
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
-        let now = rss(pid);
+        let now = tree_rss(pid);
         peak = peak.max(now);
         // agents that have exited no longer show in /proc: keep the highest reading
         let c = cpu(pid) - cpu0;
