@@ -67,7 +67,10 @@ impl Lanes {
 
 impl Lane {
     fn start(index: usize, timer_gap: Duration) -> io::Result<Lane> {
-        // I/O and time only: no signal or process driver polled at every park
+        // I/O and time. tokio layers its signal and process drivers onto any I/O driver, so
+        // each park still calls the process driver's `reap_orphans` (~1 % of the tester's CPU
+        // at 5,000 × 10/s); building without tokio's `process` feature gained nothing
+        // measurable (BENCHMARKS.md, "Engine lanes")
         let rt = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
