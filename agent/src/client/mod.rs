@@ -777,7 +777,12 @@ impl Client {
                     publish_now = true;
                     None
                 }
-                Wake::Phase(true) | Wake::Room => {
+                Wake::Phase(true) => {
+                    publish_now = true;
+                    continue;
+                }
+                Wake::Room => {
+                    self.shared.unsent.pass_on();
                     publish_now = true;
                     continue;
                 }

@@ -95,8 +95,9 @@ pub struct Shared {
 /// A client whose message comes due while the budget is full of other clients' bytes waits for
 /// room ([`Unsent::wait_for_room`]) rather than looking again on a timer: with 100,000 clients
 /// behind a stalled broker, looking every millisecond would be 100 million wake-ups a second.
-/// Room handed back wakes one waiter; a waiter that takes room and leaves some wakes the next,
-/// so room reaches every waiter without waking them all for each byte freed.
+/// Room handed back wakes one waiter; a woken waiter first wakes the next if room is left
+/// ([`Unsent::pass_on`]), so room reaches every waiter in turn, whatever each does with it,
+/// without waking them all for each byte freed.
 #[derive(Debug)]
 pub struct Unsent {
     bytes: AtomicU64,
@@ -138,13 +139,7 @@ impl Unsent {
                 return 0;
             }
             match self.bytes.compare_exchange_weak(cur, cur + grant, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => {
-                    // room is left: the next waiter may take it
-                    if cur + grant < self.budget && self.waiting.load(Ordering::Relaxed) > 0 {
-                        self.freed.notify_one();
-                    }
-                    return grant;
-                }
+                Ok(_) => return grant,
                 Err(now) => cur = now,
             }
         }
@@ -165,9 +160,19 @@ impl Unsent {
         let wait = RoomWait { waiting: self.waiting.clone(), notified };
         (self.room() == 0).then_some(wait)
     }
+
+    /// Wakes the next waiter if room is left for it. A waiter whose wait ended calls this
+    /// before anything else, so a wake-up is never lost with a client that, once woken, takes
+    /// nothing (its connection gone, its window closed).
+    pub(super) fn pass_on(&self) {
+        if self.room() > 0 && self.waiting.load(Ordering::SeqCst) > 0 {
+            self.freed.notify_one();
+        }
+    }
 }
 
-/// A client's wait for room in [`Unsent`]'s budget (counted among the waiters until dropped).
+/// A client's wait for room in [`Unsent`]'s budget; once it ends, the client calls
+/// [`Unsent::pass_on`] (counted among the waiters until dropped).
 pub(super) struct RoomWait {
     waiting: Arc<AtomicUsize>,
     notified: std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>,
@@ -214,25 +219,28 @@ mod tests {
         assert_eq!(unsent.reserve(u64::MAX), 1 << 20, "a grant is at most the room");
     }
 
-    /// Room handed back reaches every waiter, one after another, without a timer; and a wait
-    /// begun with room free ends at once.
+    /// Room handed back reaches every waiter, one after another, without a timer, even past
+    /// one that takes nothing once woken; and a wait begun with room free ends at once.
     #[tokio::test(flavor = "current_thread")]
     async fn waiters_for_room_are_woken_by_room_handed_back() {
         let unsent = Arc::new(Unsent::new(1000));
         assert_eq!(unsent.reserve(1000), 1000);
-        let waiters: Vec<_> = (0..3)
-            .map(|_| {
+        let waiters: Vec<_> = (0..4)
+            .map(|k| {
                 let unsent = unsent.clone();
                 let wait = unsent.wait_for_room().expect("the budget is full");
                 tokio::spawn(async move {
                     wait.await;
-                    // each takes 100 and keeps it
-                    assert_eq!(unsent.reserve(100), 100);
+                    unsent.pass_on();
+                    // the first one woken takes nothing; each other takes 100 and keeps it
+                    if k > 0 {
+                        assert_eq!(unsent.reserve(100), 100);
+                    }
                 })
             })
             .collect();
         tokio::task::yield_now().await;
-        assert_eq!(unsent.waiting.load(Ordering::SeqCst), 3);
+        assert_eq!(unsent.waiting.load(Ordering::SeqCst), 4);
         unsent.sub(300);
         for w in waiters {
             tokio::time::timeout(std::time::Duration::from_secs(10), w)
