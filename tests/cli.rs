@@ -86,6 +86,59 @@ fn a_connections_only_scenario_holds_for_its_duration() {
     assert_eq!(r["counters"]["connections_lost"], 0);
 }
 
+/// Threads of `pid` and its descendants named as the engine names its lanes.
+fn lane_threads(pid: u32) -> usize {
+    let mut pids = vec![pid];
+    let mut i = 0;
+    while i < pids.len() {
+        let kids =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", pids[i])).unwrap_or_default();
+        pids.extend(kids.split_whitespace().filter_map(|k| k.parse::<u32>().ok()));
+        i += 1;
+    }
+    pids.iter()
+        .flat_map(|p| std::fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten())
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("lane-")))
+        .count()
+}
+
+/// `--threads N` puts the clients on N engine threads, in process and in each local agent,
+/// whatever the core count (this machine has 2; 3 shows the flag, not the cores, decided).
+#[test]
+fn threads_sets_the_engines_lanes_in_process_and_in_local_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "t.toml",
+        "[run]\nduration = \"3s\"\ndrain = \"0s\"\n[[group]]\nname = \"p\"\nclients = 6\n[group.publish]\ntopic = \"t/{i}\"\ninterval = \"100ms\"\n[[group]]\nname = \"s\"\nclients = 1\n[group.subscribe]\nfilters = [\"t/#\"]\n",
+    );
+    for (threads, local) in [("1", None), ("3", None), ("3", Some("1"))] {
+        let report = dir.path().join("r.json");
+        let mut cmd = support::squall();
+        cmd.args(["run", f.to_str().unwrap(), "-q", "--live", "off", "--threads", threads, "--report"])
+            .arg(&report);
+        if let Some(n) = local {
+            cmd.args(["--local-agents", n]);
+        }
+        let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let mut most = 0;
+        while child.try_wait().unwrap().is_none() {
+            most = most.max(lane_threads(child.id()));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            most.to_string(),
+            threads,
+            "lanes seen with --threads {threads}, --local-agents {local:?}"
+        );
+        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        assert!(r["counters"]["published_qos0"].as_u64().unwrap() >= 6 * 20, "{}", r["counters"]);
+        assert_eq!(r["delivery"]["all"]["lost"], 0, "{}", r["delivery"]);
+    }
+}
+
 #[test]
 fn an_unreachable_broker_exits_3_with_a_hint() {
     let port = free_port(); // nobody listens there

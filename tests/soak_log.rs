@@ -47,7 +47,9 @@ async fn a_finished_runs_interval_log_parses_back_to_the_reports_totals() {
         broker_pid: None,
     };
     let report =
-        coordinator::run(setup, squall::cli::agents::InProcess, std::future::pending()).await.unwrap();
+        coordinator::run(setup, squall::cli::agents::InProcess { threads: None }, std::future::pending())
+            .await
+            .unwrap();
 
     // the hdrhistogram crate's reader, entry by entry, merged by tag
     let bytes = std::fs::read(log.join(soak_log::HLOG)).unwrap();

@@ -54,6 +54,16 @@ pub enum StartError {
 /// `clock` is the agent's own (the host's, or a test's skewed one); the engine reads it shifted
 /// by the assignment's clock offset, onto the controller's time base.
 pub async fn start(a: Assignment, clock: Clock) -> Result<AgentHandle, StartError> {
+    start_with_threads(a, clock, None).await
+}
+
+/// [`start`] with the clients on `threads` engine threads (lanes) rather than one per worker
+/// of the runtime it is started on.
+pub async fn start_with_threads(
+    a: Assignment,
+    clock: Clock,
+    threads: Option<usize>,
+) -> Result<AgentHandle, StartError> {
     a.validate()?;
     let needs_tls = a.targets.iter().any(|t| t.tls);
     let tls_config = if needs_tls { Some(tls::client_config(&a.tls)?) } else { None };
@@ -71,9 +81,14 @@ pub async fn start(a: Assignment, clock: Clock) -> Result<AgentHandle, StartErro
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
     let (ev_tx, ev_rx) = mpsc::channel(1024);
     let clock = clock.shifted(a.clock_offset_ns.saturating_neg());
-    // the clients' threads: as many as the runtime the engine was started on has workers
-    let lanes = Lanes::for_current_runtime(Duration::from_micros(a.timer_coalesce_us as u64))
-        .map_err(StartError::Timer)?;
+    // the clients' threads: as asked, else as many as the runtime the engine was started on
+    // has workers
+    let gap = Duration::from_micros(a.timer_coalesce_us as u64);
+    let lanes = match threads {
+        Some(n) => Lanes::start(n.max(1), gap),
+        None => Lanes::for_current_runtime(gap),
+    }
+    .map_err(StartError::Timer)?;
     tokio::spawn(run(a, clock, endpoints, lanes, cmd_rx, ev_tx));
     Ok(AgentHandle { commands: cmd_tx, events: ev_rx })
 }

@@ -12,8 +12,11 @@ use squall_proto::auth::Token;
 use squall_proto::clock::Clock;
 use squall_proto::plan::Assignment;
 
-/// One engine on this process's runtime: `squall run` without `--local-agents`.
-pub struct InProcess;
+/// One engine on this process's runtime: `squall run` without `--local-agents`; its clients
+/// on `threads` engine threads (default: one per core).
+pub struct InProcess {
+    pub threads: Option<u16>,
+}
 
 impl Agents for InProcess {
     fn weights(&self) -> Vec<u32> {
@@ -26,7 +29,8 @@ impl Agents for InProcess {
             // before anything is allocated for it
             squall_agent::link::check_memory(&a, squall_agent::link::available_memory())
                 .map_err(StartError::Invalid)?;
-            let h = engine::start(a, Clock::new()).await.map_err(|e| match e {
+            let threads = self.threads.map(usize::from);
+            let h = engine::start_with_threads(a, Clock::new(), threads).await.map_err(|e| match e {
                 EngineError::Resolve { .. } | EngineError::Timer(_) => StartError::Runtime(e.to_string()),
                 EngineError::Plan(_) | EngineError::Tls(_) => StartError::Invalid(e.to_string()),
             })?;
@@ -36,7 +40,7 @@ impl Agents for InProcess {
                 events: h.events,
                 clock: None,
                 link: None,
-                cores: super::host_cores(),
+                cores: self.threads.map(u32::from).unwrap_or_else(super::host_cores),
             });
         }
         Ok(links)
@@ -55,7 +59,7 @@ pub struct LocalProcesses {
 }
 
 impl LocalProcesses {
-    pub async fn start(n: u32) -> Result<LocalProcesses, String> {
+    pub async fn start(n: u32, threads: Option<u16>) -> Result<LocalProcesses, String> {
         let (token, secret) = Token::random();
         let dir = tempfile::tempdir().map_err(|e| format!("cannot make a temporary directory: {e}"))?;
         let token_file = dir.path().join("token");
@@ -75,7 +79,7 @@ impl LocalProcesses {
         // the agents share this host's cores: one engine thread per core in all, not per agent
         // (oversubscribed runtimes cost 14–28 % more CPU per message; BENCHMARKS.md)
         let cores = super::host_cores();
-        let threads = (cores / n).max(1).to_string();
+        let threads = threads.map_or((cores / n).max(1), u32::from).to_string();
         let mut children = Vec::new();
         for k in 0..n {
             let child = tokio::process::Command::new(&exe)

@@ -39,7 +39,9 @@ pub async fn run_until(plan: Plan, stop: impl std::future::Future<Output = ()>) 
         metrics_listen: None,
         broker_pid: None,
     };
-    coordinator::run(setup, squall::cli::agents::InProcess, stop).await.expect("the run starts")
+    coordinator::run(setup, squall::cli::agents::InProcess { threads: None }, stop)
+        .await
+        .expect("the run starts")
 }
 
 /// The built `squall` binary.
