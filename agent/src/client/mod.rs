@@ -363,92 +363,98 @@ impl Client {
         None
     }
 
-    /// Runs the client to the end of the run.
     /// Its key: its recorder shard and its lane.
     pub fn key(&self) -> usize {
         self.key
     }
 
-    pub async fn run(mut self) -> Outcome {
-        let mut attempt_at = self.group.first_attempt_ns(self.local, self.shared.start_ns);
-        let mut first = true;
-        // when it decided to retry: what it then waited is the backoff it really had
-        let mut retry_since: Option<u64> = None;
-        loop {
-            if !self.idle_until(attempt_at).await {
-                break;
-            }
-            if !first && self.group.reconnect_limiter.is_some() {
-                // a storm limit on reconnections across the group's share
-                let g = self.group.clone();
-                let l = g.reconnect_limiter.as_ref().expect("checked");
-                let since = self.now();
-                let slot = l.reserve(since);
-                if slot > since && !self.idle_until(slot).await {
-                    return self.finish();
-                }
-                // the group's own limit, shared with its other clients: part of the policy
-                let now = self.now();
-                if let Some(a) = self.away.as_mut() {
-                    a.waited(now - since);
-                }
-            }
-            first = false;
-            if let Some(since) = retry_since.take() {
-                let waited = self.now().saturating_sub(since);
-                let group = self.group.assignment.group;
-                self.shared.rec.shard(self.key).record(group, Metric::Backoff, Timing::Raw, waited);
-            }
-            let end = self.attempt(attempt_at).await;
-            self.signal_ready();
-            match end {
-                End::Stop => break,
-                End::Retry if self.group.assignment.spec.reconnect.enabled && self.backoff.exhausted() => {
-                    // out of attempts: gives up, as a device with a retry limit does
-                    self.shared.rec.shard(self.key).counters.abandoned += 1;
-                    if let Some(mut a) = self.away.take() {
-                        a.attempt_failed(&self.shared.storms, self.shared.clock.now_ns());
-                        a.abandoned(&self.shared.storms);
-                    }
-                    self.idle_until(u64::MAX).await;
+    /// Runs the client to the end of the run.
+    // Not `async fn run(mut self)`: that future holds the client twice (the argument, and the
+    // body's `mut` binding of it), 1,056 bytes more in every client's task.
+    pub fn run(mut self) -> impl Future<Output = Outcome> {
+        async move {
+            let mut attempt_at = self.group.first_attempt_ns(self.local, self.shared.start_ns);
+            let mut first = true;
+            // when it decided to retry: what it then waited is the backoff it really had
+            let mut retry_since: Option<u64> = None;
+            loop {
+                if !self.idle_until(attempt_at).await {
                     break;
                 }
-                End::Retry if self.group.assignment.spec.reconnect.enabled => {
+                if !first && self.group.reconnect_limiter.is_some() {
+                    // a storm limit on reconnections across the group's share
+                    let g = self.group.clone();
+                    let l = g.reconnect_limiter.as_ref().expect("checked");
+                    let since = self.now();
+                    let slot = l.reserve(since);
+                    if slot > since && !self.idle_until(slot).await {
+                        return self.finish();
+                    }
+                    // the group's own limit, shared with its other clients: part of the policy
                     let now = self.now();
-                    retry_since = Some(now);
-                    let delay = self.backoff.next_delay_ns(&mut self.rng);
-                    attempt_at = now + delay;
                     if let Some(a) = self.away.as_mut() {
-                        a.attempt_failed(&self.shared.storms, now);
-                        a.waited(delay);
+                        a.waited(now - since);
                     }
                 }
-                End::Retry => {
-                    // no reconnects: wait for the end of the run
-                    self.idle_until(u64::MAX).await;
-                    break;
+                first = false;
+                if let Some(since) = retry_since.take() {
+                    let waited = self.now().saturating_sub(since);
+                    let group = self.group.assignment.group;
+                    self.shared.rec.shard(self.key).record(group, Metric::Backoff, Timing::Raw, waited);
                 }
-                End::Event(back) => {
-                    let now = self.now();
-                    attempt_at = match back {
-                        Comeback::Now => now,
-                        Comeback::AfterMs(ms) => now.saturating_add(ms.saturating_mul(1_000_000)),
-                        Comeback::Backoff => {
-                            retry_since = Some(now);
-                            now + self.backoff.next_delay_ns(&mut self.rng)
+                let end = self.attempt(attempt_at).await;
+                self.signal_ready();
+                match end {
+                    End::Stop => break,
+                    End::Retry
+                        if self.group.assignment.spec.reconnect.enabled && self.backoff.exhausted() =>
+                    {
+                        // out of attempts: gives up, as a device with a retry limit does
+                        self.shared.rec.shard(self.key).counters.abandoned += 1;
+                        if let Some(mut a) = self.away.take() {
+                            a.attempt_failed(&self.shared.storms, self.shared.clock.now_ns());
+                            a.abandoned(&self.shared.storms);
                         }
-                        Comeback::Never => {
-                            self.idle_until(u64::MAX).await;
-                            break;
+                        self.idle_until(u64::MAX).await;
+                        break;
+                    }
+                    End::Retry if self.group.assignment.spec.reconnect.enabled => {
+                        let now = self.now();
+                        retry_since = Some(now);
+                        let delay = self.backoff.next_delay_ns(&mut self.rng);
+                        attempt_at = now + delay;
+                        if let Some(a) = self.away.as_mut() {
+                            a.attempt_failed(&self.shared.storms, now);
+                            a.waited(delay);
                         }
-                    };
-                    if let Some(a) = self.away.as_mut() {
-                        a.waited(attempt_at - now);
+                    }
+                    End::Retry => {
+                        // no reconnects: wait for the end of the run
+                        self.idle_until(u64::MAX).await;
+                        break;
+                    }
+                    End::Event(back) => {
+                        let now = self.now();
+                        attempt_at = match back {
+                            Comeback::Now => now,
+                            Comeback::AfterMs(ms) => now.saturating_add(ms.saturating_mul(1_000_000)),
+                            Comeback::Backoff => {
+                                retry_since = Some(now);
+                                now + self.backoff.next_delay_ns(&mut self.rng)
+                            }
+                            Comeback::Never => {
+                                self.idle_until(u64::MAX).await;
+                                break;
+                            }
+                        };
+                        if let Some(a) = self.away.as_mut() {
+                            a.waited(attempt_at - now);
+                        }
                     }
                 }
             }
+            self.finish()
         }
-        self.finish()
     }
 
     /// Waits, disconnected, until `at_ns`. Returns false when the run is ending.
