@@ -371,6 +371,7 @@ impl Client {
     /// Runs the client to the end of the run.
     // Not `async fn run(mut self)`: that future holds the client twice (the argument, and the
     // body's `mut` binding of it), 1,056 bytes more in every client's task.
+    #[allow(clippy::manual_async_fn)]
     pub fn run(mut self) -> impl Future<Output = Outcome> {
         async move {
             let mut attempt_at = self.group.first_attempt_ns(self.local, self.shared.start_ns);
