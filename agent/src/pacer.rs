@@ -8,13 +8,38 @@
 //!
 //! Offsets stagger clients across one interval so that a group does not fire in lockstep.
 
-/// A per-client schedule. All times are ns on the engine [`Clock`](squall_proto::clock::Clock).
+/// A per-client schedule: one or more segments of steady rate (the stages of a staged run;
+/// one for the whole window otherwise), with one sequence of messages across them. All times
+/// are ns on the engine [`Clock`](squall_proto::clock::Clock).
 #[derive(Debug, Clone)]
 pub struct Pacer {
-    first_ns: u64,    // intended time of message 0: window start + stagger offset
+    /// In time order, not overlapping; those before `seg` are spent.
+    segments: Vec<Segment>,
+    seg: usize,
+    /// Index of the next message within segment `seg`.
+    k: u64,
+    next_seq: u64, // the next message to send, counted across segments
+    until_ns: u64, // no message is due at or after this time (the window's end)
+}
+
+/// Messages at `first_ns + k × interval_ns` before `until_ns`.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    first_ns: u64,
     interval_ns: u64, // > 0
-    until_ns: u64,    // no message is due at or after this time
-    next_seq: u64,    // the next message to send
+    until_ns: u64,
+}
+
+impl Segment {
+    fn intended(&self, k: u64) -> u64 {
+        self.first_ns.saturating_add(k.saturating_mul(self.interval_ns))
+    }
+
+    /// Messages of this segment before `t`.
+    fn before(&self, t: u64) -> u64 {
+        let end = t.min(self.until_ns);
+        if end <= self.first_ns { 0 } else { (end - self.first_ns).div_ceil(self.interval_ns) }
+    }
 }
 
 /// How a group's rate is stated in the scenario; both become one interval per client.
@@ -37,6 +62,16 @@ impl Rate {
         }
     }
 
+    /// The same rate times `scale` (a stage's share of the scenario's rate; > 0).
+    pub fn scaled(&self, scale: f64) -> Rate {
+        match *self {
+            Rate::PerClientInterval { interval_ns } => {
+                Rate::PerClientInterval { interval_ns: ((interval_ns as f64 / scale).round() as u64).max(1) }
+            }
+            Rate::GroupTotal { per_sec, clients } => Rate::GroupTotal { per_sec: per_sec * scale, clients },
+        }
+    }
+
     /// Stagger of client `index` within one interval, in ns: clients are spread evenly so the
     /// group's messages arrive at the broker at a steady rate rather than in bursts.
     pub fn client_offset_ns(&self, index: u32, clients: u32) -> u64 {
@@ -47,25 +82,60 @@ impl Rate {
 }
 
 impl Pacer {
-    /// A schedule for the publishing window `[start_ns, until_ns)`.
+    /// A schedule for the publishing window `[start_ns, until_ns)` at one rate.
     pub fn new(start_ns: u64, until_ns: u64, interval_ns: u64, offset_ns: u64) -> Pacer {
-        Pacer { first_ns: start_ns + offset_ns, interval_ns: interval_ns.max(1), until_ns, next_seq: 0 }
+        let mut p = Pacer::staged(until_ns);
+        p.push(start_ns.saturating_add(offset_ns), interval_ns, until_ns);
+        p
     }
 
-    /// Resumes a stream whose next message is `next_seq` (sequence numbers never restart).
-    pub fn resume_at(mut self, next_seq: u64) -> Pacer {
-        self.next_seq = next_seq;
-        self
+    /// A schedule for the window ending at `until_ns` with nothing in it yet: stages come with
+    /// [`push`](Self::push) as they become known.
+    pub fn staged(until_ns: u64) -> Pacer {
+        Pacer { segments: Vec::new(), seg: 0, k: 0, next_seq: 0, until_ns }
     }
 
-    fn intended(&self, seq: u64) -> u64 {
-        self.first_ns.saturating_add(seq.saturating_mul(self.interval_ns))
+    /// Adds a stage: messages at `first_ns + k × interval_ns` before `until_ns` (and before the
+    /// window's end). It must not start before the stages already known end; one that does is
+    /// cut to start after them (a schedule never runs two rates at once).
+    pub fn push(&mut self, first_ns: u64, interval_ns: u64, until_ns: u64) {
+        let interval_ns = interval_ns.max(1);
+        let mut first_ns = first_ns;
+        if let Some(last) = self.segments.last() {
+            let after = last.until_ns.min(self.until_ns);
+            if first_ns < after {
+                // the first message at or after the previous stage's end, on this stage's grid
+                first_ns = first_ns.saturating_add((after - first_ns).div_ceil(interval_ns) * interval_ns);
+            }
+        }
+        self.segments.push(Segment { first_ns, interval_ns, until_ns });
+        self.settle();
     }
 
-    /// When the next message is due, or `None` when the window has no more messages.
+    /// Ends the window at `until_ns` if that is sooner (a run cut short).
+    pub fn cut(&mut self, until_ns: u64) {
+        self.until_ns = self.until_ns.min(until_ns);
+    }
+
+    /// Steps past spent segments, so `seg` holds the next message if any stage does.
+    fn settle(&mut self) {
+        while let Some(s) = self.segments.get(self.seg) {
+            if s.intended(self.k) < s.until_ns {
+                break;
+            }
+            if self.seg + 1 == self.segments.len() {
+                break;
+            }
+            self.seg += 1;
+            self.k = 0;
+        }
+    }
+
+    /// When the next message is due, or `None` when the schedule (as known) has no more.
     pub fn next_due_ns(&self) -> Option<u64> {
-        let t = self.intended(self.next_seq);
-        (t < self.until_ns).then_some(t)
+        let s = self.segments.get(self.seg)?;
+        let t = s.intended(self.k);
+        (t < s.until_ns && t < self.until_ns).then_some(t)
     }
 
     /// Takes the next message if it is due at `now_ns`: its sequence number and intended time.
@@ -77,6 +147,10 @@ impl Pacer {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.k += 1;
+        if self.segments[self.seg].intended(self.k) >= self.segments[self.seg].until_ns {
+            self.settle();
+        }
         Some((seq, t))
     }
 
@@ -85,7 +159,7 @@ impl Pacer {
         self.next_seq
     }
 
-    /// How many messages the schedule holds in the whole window.
+    /// How many messages the schedule (as known) holds in the whole window.
     pub fn scheduled(&self) -> u64 {
         self.due_before(u64::MAX)
     }
@@ -93,11 +167,8 @@ impl Pacer {
     /// How many messages the schedule holds before `t` (and inside the window): what was owed
     /// by then, for a window cut short.
     pub fn due_before(&self, t: u64) -> u64 {
-        let end = t.min(self.until_ns);
-        if end <= self.first_ns {
-            return 0;
-        }
-        (end - self.first_ns).div_ceil(self.interval_ns)
+        let t = t.min(self.until_ns);
+        self.segments.iter().map(|s| s.before(t)).sum()
     }
 }
 
@@ -134,6 +205,38 @@ mod tests {
     }
 
     #[test]
+    fn a_staged_schedule_waits_for_its_stages_and_a_cut_ends_it() {
+        let mut p = Pacer::staged(10_000);
+        assert_eq!(p.next_due_ns(), None, "nothing before a stage is known");
+        p.push(1_000, 500, 2_000);
+        assert_eq!(p.take_due(1_000), Some((0, 1_000)));
+        assert_eq!(p.take_due(1_600), Some((1, 1_500)));
+        assert_eq!(p.next_due_ns(), None, "the stage is spent; the next is not known yet");
+        // a stage pushed while its start has passed: owed from its start, at its own rate
+        p.push(3_000, 100, 4_000);
+        assert_eq!(p.take_due(3_250), Some((2, 3_000)));
+        assert_eq!(p.take_due(3_250), Some((3, 3_100)));
+        assert_eq!(p.take_due(3_250), Some((4, 3_200)));
+        assert_eq!(p.take_due(3_250), None);
+        // a stage said to start inside the last one starts after it, on its own grid
+        p.push(3_950, 30, 5_000);
+        assert_eq!(p.due_before(u64::MAX), 2 + 10 + (5_000u64 - 4_010).div_ceil(30));
+        p.cut(3_500);
+        assert_eq!(p.due_before(u64::MAX), 2 + 5);
+        let rest: Vec<u64> = std::iter::from_fn(|| p.take_due(u64::MAX)).map(|m| m.1).collect();
+        assert_eq!(rest, vec![3_300, 3_400], "nothing at or after the cut");
+    }
+
+    #[test]
+    fn a_scaled_rate_divides_the_interval() {
+        let r = Rate::PerClientInterval { interval_ns: 1_000_000 };
+        assert_eq!(r.scaled(2.0).client_interval_ns(), 500_000);
+        assert_eq!(r.scaled(0.5).client_interval_ns(), 2_000_000);
+        let g = Rate::GroupTotal { per_sec: 1000.0, clients: 100 };
+        assert_eq!(g.scaled(1.5).client_interval_ns(), 66_666_667);
+    }
+
+    #[test]
     fn group_rate_divides_among_clients() {
         let r = Rate::GroupTotal { per_sec: 1000.0, clients: 100 };
         assert_eq!(r.client_interval_ns(), 100_000_000); // each client 10/s
@@ -156,6 +259,42 @@ mod tests {
             let interval = rate.client_interval_ns() as f64;
             let expected = clients as f64 * window_ns as f64 / interval;
             prop_assert!((total as f64 - expected).abs() <= clients as f64, "total {total} expected {expected}");
+        }
+
+        /// Stages at different rates make one gapless sequence; each message falls inside its
+        /// stage at that stage's interval, and `due_before` counts exactly the messages before
+        /// any instant.
+        #[test]
+        fn stages_make_one_sequence_at_each_stages_rate(
+            stages in proptest::collection::vec((1u64..50_000, 1u64..2_000_000, 0u64..30_000), 1..6),
+            probe in 0u64..10_000_000,
+        ) {
+            // (interval, length, gap before) → back to back segments, with pauses
+            let mut p = Pacer::staged(u64::MAX);
+            let mut at = 1_000u64;
+            let mut bounds = Vec::new();
+            for &(interval, len, gap) in &stages {
+                let first = at + gap;
+                p.push(first, interval, first + len);
+                bounds.push((first, first + len, interval));
+                at = first + len;
+            }
+            let all: Vec<(u64, u64)> = std::iter::from_fn(|| p.take_due(u64::MAX)).collect();
+            let seqs: Vec<u64> = all.iter().map(|m| m.0).collect();
+            prop_assert_eq!(seqs, (0..all.len() as u64).collect::<Vec<_>>());
+            let mut expected = Vec::new();
+            for &(first, until, interval) in &bounds {
+                let mut t = first;
+                while t < until {
+                    expected.push(t);
+                    t += interval;
+                }
+            }
+            let times: Vec<u64> = all.iter().map(|m| m.1).collect();
+            prop_assert_eq!(&times, &expected);
+            prop_assert_eq!(p.scheduled(), expected.len() as u64);
+            let before = expected.iter().filter(|&&t| t < probe).count() as u64;
+            prop_assert_eq!(p.due_before(probe), before);
         }
 
         #[test]
