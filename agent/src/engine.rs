@@ -125,6 +125,8 @@ async fn run(
         publish_ranges: a.publish_ranges.clone(),
         storms: Default::default(),
         outages: Default::default(),
+        staged: a.staged,
+        stages: Default::default(),
     });
     let groups: Vec<Arc<GroupRuntime>> = a
         .groups
@@ -145,8 +147,11 @@ async fn run(
     // shares settled at the controller: their receipts go up before each snapshot
     let remote: Vec<Arc<Mutex<ShareReceipts>>> =
         groups.iter().flat_map(|g| g.remote.values().cloned()).collect();
-    // snapshots every interval, until told to stop
+    // snapshots every interval, until told to stop; from the publishing window's start on,
+    // on its grid (start + k × interval), so every agent's intervals line up with each other
+    // and with the stages of a staged run
     let (stop_snap_tx, mut stop_snap_rx) = watch::channel(false);
+    let mut phase_seen = phase_tx.subscribe();
     let snap_task = {
         let remote = remote.clone();
         let rec = rec.clone();
@@ -158,8 +163,21 @@ async fn run(
             let mut collector = Collector::new(agent, start_ns);
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut window_known = false;
             loop {
                 tokio::select! {
+                    r = phase_seen.changed(), if !window_known => {
+                        let phase = *phase_seen.borrow_and_update();
+                        window_known = r.is_err() || !matches!(phase, Phase::Ramp);
+                        if let Phase::Publish { start_ns: start, .. } = phase {
+                            // the first grid point not yet passed
+                            let (now, step) = (clock.now_ns(), interval.as_nanos() as u64);
+                            let k = now.saturating_sub(start).div_ceil(step.max(1));
+                            let next = start.saturating_add(k.saturating_mul(step));
+                            tick = tokio::time::interval_at(clock.instant_at(next), interval);
+                            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        }
+                    }
                     _ = tick.tick() => {
                         if !send_receipts(&remote, &clock, &events).await {
                             break;
@@ -295,18 +313,43 @@ async fn drive(
                 Some(Command::Publish { start_unix_ns, until_unix_ns }) if !publishing => {
                     publishing = true;
                     window_end = shared.clock.instant_at(until_unix_ns);
-                    let _ = phase_tx.send(Phase::Publish { start_ns: start_unix_ns, until_ns: until_unix_ns });
+                    let stages = stages_known(shared);
+                    let _ = phase_tx.send(Phase::Publish { start_ns: start_unix_ns, until_ns: until_unix_ns, stages });
                     mark_start(shared.clock.clone(), start_unix_ns, events.clone());
                 }
                 Some(Command::Publish { start_unix_ns, until_unix_ns }) => {
                     // a second Publish may only cut the window short (an interrupted run ends
                     // its window now and settles on what was sent)
                     let current = *phase_tx.borrow();
-                    if let Phase::Publish { start_ns, until_ns } = current
+                    if let Phase::Publish { start_ns, until_ns, stages } = current
                         && until_unix_ns < until_ns
                     {
                         window_end = shared.clock.instant_at(until_unix_ns);
-                        let _ = phase_tx.send(Phase::Publish { start_ns: start_ns.min(start_unix_ns), until_ns: until_unix_ns });
+                        let _ = phase_tx.send(Phase::Publish { start_ns: start_ns.min(start_unix_ns), until_ns: until_unix_ns, stages });
+                    }
+                }
+                Some(Command::Stage(st)) => {
+                    // checked here: a controller may be remote, and a stage out of order or
+                    // beyond the rates a client can keep is refused, not half run
+                    let checked = {
+                        let mut known = shared.stages.lock().unwrap_or_else(|e| e.into_inner());
+                        let after = known.last().map_or(0, |s| s.until_unix_ns);
+                        a.check_stage(&st, known.len() as u32, after).map(|()| {
+                            known.push(st);
+                            known.len() as u32
+                        })
+                    };
+                    match checked {
+                        Ok(stages) => {
+                            let current = *phase_tx.borrow();
+                            if let Phase::Publish { start_ns, until_ns, .. } = current {
+                                let _ = phase_tx.send(Phase::Publish { start_ns, until_ns, stages });
+                            }
+                        }
+                        Err(e) => {
+                            let _ = phase_tx.send(Phase::Abort);
+                            return Err(format!("the controller sent a stage the agent cannot run ({e}); all load stopped"));
+                        }
                     }
                 }
                 Some(Command::Finish { streams, drain_ms }) => {
@@ -334,6 +377,10 @@ async fn drive(
             }
         }
     }
+}
+
+fn stages_known(shared: &Shared) -> u32 {
+    shared.stages.lock().unwrap_or_else(|e| e.into_inner()).len() as u32
 }
 
 /// Wakes at the start instant on a thread of its own (a thread sleep, then a spin for the last

@@ -13,10 +13,24 @@ use crate::metrics::{
 pub enum Command {
     /// Publish within `[start, until)` (ns since the Unix epoch, on every agent's clock).
     Publish { start_unix_ns: u64, until_unix_ns: u64 },
+    /// A stage of a staged run ([`Assignment::staged`](crate::plan::Assignment::staged)):
+    /// publish within `[start, until)` at `scale` × the scenario's rates. Stages come in
+    /// order of `index` (0, 1, …), never overlapping, inside the publishing window; a capacity
+    /// search sends each one once it has judged the one before.
+    Stage(StageCommand),
     /// Every stream's final count (from all agents), then drain and disconnect.
     Finish { streams: Vec<StreamFinal>, drain_ms: u64 },
     /// Stop all load now.
     Abort,
+}
+
+/// One stage, as [`Command::Stage`] carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StageCommand {
+    pub index: u32,
+    pub start_unix_ns: u64,
+    pub until_unix_ns: u64,
+    pub scale: f64,
 }
 
 /// What an agent tells its controller.

@@ -61,6 +61,11 @@ pub struct Assignment {
     /// it from every timestamp, so all agents measure on the controller's time base and
     /// latencies between agents stay honest. 0 in-process.
     pub clock_offset_ns: i64,
+    /// Publishers publish only within stages ([`Command::Stage`](crate::link::Command::Stage)),
+    /// each at its own share of the scenario's rates; false: the whole window is one stage at
+    /// the scenario's rates.
+    #[serde(default)]
+    pub staged: bool,
 }
 
 /// A group and which of its clients this agent runs.
@@ -581,6 +586,36 @@ impl Assignment {
         Ok(())
     }
 
+    /// The most a stage may scale the scenario's rates: no client may be asked for more than
+    /// one message per [`MIN_INTERVAL_MS`], and no stage for more than [`MAX_STAGE_SCALE`].
+    pub fn max_stage_scale(&self) -> f64 {
+        self.groups
+            .iter()
+            .filter_map(|g| g.spec.publish.as_ref().map(|p| (g.spec.clients, p.rate)))
+            .map(|(clients, rate)| max_scale_of(clients, rate))
+            .fold(MAX_STAGE_SCALE, f64::min)
+    }
+
+    /// Checks a stage as it arrives: staged runs only, in order, after the stage before
+    /// (`after_ns`: where it ended), a non-empty span, and a scale within bounds.
+    pub fn check_stage(&self, st: &crate::link::StageCommand, index: u32, after_ns: u64) -> Result<(), PlanError> {
+        let err = |m: String| Err(PlanError::Run(format!("stage {}: {m}", st.index)));
+        if !self.staged {
+            return err("the run is not staged".into());
+        }
+        if st.index != index || index >= MAX_STAGES {
+            return err(format!("expected stage {index} (at most {MAX_STAGES})"));
+        }
+        if st.start_unix_ns < after_ns || st.until_unix_ns <= st.start_unix_ns {
+            return err("overlaps the stage before it, or is empty".into());
+        }
+        let max = self.max_stage_scale();
+        if !(st.scale > 0.0 && st.scale <= max) {
+            return err(format!("scale {} is outside (0, {max}]", st.scale));
+        }
+        Ok(())
+    }
+
     /// Clients this agent runs.
     pub fn clients(&self) -> u64 {
         self.groups.iter().map(|g| g.count as u64).sum()
@@ -612,6 +647,22 @@ pub const MAX_PAYLOAD: usize = 268_435_455 - 65_540;
 /// The shortest publish interval of one client, ms (1,000,000 messages a second: a flood that
 /// saturates any one broker connection).
 pub const MIN_INTERVAL_MS: f64 = 0.001;
+
+/// The most a stage may scale the scenario's rates (1,000,000 %).
+pub const MAX_STAGE_SCALE: f64 = 10_000.0;
+
+/// Stages in one run, at most.
+pub const MAX_STAGES: u32 = 1024;
+
+/// The most a stage may scale a group's rate: no client above one message per
+/// [`MIN_INTERVAL_MS`].
+pub fn max_scale_of(clients: u32, rate: RateSpec) -> f64 {
+    let interval_ms = match rate {
+        RateSpec::IntervalMs(ms) => ms,
+        RateSpec::GroupPerSec(r) => clients as f64 * 1e3 / r,
+    };
+    (interval_ms / MIN_INTERVAL_MS).min(MAX_STAGE_SCALE)
+}
 
 /// The most wake-ups may be coalesced, µs: past 10 ms the schedule itself would blur.
 pub const MAX_TIMER_COALESCE_US: u32 = 10_000;

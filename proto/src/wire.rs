@@ -10,7 +10,7 @@
 
 use std::net::IpAddr;
 
-use crate::link::{AgentEvent, AgentResult, Command};
+use crate::link::{AgentEvent, AgentResult, Command, StageCommand};
 use crate::metrics::{
     Counters, Delivery, ErrorCount, HistogramBytes, LedgerTotals, LoadError, Metric, Observers, OutageWindow,
     Receipts, ShareResult, Snapshot, StormResult, StreamFinal, StreamReceipts, Timing, WillMark, WillRecord,
@@ -119,6 +119,7 @@ impl From<&Assignment> for pb::Assignment {
             max_unsent_bytes: a.max_unsent_bytes,
             publish_ranges: a.publish_ranges.iter().map(Into::into).collect(),
             clock_offset_ns: a.clock_offset_ns,
+            staged: a.staged,
         }
     }
 }
@@ -153,6 +154,7 @@ impl TryFrom<pb::Assignment> for Assignment {
             max_unsent_bytes: a.max_unsent_bytes,
             publish_ranges: a.publish_ranges.iter().map(Into::into).collect(),
             clock_offset_ns: a.clock_offset_ns,
+            staged: a.staged,
         })
     }
 }
@@ -863,6 +865,12 @@ pub fn command_messages(c: &Command) -> Vec<pb::ControllerMessage> {
             .chain([cmd(pb::command::Body::Finish(pb::Finish { drain_ms: *drain_ms }))])
             .collect(),
         Command::Abort => vec![cmd(pb::command::Body::Abort(pb::Abort { reason: String::new() }))],
+        Command::Stage(st) => vec![cmd(pb::command::Body::Stage(pb::Stage {
+            index: st.index,
+            start_unix_ns: st.start_unix_ns,
+            until_unix_ns: st.until_unix_ns,
+            scale: st.scale,
+        }))],
     }
 }
 
@@ -928,6 +936,12 @@ pub fn command_from_wire(c: pb::Command, chunks: &mut Chunks) -> Result<Command,
         }
         pb::command::Body::Finish(f) => Command::Finish { streams: chunks.take(), drain_ms: f.drain_ms },
         pb::command::Body::Abort(_) => Command::Abort,
+        pb::command::Body::Stage(st) => Command::Stage(StageCommand {
+            index: st.index,
+            start_unix_ns: st.start_unix_ns,
+            until_unix_ns: st.until_unix_ns,
+            scale: st.scale,
+        }),
     })
 }
 

@@ -111,6 +111,8 @@ pub struct Client {
     topic: Option<ByteString>,
     stream: u32,
     pacer: Option<Pacer>,
+    /// Stages of a staged run its pacer has.
+    stages_seen: u32,
     /// The publishing window's end as the phase last said (a window may be cut short).
     window_until: u64,
     publish_fixed: bool,
@@ -215,6 +217,7 @@ impl Client {
             topic: g.topic_of(index, &sh).map(ByteString::from),
             stream: g.assignment.stream_base + index,
             pacer: None,
+            stages_seen: 0,
             window_until: u64::MAX,
             publish_fixed: g.topic.is_none(),
             granted: vec![None; filters.len()],
@@ -293,20 +296,13 @@ impl Client {
         let phase = *self.phase_rx.borrow();
         match phase {
             Phase::Ramp => Ok(None),
-            Phase::Publish { start_ns, until_ns } => {
+            Phase::Publish { start_ns, until_ns, stages } => {
                 self.window_until = until_ns;
                 if self.events_for != Some(start_ns) {
                     self.plan_events(start_ns, until_ns);
                 }
-                if !self.publish_fixed && self.pacer.is_none() {
-                    let rate = self.group.rate.expect("publishers have a rate");
-                    let clients = self.group.assignment.spec.clients;
-                    self.pacer = Some(Pacer::new(
-                        start_ns,
-                        until_ns,
-                        rate.client_interval_ns(),
-                        rate.client_offset_ns(self.index, clients),
-                    ));
+                if !self.publish_fixed {
+                    self.follow_stages(start_ns, until_ns, stages);
                 }
                 Ok(None)
             }
@@ -320,6 +316,31 @@ impl Client {
                 self.fix_publishing(now);
                 Err(())
             }
+        }
+    }
+
+    /// The schedule as the phase says: the whole window at the group's rate, or in a staged
+    /// run each stage known so far at its share of it; and a window cut short ends it.
+    fn follow_stages(&mut self, start_ns: u64, until_ns: u64, stages: u32) {
+        let rate = self.group.rate.expect("publishers have a rate");
+        let clients = self.group.assignment.spec.clients;
+        if !self.shared.staged {
+            let pacer = self.pacer.get_or_insert_with(|| {
+                Pacer::new(start_ns, until_ns, rate.client_interval_ns(), rate.client_offset_ns(self.index, clients))
+            });
+            pacer.cut(until_ns);
+            return;
+        }
+        let pacer = self.pacer.get_or_insert_with(|| Pacer::staged(until_ns));
+        pacer.cut(until_ns);
+        if stages > self.stages_seen {
+            let known = self.shared.stages.lock().unwrap_or_else(|e| e.into_inner());
+            for st in known.iter().take(stages as usize).skip(self.stages_seen as usize) {
+                let r = rate.scaled(st.scale);
+                let first = st.start_unix_ns.saturating_add(r.client_offset_ns(self.index, clients));
+                pacer.push(first, r.client_interval_ns(), st.until_unix_ns);
+            }
+            self.stages_seen = stages;
         }
     }
 

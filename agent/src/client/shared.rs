@@ -20,8 +20,10 @@ use squall_proto::plan::PublishRange;
 pub enum Phase {
     /// Connecting and subscribing; nothing is published.
     Ramp,
-    /// Publishers send on schedule within `[start, until)`.
-    Publish { start_ns: u64, until_ns: u64 },
+    /// Publishers send on schedule within `[start, until)`; in a staged run, only within the
+    /// first `stages` of [`Shared::stages`] (a new stage is a new phase, so every client
+    /// hears of it).
+    Publish { start_ns: u64, until_ns: u64, stages: u32 },
     /// Disconnect: client `j` of a group's share leaves at `at_ns + j / disconnect_rate`.
     Finish { at_ns: u64 },
     /// Stop now (the controller is gone, or the run hit its limit).
@@ -87,6 +89,10 @@ pub struct Shared {
     pub storms: Storms,
     /// Connections lost without the scenario asking, and the way back.
     pub outages: Outages,
+    /// The run is staged: publishers publish only within [`Shared::stages`].
+    pub staged: bool,
+    /// The stages known so far, in order (checked on arrival).
+    pub stages: std::sync::Mutex<Vec<squall_proto::link::StageCommand>>,
 }
 
 /// The agent's unsent bytes: one budget for all its clients, so a stalled broker cannot make

@@ -171,6 +171,7 @@ fn assignment() -> impl Strategy<Value = Assignment> {
                     adaptive_connecting: adaptive,
                     max_unsent_bytes: unsent,
                     publish_ranges,
+                    staged: adaptive ^ (coalesce % 2 == 0),
                 }
             },
         )
@@ -392,6 +393,9 @@ fn command() -> impl Strategy<Value = Command> {
         (proptest::collection::vec(stream_final(), 0..(STREAMS_PER_CHUNK + 10)), any::<u64>())
             .prop_map(|(streams, drain_ms)| Command::Finish { streams, drain_ms }),
         Just(Command::Abort),
+        (any::<u32>(), any::<u64>(), any::<u64>(), -1e6f64..1e6).prop_map(|(index, start_unix_ns, until_unix_ns, scale)| {
+            Command::Stage(crate::link::StageCommand { index, start_unix_ns, until_unix_ns, scale })
+        }),
     ]
 }
 

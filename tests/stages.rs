@@ -1,0 +1,129 @@
+//! Staged runs: publishers keep to each stage's share of the scenario's rates and publish
+//! nothing between stages; an agent refuses a stage it cannot run and stops all load.
+
+mod support;
+
+use std::time::Duration;
+
+use squall_agent::engine::{self, AgentEvent, Command};
+use squall_controller::scenario::{Overrides, Source, load_source};
+use squall_controller::segment::segment;
+use squall_proto::clock::Clock;
+use squall_proto::link::StageCommand;
+use squall_proto::metrics::Snapshot;
+
+const MS: u64 = 1_000_000;
+
+/// 20 publishers at 10 msg/s each (200 msg/s) and one subscriber, snapshots every 100 ms.
+fn staged_assignment(broker: &squall_broker::Broker) -> squall_proto::plan::Assignment {
+    let text = "[run]\nduration = \"10s\"\nsnapshot_interval = \"100ms\"\n\
+                [[group]]\nname = \"pub\"\nclients = 20\n[group.publish]\ntopic = \"st/{i}\"\ninterval = \"100ms\"\n\
+                [[group]]\nname = \"sub\"\nclients = 1\n[group.subscribe]\nfilters = [\"st/#\"]\n";
+    let ov = Overrides { targets: vec![support::url(broker)], ..Default::default() };
+    let plan = load_source(&Source::new("s.toml", text), &ov).unwrap();
+    let mut a = segment(&plan, &plan.targets, &[1]).remove(0);
+    a.staged = true;
+    a
+}
+
+async fn until_ready(h: &mut engine::AgentHandle) {
+    while let Some(ev) = h.events.recv().await {
+        if let AgentEvent::Ready { connected, .. } = ev {
+            assert_eq!(connected, 21);
+            return;
+        }
+    }
+    panic!("the engine ended before it was ready");
+}
+
+/// Messages published in the snapshots that lie wholly inside `[from, to)`.
+fn published_within(snaps: &[Snapshot], from: u64, to: u64) -> (u64, u64) {
+    let inside: Vec<&Snapshot> = snaps.iter().filter(|s| s.start_unix_ns >= from && s.end_unix_ns <= to).collect();
+    let n = inside.iter().map(|s| s.counters.published()).sum();
+    let span = inside.iter().map(|s| s.end_unix_ns - s.start_unix_ns).sum();
+    (n, span)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_stage_publishes_at_its_share_of_the_rate_and_nothing_between_stages() {
+    let broker = support::broker(|_| {}).await;
+    let clock = Clock::new();
+    let mut h = engine::start(staged_assignment(&broker), clock.clone()).await.unwrap();
+    until_ready(&mut h).await;
+    let start = clock.now_ns() + 100 * MS;
+    let stages = [(0, 1000, 1.0), (1500, 2500, 3.0), (2500, 3000, 0.5)];
+    // the window first, then the stages as a capacity search sends them: each before it starts
+    h.commands.send(Command::Publish { start_unix_ns: start, until_unix_ns: start + 3000 * MS }).await.unwrap();
+    for (i, &(from, to, scale)) in stages.iter().enumerate() {
+        let st = StageCommand {
+            index: i as u32,
+            start_unix_ns: start + from * MS,
+            until_unix_ns: start + to * MS,
+            scale,
+        };
+        h.commands.send(Command::Stage(st)).await.unwrap();
+    }
+    let mut snaps = Vec::new();
+    let streams = loop {
+        match h.events.recv().await.expect("the engine runs until told to finish") {
+            AgentEvent::Snapshot(s) => snaps.push(s),
+            AgentEvent::PublishDone { streams } => break streams,
+            AgentEvent::Failed { message } => panic!("{message}"),
+            _ => {}
+        }
+    };
+    // every client's schedule is exact: 10 per client at 10/s for 1 s, 30 (±1 for the stagger)
+    // at 30/s for 1 s, 2 or 3 at 5/s for 0.5 s
+    let sent: u64 = streams.iter().map(|s| s.sent).sum();
+    assert!((200 + 600 + 40..=200 + 620 + 60).contains(&sent), "sent {sent}");
+    // nothing in the pause between stage 0 and stage 1 (a 20 ms margin for the snapshot ticks)
+    let (gap, gap_span) = published_within(&snaps, start + 1020 * MS, start + 1480 * MS);
+    assert!(gap_span >= 200 * MS, "the pause was seen by snapshots ({gap_span} ns)");
+    assert_eq!(gap, 0, "published between stages");
+    // inside stage 1, three times stage 0's rate
+    let rate = |(n, span): (u64, u64)| n as f64 / (span as f64 / 1e9);
+    let r0 = rate(published_within(&snaps, start + 20 * MS, start + 980 * MS));
+    let r1 = rate(published_within(&snaps, start + 1520 * MS, start + 2480 * MS));
+    assert!((150.0..=250.0).contains(&r0), "stage 0 published {r0:.0}/s, not 200");
+    assert!((480.0..=720.0).contains(&r1), "stage 1 published {r1:.0}/s, not 600");
+    h.commands.send(Command::Finish { streams, drain_ms: 200 }).await.unwrap();
+    while let Some(ev) = h.events.recv().await {
+        if let AgentEvent::Finished(r) = ev {
+            let d = r.ledger.all();
+            assert_eq!(d.lost, 0);
+            assert_eq!((d.expected, d.received), (sent, sent), "everything sent in every stage was delivered");
+            return;
+        }
+    }
+    panic!("the engine did not finish");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_out_of_order_or_beyond_a_clients_rate_stops_all_load() {
+    for (index, scale, why) in [(1, 1.0, "expected stage 0"), (0, 1e9, "outside"), (0, f64::NAN, "outside")] {
+        let broker = support::broker(|_| {}).await;
+        let clock = Clock::new();
+        let mut h = engine::start(staged_assignment(&broker), clock.clone()).await.unwrap();
+        until_ready(&mut h).await;
+        let start = clock.now_ns() + 100 * MS;
+        h.commands.send(Command::Publish { start_unix_ns: start, until_unix_ns: start + 60_000 * MS }).await.unwrap();
+        let st = StageCommand { index, start_unix_ns: start, until_unix_ns: start + 60_000 * MS, scale };
+        h.commands.send(Command::Stage(st)).await.unwrap();
+        let message = loop {
+            match tokio::time::timeout(Duration::from_secs(10), h.events.recv()).await {
+                Ok(Some(AgentEvent::Failed { message })) => break message,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => panic!("no failure for stage {index} at scale {scale}"),
+            }
+        };
+        assert!(message.contains(why) && message.contains("all load stopped"), "{message}");
+        // every client leaves
+        for _ in 0..1000 {
+            if broker.stats().connections == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(broker.stats().connections, 0, "clients still connected after a refused stage");
+    }
+}
