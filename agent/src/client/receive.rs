@@ -295,9 +295,12 @@ fn on_message(
     shard.record_both(group, Metric::E2e, now.saturating_sub(h.sent_ns), now.saturating_sub(h.intended_ns));
     match sink {
         Sink::Ledger(l) => match l.observe(h.stream, h.seq, qos) {
-            Seen::New { out_of_order: true } | Seen::Recovered => shard.counters.out_of_order += 1,
+            Seen::New { out_of_order: true, .. } | Seen::Recovered => {
+                shard.counters.out_of_order += 1;
+                shard.counters.gaps_filled += 1;
+            }
             Seen::Duplicate => shard.counters.duplicates += 1,
-            Seen::New { out_of_order: false } => {}
+            Seen::New { out_of_order: false, skipped } => shard.counters.gaps_opened += skipped,
         },
         // duplicates across agents are the controller's to find
         Sink::Remote(r) => {

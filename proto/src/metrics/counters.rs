@@ -111,6 +111,12 @@ counters! {
     duplicates,
     /// Messages received after a later message of the same stream.
     out_of_order,
+    /// Messages a receiver saw skipped over while the run went on: a later message of the same
+    /// stream arrived first (lost, or late). Those that then arrived are `gaps_filled`; the
+    /// difference is what is missing so far, known mid-run (the ledger settles it at the end).
+    /// Not counted for shared subscriptions whose members run on several agents.
+    gaps_opened,
+    gaps_filled,
     /// Bytes written to and read from brokers (MQTT bytes, before TLS).
     bytes_out,
     bytes_in,
@@ -126,6 +132,12 @@ impl Counters {
 
     pub fn received(&self) -> u64 {
         self.received_qos0 + self.received_qos1 + self.received_qos2
+    }
+
+    /// Messages skipped over and not arrived since (see `gaps_opened`); over part of a run it
+    /// may be negative (late arrivals of gaps opened before it).
+    pub fn missing(&self) -> i64 {
+        self.gaps_opened as i64 - self.gaps_filled as i64
     }
 
     pub fn count_published(&mut self, qos: u8) {

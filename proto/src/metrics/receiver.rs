@@ -30,7 +30,10 @@ const REMEMBERED_LOST_RANGES: usize = 16;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seen {
     New {
+        /// It fills a gap: a later message of the stream came first.
         out_of_order: bool,
+        /// Sequences it jumped over that had not arrived (each is lost, or late).
+        skipped: u64,
     },
     Duplicate,
     /// A message declared lost arrived after all.
@@ -178,6 +181,8 @@ impl StreamLedger {
             return Seen::Duplicate;
         }
         let out_of_order = seq + 1 < self.max_next;
+        // what this one jumps over, unless it is the first after time offline (not owed)
+        let skipped = if self.offline_gap { 0 } else { seq.saturating_sub(self.max_next) };
         if seq == self.base {
             self.offline_gap = false;
             self.base += 1;
@@ -211,7 +216,7 @@ impl StreamLedger {
             self.out_of_order += 1;
         }
         self.max_next = self.max_next.max(seq + 1);
-        Seen::New { out_of_order }
+        Seen::New { out_of_order, skipped }
     }
 
     fn drain_consecutive(&mut self) {
@@ -427,7 +432,7 @@ mod tests {
     fn in_order_delivery_is_exact() {
         let mut l = ReceiverLedger::new();
         for seq in 0..1000 {
-            assert_eq!(l.observe(7, seq, 1), Seen::New { out_of_order: false });
+            assert_eq!(l.observe(7, seq, 1), Seen::New { out_of_order: false, skipped: 0 });
         }
         let d = totals(&l, &[fin(7, 1000)]);
         assert_eq!((d.expected, d.received, d.lost, d.duplicates), (1000, 1000, 0, 0));
@@ -436,9 +441,14 @@ mod tests {
     #[test]
     fn gaps_and_tails_are_lost() {
         let mut l = ReceiverLedger::new();
+        let mut skipped = 0;
         for seq in [0, 1, 3, 4, 7] {
-            l.observe(1, seq, 1);
+            if let Seen::New { skipped: n, .. } = l.observe(1, seq, 1) {
+                skipped += n;
+            }
         }
+        // what is missing is seen as the stream goes on: 2, then 5 and 6 (the tail only at the end)
+        assert_eq!(skipped, 3);
         let d = totals(&l, &[fin(1, 10), fin(2, 5)]);
         // stream 1: 2, 5, 6, 8, 9 missing; stream 2: nothing arrived
         assert_eq!((d.expected, d.received, d.lost), (15, 5, 10));
@@ -449,7 +459,7 @@ mod tests {
         let mut l = ReceiverLedger::new();
         l.observe(1, 0, 1);
         l.observe(1, 2, 1);
-        assert_eq!(l.observe(1, 1, 1), Seen::New { out_of_order: true });
+        assert_eq!(l.observe(1, 1, 1), Seen::New { out_of_order: true, skipped: 0 });
         assert_eq!(l.observe(1, 2, 1), Seen::Duplicate);
         assert_eq!(l.observe(1, 0, 1), Seen::Duplicate);
         let d = totals(&l, &[fin(1, 3)]);
