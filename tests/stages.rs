@@ -127,3 +127,49 @@ async fn a_stage_out_of_order_or_beyond_a_clients_rate_stops_all_load() {
         assert_eq!(broker.stats().connections, 0, "clients still connected after a refused stage");
     }
 }
+
+/// A capacity search against squall's broker limited to a known number of PUBLISH a second:
+/// the capacity found brackets the limit, and every step that broke received at the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capacity_search_finds_a_brokers_known_capacity() {
+    const LIMIT: f64 = 2000.0;
+    let broker = support::broker(|c| c.publishes_per_sec = Some(LIMIT)).await;
+    // 500 msg/s at 100 %: the limit is at 400 %
+    let text = "[run]\nsnapshot_interval = \"250ms\"\n\
+                [[group]]\nname = \"pub\"\nclients = 10\n[group.publish]\ntopic = \"cap/{i}\"\ninterval = \"20ms\"\n\
+                [[group]]\nname = \"sub\"\nclients = 1\n[group.subscribe]\nfilters = [\"cap/#\"]\n\
+                [search]\nslo = [\"e2e.p99 < 50ms\", \"missing == 0\"]\nfrom = \"100%\"\nto = \"1600%\"\n\
+                step = \"2s\"\nwarmup = \"500ms\"\nprecision = \"10%\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    let report = support::run(support::plan(text, &support::url(&broker), dir.path())).await;
+    let c = report.capacity.as_ref().expect("a search reports its capacity");
+    assert_eq!(c.ended, "converged", "{c:?}");
+    assert!(c.monotone, "{c:?}");
+    let (found, broke) = (c.found.as_ref().unwrap(), c.broke.as_ref().unwrap());
+    assert!(
+        (0.75 * LIMIT..=1.02 * LIMIT).contains(&found.offered_rate),
+        "held at {} msg/s against a limit of {LIMIT}",
+        found.offered_rate
+    );
+    assert!(
+        broke.offered_rate > LIMIT && broke.offered_rate <= 1.25 * LIMIT,
+        "broke at {} msg/s against a limit of {LIMIT}",
+        broke.offered_rate
+    );
+    assert!(broke.offered_rate <= found.offered_rate * 1.1 + 1.0, "bracket within the precision: {c:?}");
+    // each step as judged: the offered load was published, and a step that broke took the
+    // broker past its limit, which delivered at that limit
+    assert_eq!(report.stages.len() as u32, c.steps);
+    for st in &report.stages {
+        let v = st.verdict.as_ref().expect("search steps are judged");
+        assert!((st.publish_rate - st.offered_rate).abs() <= 0.05 * st.offered_rate, "step {st:?}");
+        let p99 = st.latency["e2e"].corrected.as_ref().unwrap().p99_us;
+        assert_eq!(v.held, p99 < 50_000, "the verdict follows the measured p99 ({p99} µs): {st:?}");
+        if !v.held {
+            assert!(st.offered_rate > LIMIT, "broke below the limit: {st:?}");
+            assert!((st.receive_rate - LIMIT).abs() <= 0.05 * LIMIT, "delivered {} against the limit", st.receive_rate);
+        }
+    }
+    // nothing lost: the steps that broke only queued
+    assert_eq!(report.delivery.all.lost, 0);
+}

@@ -70,6 +70,9 @@ struct Conn {
     /// Output behind a delayed packet (empty: none is delayed, writes go straight out).
     gate: VecDeque<Slot>,
     next_token: u64,
+    /// A PUBLISH waiting for its turn under the broker's publish limit, and when that is (ns
+    /// since broker start): nothing more is read or handled on this connection until then.
+    held: Option<(In, u64)>,
 }
 
 /// One TCP stream is ordered: what the broker writes after a delayed packet leaves after it,
@@ -120,6 +123,7 @@ pub async fn serve(sh: Arc<Shared>, stream: Stream, id: u64) {
         conn_no: id,
         gate: VecDeque::new(),
         next_token: 0,
+        held: None,
     };
     // the timeline's Opened and Closed are when they happened (no packet's arrival to take)
     c.arrived_ns = c.sh.now_ns();
@@ -553,6 +557,21 @@ impl Conn {
                 tokio::time::sleep(Duration::from_nanos(stalled - now_ns)).await;
                 continue;
             }
+            // a PUBLISH over the publish limit: its turn first, then the rest of what was read
+            if let Some((pkt, at)) = self.held.take() {
+                if at > now_ns {
+                    tokio::time::sleep(Duration::from_nanos(at - now_ns)).await;
+                }
+                let close = match self.handle(pkt) {
+                    Some(close) => Some(close),
+                    None => self.handle_input(),
+                };
+                if let Some(close) = close {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), self.write_all_pending()).await;
+                    return close;
+                }
+                continue;
+            }
             self.flush_events();
             let ka = if self.keepalive.is_zero() {
                 far
@@ -659,6 +678,15 @@ impl Conn {
                     return Some(Close::Abrupt);
                 }
             };
+            if let In::Publish(_) = pkt {
+                let now = self.sh.now_ns();
+                let turn = self.sh.faults.publish_turn(now);
+                // past a few µs of the limit's schedule it waits (a queue is building)
+                if turn > now + 20_000 {
+                    self.held = Some((pkt, turn));
+                    break;
+                }
+            }
             if let Some(close) = self.handle(pkt) {
                 return Some(close);
             }

@@ -3,7 +3,8 @@
 //! A rule is a selector (client-id glob, the client's first N connection attempts, every k-th
 //! packet) and an action: delay or withhold an acknowledgement, refuse the connection with a
 //! chosen code, drop the connection after a time or on a packet, or expire the session
-//! (CONNACK with session present = false). A whole-broker stall is separate ([`Faults::stall`]).
+//! (CONNACK with session present = false). A whole-broker stall is separate ([`Faults::stall_until`]),
+//! and so is a limit on the PUBLISH packets it takes a second ([`Faults::limit_publishes`]).
 //! Rules come from code or from a TOML file (`squall broker --faults FILE`):
 //!
 //! ```toml
@@ -28,6 +29,10 @@
 //! [[stall]]
 //! at = "5s"             # after the broker starts
 //! for = "1s"
+//!
+//! [limit]
+//! publishes_per_sec = 5000   # the whole broker takes at most this many PUBLISH a second;
+//!                            # more wait their turn (a broker of known capacity)
 //! ```
 
 use std::collections::HashMap;
@@ -141,6 +146,10 @@ pub struct Faults {
     attempts: Mutex<HashMap<String, u32>>,
     /// ns since broker start until which the whole broker is stalled.
     stall_until_ns: AtomicU64,
+    /// A limit on PUBLISH packets taken, all clients together: one per this many ns (0: none).
+    publish_interval_ns: AtomicU64,
+    /// When the next PUBLISH may be taken under the limit, ns since broker start.
+    next_publish_ns: AtomicU64,
 }
 
 impl Faults {
@@ -169,6 +178,30 @@ impl Faults {
 
     pub fn stalled_until(&self) -> u64 {
         self.stall_until_ns.load(Ordering::Relaxed)
+    }
+
+    /// Takes at most `per_sec` PUBLISH packets a second, all clients together (`None`: no
+    /// limit): a broker of known capacity. A PUBLISH over the limit waits for its turn, and its
+    /// connection reads nothing more meanwhile, so publishers feel it as a saturated broker's
+    /// backpressure and their messages' latency grows with the queue.
+    pub fn limit_publishes(&self, per_sec: Option<f64>) {
+        let ns = per_sec.filter(|r| *r > 0.0 && r.is_finite()).map_or(0, |r| (1e9 / r).round().max(1.0) as u64);
+        self.publish_interval_ns.store(ns, Ordering::Relaxed);
+    }
+
+    /// When a PUBLISH arriving at `now_ns` may be taken (ns since broker start): its turn in
+    /// the limit's schedule, `now_ns` without a limit or while the broker keeps up.
+    pub fn publish_turn(&self, now_ns: u64) -> u64 {
+        let step = self.publish_interval_ns.load(Ordering::Relaxed);
+        if step == 0 {
+            return now_ns;
+        }
+        // turns are handed out one `step` apart; an idle broker's next turn is now
+        let prev = self
+            .next_publish_ns
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |next| Some(next.max(now_ns) + step))
+            .unwrap_or(now_ns);
+        prev.max(now_ns)
     }
 
     /// A new connection of `client_id`: the rules that apply to it (counts the attempt).
@@ -315,6 +348,22 @@ struct FaultFile {
     fault: Vec<FaultSpec>,
     #[serde(default)]
     stall: Vec<StallSpec>,
+    limit: Option<LimitSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitSpec {
+    publishes_per_sec: f64,
+}
+
+/// What a fault file asks for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FaultPlan {
+    pub rules: Vec<Rule>,
+    pub stalls: Vec<Stall>,
+    /// `[limit] publishes_per_sec`: see [`Faults::limit_publishes`].
+    pub publishes_per_sec: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -405,7 +454,7 @@ fn in_packet(s: &str, index: usize) -> Result<InPacket, FaultFileError> {
 }
 
 /// Parses a fault file.
-pub fn parse_file(text: &str) -> Result<(Vec<Rule>, Vec<Stall>), FaultFileError> {
+pub fn parse_file(text: &str) -> Result<FaultPlan, FaultFileError> {
     let file: FaultFile =
         toml::from_str(text).map_err(|e| FaultFileError { index: 0, message: e.message().to_string() })?;
     let mut rules = Vec::new();
@@ -464,7 +513,16 @@ pub fn parse_file(text: &str) -> Result<(Vec<Rule>, Vec<Stall>), FaultFileError>
         .enumerate()
         .map(|(i, s)| Ok(Stall { at: dur(&s.at, i + 1)?, duration: dur(&s.duration, i + 1)? }))
         .collect::<Result<_, FaultFileError>>()?;
-    Ok((rules, stalls))
+    let publishes_per_sec = match file.limit {
+        Some(l) if !(l.publishes_per_sec > 0.0 && l.publishes_per_sec <= 1e9) => {
+            return Err(FaultFileError {
+                index: 0,
+                message: format!("[limit] publishes_per_sec = {} must be above 0 and at most 1e9", l.publishes_per_sec),
+            });
+        }
+        l => l.map(|l| l.publishes_per_sec),
+    };
+    Ok(FaultPlan { rules, stalls, publishes_per_sec })
 }
 
 #[cfg(test)]
@@ -498,7 +556,7 @@ mod tests {
 
     #[test]
     fn the_file_format() {
-        let (rules, stalls) = parse_file(
+        let FaultPlan { rules, stalls, publishes_per_sec } = parse_file(
             r#"
 [[fault]]
 delay = "puback"
@@ -514,10 +572,15 @@ drop_on = "subscribe"
 [[stall]]
 at = "2s"
 for = "1s"
+[limit]
+publishes_per_sec = 2500
 "#,
         )
         .unwrap();
         assert_eq!(rules.len(), 4);
+        assert_eq!(publishes_per_sec, Some(2500.0));
+        let e = parse_file("[limit]\npublishes_per_sec = 0\n").unwrap_err();
+        assert!(e.message.contains("above 0"), "{e}");
         assert_eq!(
             rules[0].action,
             Action::Delay { packet: AckPacket::PubAck, by: Delay::Fixed(Duration::from_millis(5)) }
@@ -527,6 +590,19 @@ for = "1s"
         assert!(e.message.contains("not an acknowledgement"), "{e}");
         let e = parse_file("[[fault]]\nwithhold = \"puback\"\nrefuse = 5\n").unwrap_err();
         assert!(e.message.contains("exactly one"), "{e}");
+    }
+
+    #[test]
+    fn publish_turns_keep_to_the_limit_and_an_idle_broker_owes_none() {
+        let f = Faults::default();
+        assert_eq!(f.publish_turn(5), 5, "no limit: at once");
+        f.limit_publishes(Some(1000.0)); // one per ms
+        let turns: Vec<u64> = (0..5).map(|_| f.publish_turn(10_000_000)).collect();
+        assert_eq!(turns, vec![10_000_000, 11_000_000, 12_000_000, 13_000_000, 14_000_000]);
+        // long after: the broker kept up, the next one is taken at once
+        assert_eq!(f.publish_turn(1_000_000_000), 1_000_000_000);
+        f.limit_publishes(None);
+        assert_eq!(f.publish_turn(7), 7);
     }
 
     #[test]

@@ -72,6 +72,9 @@ pub struct BrokerConfig {
     pub connect_timeout: Duration,
     pub faults: Vec<Rule>,
     pub stalls: Vec<Stall>,
+    /// PUBLISH packets taken a second, all clients together, at most (see
+    /// [`Faults::limit_publishes`]).
+    pub publishes_per_sec: Option<f64>,
     /// Record every client's packet timeline (costs memory; off for load runs).
     pub timeline: bool,
 }
@@ -89,6 +92,7 @@ impl Default for BrokerConfig {
             connect_timeout: Duration::from_secs(10),
             faults: Vec::new(),
             stalls: Vec::new(),
+            publishes_per_sec: None,
             timeline: false,
         }
     }
@@ -344,6 +348,7 @@ impl Broker {
             shutdown: rx,
             config,
         });
+        sh.faults.limit_publishes(sh.config.publishes_per_sec);
         for s in sh.config.stalls.clone() {
             let sh = sh.clone();
             tokio::spawn(async move {

@@ -97,6 +97,8 @@ pub struct LiveView {
     pub e2e_p99_us: Option<u64>,
     /// Agents whose figures look suspect in this window, with why (filled by the caller).
     pub suspect: Vec<String>,
+    /// The stage or search step under way, e.g. "stage 2 200%" (filled by the caller).
+    pub stage: Option<String>,
 }
 
 /// One agent over the live window: its busiest interval's CPU (cores) and its timer lag.
@@ -376,6 +378,7 @@ impl Aggregate {
             e2e_p50_us: (!self.live_e2e.is_empty()).then(|| self.live_e2e.quantile_us(0.5)),
             e2e_p99_us: (!self.live_e2e.is_empty()).then(|| self.live_e2e.quantile_us(0.99)),
             suspect: Vec::new(),
+            stage: None,
         };
         self.live_counters = Counters::default();
         self.live_errors = 0;

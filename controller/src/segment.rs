@@ -39,7 +39,7 @@ pub fn segment(plan: &Plan, targets: &[squall_proto::target::TargetUrl], weights
             max_duration_ms: plan.max_duration.as_millis().max(1) as u64,
             // set by the link, which knows the agent's clock
             clock_offset_ns: 0,
-            staged: false,
+            staged: plan.shape.staged(),
         })
         .collect();
     let mut stream_base = 0u32;

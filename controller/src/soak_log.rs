@@ -337,6 +337,9 @@ pub fn read(dir: &Path) -> Result<Report, ReadError> {
         )),
         warnings: vec![],
         wills: None,
+        // the soak log keeps intervals, not the stages they belonged to
+        stages: vec![],
+        capacity: None,
     });
     r.squall_version = meta.squall_version;
     Ok(r)

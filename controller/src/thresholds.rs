@@ -89,8 +89,17 @@ const WILL_NAMES: &[&str] =
     &["expected", "delivered", "missing", "duplicates", "unexpected", "allowed", "early", "unsettled"];
 
 /// Counts and rates besides the ledgers' and every raw counter name.
-const OTHER_COUNTS: &[&str] =
-    &["errors", "connect.errors", "published", "received", "publish.rate", "receive.rate", "agents_suspect"];
+const OTHER_COUNTS: &[&str] = &[
+    "errors",
+    "connect.errors",
+    "published",
+    "received",
+    "publish.rate",
+    "receive.rate",
+    "agents_suspect",
+    "missing",
+    "capacity",
+];
 
 /// Whether `name` is a count or rate a rule may use by that name (raw counters aside).
 fn is_count_name(name: &str) -> bool {
@@ -173,9 +182,16 @@ impl MetricRef {
                 let base = name.split('.').next().unwrap_or("");
                 !LEDGER_NAMES.contains(&base)
                     && base != "wills"
-                    && !["publish.rate", "receive.rate", "agents_suspect"].contains(&name.as_str())
+                    && !["publish.rate", "receive.rate", "agents_suspect", "capacity"].contains(&name.as_str())
             }
         }
+    }
+
+    /// Whether one step of a staged run or search can be judged on it: what is known mid-run,
+    /// and the rates over the step.
+    pub fn known_per_step(&self) -> bool {
+        self.known_mid_run()
+            || matches!(self, MetricRef::Count(name) if name == "publish.rate" || name == "receive.rate")
     }
 }
 

@@ -71,9 +71,10 @@ pub fn run(a: BrokerArgs) -> u8 {
             }
         };
         match squall_broker::faults::parse_file(&text) {
-            Ok((rules, stalls)) => {
-                config.faults = rules;
-                config.stalls = stalls;
+            Ok(plan) => {
+                config.faults = plan.rules;
+                config.stalls = plan.stalls;
+                config.publishes_per_sec = plan.publishes_per_sec;
             }
             Err(e) => {
                 eprintln!("error: {}: {e}", path.display());

@@ -29,8 +29,9 @@ pub fn line(v: &LiveView) -> String {
     };
     let suspect =
         if v.suspect.is_empty() { String::new() } else { format!("  SUSPECT {}", v.suspect.join(", ")) };
+    let stage = v.stage.as_deref().map(|s| format!(" {s} ")).unwrap_or_default();
     format!(
-        "[{:>6.1}s] connected {}/{}  pub {:.0}/s  recv {:.0}/s  {}  errors {}{suspect}",
+        "[{:>6.1}s]{stage} connected {}/{}  pub {:.0}/s  recv {:.0}/s  {}  errors {}{suspect}",
         v.elapsed_s,
         v.connected,
         v.clients,
@@ -52,6 +53,20 @@ pub fn show(mode: LiveMode, v: &LiveView) {
         }
         LiveMode::Lines => {
             let _ = writeln!(err, "{}", line(v));
+        }
+    }
+}
+
+/// Prints a line that stays (a search step's verdict), above a rewritten live line.
+pub fn note(mode: LiveMode, text: &str) {
+    let mut err = std::io::stderr().lock();
+    match mode {
+        LiveMode::Off => {}
+        LiveMode::Terminal => {
+            let _ = writeln!(err, "\r\x1b[2K{text}");
+        }
+        LiveMode::Lines => {
+            let _ = writeln!(err, "{text}");
         }
     }
 }

@@ -90,6 +90,80 @@ pub struct Report {
     /// What the broker said of itself on `$SYS/#` during the run (`--broker-sys`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker_sys: Option<crate::broker_sys::BrokerSys>,
+    /// A staged run's stages, or a capacity search's steps: each one's own figures.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageReport>,
+    /// What a capacity search found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<CapacityReport>,
+}
+
+/// One stage of a staged run (or one step of a search), over its own time: its figures
+/// come from the whole snapshot intervals between the end of its warm-up and its end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StageReport {
+    pub index: u32,
+    /// Its share of every publishing group's rate as written, %.
+    pub rate_percent: f64,
+    /// When it ran and when its figures start (after the warm-up), s since the run started.
+    pub start_s: f64,
+    pub end_s: f64,
+    pub measured_from_s: f64,
+    /// Time its figures cover, s (0: no whole snapshot interval fell inside it).
+    pub measured_s: f64,
+    /// Messages a second the schedules asked for at this share.
+    pub offered_rate: f64,
+    pub publish_rate: f64,
+    pub receive_rate: f64,
+    pub published: u64,
+    pub received: u64,
+    /// Messages skipped over by receivers during it and not arrived (see `gaps_opened`).
+    pub missing: i64,
+    pub errors: u64,
+    /// Latency by metric, µs, over the measured time.
+    pub latency: BTreeMap<String, LatencyReport>,
+    /// Why the tester's own figures are suspect during it (CPU, timer lag); empty when healthy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tester_suspect: Vec<String>,
+    /// In a search: each rule of the SLO over this step, and whether all held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<StageVerdict>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StageVerdict {
+    pub held: bool,
+    pub rules: Vec<ThresholdResult>,
+}
+
+/// What a capacity search found: the highest step that held every rule of the SLO, below the
+/// lowest that broke one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CapacityReport {
+    pub slo: Vec<String>,
+    /// The highest step that held (absent: none did).
+    pub found: Option<CapacityStep>,
+    /// The lowest step that broke a rule (absent: none did, up to the top).
+    pub broke: Option<CapacityStep>,
+    /// Why the search stopped: `converged` (within the precision), `top` (the highest share
+    /// tried held), `bottom` (nothing held), `max_steps`, `tester_bound` (the tester could not
+    /// offer a step's load: what broke may not have been the broker), `stopped` (the run ended
+    /// first: interrupted, or an agent failed).
+    pub ended: String,
+    /// The precision asked for, %.
+    pub precision_percent: f64,
+    pub steps: u32,
+    /// A step held above one that broke: the broker's behaviour at this load is not steady.
+    pub monotone: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CapacityStep {
+    /// Its index in `stages`.
+    pub stage: u32,
+    pub rate_percent: f64,
+    pub offered_rate: f64,
+    pub receive_rate: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -517,6 +591,9 @@ pub struct Inputs<'a> {
     pub warnings: Vec<String>,
     /// The settled will ledger, when a group sets a will.
     pub wills: Option<squall_proto::metrics::WillLedger>,
+    /// Each stage's figures (a staged run or a search), and what a search found.
+    pub stages: Vec<StageReport>,
+    pub capacity: Option<CapacityReport>,
 }
 
 pub fn build(i: Inputs<'_>) -> Report {
@@ -614,6 +691,8 @@ pub fn build(i: Inputs<'_>) -> Report {
         broker: None,
         broker_process: None,
         broker_sys: None,
+        stages: i.stages,
+        capacity: i.capacity,
     };
     let untracked: u64 = i.results.iter().map(|r| r.storms_untracked).sum();
     if untracked > 0 {
@@ -755,7 +834,7 @@ fn group_report(g: &squall_proto::plan::GroupSpec) -> GroupReport {
 }
 
 /// Percentiles of every metric that has data.
-fn latency_map(h: &squall_proto::metrics::Hists) -> BTreeMap<String, LatencyReport> {
+pub(crate) fn latency_map(h: &squall_proto::metrics::Hists) -> BTreeMap<String, LatencyReport> {
     let mut latency = BTreeMap::new();
     for m in Metric::ALL {
         let raw = h.get(m, Timing::Raw);
@@ -824,6 +903,7 @@ pub fn live_value(agg: &Aggregate, m: &MetricRef) -> Option<f64> {
                     agg.errors.iter().filter(|(e, _)| e.name() == *kind).map(|(_, n)| n).sum()
                 }
                 ["published"] => c.published(),
+                ["missing"] => return Some(c.missing() as f64),
                 ["received"] => c.received(),
                 [counter] => c.fields().into_iter().find(|(n, _)| n == counter)?.1,
                 _ => return None,
@@ -873,6 +953,11 @@ fn count_value(r: &Report, name: &str) -> Option<f64> {
             if !w.complete { None } else { w.get(field).map(|v| v as f64) }
         }
         ["agents_suspect"] => Some(r.per_agent.iter().filter(|a| !a.suspect.is_empty()).count() as f64),
+        ["missing"] => {
+            let c = |k: &str| r.counters.get(k).copied().unwrap_or(0) as f64;
+            Some(c("gaps_opened") - c("gaps_filled"))
+        }
+        ["capacity"] => r.capacity.as_ref().and_then(|c| c.found.as_ref()).map(|s| s.offered_rate),
         ["publish", "rate"] => Some(r.rates.publish_per_s),
         ["receive", "rate"] => Some(r.rates.receive_per_s),
         [field] if d(&r.delivery.all, field).is_some() => ledger_value(field, &r.delivery.all),

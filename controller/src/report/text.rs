@@ -345,6 +345,7 @@ pub fn render(r: &Report) -> String {
     if r.per_agent.len() > 1 {
         agents(&mut o, r);
     }
+    stages(&mut o, r);
     let _ = writeln!(o);
     if r.errors.is_empty() {
         let _ = writeln!(o, "  errors        none");
@@ -360,13 +361,7 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(o, "  thresholds");
         for t in &r.thresholds {
             let mark = if t.pass { "✓" } else { "✗" };
-            let v = match t.value {
-                None => "no data".to_string(),
-                Some(v) if t.rule.contains('p') && is_latency(&t.rule) => fmt_us(v),
-                Some(v) if v.fract() == 0.0 => format!("{v:.0}"),
-                Some(v) => format!("{v:.2}"),
-            };
-            let _ = writeln!(o, "    {mark} {:<36} {v}", t.rule);
+            let _ = writeln!(o, "    {mark} {:<36} {}", t.rule, rule_value(&t.rule, t.value));
         }
     }
     if let Some(b) = &r.broker {
@@ -395,6 +390,132 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(o, "  {why}");
     }
     o
+}
+
+/// A stage's e2e percentiles (corrected where kept).
+fn stage_e2e(st: &super::StageReport) -> Option<&Percentiles> {
+    let l = st.latency.get("e2e")?;
+    l.corrected.as_ref().or(l.raw.as_ref())
+}
+
+/// A rule's value as the report writes it.
+fn rule_value(rule: &str, v: Option<f64>) -> String {
+    match v {
+        None => "no data".to_string(),
+        Some(v) if rule.contains('p') && is_latency(rule) => fmt_us(v),
+        Some(v) if v.fract() == 0.0 => format!("{v:.0}"),
+        Some(v) => format!("{v:.2}"),
+    }
+}
+
+/// What a judged step broke, or "held".
+fn step_outcome(st: &super::StageReport) -> String {
+    match &st.verdict {
+        None => String::new(),
+        Some(v) if v.held => "held".to_string(),
+        Some(v) => {
+            let broke: Vec<String> = v
+                .rules
+                .iter()
+                .filter(|r| !r.pass)
+                .map(|r| format!("{} ({})", r.rule, rule_value(&r.rule, r.value)))
+                .collect();
+            format!("broke {}", broke.join(", "))
+        }
+    }
+}
+
+/// One search step as the live display notes it once judged.
+pub fn step_line(st: &super::StageReport) -> String {
+    let e2e = stage_e2e(st).map_or("e2e -".into(), |p| format!("e2e p99 {}", fmt_us(p.p99_us as f64)));
+    let suspect = if st.tester_suspect.is_empty() {
+        String::new()
+    } else {
+        format!(" · tester suspect: {}", st.tester_suspect.join(", "))
+    };
+    format!(
+        "step {} · {} · offered {}/s · received {}/s · {e2e} · {}{suspect}",
+        st.index + 1,
+        crate::scenario::resolve::fmt_percent(st.rate_percent / 100.0),
+        count(st.offered_rate.round() as u64),
+        count(st.receive_rate.round() as u64),
+        step_outcome(st)
+    )
+}
+
+/// The stages (or a search's steps), a row each, and what a search found.
+fn stages(o: &mut String, r: &Report) {
+    if r.stages.is_empty() {
+        return;
+    }
+    let kind = if r.capacity.is_some() { "step" } else { "stage" };
+    let _ = writeln!(
+        o,
+        "\n  {:<8} {:>8} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9} {:>7}",
+        format!("{kind}s"),
+        "rate",
+        "offered/s",
+        "pub/s",
+        "recv/s",
+        "missing",
+        "e2e p50",
+        "e2e p99",
+        "p99.9",
+        "errors"
+    );
+    for st in &r.stages {
+        let pct = |f: fn(&Percentiles) -> u64| stage_e2e(st).map_or("-".into(), |p| fmt_us(f(p) as f64));
+        let _ = writeln!(
+            o,
+            "  {:<8} {:>8} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9} {:>7}  {}{}",
+            st.index + 1,
+            crate::scenario::resolve::fmt_percent(st.rate_percent / 100.0),
+            count(st.offered_rate.round() as u64),
+            count(st.publish_rate.round() as u64),
+            count(st.receive_rate.round() as u64),
+            st.missing,
+            pct(|p| p.p50_us),
+            pct(|p| p.p99_us),
+            pct(|p| p.p999_us),
+            count(st.errors),
+            step_outcome(st),
+            if st.tester_suspect.is_empty() { String::new() } else { format!(" (tester suspect: {})", st.tester_suspect.join(", ")) }
+        );
+    }
+    let _ = writeln!(o, "  (each over whole snapshot intervals after its warm-up; e2e corrected)");
+    if let Some(c) = &r.capacity {
+        let _ = writeln!(o, "  capacity      {}", capacity_sentence(c));
+    }
+}
+
+/// What a search found, in one sentence.
+pub(crate) fn capacity_sentence(c: &super::CapacityReport) -> String {
+    let slo = c.slo.join(", ");
+    let found = match &c.found {
+        Some(f) => format!(
+            "{} msg/s ({} of the scenario's rates) held {slo}",
+            count(f.offered_rate.round() as u64),
+            crate::scenario::resolve::fmt_percent(f.rate_percent / 100.0)
+        ),
+        None => format!("no step held {slo}"),
+    };
+    let broke = match &c.broke {
+        Some(b) => format!(
+            "; {} msg/s ({}) broke it",
+            count(b.offered_rate.round() as u64),
+            crate::scenario::resolve::fmt_percent(b.rate_percent / 100.0)
+        ),
+        None => String::new(),
+    };
+    let ended = match c.ended.as_str() {
+        "converged" => format!("within {}%", c.precision_percent),
+        "top" => "its highest step held".into(),
+        "bottom" => "nothing held down to its lowest step".into(),
+        "max_steps" => "out of steps".into(),
+        "tester_bound" => "stopped: the tester fell short".into(),
+        other => other.to_string(),
+    };
+    format!("{found}{broke} · {ended}, {} steps", c.steps)
 }
 
 /// One line per agent: its share, its counts, its clock and its start.

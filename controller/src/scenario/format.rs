@@ -27,6 +27,53 @@ pub struct Scenario {
     /// Groups of identical clients. At least one.
     #[serde(default, rename = "group")]
     pub groups: Vec<Group>,
+    /// The publishing window as stages: steps one after another, each at its share of every
+    /// publishing group's rate, each with its own figures in the report (instead of
+    /// `run.duration`, which is then their sum).
+    #[serde(default, rename = "stage")]
+    pub stages: Vec<Stage>,
+    /// A capacity search: steps whose rates squall chooses as the run goes, to find the
+    /// highest share of the publishing groups' rates at which every `slo` rule holds (instead
+    /// of `run.duration` and stages).
+    pub search: Option<Search>,
+}
+
+/// One step of a staged run.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    /// How long it lasts (required), e.g. "30s".
+    pub duration: Option<String>,
+    /// Its share of every publishing group's rate as written, e.g. "50%", "250%" (default "100%").
+    pub rate: Option<String>,
+    /// Left out of the stage's figures, from its start, while the broker settles to the new
+    /// rate (default: a fifth of the duration, at most "5s").
+    pub warmup: Option<String>,
+}
+
+/// A capacity search: steps at rising shares of the scenario's rates until one breaks a rule,
+/// then halving the gap between the highest step that held and the lowest that broke.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Search {
+    /// What each step must hold (required), as thresholds: latencies (`e2e.p99 < 20ms`),
+    /// `missing == 0` (messages skipped over and not arrived), `errors == 0`, any counter,
+    /// `publish.rate` and `receive.rate` over the step.
+    #[serde(default)]
+    pub slo: Vec<String>,
+    /// The first step's share of the groups' rates (default "100%").
+    pub from: Option<String>,
+    /// The highest share tried (default "10000%", bounded by what one client can publish).
+    pub to: Option<String>,
+    /// Each step's duration (default "20s").
+    pub step: Option<String>,
+    /// Left out of each step's figures, from its start (default: a fifth of the step, at most "5s").
+    pub warmup: Option<String>,
+    /// The search ends when the lowest step that broke a rule is within this of the highest
+    /// that held (default "5%").
+    pub precision: Option<String>,
+    /// Steps at most (default 16).
+    pub max_steps: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]

@@ -31,7 +31,7 @@ pub struct Plan {
     pub tls: TlsMaterial,
     pub source_addresses: Vec<IpAddr>,
     pub groups: Vec<GroupSpec>,
-    /// The publishing window.
+    /// The publishing window (with stages their sum; for a search, the most it may take).
     pub duration: Duration,
     pub drain: Duration,
     pub ramp_timeout: Duration,
@@ -48,6 +48,59 @@ pub struct Plan {
     /// The window a busy connection lets data gather in before it reads (zero: none).
     pub read_coalesce: Duration,
     pub thresholds: Vec<Threshold>,
+    /// How the publishing window is laid out: one steady window, stages, or a search.
+    pub shape: Shape,
+}
+
+/// How the publishing window is laid out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Shape {
+    /// The whole window at the scenario's rates.
+    Steady,
+    /// Stages one after another, back to back; the window is their sum.
+    Stages(Vec<StagePlan>),
+    /// Steps chosen as the run goes, to find the highest share of the rates that holds.
+    Search(SearchPlan),
+}
+
+impl Shape {
+    pub fn staged(&self) -> bool {
+        !matches!(self, Shape::Steady)
+    }
+}
+
+/// One stage: its length, its share of every publishing group's rate, and how much of its
+/// start is left out of its figures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StagePlan {
+    pub duration: Duration,
+    pub scale: f64,
+    pub warmup: Duration,
+}
+
+/// A capacity search, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchPlan {
+    /// What each step must hold.
+    pub slo: Vec<Threshold>,
+    /// The first step's scale, and the highest tried.
+    pub from: f64,
+    pub to: f64,
+    pub step: Duration,
+    pub warmup: Duration,
+    /// Relative: the search ends when the lowest failing scale is within this of the highest
+    /// passing one.
+    pub precision: f64,
+    pub max_steps: u32,
+}
+
+/// Steps a search takes at most.
+pub const MAX_SEARCH_STEPS: u32 = 64;
+
+/// What a search may spend between two steps, at most: judging one (its last snapshots), the
+/// broker draining what it left (at most 30 s), announcing the next.
+pub fn search_gap(snapshot_interval: Duration) -> Duration {
+    3 * snapshot_interval + Duration::from_secs(32)
 }
 
 impl Plan {
@@ -76,6 +129,7 @@ impl Plan {
             timer_coalesce: Duration::ZERO,
             read_coalesce: Duration::from_micros(squall_proto::plan::DEFAULT_READ_COALESCE_US as u64),
             thresholds: m.thresholds.iter().filter_map(|t| Threshold::parse(t).ok()).collect(),
+            shape: Shape::Steady,
         }
     }
 

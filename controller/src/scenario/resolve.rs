@@ -13,7 +13,7 @@ use squall_proto::protocol::Protocol;
 use squall_proto::target::TargetUrl;
 use squall_proto::tls::TlsMaterial;
 
-use super::Plan;
+use super::{Plan, SearchPlan, Shape, StagePlan};
 
 /// The most handshakes an adaptive window keeps in flight.
 pub const ADAPTIVE_CONNECTING_MAX: u32 = 4096;
@@ -108,6 +108,18 @@ impl Ctx<'_> {
             self.err(path, format!("unknown {what} `{s}`"), format!("one of {}", names.join(", ")));
             default
         })
+    }
+
+    /// A share written as a percentage ("50%", "250%"), as a scale (0.5, 2.5).
+    fn percent(&mut self, path: Vec<Seg>, v: &Option<String>, default: f64) -> f64 {
+        let Some(s) = v else { return default };
+        match s.trim().strip_suffix('%').map(|n| n.trim().parse::<f64>()) {
+            Some(Ok(p)) if p > 0.0 && p.is_finite() => p / 100.0,
+            _ => {
+                self.err(path, format!("`{s}` is not a share"), "write a percentage above 0, such as \"50%\" or \"250%\"".to_string());
+                default
+            }
+        }
     }
 
     fn rate(&mut self, path: Vec<Seg>, v: Option<f64>, default: f64, what: &str) -> f64 {
@@ -260,6 +272,39 @@ pub fn resolve(src: &Source, ov: &Overrides) -> Result<Plan, Diagnostics> {
             None,
         );
     }
+    let shape = resolve_shape(&mut cx, &scenario, &groups, snapshot_interval, &parse);
+    match &shape {
+        Shape::Steady => {}
+        staged => {
+            if run.duration.is_some() {
+                cx.err(
+                    path!["run", "duration"],
+                    "with stages or a search the publishing window is theirs",
+                    "remove run.duration: stages last their sum, a search as long as it needs".to_string(),
+                );
+            }
+            if ov.duration.is_some() {
+                cx.flag("--duration", "the scenario's stages or search set the publishing window", None);
+            }
+            duration = match staged {
+                Shape::Stages(stages) => stages.iter().map(|s| s.duration).sum(),
+                Shape::Search(s) => (s.step + super::search_gap(snapshot_interval)) * s.max_steps,
+                Shape::Steady => duration,
+            };
+        }
+    }
+    if !matches!(shape, Shape::Search(_)) {
+        for (i, t) in thresholds.iter().enumerate() {
+            if t.metric == crate::thresholds::MetricRef::Count("capacity".into()) {
+                let msg = format!("`{}` needs a capacity search to measure it", t.expr);
+                let hint = "add a [search] with the rules a step must hold".to_string();
+                match scenario.thresholds.get(i) {
+                    Some(_) => cx.err(path!["thresholds", i], msg, hint),
+                    None => cx.flag("--threshold", msg, hint),
+                }
+            }
+        }
+    }
     let slowest_ramp = groups
         .iter()
         .map(|g| g.clients as f64 / g.connect_rate + g.connect_timeout_ms as f64 / 1e3)
@@ -344,7 +389,147 @@ pub fn resolve(src: &Source, ov: &Overrides) -> Result<Plan, Diagnostics> {
         max_duration,
         snapshot_interval,
         thresholds,
+        shape,
     })
+}
+
+/// Stages or a search, checked against the groups' rates (no client may be asked for more
+/// than one message a microsecond) and the snapshot interval (a step must hold whole ones).
+fn resolve_shape(
+    cx: &mut Ctx<'_>,
+    scenario: &Scenario,
+    groups: &[GroupSpec],
+    snapshot_interval: Duration,
+    parse: &dyn Fn(&str) -> Result<Threshold, crate::thresholds::ThresholdError>,
+) -> Shape {
+    if scenario.stages.is_empty() && scenario.search.is_none() {
+        return Shape::Steady;
+    }
+    if !scenario.stages.is_empty() && scenario.search.is_some() {
+        cx.err(
+            path!["search"],
+            "a scenario has stages or a search, not both",
+            "a search chooses its own steps: remove the [[stage]] tables, or the [search]".to_string(),
+        );
+        return Shape::Steady;
+    }
+    // the most any step may scale the rates: the busiest client at one message a microsecond
+    let limits: Vec<(f64, &str)> = groups
+        .iter()
+        .filter_map(|g| g.publish.as_ref().map(|p| (squall_proto::plan::max_scale_of(g.clients, p.rate), g.name.as_str())))
+        .collect();
+    let Some(&(max_scale, busiest)) = limits.iter().min_by(|a, b| a.0.total_cmp(&b.0)) else {
+        let at = if scenario.search.is_some() { path!["search"] } else { path!["stage", 0] };
+        cx.err(at, "stages and searches scale publishing, and no group publishes", "add a [group.publish]".to_string());
+        return Shape::Steady;
+    };
+    let too_fast = |scale: f64| {
+        format!(
+            "{} of group `{busiest}`'s rate is more than one message a microsecond per client (at most {})",
+            fmt_percent(scale),
+            fmt_percent(max_scale)
+        )
+    };
+    // a step's figures come from whole snapshot intervals after its warm-up
+    let step_times = |cx: &mut Ctx<'_>, at: Vec<Seg>, duration: &Option<String>, warmup: &Option<String>, default: Option<Duration>| {
+        let mut d_at = at.clone();
+        d_at.push(Seg::Key(if default.is_some() { "step" } else { "duration" }.into()));
+        let d = match (duration, default) {
+            (None, None) => {
+                cx.err(at.clone(), "a stage needs a duration", "e.g. duration = \"30s\"".to_string());
+                return None;
+            }
+            _ => cx.duration(d_at.clone(), duration, default.unwrap_or_default()),
+        };
+        if d < 2 * snapshot_interval {
+            cx.err(
+                d_at,
+                format!(
+                    "{} holds fewer than two snapshot intervals ({} each): too short to measure",
+                    humantime::format_duration(d),
+                    humantime::format_duration(snapshot_interval)
+                ),
+                "make it longer, or set run.snapshot_interval shorter".to_string(),
+            );
+            return None;
+        }
+        let mut w_at = at;
+        w_at.push(Seg::Key("warmup".into()));
+        let w = cx.duration(w_at.clone(), warmup, (d / 5).min(Duration::from_secs(5)));
+        if w + snapshot_interval > d {
+            cx.err(
+                w_at,
+                format!("a warm-up of {} leaves less than one snapshot interval to measure", humantime::format_duration(w)),
+                "shorten the warm-up".to_string(),
+            );
+            return None;
+        }
+        Some((d, w))
+    };
+    if let Some(sr) = &scenario.search {
+        let mut slo = Vec::new();
+        if sr.slo.is_empty() {
+            cx.err(
+                path!["search"],
+                "a search needs the rules each step must hold",
+                "e.g. slo = [\"e2e.p99 < 20ms\", \"missing == 0\"]".to_string(),
+            );
+        }
+        for (i, t) in sr.slo.iter().enumerate() {
+            match parse(t) {
+                Ok(t) if !t.metric.known_per_step() || t.abort => cx.err(
+                    path!["search", "slo", i],
+                    format!("`{}` cannot judge one step", t.expr),
+                    "a step is judged on latencies, counts over the step (errors, missing, any counter) and publish.rate or receive.rate; the ledger and tester health are judged at the end, in thresholds".to_string(),
+                ),
+                Ok(t) => slo.push(t),
+                Err(e) => cx.err(path!["search", "slo", i], e.message, e.hint),
+            }
+        }
+        let from = cx.percent(path!["search", "from"], &sr.from, 1.0);
+        let to = cx.percent(path!["search", "to"], &sr.to, max_scale.min(100.0));
+        if to > max_scale {
+            cx.err(path!["search", "to"], too_fast(to), "lower it, or publish from more clients".to_string());
+        }
+        if from > to {
+            cx.err(path!["search", "from"], format!("the search starts above its top ({})", fmt_percent(to)), None);
+        }
+        let precision = cx.percent(path!["search", "precision"], &sr.precision, 0.05);
+        if !(0.001..=1.0).contains(&precision) {
+            cx.err(path!["search", "precision"], "a precision is between 0.1% and 100%", None);
+        }
+        let max_steps = sr.max_steps.unwrap_or(16);
+        if !(1..=super::MAX_SEARCH_STEPS).contains(&max_steps) {
+            cx.err(path!["search", "max_steps"], format!("a search takes 1 to {} steps", super::MAX_SEARCH_STEPS), None);
+        }
+        let times = step_times(cx, path!["search"], &sr.step, &sr.warmup, Some(Duration::from_secs(20)));
+        let Some((step, warmup)) = times else { return Shape::Steady };
+        return Shape::Search(SearchPlan { slo, from, to, step, warmup, precision, max_steps });
+    }
+    if scenario.stages.len() > squall_proto::plan::MAX_STAGES as usize {
+        cx.err(path!["stage"], format!("at most {} stages", squall_proto::plan::MAX_STAGES), None);
+        return Shape::Steady;
+    }
+    let mut stages = Vec::new();
+    for (i, st) in scenario.stages.iter().enumerate() {
+        let scale = cx.percent(path!["stage", i, "rate"], &st.rate, 1.0);
+        if scale > max_scale {
+            cx.err(path!["stage", i, "rate"], too_fast(scale), "lower it, or publish from more clients".to_string());
+        }
+        if let Some((duration, warmup)) = step_times(cx, path!["stage", i], &st.duration, &st.warmup, None) {
+            stages.push(StagePlan { duration, scale, warmup });
+        }
+    }
+    if stages.iter().map(|s| s.duration).sum::<Duration>() > MAX_DURATION {
+        cx.err(path!["stage"], "the stages together last longer than squall runs anything", None);
+    }
+    Shape::Stages(stages)
+}
+
+/// A scale as a share, "250%".
+pub fn fmt_percent(scale: f64) -> String {
+    let p = scale * 100.0;
+    if (p - p.round()).abs() < 1e-9 { format!("{p:.0}%") } else { format!("{p:.4}%").trim_end_matches('0').to_string() }
 }
 
 fn resolve_tls(cx: &mut Ctx<'_>, tls: Option<&format::Tls>, base: &Path) -> TlsMaterial {
