@@ -218,7 +218,7 @@ fn a_real_report_matches_the_committed_schema() {
 #[test]
 fn shipped_scenarios_match_the_committed_scenario_schema() {
     let dir = tempfile::tempdir().unwrap();
-    for name in ["quickstart", "fan-in", "fan-out", "qos-soak", "example"] {
+    for name in ["quickstart", "fan-in", "fan-out", "qos-soak", "example", "stages", "capacity"] {
         let text = std::fs::read_to_string(format!("scenarios/{name}.toml")).unwrap();
         let value: toml::Value = toml::from_str(&text).unwrap();
         let json = write(dir.path(), &format!("{name}.json"), &serde_json::to_string(&value).unwrap());

@@ -173,3 +173,40 @@ async fn a_capacity_search_finds_a_brokers_known_capacity() {
     // nothing lost: the steps that broke only queued
     assert_eq!(report.delivery.all.lost, 0);
 }
+
+/// The command end to end: a search's answer judged by a threshold (exit 0 when it holds, 1
+/// when not), the stages table in the summary, the report valid against its schema.
+#[test]
+fn a_search_answer_is_a_threshold_and_the_report_matches_its_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    // 200 msg/s at 100 %; the embedded broker holds far more, so the search ends at its top
+    let scenario = |threshold: &str| {
+        format!(
+            "thresholds = [\"{threshold}\"]\n[run]\nsnapshot_interval = \"250ms\"\ndrain = \"500ms\"\n\
+             [[group]]\nname = \"pub\"\nclients = 10\n[group.publish]\ntopic = \"c/{{i}}\"\ninterval = \"50ms\"\n\
+             [[group]]\nname = \"sub\"\nclients = 1\n[group.subscribe]\nfilters = [\"c/#\"]\n\
+             [search]\nslo = [\"e2e.p99 < 500ms\"]\nto = \"400%\"\nstep = \"1s\"\nwarmup = \"250ms\"\n"
+        )
+    };
+    for (threshold, code) in [("capacity >= 800", 0), ("capacity >= 801", 1)] {
+        let path = dir.path().join("search.toml");
+        std::fs::write(&path, scenario(threshold)).unwrap();
+        let report = dir.path().join("report.json");
+        let out = support::squall()
+            .args(["run", "--live", "off", "--report"])
+            .arg(&report)
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(code), "{threshold}: {stdout}");
+        assert!(stdout.contains("steps") && stdout.contains("400%"), "{stdout}");
+        assert!(stdout.contains("800 msg/s (400% of the scenario's rates) held e2e.p99 < 500ms"), "{stdout}");
+        assert!(stdout.contains("its highest step held"), "{stdout}");
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        assert_eq!(r["capacity"]["ended"], "top");
+        assert_eq!(r["capacity"]["steps"], 3, "100 %, 200 %, 400 %");
+        assert_eq!(r["stages"].as_array().unwrap().len(), 3);
+        support::validate_with_jsonschema(std::path::Path::new("schemas/report.schema.json"), &report);
+    }
+}

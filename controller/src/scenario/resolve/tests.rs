@@ -232,3 +232,68 @@ fn numbers_beyond_what_squall_can_run_are_refused_with_the_bound() {
     let d = resolve(&Source::new("s.toml", group("interval = \"1s\"")), &ov).expect_err("flag checked too");
     assert!(d.0[0].message.contains("--duration"), "{}", d.0[0]);
 }
+
+#[test]
+fn stages_resolve_to_their_sum_with_defaults() {
+    let text = format!(
+        "{MINIMAL}[[stage]]\nduration = \"30s\"\nrate = \"50%\"\n[[stage]]\nduration = \"10s\"\nrate = \"250%\"\nwarmup = \"2s\"\n"
+    );
+    let plan = load(&text).unwrap();
+    let Shape::Stages(s) = &plan.shape else { panic!("{:?}", plan.shape) };
+    assert_eq!(s.len(), 2);
+    assert_eq!((s[0].scale, s[0].warmup), (0.5, Duration::from_secs(5)), "a fifth, at most 5 s");
+    assert_eq!((s[1].scale, s[1].warmup), (2.5, Duration::from_secs(2)));
+    assert_eq!(plan.duration, Duration::from_secs(40), "the window is their sum");
+    assert!(plan.max_duration > plan.duration + plan.drain);
+}
+
+#[test]
+fn a_search_resolves_with_defaults_and_bounds_its_window() {
+    let plan = load(&format!("{MINIMAL}[search]\nslo = [\"e2e.p99 < 20ms\", \"missing == 0\", \"receive.rate >= 90\"]\n")).unwrap();
+    let Shape::Search(s) = &plan.shape else { panic!("{:?}", plan.shape) };
+    assert_eq!((s.from, s.to, s.precision, s.max_steps), (1.0, 100.0, 0.05, 16));
+    assert_eq!((s.step, s.warmup), (Duration::from_secs(20), Duration::from_secs(4)));
+    assert_eq!(s.slo.len(), 3);
+    assert!(plan.duration >= s.step * s.max_steps, "the window holds every step");
+    // a rule on the search's answer needs a search
+    let d = first_error(&format!("thresholds = [\"capacity >= 1000\"]\n{MINIMAL}"));
+    assert!(d.message.contains("needs a capacity search"), "{d}");
+    assert!(load(&format!("thresholds = [\"capacity >= 1000\"]\n{MINIMAL}[search]\nslo = [\"e2e.p99 < 20ms\"]\n")).is_ok());
+}
+
+#[test]
+fn stages_and_searches_are_checked_where_they_are_written() {
+    // (text after MINIMAL, what the error says, line of MINIMAL + n)
+    let cases: &[(&str, &str, usize)] = &[
+        ("[[stage]]\nduration = \"10s\"\nrate = \"fast\"\n", "not a share", 3),
+        ("[[stage]]\nduration = \"10s\"\nrate = \"-5%\"\n", "not a share", 3),
+        ("[[stage]]\nrate = \"50%\"\n", "needs a duration", 1),
+        ("[[stage]]\nduration = \"1500ms\"\n", "fewer than two snapshot intervals", 2),
+        ("[[stage]]\nduration = \"10s\"\nwarmup = \"10s\"\n", "leaves less than one snapshot interval", 3),
+        // 10 clients at 100 ms: one message a µs each is 100,000× 
+        ("[[stage]]\nduration = \"10s\"\nrate = \"20000000%\"\n", "more than one message a microsecond", 3),
+        ("[search]\nfrom = \"50%\"\n", "needs the rules each step must hold", 1),
+        ("[search]\nslo = [\"lost == 0\"]\n", "cannot judge one step", 2),
+        ("[search]\nslo = [\"agents_suspect == 0\"]\n", "cannot judge one step", 2),
+        ("[search]\nslo = [\"e2e.p99 < 1ms\"]\nfrom = \"500%\"\nto = \"200%\"\n", "starts above its top", 3),
+        ("[search]\nslo = [\"e2e.p99 < 1ms\"]\nprecision = \"200%\"\n", "between 0.1% and 100%", 3),
+        ("[search]\nslo = [\"e2e.p99 < 1ms\"]\nmax_steps = 1000\n", "1 to 64 steps", 3),
+        ("[search]\nslo = [\"e2e.p99 < 1ms\"]\n[[stage]]\nduration = \"10s\"\n", "not both", 1),
+    ];
+    let base = MINIMAL.lines().count();
+    for (extra, says, line) in cases {
+        let d = first_error(&format!("{MINIMAL}{extra}"));
+        assert!(d.message.contains(says), "{extra:?}: {d}");
+        assert_eq!(d.line, base + line, "{extra:?}: {d}");
+        assert!(d.hint.is_some() || d.message.contains("between") || d.message.contains("steps") || d.message.contains("top"), "{extra:?}: no hint: {d}");
+    }
+    // the window is the stages': run.duration and --duration are refused with them
+    let d = first_error(&format!("[run]\nduration = \"30s\"\n{MINIMAL}[[stage]]\nduration = \"10s\"\n"));
+    assert!(d.message.contains("publishing window is theirs") && d.hint.is_some(), "{d}");
+    let ov = Overrides { duration: Some(Duration::from_secs(5)), ..Default::default() };
+    let e = resolve(&Source::new("s.toml", format!("{MINIMAL}[[stage]]\nduration = \"10s\"\n")), &ov).unwrap_err();
+    assert!(e.0[0].message.contains("--duration"), "{e}");
+    // stages need something to scale
+    let d = first_error("[[group]]\nname = \"s\"\nclients = 1\n[group.subscribe]\nfilters = [\"#\"]\n[[stage]]\nduration = \"10s\"\n");
+    assert!(d.message.contains("no group publishes"), "{d}");
+}
