@@ -918,3 +918,41 @@ qos = 1
     assert_eq!(d["expected"].as_u64().unwrap(), counter(&r, "published_qos1"), "{d}");
     assert_eq!(d["delivered"], d["expected"], "{d}");
 }
+
+/// Stages across two agent processes over gRPC: every agent keeps to each stage's rate, and
+/// each stage's figures merge both agents; above the broker's limit a stage delivers at it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stages_run_across_agents_and_merge_per_stage() {
+    const LIMIT: f64 = 2000.0;
+    let broker = support::broker(|c| c.publishes_per_sec = Some(LIMIT)).await;
+    let text = format!(
+        "[target]\nurls = [\"{}\"]\n[run]\nsnapshot_interval = \"250ms\"\ndrain = \"3s\"\n\
+         [[group]]\nname = \"pub\"\nclients = 10\n[group.publish]\ntopic = \"d/{{i}}\"\ninterval = \"20ms\"\n\
+         [[group]]\nname = \"sub\"\nclients = 1\n[group.subscribe]\nfilters = [\"d/#\"]\n\
+         [[stage]]\nduration = \"2s\"\nrate = \"100%\"\nwarmup = \"250ms\"\n\
+         [[stage]]\nduration = \"2s\"\nrate = \"800%\"\nwarmup = \"500ms\"\n",
+        support::url(&broker)
+    );
+    let s = Setup::new(&text);
+    let (mut controller, url) = s.controller(2, &[]);
+    let _agents: Vec<Proc> = (0..2).map(|k| s.agent(&url, &format!("s{k}"), "token", &[])).collect();
+    let (code, stderr) = tokio::task::spawn_blocking(move || (controller.wait(), controller.stderr())).await.unwrap();
+    assert_eq!(code, 0, "stderr:\n{stderr}");
+    let r = s.report();
+    let stages = r["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 2);
+    let f = |st: &Value, k: &str| st[k].as_f64().unwrap();
+    // both agents' publishers in each stage: 500/s, then 4,000/s offered
+    for (st, offered) in stages.iter().zip([500.0, 4000.0]) {
+        assert_eq!(f(st, "offered_rate"), offered);
+        assert!((f(st, "publish_rate") - offered).abs() <= 0.05 * offered, "{st}");
+        assert!(f(st, "measured_s") >= 1.0, "{st}");
+    }
+    assert!((f(&stages[0], "receive_rate") - 500.0).abs() <= 25.0, "{}", stages[0]);
+    assert!((f(&stages[1], "receive_rate") - LIMIT).abs() <= 0.05 * LIMIT, "at the broker's limit: {}", stages[1]);
+    // every message of both stages got through in the end: the second stage only queued
+    let d = &r["delivery"]["all"];
+    assert_eq!(d["lost"], 0, "{d}");
+    assert_eq!(d["delivered"], d["expected"], "{d}");
+    assert_eq!(broker.stats().messages_in[0], counter(&r, "published_qos0"));
+}
