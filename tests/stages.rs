@@ -208,5 +208,16 @@ fn a_search_answer_is_a_threshold_and_the_report_matches_its_schema() {
         assert_eq!(r["capacity"]["steps"], 3, "100 %, 200 %, 400 %");
         assert_eq!(r["stages"].as_array().unwrap().len(), 3);
         support::validate_with_jsonschema(std::path::Path::new("schemas/report.schema.json"), &report);
+        // the HTML report draws the capacity curve: a point per step, in rate order
+        let html = dir.path().join("r.html");
+        let out = support::squall().arg("report").arg(&report).arg("--html").arg(&html).output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "the verdict again: {}", String::from_utf8_lossy(&out.stderr));
+        let text = std::fs::read_to_string(&html).unwrap();
+        let curve = text.split_once("End-to-end latency by offered rate").expect("the capacity curve is drawn").1;
+        let p99 = curve.split("<polyline").nth(2).expect("a p99 line").split("points=\"").nth(1).unwrap();
+        let xs: Vec<f64> = p99.split('"').next().unwrap().split(' ').map(|xy| xy.split(',').next().unwrap().parse().unwrap()).collect();
+        assert_eq!(xs.len(), 3, "{p99}");
+        assert!(xs.windows(2).all(|w| w[0] < w[1]), "in rate order: {xs:?}");
+        assert!(text.contains("800 msg/s (400% of the scenario&#39;s rates)") || text.contains("800 msg/s (400% of the scenario's rates)"));
     }
 }

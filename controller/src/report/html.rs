@@ -134,6 +134,18 @@ fn per_second(
 
 /// A time series plot: one or more lines over the run's seconds.
 fn series_plot(o: &mut String, title: &str, unit_us: bool, lines: &[(&str, &str, Vec<(f64, f64)>)]) {
+    let x_label = |t: f64, tmax: f64| if tmax < 20.0 { format!("{t:.1}s") } else { format!("{t:.0}s") };
+    xy_plot(o, title, unit_us, x_label, lines);
+}
+
+/// Lines of (x, y) points from 0, x labelled by `x_label(x, xmax)`, y in µs or plain counts.
+fn xy_plot(
+    o: &mut String,
+    title: &str,
+    unit_us: bool,
+    x_label: impl Fn(f64, f64) -> String,
+    lines: &[(&str, &str, Vec<(f64, f64)>)],
+) {
     let all: Vec<(f64, f64)> = lines.iter().flat_map(|l| l.2.iter().copied()).collect();
     if all.len() < 2 {
         return;
@@ -162,10 +174,12 @@ fn series_plot(o: &mut String, title: &str, unit_us: bool, lines: &[(&str, &str,
             y(v) + 4.0
         );
         let t = tmax * k as f64 / 4.0;
-        let t_label = if tmax < 20.0 { format!("{t:.1}s") } else { format!("{t:.0}s") };
+        let t_label = x_label(t, tmax);
+        // the last label ends at the plot's edge rather than running past it
+        let anchor = if k == 4 { "end" } else { "middle" };
         let _ = write!(
             o,
-            r#"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="middle">{t_label}</text>"#,
+            r#"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="{anchor}">{t_label}</text>"#,
             x(t),
             H - 18.0
         );
@@ -188,6 +202,84 @@ fn series_plot(o: &mut String, title: &str, unit_us: bool, lines: &[(&str, &str,
         );
     }
     let _ = write!(o, "</svg></figure>");
+}
+
+/// Stages (or a search's steps): latency and throughput against the offered rate, one point
+/// per stage in rate order (a capacity curve), and their table.
+fn stages(o: &mut String, r: &Report) {
+    if r.stages.is_empty() {
+        return;
+    }
+    let kind = if r.capacity.is_some() { "Capacity search" } else { "Stages" };
+    let _ = write!(o, "<h2>{kind}</h2>");
+    if let Some(c) = &r.capacity {
+        let _ = write!(o, "<p>{}</p>", esc(&super::text::capacity_sentence(c)));
+    }
+    let mut by_rate: Vec<&super::StageReport> = r.stages.iter().filter(|s| s.measured_s > 0.0).collect();
+    by_rate.sort_by(|a, b| a.offered_rate.total_cmp(&b.offered_rate));
+    let e2e = |f: fn(&Percentiles) -> u64| -> Vec<(f64, f64)> {
+        by_rate
+            .iter()
+            .filter_map(|s| {
+                let l = s.latency.get("e2e")?;
+                let p = l.corrected.as_ref().or(l.raw.as_ref())?;
+                Some((s.offered_rate, f(p) as f64))
+            })
+            .collect()
+    };
+    let rate = |x: f64, _: f64| format!("{}/s", count(x.round() as u64));
+    xy_plot(
+        o,
+        "End-to-end latency by offered rate (corrected)",
+        true,
+        rate,
+        &[("p50", "#1f77b4", e2e(|p| p.p50_us)), ("p99", "#d62728", e2e(|p| p.p99_us)), ("p99.9", "#9467bd", e2e(|p| p.p999_us))],
+    );
+    xy_plot(
+        o,
+        "Received against offered, msg/s",
+        false,
+        rate,
+        &[
+            ("offered", "#999999", by_rate.iter().map(|s| (s.offered_rate, s.offered_rate)).collect()),
+            ("received", "#ff7f0e", by_rate.iter().map(|s| (s.offered_rate, s.receive_rate)).collect()),
+        ],
+    );
+    let _ = write!(
+        o,
+        "<table><tr><th>{}</th><th>rate</th><th>offered/s</th><th>published/s</th><th>received/s</th><th>missing</th><th>e2e p50</th><th>p99</th><th>p99.9</th><th>errors</th><th></th></tr>",
+        if r.capacity.is_some() { "step" } else { "stage" }
+    );
+    for st in &r.stages {
+        let p = st.latency.get("e2e").and_then(|l| l.corrected.as_ref().or(l.raw.as_ref()));
+        let pct = |f: fn(&Percentiles) -> u64| p.map_or("-".into(), |p| fmt_us(f(p) as f64));
+        let outcome = match &st.verdict {
+            None => String::new(),
+            Some(v) if v.held => "held".into(),
+            Some(v) => format!(
+                "broke {}",
+                v.rules.iter().filter(|r| !r.pass).map(|r| r.rule.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        let _ = write!(
+            o,
+            "<tr>{}</tr>",
+            tds([
+                (st.index + 1).to_string(),
+                format!("{:.1}%", st.rate_percent),
+                count(st.offered_rate.round() as u64),
+                count(st.publish_rate.round() as u64),
+                count(st.receive_rate.round() as u64),
+                st.missing.to_string(),
+                pct(|p| p.p50_us),
+                pct(|p| p.p99_us),
+                pct(|p| p.p999_us),
+                count(st.errors),
+                outcome,
+            ])
+        );
+    }
+    let _ = write!(o, "</table>");
 }
 
 pub fn render(r: &Report) -> String {
@@ -261,7 +353,9 @@ figcaption {{ font-weight: 600; margin-bottom: 4px; }}
     for (label, p) in latency_rows(r) {
         let _ = write!(o, "<tr><td>{}</td>{}</tr>", esc(&label), tds(percentile_cells(p)));
     }
-    let _ = write!(o, "</table><h2>Over time</h2>");
+    let _ = write!(o, "</table>");
+    stages(&mut o, r);
+    let _ = write!(o, "<h2>Over time</h2>");
     let tl = &r.timeline;
     series_plot(
         &mut o,
