@@ -76,6 +76,42 @@ fn verdicts_on_hand_made_reports() {
     assert_eq!(p90.verdicts[0], Verdict::WithinNoise);
 }
 
+/// A fixture that searched and found `msg_s` (what the search's report would carry).
+fn searched(msg_s: Option<f64>) -> Report {
+    use squall_controller::report::{CapacityReport, CapacityStep};
+    let mut r = fixture("base");
+    r.capacity = Some(CapacityReport {
+        slo: vec!["e2e.p99 < 20ms".into()],
+        found: msg_s.map(|m| CapacityStep { stage: 3, rate_percent: m / 10.0, offered_rate: m, receive_rate: m }),
+        broke: None,
+        ended: "converged".into(),
+        precision_percent: 5.0,
+        steps: 8,
+        monotone: true,
+    });
+    r
+}
+
+#[test]
+fn capacity_searches_compare_by_capacity_and_a_gate_trips_when_it_falls() {
+    let gate = [Gate::parse("capacity:5%").unwrap()];
+    let c = compare::compare(
+        &[side("a", vec![searched(Some(10_000.0))]), side("b", vec![searched(Some(9_000.0))])],
+        &gate,
+    );
+    let cap = c.totals.iter().find(|t| t.name == "capacity msg/s").expect("capacity among the totals");
+    assert_eq!(cap.values, vec![10_000.0, 9_000.0]);
+    assert_eq!(c.gates[0].change_pct, vec![Some(10.0)], "10 % lower is 10 % worse");
+    assert!(c.gates[0].tripped);
+    let w = c.load_warning.expect("a search's whole-run latencies do not compare");
+    assert!(w.contains("compare `capacity`"), "{w}");
+    // 2 % lower passes a 5 % gate; a side that found none trips it
+    let c = compare::compare(&[side("a", vec![searched(Some(10_000.0))]), side("b", vec![searched(Some(9_800.0))])], &gate);
+    assert!(!c.gates[0].tripped, "{:?}", c.gates);
+    let c = compare::compare(&[side("a", vec![searched(Some(10_000.0))]), side("b", vec![searched(None)])], &gate);
+    assert!(c.gates[0].tripped, "no capacity is no pass");
+}
+
 #[test]
 fn gates_are_parsed_strictly() {
     let g = Gate::parse("e2e.raw.p999:2.5%").unwrap();

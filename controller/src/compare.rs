@@ -31,6 +31,15 @@ pub const TAIL_SAMPLES: f64 = 10.0;
 /// Offered or achieved throughput this far apart means the runs carried different loads.
 pub const LOAD_TOLERANCE: f64 = 0.05;
 
+/// A capacity search's answer, as a gate and a total names it (msg/s of the highest step that
+/// held its SLO; higher is better).
+pub const CAPACITY: &str = "capacity";
+
+/// A run's capacity, msg/s, if it searched and some step held.
+fn capacity_of(r: &Report) -> Option<f64> {
+    r.capacity.as_ref()?.found.as_ref().map(|f| f.offered_rate)
+}
+
 /// The statistics compared, as named in reports and gates.
 pub const STATS: [&str; 6] = ["p50", "p90", "p99", "p999", "p9999", "max"];
 
@@ -120,7 +129,7 @@ pub struct Gate {
 
 impl Gate {
     pub fn parse(s: &str) -> Result<Gate, String> {
-        let hint = "write METRIC[.raw|.corrected].STAT:PERCENT, e.g. `e2e.p99:10%`";
+        let hint = "write METRIC[.raw|.corrected].STAT:PERCENT, e.g. `e2e.p99:10%`, or `capacity:PERCENT`";
         let (path, pct) = s.rsplit_once(':').ok_or_else(|| format!("`{s}` has no `:PERCENT`; {hint}"))?;
         let pct: f64 = pct
             .trim()
@@ -129,6 +138,10 @@ impl Gate {
             .ok()
             .filter(|p: &f64| p.is_finite() && *p >= 0.0)
             .ok_or_else(|| format!("`{s}`: the percentage must be a number ≥ 0; {hint}"))?;
+        if path.trim() == CAPACITY {
+            // a capacity search's answer: worse is lower
+            return Ok(Gate { written: s.to_string(), metric: CAPACITY.into(), timing: None, stat: String::new(), pct });
+        }
         let parts: Vec<&str> = path.split('.').collect();
         let (metric, timing, stat) = match parts.as_slice() {
             [m, st] => (*m, None, *st),
@@ -308,12 +321,20 @@ pub fn compare(sides: &[Side], gates: &[Gate]) -> Comparison {
             }
         }
     }
-    let load_warning = (!load.is_empty()).then(|| {
-        format!(
-            "the runs did not carry the same load ({}): latencies at different loads do not compare",
-            load.join("; ")
+    let searches = sides.iter().flat_map(|s| s.runs.iter()).all(|r| r.capacity.is_some());
+    let load_warning = if searches {
+        // each search stepped through loads of its own choosing: by design not the same
+        Some(
+            "capacity searches: each run stepped through loads of its own choosing, so its whole-run latencies mix every step and do not compare; compare `capacity` (and each run's steps)".to_string(),
         )
-    });
+    } else {
+        (!load.is_empty()).then(|| {
+            format!(
+                "the runs did not carry the same load ({}): latencies at different loads do not compare",
+                load.join("; ")
+            )
+        })
+    };
 
     let several = sides.iter().all(|s| s.runs.len() > 1);
     let noise = if several {
@@ -390,7 +411,11 @@ pub fn compare(sides: &[Side], gates: &[Gate]) -> Comparison {
         values: sides.iter().map(|s| median(s.runs.iter().map(f).collect()).unwrap_or(0.0)).collect(),
     };
     let counter = |r: &Report, k: &str| r.counters.get(k).copied().unwrap_or(0) as f64;
-    let totals = vec![
+    let mut totals = Vec::new();
+    if sides.iter().flat_map(|s| s.runs.iter()).any(|r| r.capacity.is_some()) {
+        totals.push(total("capacity msg/s", &|r| capacity_of(r).unwrap_or(0.0)));
+    }
+    totals.extend([
         total("offered/s", &|r| r.rates.offered_per_s),
         total("published/s", &|r| r.rates.publish_per_s),
         total("received/s", &|r| r.rates.receive_per_s),
@@ -408,11 +433,25 @@ pub fn compare(sides: &[Side], gates: &[Gate]) -> Comparison {
         total("broker $SYS publishes in", &|r| {
             r.broker_sys.as_ref().and_then(|b| b.publish_received).unwrap_or(0.0)
         }),
-    ];
+    ]);
 
     let gates = gates
         .iter()
         .map(|g| {
+            if g.metric == CAPACITY {
+                let per: Vec<Option<f64>> =
+                    sides.iter().map(|s| median(s.runs.iter().filter_map(capacity_of).collect())).collect();
+                // worse is lower: + is how much lower than the base
+                let change_pct: Vec<Option<f64>> = per[1..]
+                    .iter()
+                    .map(|o| match (per[0], o) {
+                        (Some(b), Some(o)) if b > 0.0 => Some((b - o) / b * 100.0),
+                        _ => None,
+                    })
+                    .collect();
+                let tripped = change_pct.iter().any(|c| c.is_none_or(|c| c > g.pct));
+                return GateResult { gate: g.written.clone(), change_pct, tripped };
+            }
             let timing = g.timing.clone().unwrap_or_else(|| {
                 rows.iter().find(|r| r.metric == g.metric).map_or("corrected".into(), |r| r.timing.clone())
             });
