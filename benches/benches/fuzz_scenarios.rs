@@ -23,8 +23,8 @@ fn main() {
         }
     }
     let until = Instant::now() + Duration::from_secs_f64(minutes * 60.0);
-    let mut cases = [0u64; 3];
-    let names = ["grammar", "mutated", "bytes"];
+    let mut cases = [0u64; 4];
+    let names = ["grammar", "mutated", "bytes", "staged"];
     let started = Instant::now();
     while Instant::now() < until {
         for (i, name) in names.iter().enumerate() {
@@ -40,10 +40,13 @@ fn main() {
                 1 => runner
                     .run(&scenario_fuzz::mutated(), |b| scenario_fuzz::check(b).map_err(TestCaseError::fail))
                     .map_err(|e| e.to_string()),
-                _ => runner
+                2 => runner
                     .run(&proptest::collection::vec(any::<u8>(), 0..2048), |b| {
                         scenario_fuzz::check(b).map_err(TestCaseError::fail)
                     })
+                    .map_err(|e| e.to_string()),
+                _ => runner
+                    .run(&scenario_fuzz::staged(), |s| scenario_fuzz::check(s.into_bytes()).map_err(TestCaseError::fail))
                     .map_err(|e| e.to_string()),
             };
             if let Err(e) = outcome {
@@ -54,12 +57,13 @@ fn main() {
         }
     }
     println!(
-        "{} scenarios in {:.1} min (grammar {}, mutated {}, bytes {}): 0 panics, 0 hangs (each ≤ {:?})",
+        "{} scenarios in {:.1} min (grammar {}, mutated {}, bytes {}, staged {}): 0 panics, 0 hangs (each ≤ {:?})",
         cases.iter().sum::<u64>(),
         started.elapsed().as_secs_f64() / 60.0,
         cases[0],
         cases[1],
         cases[2],
+        cases[3],
         scenario_fuzz::HANG
     );
 }

@@ -141,6 +141,10 @@ fn ordinary(key: &'static str) -> BoxedStrategy<String> {
         "max_inflight" => pick(&["1", "10", "65535"]).boxed(),
         "max_unsent_bytes" => pick(&["65536", "268435456"]).boxed(),
         "max_connecting" => pick(&["1", "64", "4096"]).boxed(),
+        "rate" | "from" | "to" | "precision" => pick(&["\"50%\"", "\"100%\"", "\"250%\"", "\"5%\"", "\"10000%\""]).boxed(),
+        "step" | "warmup" => pick(&["\"2s\"", "\"500ms\"", "\"20s\""]).boxed(),
+        "slo" => pick(&["[\"e2e.p99 < 20ms\"]", "[\"missing == 0\", \"receive.rate >= 10\"]", "[\"lost == 0\"]"]).boxed(),
+        "max_steps" => pick(&["1", "16", "64"]).boxed(),
         _ => pick(&["1", "10", "100", "1000", "0.5"]).boxed(),
     }
 }
@@ -154,6 +158,17 @@ fn edge(key: &'static str) -> BoxedStrategy<String> {
             text().boxed()
         }
         "protocol" => pick(&["\"3.1.1\"", "\"5\"", "\"4\"", "\"\"", "5"]).boxed(),
+        "rate" | "from" | "to" | "precision" => prop_oneof![
+            pick(&["\"0%\"", "\"-5%\"", "\"1e400%\"", "\"nan%\"", "\"inf%\"", "\"%\"", "\"100\"", "5", "\"1e-300%\"", "\"1000000000000%\""]),
+            (0u64..10_000_000).prop_map(|n| format!("\"{n}%\"")),
+        ]
+        .boxed(),
+        "slo" => prop_oneof![
+            proptest::collection::vec(text(), 0..3).prop_map(|v| format!("[{}]", v.join(", "))),
+            pick(&["[]", "[\"capacity > 1\"]", "[\"errors > 10 abort\"]", "\"e2e.p99 < 1ms\""]),
+        ]
+        .boxed(),
+        "step" | "warmup" => duration().boxed(),
         "clean_start" | "retain" | "enabled" => pick(&["true", "false", "1", "\"yes\""]).boxed(),
         "filters" | "urls" | "source_addresses" => prop_oneof![
             proptest::collection::vec(text(), 0..3).prop_map(|v| format!("[{}]", v.join(", "))),
@@ -211,6 +226,8 @@ const SUBSCRIBE: &[&str] = &["filters", "qos"];
 const RECONNECT: &[&str] = &["enabled", "min_backoff", "max_backoff", "max_rate"];
 const WILL: &[&str] = &["topic", "payload", "qos", "retain", "delay"];
 const TARGET: &[&str] = &["urls", "source_addresses"];
+const STAGE: &[&str] = &["duration", "rate", "warmup"];
+const SEARCH: &[&str] = &["slo", "from", "to", "step", "warmup", "precision", "max_steps"];
 
 fn group(index: usize) -> impl Strategy<Value = String> {
     (
@@ -241,6 +258,11 @@ fn group(index: usize) -> impl Strategy<Value = String> {
         })
 }
 
+/// A stage, with a duration unless the table drew its own.
+fn stage() -> impl Strategy<Value = String> {
+    table(STAGE).prop_map(|t| if t.contains("duration =") { t } else { format!("duration = \"10s\"\n{t}") })
+}
+
 /// A scenario from the grammar.
 pub fn scenario() -> impl Strategy<Value = String> {
     (
@@ -261,8 +283,11 @@ pub fn scenario() -> impl Strategy<Value = String> {
         proptest::option::of(table(TARGET)),
         proptest::option::of(table(RUN)),
         (0usize..4).prop_flat_map(|n| (0..n).map(group).collect::<Vec<_>>()),
+        // stages and a search now and then (either replaces run.duration, and not both)
+        prop_oneof![6 => Just(Vec::new()), 1 => proptest::collection::vec(stage(), 1..4)],
+        prop_oneof![8 => Just(None), 1 => table(SEARCH).prop_map(Some)],
     )
-        .prop_map(|(th, target, run, groups)| {
+        .prop_map(|(th, target, run, groups, stages, search)| {
             let mut out = String::new();
             if let Some(th) = th {
                 out += &format!("thresholds = [{}]\n", th.join(", "));
@@ -273,7 +298,60 @@ pub fn scenario() -> impl Strategy<Value = String> {
             if let Some(r) = run {
                 out += &format!("[run]\n{r}");
             }
-            out + &groups.concat()
+            out += &groups.concat();
+            for st in stages {
+                out += &format!("[[stage]]\n{st}");
+            }
+            if let Some(sr) = search {
+                out += &format!("[search]\n{sr}");
+            }
+            out
+        })
+}
+
+/// Every stage the controller could send for `plan` passes the agent's own check of it: a
+/// scenario that loads can never make an agent refuse a stage and stop all load.
+fn stages_pass_the_agents_check(
+    plan: &squall_controller::scenario::Plan,
+    a: &squall_proto::plan::Assignment,
+) -> Result<(), String> {
+    use squall_controller::scenario::Shape;
+    use squall_proto::link::StageCommand;
+    let scales: Vec<(f64, u64)> = match &plan.shape {
+        Shape::Steady => return Ok(()),
+        Shape::Stages(s) => s.iter().map(|s| (s.scale, s.duration.as_nanos() as u64)).collect(),
+        // the extremes a search may reach: its top, and the floor it halves down to
+        Shape::Search(s) => {
+            let floor = s.from / f64::from(1u32 << squall_controller::search::MAX_HALVINGS);
+            vec![(s.to, s.step.as_nanos() as u64), (floor, s.step.as_nanos() as u64), (s.from, s.step.as_nanos() as u64)]
+        }
+    };
+    let mut at = 1_000_000_000u64;
+    for (i, (scale, len)) in scales.into_iter().enumerate() {
+        let st = StageCommand { index: i as u32, start_unix_ns: at, until_unix_ns: at + len, scale };
+        a.check_stage(&st, i as u32, at).map_err(|e| format!("the controller accepted a stage the agent refuses: {e}"))?;
+        at += len;
+    }
+    Ok(())
+}
+
+/// A publishing group that loads, with drawn stages or a drawn search: reaches the checks of
+/// stages and searches (and the agent's check of the stages the controller would send) far
+/// more often than the whole grammar does.
+pub fn staged() -> impl Strategy<Value = String> {
+    (
+        1u32..5000,
+        pick(&["interval = \"100ms\"", "interval = \"10us\"", "interval = \"1s\"", "group_rate = 100000", "group_rate = 0.5"]),
+        prop_oneof![
+            proptest::collection::vec(stage(), 1..6).prop_map(|st| st.iter().map(|t| format!("[[stage]]\n{t}")).collect::<String>()),
+            table(SEARCH).prop_map(|t| {
+                let t = if t.contains("slo =") { t } else { format!("slo = [\"e2e.p99 < 20ms\"]\n{t}") };
+                format!("[search]\n{t}")
+            }),
+        ],
+    )
+        .prop_map(|(clients, rate, shape)| {
+            format!("[[group]]\nname = \"g\"\nclients = {clients}\n[group.publish]\ntopic = \"t/{{i}}\"\n{rate}\n{shape}")
         })
 }
 
@@ -323,6 +401,7 @@ pub fn check(bytes: Vec<u8>) -> Result<(), String> {
                                 format!("a loaded plan split into an invalid assignment: {e}")
                             })?;
                             let _ = a.memory_estimate();
+                            stages_pass_the_agents_check(&plan, &a)?;
                         }
                     }
                 }
