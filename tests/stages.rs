@@ -219,5 +219,9 @@ fn a_search_answer_is_a_threshold_and_the_report_matches_its_schema() {
         assert_eq!(xs.len(), 3, "{p99}");
         assert!(xs.windows(2).all(|w| w[0] < w[1]), "in rate order: {xs:?}");
         assert!(text.contains("800 msg/s (400% of the scenario&#39;s rates)") || text.contains("800 msg/s (400% of the scenario's rates)"));
+        // and the Markdown has the steps' table and the answer
+        let out = support::squall().arg("report").arg(&report).arg("--md").output().unwrap();
+        let md = String::from_utf8_lossy(&out.stdout);
+        assert!(md.contains("| 3 | 400% | 800 |") && md.contains("**Capacity**: 800 msg/s"), "{md}");
     }
 }

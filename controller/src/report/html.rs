@@ -251,32 +251,11 @@ fn stages(o: &mut String, r: &Report) {
         if r.capacity.is_some() { "step" } else { "stage" }
     );
     for st in &r.stages {
-        let p = st.latency.get("e2e").and_then(|l| l.corrected.as_ref().or(l.raw.as_ref()));
-        let pct = |f: fn(&Percentiles) -> u64| p.map_or("-".into(), |p| fmt_us(f(p) as f64));
-        let outcome = match &st.verdict {
-            None => String::new(),
-            Some(v) if v.held => "held".into(),
-            Some(v) => format!(
-                "broke {}",
-                v.rules.iter().filter(|r| !r.pass).map(|r| r.rule.as_str()).collect::<Vec<_>>().join(", ")
-            ),
-        };
         let _ = write!(
             o,
-            "<tr>{}</tr>",
-            tds([
-                (st.index + 1).to_string(),
-                format!("{:.1}%", st.rate_percent),
-                count(st.offered_rate.round() as u64),
-                count(st.publish_rate.round() as u64),
-                count(st.receive_rate.round() as u64),
-                st.missing.to_string(),
-                pct(|p| p.p50_us),
-                pct(|p| p.p99_us),
-                pct(|p| p.p999_us),
-                count(st.errors),
-                outcome,
-            ])
+            "<tr>{}<td>{}</td></tr>",
+            tds(super::text::stage_cells(st)),
+            esc(&super::text::step_outcome(st))
         );
     }
     let _ = write!(o, "</table>");

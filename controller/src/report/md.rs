@@ -68,6 +68,25 @@ pub fn render(r: &Report) -> String {
             "\nCorrected latency counts from when the schedule meant to send; raw from the actual send.\n"
         );
     }
+    if !r.stages.is_empty() {
+        let kind = if r.capacity.is_some() { "step" } else { "stage" };
+        let _ = writeln!(
+            o,
+            "| {kind} | rate | offered/s | published/s | received/s | missing | e2e p50 | p99 | p99.9 | errors | |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        );
+        for st in &r.stages {
+            let _ = writeln!(
+                o,
+                "| {} | {} |",
+                super::text::stage_cells(st).join(" | "),
+                cell(&super::text::step_outcome(st))
+            );
+        }
+        if let Some(c) = &r.capacity {
+            let _ = writeln!(o, "\n**Capacity**: {}.", cell(&super::text::capacity_sentence(c)));
+        }
+        let _ = writeln!(o);
+    }
     let c = |k: &str| r.counters.get(k).copied().unwrap_or(0);
     let _ = writeln!(
         o,

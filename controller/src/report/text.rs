@@ -408,8 +408,26 @@ fn rule_value(rule: &str, v: Option<f64>) -> String {
     }
 }
 
+/// A stage's row: number, share, offered, published and received per second, missing, e2e
+/// p50, p99 and p99.9, errors.
+pub(crate) fn stage_cells(st: &super::StageReport) -> [String; 10] {
+    let pct = |f: fn(&Percentiles) -> u64| stage_e2e(st).map_or("-".into(), |p| fmt_us(f(p) as f64));
+    [
+        (st.index + 1).to_string(),
+        crate::scenario::resolve::fmt_percent(st.rate_percent / 100.0),
+        count(st.offered_rate.round() as u64),
+        count(st.publish_rate.round() as u64),
+        count(st.receive_rate.round() as u64),
+        st.missing.to_string(),
+        pct(|p| p.p50_us),
+        pct(|p| p.p99_us),
+        pct(|p| p.p999_us),
+        count(st.errors),
+    ]
+}
+
 /// What a judged step broke, or "held".
-fn step_outcome(st: &super::StageReport) -> String {
+pub(crate) fn step_outcome(st: &super::StageReport) -> String {
     match &st.verdict {
         None => String::new(),
         Some(v) if v.held => "held".to_string(),
@@ -464,20 +482,10 @@ fn stages(o: &mut String, r: &Report) {
         "errors"
     );
     for st in &r.stages {
-        let pct = |f: fn(&Percentiles) -> u64| stage_e2e(st).map_or("-".into(), |p| fmt_us(f(p) as f64));
+        let [n, rate, offered, publ, recv, missing, p50, p99, p999, errors] = stage_cells(st);
         let _ = writeln!(
             o,
-            "  {:<8} {:>8} {:>10} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9} {:>7}  {}{}",
-            st.index + 1,
-            crate::scenario::resolve::fmt_percent(st.rate_percent / 100.0),
-            count(st.offered_rate.round() as u64),
-            count(st.publish_rate.round() as u64),
-            count(st.receive_rate.round() as u64),
-            st.missing,
-            pct(|p| p.p50_us),
-            pct(|p| p.p99_us),
-            pct(|p| p.p999_us),
-            count(st.errors),
+            "  {n:<8} {rate:>8} {offered:>10} {publ:>10} {recv:>10} {missing:>8} {p50:>9} {p99:>9} {p999:>9} {errors:>7}  {}{}",
             step_outcome(st),
             if st.tester_suspect.is_empty() { String::new() } else { format!(" (tester suspect: {})", st.tester_suspect.join(", ")) }
         );
