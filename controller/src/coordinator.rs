@@ -11,7 +11,7 @@ use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use squall_proto::clock::Clock;
-use squall_proto::link::{AgentEvent, AgentResult, Command, StageCommand};
+use squall_proto::link::{AgentEvent, AgentResult, Command};
 use squall_proto::metrics::StreamFinal;
 use squall_proto::plan::Assignment;
 use squall_proto::target::TargetUrl;
@@ -21,10 +21,9 @@ use crate::aggregate::Aggregate;
 use crate::clock_offset::ClockEstimate;
 use crate::report::live::{self, LiveMode};
 use crate::report::{self, AgentStatus, Inputs, Report, Status};
-use crate::scenario::resolve::fmt_percent;
-use crate::scenario::{Plan, Shape};
-use crate::search::{Ended, Next, Search};
-use crate::stages::{AgentInfo, StageBook};
+use crate::scenario::Plan;
+use crate::stages::AgentInfo;
+use crate::stepper::Stepper;
 use crate::segment::segment;
 
 /// One agent as the coordinator sees it.
@@ -139,10 +138,6 @@ fn abort_rule_failed(rules: &[crate::thresholds::Threshold], agg: &Aggregate) ->
     })
 }
 
-/// How long a capacity search waits after a step for the broker to deliver its backlog (a
-/// snapshot interval from every agent with nothing received or acknowledged) before the next.
-const MAX_COOLDOWN: Duration = Duration::from_secs(30);
-
 /// After an interrupt, how long the agents may take to settle before the run stops at once,
 /// and the drain they get.
 const SETTLE_AFTER_INTERRUPT: Duration = Duration::from_secs(10);
@@ -255,72 +250,19 @@ pub async fn run(
     let mut stopping: Option<(tokio::time::Instant, Status, String)> = None;
     tokio::pin!(interrupt);
 
-    let broadcast = |commands: &[mpsc::Sender<Command>], c: Command| {
-        for tx in commands {
-            // a full or closed channel means the agent is gone; its events say so
-            let _ = tx.try_send(c.clone());
-        }
-    };
-    // stages, or a search's steps: each one's figures, and the search's choices
-    let interval_ns = plan.snapshot_interval.as_nanos() as u64;
-    let mut stages = plan.shape.staged().then(|| {
-        let slo = match &plan.shape {
-            Shape::Search(sp) => sp.slo.clone(),
-            _ => Vec::new(),
+    // stages, or a search's steps
+    let mut stepper = Stepper::new(&plan, start_ns, n_agents, embedded_broker);
+    let open_window =
+        |window: &mut Option<(u64, u64)>, stepper: &mut Option<Stepper>, commands: &[mpsc::Sender<Command>]| {
+            // a little ahead, so every agent has the command before the window opens
+            let start = clock.now_ns() + 100_000_000;
+            let until = start + plan.duration.as_nanos() as u64;
+            *window = Some((start, until));
+            broadcast(commands, Command::Publish { start_unix_ns: start, until_unix_ns: until });
+            if let Some(st) = stepper.as_mut() {
+                st.open(start, commands);
+            }
         };
-        StageBook::new(start_ns, &plan.groups, n_agents, interval_ns, slo, embedded_broker)
-    });
-    let mut search = match &plan.shape {
-        Shape::Search(sp) => Some(Search::new(sp.from, sp.to, sp.precision, sp.max_steps)),
-        _ => None,
-    };
-    let mut search_ended: Option<Ended> = None;
-    // the search's next step, waiting for the broker to drain after the last: (scale, the last
-    // step's end, the latest it waits until)
-    let mut next_step: Option<(f64, u64, tokio::time::Instant)> = None;
-    let mut stage_reports: Vec<crate::report::StageReport> = Vec::new();
-    // each stage announced, by index: its scale and span
-    let mut announced: Vec<(f64, u64, u64)> = Vec::new();
-    // tells the agents of a stage and starts measuring it
-    let announce = |book: &mut StageBook,
-                    announced: &mut Vec<(f64, u64, u64)>,
-                    commands: &[mpsc::Sender<Command>],
-                    scale: f64,
-                    (start, until): (u64, u64),
-                    warmup: Duration| {
-        let index = announced.len() as u32;
-        announced.push((scale, start, until));
-        book.add(index, scale, start, until, warmup.as_nanos() as u64);
-        broadcast(commands, Command::Stage(StageCommand { index, start_unix_ns: start, until_unix_ns: until, scale }));
-    };
-    let open_window = |window: &mut Option<(u64, u64)>,
-                       stages: &mut Option<StageBook>,
-                       announced: &mut Vec<(f64, u64, u64)>,
-                       search: &Option<Search>,
-                       commands: &[mpsc::Sender<Command>]| {
-        // a little ahead, so every agent has the command before the window opens
-        let start = clock.now_ns() + 100_000_000;
-        let until = start + plan.duration.as_nanos() as u64;
-        *window = Some((start, until));
-        broadcast(commands, Command::Publish { start_unix_ns: start, until_unix_ns: until });
-        let Some(book) = stages.as_mut() else { return };
-        match &plan.shape {
-            Shape::Steady => {}
-            Shape::Stages(list) => {
-                let mut at = start;
-                for st in list {
-                    let end = at + st.duration.as_nanos() as u64;
-                    announce(book, announced, commands, st.scale, (at, end), st.warmup);
-                    at = end;
-                }
-            }
-            Shape::Search(sp) => {
-                if let Some(Next::Step(scale)) = search.as_ref().map(Search::next) {
-                    announce(book, announced, commands, scale, (start, start + sp.step.as_nanos() as u64), sp.warmup);
-                }
-            }
-        }
-    };
 
     let failure: Option<(Status, String)> = loop {
         tokio::select! {
@@ -349,64 +291,12 @@ pub async fn run(
                     if let Err(e) = agg.apply(&s) {
                         break Some((Status::Error, format!("agent {} sent a broken snapshot: {e}", s.agent)));
                     }
-                    if let Some(book) = stages.as_mut() {
-                        book.apply(i, &s);
-                        let infos: Vec<AgentInfo<'_>> =
-                            agent_info.iter().map(|(name, _, _, cores)| AgentInfo { name, cores: *cores }).collect();
-                        let settled = book.settle(&infos, false);
-                        for r in settled {
-                            if let (Some(sr), Shape::Search(_), Some(w)) = (search.as_mut(), &plan.shape, window.as_mut())
-                                && search_ended.is_none()
-                                && stopping.is_none()
-                            {
-                                let scale = announced.get(r.index as usize).map_or(r.rate_percent / 100.0, |a| a.0);
-                                let held = r.verdict.as_ref().is_some_and(|v| v.held);
-                                // a step the tester could not offer says nothing of the broker
-                                if !held && !r.tester_suspect.is_empty() {
-                                    sr.tester_bound(scale);
-                                } else {
-                                    sr.record(scale, held);
-                                }
-                                live::note(live_mode, &crate::report::text::step_line(&r));
-                                match sr.next() {
-                                    // it starts once the broker has drained what the last step left
-                                    Next::Step(next) => {
-                                        let last_end = announced.last().map_or(w.0, |a| a.2);
-                                        let by = tokio::time::Instant::now() + MAX_COOLDOWN;
-                                        next_step = Some((next, last_end, by));
-                                    }
-                                    Next::Done(e) => {
-                                        search_ended = Some(e);
-                                        cut_window(w, clock.now_ns(), &commands);
-                                    }
-                                }
-                            }
-                            stage_reports.push(r);
-                        }
-                        if let (Some((next, after, by)), Shape::Search(sp), Some(w)) = (next_step, &plan.shape, window.as_mut())
-                            && stopping.is_none()
-                            && (book.quiet_since(after) || tokio::time::Instant::now() >= by)
-                        {
-                            next_step = None;
-                            if !book.quiet_since(after) {
-                                warnings.push(format!(
-                                    "the broker was still delivering {} after step {} ended: step {} began on its backlog",
-                                    humantime::format_duration(MAX_COOLDOWN),
-                                    announced.len(),
-                                    announced.len() + 1
-                                ));
-                            }
-                            // on the snapshot grid, a little ahead, so every agent has it first
-                            let lead = clock.now_ns() + 100_000_000;
-                            let k = lead.saturating_sub(w.0).div_ceil(interval_ns.max(1));
-                            let at = w.0 + k * interval_ns;
-                            let until = at + sp.step.as_nanos() as u64;
-                            if until <= w.1 {
-                                announce(book, &mut announced, &commands, next, (at, until), sp.warmup);
-                            } else {
-                                search_ended = Some(Ended::Steps);
-                                cut_window(w, clock.now_ns(), &commands);
-                            }
+                    if let (Some(st), Some(w)) = (stepper.as_mut(), window.as_mut()) {
+                        let infos = agent_infos(&agent_info);
+                        let now = clock.now_ns();
+                        if st.on_snapshot(i, &s, &infos, *w, now, stopping.is_some(), &commands, live_mode) {
+                            // the search is over: the rest of the window is not needed
+                            cut_window(w, now, &commands);
                         }
                     }
                     if stopping.is_none()
@@ -426,20 +316,14 @@ pub async fn run(
                         let mut view = agg.take_live(clock.now_ns(), clients);
                         let cores = |a: u32| agent_info.get(a as usize).map(|(name, _, _, cores)| (name.as_str(), *cores));
                         view.suspect = live_suspects(agg.take_live_health(), cores, embedded_broker);
-                        let now = clock.now_ns();
-                        let kind = if search.is_some() { "step" } else { "stage" };
-                        view.stage = announced
-                            .iter()
-                            .enumerate()
-                            .rfind(|(_, a)| a.1 <= now && now < a.2)
-                            .map(|(k, a)| format!("{kind} {} {}", k + 1, fmt_percent(a.0)));
+                        view.stage = stepper.as_ref().and_then(|st| st.label(clock.now_ns()));
                         live::show(live_mode, &view);
                     }
                 }
                 Some(Incoming::Event(_, AgentEvent::Ready { .. })) => {
                     ready += 1;
                     if ready == n_agents && window.is_none() {
-                        open_window(&mut window, &mut stages, &mut announced, &search, &commands);
+                        open_window(&mut window, &mut stepper, &commands);
                     }
                 }
                 Some(Incoming::Event(i, AgentEvent::Started { late_ns })) => start_late[i] = Some(late_ns),
@@ -485,7 +369,7 @@ pub async fn run(
                 );
                 tracing::warn!("{msg}");
                 warnings.push(msg);
-                open_window(&mut window, &mut stages, &mut announced, &search, &commands);
+                open_window(&mut window, &mut stepper, &commands);
             }
             _ = tokio::time::sleep_until(hard_deadline) => {
                 break Some((Status::Error, format!("the run exceeded its maximum duration ({})", humantime::format_duration(plan.max_duration))));
@@ -587,21 +471,13 @@ pub async fn run(
             results.iter().chain(&settled).flat_map(|r| r.observers.iter().cloned()).collect();
         agg.settle_wills(&observers)
     });
-    // what is still open was cut short (an interrupt, an abort rule, a lost agent): its
-    // figures stand on what arrived, and a search does not judge it
-    if let Some(mut book) = stages {
-        let infos: Vec<AgentInfo<'_>> =
-            agent_info.iter().map(|(name, _, _, cores)| AgentInfo { name, cores: *cores }).collect();
-        stage_reports.extend(book.settle(&infos, true));
-    }
-    let capacity = match (&search, &plan.shape) {
-        (Some(sr), Shape::Search(sp)) => {
-            let scales: Vec<f64> = announced.iter().map(|a| a.0).collect();
-            let c = capacity_report(sr, sp, search_ended, &stage_reports, &scales);
-            warnings.extend(capacity_warnings(&c));
-            Some(c)
+    let (stage_reports, capacity) = match stepper {
+        Some(st) => {
+            let (reports, capacity, w) = st.finish(&agent_infos(&agent_info));
+            warnings.extend(w);
+            (reports, capacity)
         }
-        _ => None,
+        None => (Vec::new(), None),
     };
     let mut report = report::build(Inputs {
         plan: &plan,
@@ -650,59 +526,19 @@ pub async fn run(
     Ok(report)
 }
 
-/// What a search found, from its steps' figures.
-fn capacity_report(
-    sr: &Search,
-    sp: &crate::scenario::SearchPlan,
-    ended: Option<Ended>,
-    steps: &[crate::report::StageReport],
-    scales: &[f64],
-) -> crate::report::CapacityReport {
-    let step_at = |scale: Option<f64>| {
-        let scale = scale?;
-        let i = scales.iter().position(|s| *s == scale)?;
-        let r = steps.iter().find(|r| r.index == i as u32)?;
-        Some(crate::report::CapacityStep {
-            stage: r.index,
-            rate_percent: r.rate_percent,
-            offered_rate: r.offered_rate,
-            receive_rate: r.receive_rate,
-        })
-    };
-    crate::report::CapacityReport {
-        slo: sp.slo.iter().map(|t| t.expr.clone()).collect(),
-        found: step_at(sr.highest_held()),
-        broke: step_at(sr.lowest_broken()),
-        ended: ended.map_or("stopped", |e| e.name()).to_string(),
-        precision_percent: sp.precision * 100.0,
-        steps: sr.steps_taken(),
-        monotone: sr.monotone(),
+/// Sends `c` to every agent. A full or closed channel means the agent is gone; its events say so.
+pub(crate) fn broadcast(commands: &[mpsc::Sender<Command>], c: Command) {
+    for tx in commands {
+        let _ = tx.try_send(c.clone());
     }
 }
 
-/// What a reader of a capacity must know besides the figure.
-fn capacity_warnings(c: &crate::report::CapacityReport) -> Vec<String> {
-    let mut w = Vec::new();
-    match c.ended.as_str() {
-        "tester_bound" => w.push(format!(
-            "the capacity search stopped: the tester could not offer {} (see that step's tester_suspect); the broker's capacity is at least what held: add agents or cores and search again",
-            c.broke.as_ref().map_or("a step".into(), |b| format!("{:.0} msg/s", b.offered_rate))
-        )),
-        "max_steps" => w.push(format!(
-            "the capacity search used its {} steps before the bracket closed to {}%: the capacity lies between the last step that held and the first that broke",
-            c.steps, c.precision_percent
-        )),
-        "top" => w.push("the capacity search's highest step held: the capacity is at least that; raise `search.to`".into()),
-        "bottom" => w.push("no step of the capacity search held, down to its lowest: check the SLO against a step's figures".into()),
-        "stopped" => w.push("the run ended before the capacity search did: what it found is partial".into()),
-        _ => {}
-    }
-    if !c.monotone {
-        w.push(
-            "a step held above one that broke: the broker's behaviour at this load is not steady (or the machine is noisy); the capacity is the highest step that held below every step that broke".into(),
-        );
-    }
-    w
+/// What the coordinator keeps of each agent: its name, clock, link and cores.
+type AgentEntry = (String, Option<watch::Receiver<ClockEstimate>>, Option<std::sync::Arc<crate::link::LinkStats>>, u32);
+
+/// Each agent's name and cores, as the stages' tester health needs them.
+fn agent_infos(info: &[AgentEntry]) -> Vec<AgentInfo<'_>> {
+    info.iter().map(|(name, _, _, cores)| AgentInfo { name, cores: *cores }).collect()
 }
 
 /// An agent whose clock offset is known only to ± more than a tenth of the end-to-end median

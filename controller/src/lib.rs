@@ -30,4 +30,5 @@ pub mod segment;
 pub mod shares;
 pub mod soak_log;
 pub mod stages;
+pub mod stepper;
 pub mod thresholds;

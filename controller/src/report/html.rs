@@ -132,8 +132,11 @@ fn per_second(
         .collect()
 }
 
+/// One line of a plot: its label, its color and its (x, y) points.
+type Line<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
 /// A time series plot: one or more lines over the run's seconds.
-fn series_plot(o: &mut String, title: &str, unit_us: bool, lines: &[(&str, &str, Vec<(f64, f64)>)]) {
+fn series_plot(o: &mut String, title: &str, unit_us: bool, lines: &[Line<'_>]) {
     let x_label = |t: f64, tmax: f64| if tmax < 20.0 { format!("{t:.1}s") } else { format!("{t:.0}s") };
     xy_plot(o, title, unit_us, x_label, lines);
 }
@@ -144,7 +147,7 @@ fn xy_plot(
     title: &str,
     unit_us: bool,
     x_label: impl Fn(f64, f64) -> String,
-    lines: &[(&str, &str, Vec<(f64, f64)>)],
+    lines: &[Line<'_>],
 ) {
     let all: Vec<(f64, f64)> = lines.iter().flat_map(|l| l.2.iter().copied()).collect();
     if all.len() < 2 {
