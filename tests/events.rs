@@ -185,8 +185,12 @@ async fn a_will_after_a_clean_disconnect_is_unexpected() {
     let broker = support::broker(|c| c.faults = vec![Rule::all(Action::WillOnCleanDisconnect)]).await;
     let r = will_storm(&support::url(&broker), "disconnect", "never").await;
     let w = r.wills.unwrap();
-    // the 8 taken away mid-run; the rest leave at the end, after the observer
-    assert_eq!((w.expected, w.delivered, w.unexpected), (0, 0, 8), "{w:?}");
+    // the 8 taken away mid-run; the rest leave at the end with the observer. Each group's
+    // client 0 leaves at the same instant (the finish time plus 0 / disconnect_rate), so when
+    // `dev` client 0 was not among the 8 (a seeded choice), its will can reach the observer
+    // before the observer is gone: 8, or 9 with that one; never one counted as delivered
+    assert_eq!((w.expected, w.delivered), (0, 0), "{w:?}");
+    assert!((8..=9).contains(&w.unexpected), "{w:?}");
     assert!(r.thresholds.is_empty());
     broker.shutdown().await;
 }
