@@ -438,29 +438,20 @@ pub fn compare(sides: &[Side], gates: &[Gate]) -> Comparison {
     let gates = gates
         .iter()
         .map(|g| {
-            if g.metric == CAPACITY {
-                let per: Vec<Option<f64>> =
-                    sides.iter().map(|s| median(s.runs.iter().filter_map(capacity_of).collect())).collect();
-                // worse is lower: + is how much lower than the base
-                let change_pct: Vec<Option<f64>> = per[1..]
-                    .iter()
-                    .map(|o| match (per[0], o) {
-                        (Some(b), Some(o)) if b > 0.0 => Some((b - o) / b * 100.0),
-                        _ => None,
-                    })
-                    .collect();
-                let tripped = change_pct.iter().any(|c| c.is_none_or(|c| c > g.pct));
-                return GateResult { gate: g.written.clone(), change_pct, tripped };
-            }
-            let timing = g.timing.clone().unwrap_or_else(|| {
-                rows.iter().find(|r| r.metric == g.metric).map_or("corrected".into(), |r| r.timing.clone())
-            });
-            let per: Vec<Option<f64>> =
-                sides.iter().map(|s| median(figures(s, &g.metric, &timing, &g.stat))).collect();
+            // each side's figure, and which way is worse: a latency up, a capacity down
+            let (per, worse_up): (Vec<Option<f64>>, bool) = if g.metric == CAPACITY {
+                (sides.iter().map(|s| median(s.runs.iter().filter_map(capacity_of).collect())).collect(), false)
+            } else {
+                let timing = g.timing.clone().unwrap_or_else(|| {
+                    rows.iter().find(|r| r.metric == g.metric).map_or("corrected".into(), |r| r.timing.clone())
+                });
+                (sides.iter().map(|s| median(figures(s, &g.metric, &timing, &g.stat))).collect(), true)
+            };
+            // how much worse than the base, percent (negative: better)
             let change_pct: Vec<Option<f64>> = per[1..]
                 .iter()
                 .map(|o| match (per[0], o) {
-                    (Some(b), Some(o)) if b > 0.0 => Some((o - b) / b * 100.0),
+                    (Some(b), Some(o)) if b > 0.0 => Some(if worse_up { o - b } else { b - o } / b * 100.0),
                     _ => None,
                 })
                 .collect();
