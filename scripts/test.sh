@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests talk to when it is
 # missing (mosquitto, its clients, docker-compose, iproute2, chromium, nodejs and npm from Debian; paho-mqtt,
-# jsonschema, PyYAML and kubernetes-validate from PyPI; aedes from npm; rumqttd from crates.io), then
+# jsonschema, PyYAML and kubernetes-validate from PyPI; aedes and websocket-stream from npm; rumqttd
+# from crates.io), then
 # runs every test of every crate. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,10 +29,10 @@ if ! python3 -c "import paho.mqtt, jsonschema, yaml" >/dev/null 2>&1 || ! have k
   python3 -m pip install -q "paho-mqtt==2.1.0" "jsonschema>=4" "PyYAML>=6" "kubernetes-validate==1.37.0"
 fi
 # brokers nobody here wrote, pinned, for the squall check matrix (tests/check_matrix.rs)
-if [ ! -d target/interop/node/node_modules/aedes ]; then
-  echo "installing aedes 0.51.3 (npm) under target/interop/node"
+if [ ! -d target/interop/node/node_modules/aedes ] || [ ! -d target/interop/node/node_modules/websocket-stream ]; then
+  echo "installing aedes 0.51.3 and websocket-stream 5.5.2 (npm) under target/interop/node"
   mkdir -p target/interop/node
-  npm install --silent --no-audit --no-fund --prefix target/interop/node aedes@0.51.3 >/dev/null
+  npm install --silent --no-audit --no-fund --prefix target/interop/node aedes@0.51.3 websocket-stream@5.5.2 >/dev/null
 fi
 if [ ! -x target/interop/rumqttd/bin/rumqttd ]; then
   # its own lock file pins a `time` that no longer builds on this toolchain: resolve afresh

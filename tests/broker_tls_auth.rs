@@ -44,8 +44,8 @@ async fn tls_and_mutual_tls_listeners() {
     };
     let broker = support::broker(|c| {
         c.listeners = vec![
-            Listener { addr: "127.0.0.1:0".parse().unwrap(), tls: tls(None) },
-            Listener { addr: "127.0.0.1:0".parse().unwrap(), tls: tls(Some(ca_pem.clone())) },
+            Listener { addr: "127.0.0.1:0".parse().unwrap(), tls: tls(None), ws: false },
+            Listener { addr: "127.0.0.1:0".parse().unwrap(), tls: tls(Some(ca_pem.clone())), ws: false },
         ]
     })
     .await;

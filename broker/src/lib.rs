@@ -1,4 +1,4 @@
-//! squall's embedded MQTT broker: a real broker (3.1.1 and 5, TCP and TLS, QoS 0/1/2,
+//! squall's embedded MQTT broker: a real broker (3.1.1 and 5, TCP and TLS, WebSocket on either, QoS 0/1/2,
 //! retained messages, wills, persistent sessions, shared subscriptions) with fault injection,
 //! so that a run needs nothing installed and squall's numbers can be checked against a known
 //! truth.
@@ -14,6 +14,7 @@
 //! - [`timeline`]: per-client packet timestamps, for judging client behaviour.
 //! - [`stats`]: counters, readable at any time.
 //! - [`tls`]: listener TLS (server certificate, optional client CA).
+//! - `ws`: MQTT over WebSocket, through tungstenite, as the byte stream a connection reads.
 
 pub mod codec;
 mod connection;
@@ -25,6 +26,7 @@ pub mod stats;
 pub mod timeline;
 pub mod tls;
 pub mod topic;
+mod ws;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -53,6 +55,15 @@ pub struct Listener {
     /// Port 0: the OS picks one ([`Broker::addrs`] tells which).
     pub addr: SocketAddr,
     pub tls: Option<TlsFiles>,
+    /// MQTT over WebSocket (on TLS too, with `tls`): any path, subprotocol `mqtt`.
+    pub ws: bool,
+}
+
+impl Listener {
+    /// MQTT straight over TCP on `addr`.
+    pub fn tcp(addr: SocketAddr) -> Listener {
+        Listener { addr, tls: None, ws: false }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -82,7 +93,7 @@ pub struct BrokerConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
-            listeners: vec![Listener { addr: "127.0.0.1:0".parse().expect("valid"), tls: None }],
+            listeners: vec![Listener::tcp("127.0.0.1:0".parse().expect("valid"))],
             users: Vec::new(),
             allow_anonymous: true,
             max_connections: 100_000,
@@ -278,6 +289,8 @@ impl Shared {
 pub(crate) enum Stream {
     Tcp(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// MQTT over WebSocket, on TCP or TLS.
+    Ws(Box<ws::WsIo<Stream>>),
 }
 
 impl AsyncRead for Stream {
@@ -289,6 +302,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Ws(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -298,18 +312,21 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Ws(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Ws(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Ws(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -332,7 +349,7 @@ impl Broker {
                 Some(f) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(f)?)),
                 None => None,
             };
-            bound.push((listener, tls));
+            bound.push((listener, tls, l.ws));
         }
         let sh = Arc::new(Shared {
             users: config.users.iter().cloned().collect(),
@@ -357,14 +374,14 @@ impl Broker {
             });
         }
         let mut addrs = Vec::new();
-        for (listener, tls) in bound {
+        for (listener, tls, ws) in bound {
             addrs.push(
                 listener.local_addr().map_err(|source| BrokerError::Bind {
                     addr: "0.0.0.0:0".parse().expect("valid"),
                     source,
                 })?,
             );
-            tokio::spawn(accept_loop(sh.clone(), listener, tls));
+            tokio::spawn(accept_loop(sh.clone(), listener, tls, ws));
         }
         tracing::info!(?addrs, "Broker listening");
         Ok(Broker { sh, addrs, shutdown: tx })
@@ -485,7 +502,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(65_535)
 }
 
-async fn accept_loop(sh: Arc<Shared>, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+async fn accept_loop(sh: Arc<Shared>, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, ws: bool) {
     let mut shutdown = sh.shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -518,6 +535,19 @@ async fn accept_loop(sh: Arc<Shared>, listener: TcpListener, tls: Option<tokio_r
                         Err(_) => return,
                     }
                 }
+            };
+            let stream = if ws {
+                let upgrade = ws::accept(stream, sh.config.max_packet_size);
+                match tokio::time::timeout(sh.config.connect_timeout, upgrade).await {
+                    Ok(Ok(w)) => Stream::Ws(Box::new(w)),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "WebSocket handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            } else {
+                stream
             };
             connection::serve(sh, stream, id).await;
         });

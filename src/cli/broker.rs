@@ -16,14 +16,20 @@ pub struct BrokerArgs {
     /// TLS listener address (needs --tls-cert and --tls-key).
     #[arg(long, value_name = "ADDR")]
     pub tls_listen: Option<SocketAddr>,
-    /// PEM certificate chain for the TLS listener.
-    #[arg(long, value_name = "FILE", requires = "tls_listen")]
+    /// MQTT over WebSocket listener address (any path; subprotocol mqtt).
+    #[arg(long, value_name = "ADDR")]
+    pub ws_listen: Option<SocketAddr>,
+    /// MQTT over WebSocket over TLS listener address (needs --tls-cert and --tls-key).
+    #[arg(long, value_name = "ADDR")]
+    pub wss_listen: Option<SocketAddr>,
+    /// PEM certificate chain for the TLS listeners.
+    #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
-    /// PEM private key for the TLS listener.
-    #[arg(long, value_name = "FILE", requires = "tls_listen")]
+    /// PEM private key for the TLS listeners.
+    #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
     /// Require client certificates signed by this CA (mutual TLS).
-    #[arg(long, value_name = "FILE", requires = "tls_listen")]
+    #[arg(long, value_name = "FILE")]
     pub tls_client_ca: Option<PathBuf>,
     /// A user, as NAME:PASSWORD (repeatable). With users, anonymous clients are refused.
     #[arg(long = "user", value_name = "NAME:PASSWORD", value_parser = parse_user)]
@@ -46,21 +52,30 @@ fn parse_user(s: &str) -> Result<(String, String), String> {
 
 pub fn run(a: BrokerArgs) -> u8 {
     let mut config = BrokerConfig {
-        listeners: vec![Listener { addr: a.listen, tls: None }],
+        listeners: vec![Listener::tcp(a.listen)],
         allow_anonymous: a.users.is_empty(),
         users: a.users.clone(),
         max_connections: a.max_connections,
         max_queue: a.max_queue,
         ..BrokerConfig::default()
     };
-    if let Some(addr) = a.tls_listen {
+    if let Some(addr) = a.ws_listen {
+        config.listeners.push(Listener { addr, tls: None, ws: true });
+    }
+    let tls_wanted = a.tls_listen.is_some() || a.wss_listen.is_some();
+    if !tls_wanted && (a.tls_cert.is_some() || a.tls_key.is_some() || a.tls_client_ca.is_some()) {
+        eprintln!("error: --tls-cert, --tls-key and --tls-client-ca are for --tls-listen or --wss-listen");
+        return exit::INVALID;
+    }
+    for (addr, ws) in [(a.tls_listen, false), (a.wss_listen, true)] {
+        let Some(addr) = addr else { continue };
         let (Some(cert), Some(key)) = (a.tls_cert.clone(), a.tls_key.clone()) else {
-            eprintln!("error: --tls-listen needs --tls-cert and --tls-key");
+            let flag = if ws { "--wss-listen" } else { "--tls-listen" };
+            eprintln!("error: {flag} needs --tls-cert and --tls-key");
             return exit::INVALID;
         };
-        config
-            .listeners
-            .push(Listener { addr, tls: Some(TlsFiles { cert, key, client_ca: a.tls_client_ca.clone() }) });
+        let tls = Some(TlsFiles { cert, key, client_ca: a.tls_client_ca.clone() });
+        config.listeners.push(Listener { addr, tls, ws });
     }
     if let Some(path) = &a.faults {
         let text = match std::fs::read_to_string(path) {

@@ -78,7 +78,7 @@ pub fn run(a: DeviceArgs) -> u8 {
         client_ca: a.tls_client_ca.clone(),
     });
     let config = BrokerConfig {
-        listeners: vec![Listener { addr: a.listen, tls }],
+        listeners: vec![Listener { addr: a.listen, tls, ws: false }],
         timeline: true,
         // a device's CONNECT may be slow (constrained hardware, a TLS handshake on a slow link)
         connect_timeout: Duration::from_secs(30),

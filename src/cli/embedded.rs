@@ -13,7 +13,7 @@ pub async fn start(plan: &Plan) -> Result<(TargetUrl, Broker), String> {
     };
     let broker = Broker::start(config).await.map_err(|e| e.to_string())?;
     let addr = broker.local_addr();
-    let url = TargetUrl { tls: false, host: addr.ip().to_string(), port: addr.port() };
+    let url = TargetUrl::tcp(addr.ip().to_string(), addr.port());
     Ok((url, broker))
 }
 

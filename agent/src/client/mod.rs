@@ -549,6 +549,7 @@ impl Client {
                     ConnectFailure::NoLocalPort => LoadError::NoLocalPort,
                     ConnectFailure::TooManyOpenFiles => LoadError::TooManyOpenFiles,
                     ConnectFailure::Tls(_) => LoadError::Tls,
+                    ConnectFailure::WebSocket(_) => LoadError::WebSocket,
                     ConnectFailure::Reset | ConnectFailure::Io(_) => LoadError::ConnectIo,
                 };
                 self.connect_failed(e);
@@ -901,6 +902,10 @@ impl Client {
                 }
                 Some(Ok(IoEvent::Eof)) => {
                     break self.lost(LoadError::ClosedByBroker, connected);
+                }
+                // bytes that break the framing below MQTT (a WebSocket frame a client must refuse)
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    break self.lost(LoadError::ProtocolError, connected);
                 }
                 Some(Err(_)) => break self.lost(LoadError::ConnectionLost, connected),
             }

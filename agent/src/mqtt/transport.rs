@@ -1,4 +1,5 @@
-//! Byte streams to the broker: TCP or TLS over TCP, from a chosen local source address.
+//! Byte streams to the broker: TCP or TLS over TCP, and MQTT over WebSocket on either, from a
+//! chosen local source address.
 //!
 //! One source IP can hold ~28k connections to one broker address (the ephemeral port range);
 //! binding clients round-robin to several loopback or interface addresses lifts that limit.
@@ -58,6 +59,8 @@ pub enum ConnectFailure {
     Io(String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("{0}")]
+    WebSocket(String),
 }
 
 impl ConnectFailure {
@@ -77,6 +80,172 @@ impl ConnectFailure {
 pub enum Stream {
     Tcp(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// MQTT over WebSocket, on TCP or TLS.
+    Ws(Box<WsStream>),
+}
+
+/// MQTT over WebSocket: the bytes of binary frames, read from and written to the stream below
+/// (see [`websocket`](super::websocket)).
+pub struct WsStream {
+    inner: Stream,
+    /// Read off the stream below and not yet deframed (an incomplete header or control frame).
+    raw: Vec<u8>,
+    /// Deframed payload not yet handed on, from `plain_at`.
+    plain: Vec<u8>,
+    plain_at: usize,
+    /// How long ago the newest byte of the read that brought `plain` arrived (TCP below only).
+    age: Option<u64>,
+    deframer: super::websocket::Deframer,
+    /// Frames (data, pongs, the close) not yet taken by the stream below, from `out_at`.
+    out: Vec<u8>,
+    out_at: usize,
+    /// This side sent its close.
+    closing: bool,
+    /// `raw` holds bytes that came with the handshake's answer, not yet deframed.
+    unfed: bool,
+}
+
+/// Bytes read from below at a time.
+const WS_READ: usize = 16 << 10;
+
+impl WsStream {
+    /// Writes what `out` holds to the stream below, as far as it takes it now.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_at < self.out.len() {
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &self.out[self.out_at..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out_at += n;
+        }
+        self.out.clear();
+        self.out_at = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_read_stamped(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<Option<u64>>> {
+        loop {
+            if self.plain_at < self.plain.len() {
+                let n = buf.remaining().min(self.plain.len() - self.plain_at);
+                buf.put_slice(&self.plain[self.plain_at..self.plain_at + n]);
+                self.plain_at += n;
+                if self.plain_at == self.plain.len() {
+                    self.plain.clear();
+                    self.plain_at = 0;
+                }
+                return Poll::Ready(Ok(self.age));
+            }
+            if self.deframer.closed() {
+                return Poll::Ready(Ok(None)); // the server closed: the end
+            }
+            if self.unfed {
+                // what came with the handshake's answer
+                self.unfed = false;
+                self.feed(cx)?;
+                continue;
+            }
+            self.raw.reserve(WS_READ);
+            let before = self.raw.len();
+            let spare = &mut self.raw.spare_capacity_mut()[..WS_READ];
+            let mut rb = ReadBuf::uninit(spare);
+            let age = std::task::ready!(self.inner.poll_read_stamped(cx, &mut rb))?;
+            let n = rb.filled().len();
+            if n == 0 {
+                return Poll::Ready(if self.deframer.mid_frame() {
+                    Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the connection ended inside a WebSocket frame"))
+                } else {
+                    Ok(None)
+                });
+            }
+            // SAFETY: the read initialised these n bytes of the spare capacity
+            unsafe { self.raw.set_len(before + n) };
+            self.age = age;
+            self.feed(cx)?;
+        }
+    }
+
+    /// Deframes what `raw` holds, and answers the server's pings and close.
+    fn feed(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        use super::websocket::Control;
+        let mut control = Vec::new();
+        self.deframer
+            .feed(&mut self.raw, &mut self.plain, &mut control)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        for c in control {
+            match c {
+                Control::Ping(p) => super::websocket::pong(&p, &mut self.out),
+                Control::Close => super::websocket::close(&mut self.out),
+            }
+        }
+        if !self.out.is_empty() {
+            // answers go out now if the stream takes them, else with the next write
+            if let Poll::Ready(Err(e)) = self.poll_drain(cx) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Frames what `bufs` hold (at most one frame's worth) once what was framed before is out.
+    fn poll_write_frames(&mut self, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.poll_drain(cx))?;
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let take = total.min(super::websocket::MAX_OUT_FRAME);
+        if take == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        let mut payload = Vec::with_capacity(take);
+        for b in bufs {
+            let room = take - payload.len();
+            payload.extend_from_slice(&b[..b.len().min(room)]);
+            if payload.len() == take {
+                break;
+            }
+        }
+        super::websocket::binary(&payload, &mut self.out);
+        // taken: it goes out now as far as the stream below allows, the rest before the next
+        let _ = self.poll_drain(cx)?;
+        Poll::Ready(Ok(take))
+    }
+}
+
+/// Upgrades `inner` to MQTT over WebSocket at `path` (RFC 6455's opening handshake).
+async fn upgrade(mut inner: Stream, url: &TargetUrl, path: &str) -> Result<Stream, ConnectFailure> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (request, accept) = super::websocket::request(&url.host, url.port, path);
+    let io = |e: io::Error| ConnectFailure::from_io(&e);
+    inner.write_all(&request).await.map_err(io)?;
+    let mut got = Vec::with_capacity(512);
+    let taken = loop {
+        let mut chunk = [0u8; 1024];
+        let n = inner.read(&mut chunk).await.map_err(io)?;
+        if n == 0 {
+            return Err(ConnectFailure::WebSocket("WebSocket handshake: the server closed the connection".into()));
+        }
+        got.extend_from_slice(&chunk[..n]);
+        match super::websocket::response(&got, &accept) {
+            Ok(Some(n)) => break n,
+            Ok(None) => continue,
+            Err(e) => return Err(ConnectFailure::WebSocket(e.to_string())),
+        }
+    };
+    // what came after the headers is already WebSocket
+    let raw = got.split_off(taken);
+    let mut ws = WsStream {
+        inner,
+        raw,
+        plain: Vec::new(),
+        plain_at: 0,
+        age: None,
+        deframer: Default::default(),
+        out: Vec::new(),
+        out_at: 0,
+        closing: false,
+        unfed: false,
+    };
+    // frames that came with the answer are the session's: the first read takes them
+    ws.unfed = !ws.raw.is_empty();
+    Ok(Stream::Ws(Box::new(ws)))
 }
 
 impl Stream {
@@ -134,6 +303,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s,
             Stream::Tls(s) => s.get_ref().0,
+            Stream::Ws(w) => w.inner.tcp(),
         }
     }
 
@@ -148,6 +318,7 @@ impl Stream {
         use std::os::fd::AsRawFd;
         let tcp = match self {
             Stream::Tls(s) => return Pin::new(s.as_mut()).poll_read(cx, buf).map_ok(|()| None),
+            Stream::Ws(w) => return w.poll_read_stamped(cx, buf),
             Stream::Tcp(s) => s,
         };
         loop {
@@ -186,6 +357,9 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.poll_read_ready(cx),
             Stream::Tls(s) => s.get_ref().0.poll_read_ready(cx),
+            // deframed bytes waiting are ready at once
+            Stream::Ws(w) if w.plain_at < w.plain.len() => Poll::Ready(Ok(())),
+            Stream::Ws(w) => w.inner.poll_read_ready(cx),
         }
     }
 
@@ -194,6 +368,7 @@ impl Stream {
         match self {
             Stream::Tcp(_) => None,
             Stream::Tls(s) => Some(s.get_ref().1),
+            Stream::Ws(w) => w.inner.tls_session(),
         }
     }
 }
@@ -211,8 +386,8 @@ pub async fn connect_with(
     own: Option<&TlsConnector>,
 ) -> Result<(Stream, Option<u64>), ConnectFailure> {
     let tcp = connect_tcp(endpoint.addr, source).await.map_err(|e| ConnectFailure::from_io(&e))?;
-    match &endpoint.tls {
-        None => Ok((Stream::Tcp(tcp), None)),
+    let (stream, tls_ns) = match &endpoint.tls {
+        None => (Stream::Tcp(tcp), None),
         Some((connector, name)) => {
             let started = std::time::Instant::now();
             let tls = own.unwrap_or(connector).connect(name.clone(), tcp).await.map_err(|e| {
@@ -222,8 +397,12 @@ pub async fn connect_with(
                     None => ConnectFailure::from_io(&e),
                 }
             })?;
-            Ok((Stream::Tls(Box::new(tls)), Some(started.elapsed().as_nanos() as u64)))
+            (Stream::Tls(Box::new(tls)), Some(started.elapsed().as_nanos() as u64))
         }
+    };
+    match &endpoint.url.ws_path {
+        None => Ok((stream, tls_ns)),
+        Some(path) => Ok((upgrade(stream, &endpoint.url, path).await?, tls_ns)),
     }
 }
 
@@ -343,6 +522,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Ws(w) => w.poll_read_stamped(cx, buf).map_ok(|_| ()),
         }
     }
 }
@@ -352,6 +532,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Ws(w) => w.poll_write_frames(cx, &[io::IoSlice::new(buf)]),
         }
     }
 
@@ -363,6 +544,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Stream::Ws(w) => w.poll_write_frames(cx, bufs),
         }
     }
 
@@ -370,6 +552,8 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Tcp(s) => s.is_write_vectored(),
             Stream::Tls(s) => s.is_write_vectored(),
+            // several pages of output make one frame
+            Stream::Ws(_) => true,
         }
     }
 
@@ -377,6 +561,10 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Ws(w) => {
+                std::task::ready!(w.poll_drain(cx))?;
+                Pin::new(&mut w.inner).poll_flush(cx)
+            }
         }
     }
 
@@ -384,6 +572,15 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Ws(w) => {
+                // a close frame first, unless the server's close was answered already
+                if !w.deframer.closed() && w.out.is_empty() && !w.closing {
+                    super::websocket::close(&mut w.out);
+                    w.closing = true;
+                }
+                std::task::ready!(w.poll_drain(cx))?;
+                Pin::new(&mut w.inner).poll_shutdown(cx)
+            }
         }
     }
 }
@@ -402,7 +599,15 @@ mod tests {
         assert_eq!((u.host.as_str(), u.port), ("::1", 1999));
         assert_eq!(u.to_string(), "mqtt://[::1]:1999");
         assert_eq!("127.0.0.1:1883".parse::<TargetUrl>(), Err(UrlError::NoScheme("127.0.0.1:1883".into())));
-        assert!(matches!("ws://x".parse::<TargetUrl>(), Err(UrlError::Scheme(_))));
+        assert!(matches!("http://x".parse::<TargetUrl>(), Err(UrlError::Scheme(_))));
+        let u: TargetUrl = "ws://broker:8080".parse().unwrap();
+        assert_eq!((u.tls, u.port, u.ws_path.as_deref()), (false, 8080, Some("/mqtt")));
+        assert_eq!(u.to_string(), "ws://broker:8080/mqtt");
+        let u: TargetUrl = "wss://[::1]/ws/mqtt?x=1".parse().unwrap();
+        assert_eq!((u.tls, u.port, u.host.as_str(), u.ws_path.as_deref()), (true, 443, "::1", Some("/ws/mqtt?x=1")));
+        assert_eq!(u.to_string().parse::<TargetUrl>().unwrap(), u, "round trip");
+        assert!(matches!("mqtt://broker:1883/topic".parse::<TargetUrl>(), Err(UrlError::Path(_))));
+        assert_eq!("mqtt://broker/".parse::<TargetUrl>().unwrap().ws_path, None);
         assert!(matches!("mqtt://x:99999".parse::<TargetUrl>(), Err(UrlError::Port(_))));
         assert!(matches!("mqtt://:1883".parse::<TargetUrl>(), Err(UrlError::NoHost(_))));
     }

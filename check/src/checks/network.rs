@@ -55,7 +55,9 @@ pub(super) async fn network(r: &mut Runner) -> bool {
     let t = Instant::now();
     match tokio::time::timeout(r.o.timeout, transport::connect_tcp(addr, None)).await {
         Ok(Ok(s)) => {
-            if !tls_used(&r.o) {
+            // the first CONNECT may go over this one: over plain TCP only (TLS and WebSocket
+            // connections make their handshakes on a fresh connection)
+            if !tls_used(&r.o) && url.ws_path.is_none() {
                 r.spare = Some(transport::Stream::Tcp(s));
             }
             r.push(
@@ -107,7 +109,8 @@ pub(super) async fn network(r: &mut Runner) -> bool {
             }
         }
     } else {
-        r.skip("tls", None, "skipped: plain mqtt:// (use mqtts:// or --tls)");
+        let plain = if url.ws_path.is_some() { "plain ws:// (use wss:// or --tls)" } else { "plain mqtt:// (use mqtts:// or --tls)" };
+        r.skip("tls", None, &format!("skipped: {plain}"));
         None
     };
     r.endpoint = Some(Endpoint {

@@ -79,7 +79,8 @@ pub struct Search {
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
-    /// Broker URLs, `mqtt://host:port` or `mqtts://host:port`. Clients are spread over them
+    /// Broker URLs, `mqtt://host:port` or `mqtts://host:port`, or MQTT over WebSocket
+    /// `ws://host:port/path` and `wss://host:port/path` (path default `/mqtt`). Clients are spread over them
     /// round-robin (as over the nodes of a cluster).
     #[serde(default)]
     pub urls: Vec<String>,

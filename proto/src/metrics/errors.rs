@@ -21,6 +21,9 @@ pub enum LoadError {
     Tls,
     /// Another I/O error while connecting.
     ConnectIo,
+    /// The WebSocket upgrade failed (`ws://`, `wss://`): the server answered other than 101, or
+    /// with a wrong accept key or subprotocol.
+    WebSocket,
     /// CONNACK refused the connection with this return/reason code.
     ConnectRefused { code: u8 },
     /// A SUBACK refused a filter with this code.
@@ -53,6 +56,7 @@ impl LoadError {
                 | LoadError::TooManyOpenFiles
                 | LoadError::Tls
                 | LoadError::ConnectIo
+                | LoadError::WebSocket
                 | LoadError::ConnectRefused { .. }
         )
     }
@@ -67,6 +71,7 @@ impl LoadError {
             LoadError::TooManyOpenFiles => "too_many_open_files",
             LoadError::Tls => "tls",
             LoadError::ConnectIo => "connect_io",
+            LoadError::WebSocket => "websocket",
             LoadError::ConnectRefused { .. } => "connect_refused",
             LoadError::SubscribeRefused { .. } => "subscribe_refused",
             LoadError::PublishRefused { .. } => "publish_refused",
@@ -89,6 +94,7 @@ impl LoadError {
             ("too_many_open_files", None) => LoadError::TooManyOpenFiles,
             ("tls", None) => LoadError::Tls,
             ("connect_io", None) => LoadError::ConnectIo,
+            ("websocket", None) => LoadError::WebSocket,
             ("connect_refused", Some(code)) => LoadError::ConnectRefused { code },
             ("subscribe_refused", Some(code)) => LoadError::SubscribeRefused { code },
             ("publish_refused", Some(code)) => LoadError::PublishRefused { code },

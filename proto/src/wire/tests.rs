@@ -106,7 +106,7 @@ fn group_spec() -> impl Strategy<Value = GroupSpec> {
 
 fn assignment() -> impl Strategy<Value = Assignment> {
     let target = (any::<bool>(), "[a-z]{1,8}(\\.[a-z]{1,5})?", any::<u16>())
-        .prop_map(|(tls, host, port)| TargetUrl { tls, host, port });
+        .prop_map(|(tls, host, port)| TargetUrl { tls, host, port, ws_path: tls.then(|| "/mqtt".to_string()) });
     let tls = (
         proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
         proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
@@ -185,6 +185,7 @@ fn load_error() -> impl Strategy<Value = LoadError> {
         Just(LoadError::NoLocalPort),
         Just(LoadError::TooManyOpenFiles),
         Just(LoadError::Tls),
+        Just(LoadError::WebSocket),
         Just(LoadError::ConnectIo),
         any::<u8>().prop_map(|code| LoadError::ConnectRefused { code }),
         any::<u8>().prop_map(|code| LoadError::SubscribeRefused { code }),
