@@ -903,8 +903,9 @@ impl Client {
                 Some(Ok(IoEvent::Eof)) => {
                     break self.lost(LoadError::ClosedByBroker, connected);
                 }
-                // bytes that break the framing below MQTT (a WebSocket frame a client must refuse)
-                Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                // bytes that break the framing below MQTT (a WebSocket frame a client must refuse;
+                // not a TLS alert, which rustls also reports as invalid data)
+                Some(Err(e)) if e.get_ref().is_some_and(|i| i.is::<crate::mqtt::websocket::WsError>()) => {
                     break self.lost(LoadError::ProtocolError, connected);
                 }
                 Some(Err(_)) => break self.lost(LoadError::ConnectionLost, connected),
