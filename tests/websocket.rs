@@ -32,6 +32,23 @@ filters = ["ws/#"]
 qos = 1
 "#;
 
+/// squall's broker on a `ws://` and a `wss://` listener (a test CA's certificate for
+/// localhost, written in `dir`), and the CA's file.
+async fn ws_broker(dir: &std::path::Path) -> (squall_broker::Broker, std::path::PathBuf) {
+    let ca = TestCa::new("squall ws test CA");
+    let ca_pem = ca.write_ca(dir, "ca.pem");
+    let server = ca.issue(dir, "server", &["localhost", "127.0.0.1"]);
+    let tls = Some(TlsFiles { cert: server.cert.clone(), key: server.key.clone(), client_ca: None });
+    let broker = support::broker(|c| {
+        c.listeners = vec![
+            Listener { addr: "127.0.0.1:0".parse().unwrap(), tls: None, ws: true },
+            Listener { addr: "127.0.0.1:0".parse().unwrap(), tls, ws: true },
+        ]
+    })
+    .await;
+    (broker, ca_pem)
+}
+
 /// Every message sent reached both subscribers, latency measured end to end.
 fn assert_delivered(r: &Report) {
     assert_eq!(r.verdict.status, Status::Pass, "{:?} {:?}", r.verdict, r.errors);
@@ -46,17 +63,7 @@ fn assert_delivered(r: &Report) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn squall_over_ws_and_wss_against_squalls_broker() {
     let dir = support::mosquitto::readable_dir();
-    let ca = TestCa::new("squall ws test CA");
-    let ca_pem = ca.write_ca(dir.path(), "ca.pem");
-    let server = ca.issue(dir.path(), "server", &["localhost", "127.0.0.1"]);
-    let tls = Some(TlsFiles { cert: server.cert.clone(), key: server.key.clone(), client_ca: None });
-    let broker = support::broker(|c| {
-        c.listeners = vec![
-            Listener { addr: "127.0.0.1:0".parse().unwrap(), tls: None, ws: true },
-            Listener { addr: "127.0.0.1:0".parse().unwrap(), tls, ws: true },
-        ]
-    })
-    .await;
+    let (broker, ca_pem) = ws_broker(dir.path()).await;
     let (ws, wss) = (broker.addrs()[0], broker.addrs()[1]);
     let r = support::run(support::plan(SCENARIO, &format!("ws://{ws}/mqtt"), dir.path())).await;
     assert_delivered(&r);
@@ -109,17 +116,7 @@ async fn squall_over_ws_against_aedes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paho_over_websockets_against_squalls_broker() {
     let dir = support::mosquitto::readable_dir();
-    let ca = TestCa::new("squall ws test CA");
-    let ca_pem = ca.write_ca(dir.path(), "ca.pem");
-    let server = ca.issue(dir.path(), "server", &["localhost", "127.0.0.1"]);
-    let tls = Some(TlsFiles { cert: server.cert.clone(), key: server.key.clone(), client_ca: None });
-    let broker = support::broker(|c| {
-        c.listeners = vec![
-            Listener { addr: "127.0.0.1:0".parse().unwrap(), tls: None, ws: true },
-            Listener { addr: "127.0.0.1:0".parse().unwrap(), tls, ws: true },
-        ]
-    })
-    .await;
+    let (broker, ca_pem) = ws_broker(dir.path()).await;
     let (ws, wss) = (broker.addrs()[0], broker.addrs()[1]);
     for (port, extra) in [(ws.port(), vec![]), (wss.port(), vec!["tls".to_string(), ca_pem.display().to_string()])] {
         let out = tokio::task::spawn_blocking(move || {
