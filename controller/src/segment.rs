@@ -59,6 +59,13 @@ pub fn segment(plan: &Plan, targets: &[squall_proto::target::TargetUrl], weights
             .collect();
         for (i, first, end) in ranges {
             if end > first {
+                // only this agent's rows of the group's identities
+                let identities = plan
+                    .identities
+                    .get(index)
+                    .and_then(|ids| ids.as_ref())
+                    .map(|ids| ids[first as usize..end as usize].to_vec())
+                    .unwrap_or_default();
                 out[i].groups.push(GroupAssignment {
                     spec: g.clone(),
                     first,
@@ -66,6 +73,7 @@ pub fn segment(plan: &Plan, targets: &[squall_proto::target::TargetUrl], weights
                     stream_base,
                     client_base,
                     group: index as u32,
+                    identities,
                 });
             }
         }

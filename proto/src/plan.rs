@@ -83,7 +83,23 @@ pub struct GroupAssignment {
     pub client_base: u32,
     /// The group's position in the scenario: latencies are reported by it.
     pub group: u32,
+    /// Each of this agent's clients' identity, from the group's identities file: entry `k`
+    /// is client `first + k`'s. Empty: the group has none.
+    #[serde(default)]
+    pub identities: Vec<Identity>,
 }
+
+/// Who one device is, from its row of an identities file; what a row leaves out is the
+/// group's own (its client id template, username, password).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+/// The longest client id, username or password an identity may carry, bytes (an MQTT string).
+pub const MAX_IDENTITY_FIELD: usize = 65_535;
 
 impl GroupAssignment {
     /// The group subscribes to a shared subscription and runs on other agents too: its
@@ -581,6 +597,25 @@ impl Assignment {
             g.spec.validate()?;
             if g.first.checked_add(g.count).is_none_or(|end| end > g.spec.clients) {
                 return Err(PlanError::Run(format!("group `{}`: client range out of bounds", g.spec.name)));
+            }
+            if !g.identities.is_empty() && g.identities.len() != g.count as usize {
+                return Err(PlanError::Run(format!(
+                    "group `{}`: {} identities for {} clients",
+                    g.spec.name,
+                    g.identities.len(),
+                    g.count
+                )));
+            }
+            for id in &g.identities {
+                let fields = [&id.client_id, &id.username, &id.password];
+                if fields.iter().any(|f| f.as_ref().is_some_and(|v| v.len() > MAX_IDENTITY_FIELD))
+                    || id.client_id.as_ref().is_some_and(|c| c.is_empty())
+                {
+                    return Err(PlanError::Run(format!(
+                        "group `{}`: an identity with an empty client id, or a field over {MAX_IDENTITY_FIELD} bytes",
+                        g.spec.name
+                    )));
+                }
             }
         }
         Ok(())

@@ -17,7 +17,7 @@ use crate::metrics::{
 };
 use crate::plan::{
     Assignment, BackoffPolicy, Comeback, EventAction, EventSpec, GroupAssignment, GroupSpec, Jitter,
-    PayloadSpec, PublishRange, PublishSpec, RateSpec, ReconnectSpec, SubscribeSpec, WillSpec,
+    Identity, PayloadSpec, PublishRange, PublishSpec, RateSpec, ReconnectSpec, SubscribeSpec, WillSpec,
 };
 use crate::protocol::Protocol;
 use crate::target::TargetUrl;
@@ -180,6 +180,15 @@ impl From<&GroupAssignment> for pb::GroupAssignment {
             stream_base: g.stream_base,
             client_base: g.client_base,
             group: g.group,
+            identities: g
+                .identities
+                .iter()
+                .map(|i| pb::Identity {
+                    client_id: i.client_id.clone(),
+                    username: i.username.clone(),
+                    password: i.password.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -195,6 +204,11 @@ impl TryFrom<pb::GroupAssignment> for GroupAssignment {
             stream_base: g.stream_base,
             client_base: g.client_base,
             group: g.group,
+            identities: g
+                .identities
+                .into_iter()
+                .map(|i| Identity { client_id: i.client_id, username: i.username, password: i.password })
+                .collect(),
         })
     }
 }

@@ -163,13 +163,20 @@ impl Client {
         let global = g.assignment.client_base + index;
         let s = &g.assignment.spec;
         let vars = g.vars(index, &sh);
+        // its row of the group's identities file, if it has one: what it gives wins
+        let id = g.assignment.identities.get(local as usize);
+        let username = id.and_then(|i| i.username.as_deref()).or(s.username.as_deref());
+        let password = id.and_then(|i| i.password.as_deref()).or(s.password.as_deref());
         let spec = ConnectSpec {
-            client_id: ByteString::from(g.client_id.render(&vars)),
+            client_id: match id.and_then(|i| i.client_id.as_deref()) {
+                Some(c) => ByteString::from(c),
+                None => ByteString::from(g.client_id.render(&vars)),
+            },
             keepalive_secs: s.keepalive_secs,
             clean_start: s.clean_start,
             session_expiry_secs: s.session_expiry_secs,
-            username: s.username.as_deref().map(ByteString::from),
-            password: s.password.as_ref().map(|p| Bytes::copy_from_slice(p.as_bytes())),
+            username: username.map(ByteString::from),
+            password: password.map(|p| Bytes::copy_from_slice(p.as_bytes())),
             will: s.will.as_ref().map(|w| Will {
                 topic: ByteString::from(g.will_topic.as_ref().expect("will has a topic").render(&vars)),
                 payload: Bytes::copy_from_slice(w.payload.as_bytes()),

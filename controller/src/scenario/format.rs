@@ -157,6 +157,11 @@ pub struct Group {
     /// Client id template (default `"squall-{run}-{group}-{i}"`); must contain `{i}` when
     /// `clients > 1`. Placeholders: `{group}`, `{i}`, `{agent}`, `{run}`.
     pub client_id: Option<String>,
+    /// A CSV file of the group's devices, one row each, with a header naming any of
+    /// `client_id`, `username`, `password`: client `i` takes row `i` (relative to the scenario
+    /// file; at least as many rows as clients). An empty cell, or a column the file leaves
+    /// out, is the group's own value.
+    pub identities: Option<String>,
     /// MQTT protocol, `"3.1.1"` or `"5"` (default `"3.1.1"`).
     pub protocol: Option<String>,
     /// Keepalive (default "30s"; "0s" turns it off).

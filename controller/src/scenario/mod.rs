@@ -50,6 +50,9 @@ pub struct Plan {
     pub thresholds: Vec<Threshold>,
     /// How the publishing window is laid out: one steady window, stages, or a search.
     pub shape: Shape,
+    /// Per group (in `groups`' order): its devices' identities from its identities file, a
+    /// row a client; `None`: the group has none.
+    pub identities: Vec<Option<std::sync::Arc<Vec<squall_proto::plan::Identity>>>>,
 }
 
 /// How the publishing window is laid out.
@@ -130,6 +133,7 @@ impl Plan {
             read_coalesce: Duration::from_micros(squall_proto::plan::DEFAULT_READ_COALESCE_US as u64),
             thresholds: m.thresholds.iter().filter_map(|t| Threshold::parse(t).ok()).collect(),
             shape: Shape::Steady,
+            identities: Vec::new(),
         }
     }
 

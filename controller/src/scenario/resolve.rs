@@ -221,11 +221,15 @@ pub fn resolve(src: &Source, ov: &Overrides) -> Result<Plan, Diagnostics> {
     }
     let mut names = HashSet::new();
     let mut groups = Vec::new();
+    let mut identities = Vec::new();
     for (gi, g) in scenario.groups.iter().enumerate() {
         if let Some(spec) = resolve_group(&mut cx, gi, g, ov) {
             if !names.insert(spec.name.clone()) {
                 cx.err(path!["group", gi, "name"], format!("group name `{}` is used twice", spec.name), None);
             }
+            identities.push(g.identities.as_ref().and_then(|file| {
+                read_identities(&mut cx, gi, g, &spec, &base_dir.join(file)).map(std::sync::Arc::new)
+            }));
             groups.push(spec);
         }
     }
@@ -390,7 +394,105 @@ pub fn resolve(src: &Source, ov: &Overrides) -> Result<Plan, Diagnostics> {
         snapshot_interval,
         thresholds,
         shape,
+        identities,
     })
+}
+
+/// An identities file most may be: a million devices of a few hundred bytes each.
+const MAX_IDENTITIES_FILE: u64 = 256 << 20;
+
+/// Reads a group's identities file: a CSV with a header of `client_id`, `username`,
+/// `password` (any of them), a row per client, at least as many rows as clients (the first
+/// `clients` are used), client ids distinct and not empty.
+fn read_identities(
+    cx: &mut Ctx<'_>,
+    gi: usize,
+    g: &format::Group,
+    spec: &GroupSpec,
+    file: &Path,
+) -> Option<Vec<squall_proto::plan::Identity>> {
+    use squall_proto::plan::{Identity, MAX_IDENTITY_FIELD};
+    let at = path!["group", gi, "identities"];
+    let shown = file.display();
+    let size = match std::fs::metadata(file) {
+        Ok(m) => m.len(),
+        Err(e) => {
+            cx.err(at, format!("cannot read {shown}: {e}"), "the path is relative to the scenario file".to_string());
+            return None;
+        }
+    };
+    if size > MAX_IDENTITIES_FILE {
+        cx.err(at, format!("{shown} is {size} bytes, more than the {MAX_IDENTITIES_FILE} an identities file may be"), None);
+        return None;
+    }
+    let mut reader = match csv::ReaderBuilder::new().trim(csv::Trim::All).from_path(file) {
+        Ok(r) => r,
+        Err(e) => {
+            cx.err(at, format!("cannot read {shown}: {e}"), None);
+            return None;
+        }
+    };
+    let columns = ["client_id", "username", "password"];
+    let header: Vec<String> = match reader.headers() {
+        Ok(h) => h.iter().map(str::to_string).collect(),
+        Err(e) => {
+            cx.err(at, format!("{shown}: {e}"), None);
+            return None;
+        }
+    };
+    if let Some(bad) = header.iter().find(|h| !columns.contains(&h.as_str())) {
+        cx.err(at, format!("{shown}: unknown column `{bad}`"), format!("the header names any of {}", columns.join(", ")));
+        return None;
+    }
+    let col = |name: &str| header.iter().position(|h| h == name);
+    let (c_id, c_user, c_pass) = (col("client_id"), col("username"), col("password"));
+    if c_id.is_none() && c_user.is_none() && c_pass.is_none() {
+        cx.err(at, format!("{shown} has no header"), format!("its first line names its columns: {}", columns.join(", ")));
+        return None;
+    }
+    if c_id.is_some() && g.client_id.is_some() {
+        cx.err(path!["group", gi, "client_id"], "the identities file gives the client ids", "remove client_id".to_string());
+        return None;
+    }
+    let mut rows = Vec::new();
+    let mut seen = HashSet::new();
+    for (k, record) in reader.records().take(spec.clients as usize).enumerate() {
+        let row = k + 2; // the header is line 1
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                cx.err(at, format!("{shown}: {e}"), None);
+                return None;
+            }
+        };
+        let cell = |c: Option<usize>| c.and_then(|c| record.get(c)).filter(|v| !v.is_empty()).map(str::to_string);
+        let id = Identity { client_id: cell(c_id), username: cell(c_user), password: cell(c_pass) };
+        if [&id.client_id, &id.username, &id.password].iter().any(|f| f.as_ref().is_some_and(|v| v.len() > MAX_IDENTITY_FIELD)) {
+            cx.err(at, format!("{shown}, line {row}: a field longer than {MAX_IDENTITY_FIELD} bytes"), None);
+            return None;
+        }
+        match &id.client_id {
+            None if c_id.is_some() => {
+                cx.err(at, format!("{shown}, line {row}: no client id"), "every row names its device".to_string());
+                return None;
+            }
+            Some(c) if !seen.insert(c.clone()) => {
+                cx.err(at, format!("{shown}, line {row}: client id `{c}` again"), "client ids are one per device: a second connection takes the first's over".to_string());
+                return None;
+            }
+            _ => {}
+        }
+        rows.push(id);
+    }
+    if rows.len() < spec.clients as usize {
+        cx.err(
+            at,
+            format!("{shown} has {} identities for {} clients", rows.len(), spec.clients),
+            "add rows, or lower the group's clients".to_string(),
+        );
+        return None;
+    }
+    Some(rows)
 }
 
 /// Stages or a search, checked against the groups' rates (no client may be asked for more

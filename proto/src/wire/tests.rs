@@ -121,14 +121,24 @@ fn assignment() -> impl Strategy<Value = Assignment> {
             server_name,
             insecure,
         });
-    let group = (group_spec(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>())
-        .prop_map(|(spec, first, count, stream_base, client_base, group)| GroupAssignment {
+    let identity = (
+        proptest::option::of(".{0,12}"),
+        proptest::option::of(".{0,12}"),
+        proptest::option::of(".{0,12}"),
+    )
+        .prop_map(|(client_id, username, password)| Identity { client_id, username, password });
+    let group = (
+        (group_spec(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()),
+        proptest::collection::vec(identity, 0..4),
+    )
+        .prop_map(|((spec, first, count, stream_base, client_base, group), identities)| GroupAssignment {
             spec,
             first,
             count,
             stream_base,
             client_base,
             group,
+            identities,
         });
     (
         any::<u32>(),
