@@ -8,6 +8,7 @@
 
 mod support;
 
+use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -218,4 +219,68 @@ qos = 1
     // the merge against each agent's own tally, counter by counter
     let files: Vec<_> = ["a0", "a1"].iter().map(|a| dir.path().join(format!("tally-{a}.json"))).collect();
     support::assert_counters_match_tallies(&r, &files);
+}
+
+/// Passwords never cross a plaintext link off loopback, wherever they come from: the group's
+/// own, or a device's row of an identities file. The controller refuses the run before any
+/// assignment leaves.
+#[test]
+fn identities_with_passwords_never_cross_a_plaintext_link() {
+    let prefix = format!("10.{}.{}", 150 + std::process::id() % 50, (std::process::id() / 50) % 250);
+    let net = match Net::make(&prefix, &["a0"]) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!(
+                "\n*** SKIPPED identities_with_passwords_never_cross_a_plaintext_link: cannot make network namespaces here ({e}) ***\n"
+            );
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let controller_ip = format!("{prefix}.1");
+    std::fs::write(dir.path().join("token"), "a-netns-test-token-long-enough").unwrap();
+    std::fs::write(dir.path().join("ids.csv"), "client_id,password\nd0,secret-0\nd1,secret-1\n").unwrap();
+    std::fs::write(
+        dir.path().join("s.toml"),
+        format!(
+            "[target]\nurls = [\"mqtt://{prefix}.9:1883\"]\n[[group]]\nname = \"d\"\nclients = 2\nidentities = \"ids.csv\"\n[group.subscribe]\nfilters = [\"x\"]\n"
+        ),
+    )
+    .unwrap();
+    let port =
+        std::net::TcpListener::bind(format!("{controller_ip}:0")).unwrap().local_addr().unwrap().port();
+    let mut controller = Killed(
+        Command::new(env!("CARGO_BIN_EXE_squall"))
+            .arg("controller")
+            .arg(dir.path().join("s.toml"))
+            .args(["--listen", &format!("{controller_ip}:{port}"), "--agents", "1", "--insecure-link", "-q"])
+            .args(["--agent-timeout", "60s", "--token-file"])
+            .arg(dir.path().join("token"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let _agent = Killed(
+        squall_in(&net.ns("a0"))
+            .args(["agent", "--once", "--name", "a0", "--controller"])
+            .arg(format!("http://{controller_ip}:{port}"))
+            .arg("--token-file")
+            .arg(dir.path().join("token"))
+            .args(["--allow-target", &format!("{prefix}.0/24")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let code = wait_exit(&mut controller.0, Duration::from_secs(60));
+    let mut out = String::new();
+    if let Some(mut p) = controller.0.stdout.take() {
+        let _ = p.read_to_string(&mut out);
+    }
+    if let Some(mut p) = controller.0.stderr.take() {
+        let _ = p.read_to_string(&mut out);
+    }
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("passwords travel only over TLS"), "{out}");
 }

@@ -617,11 +617,25 @@ impl Agents for RemoteAgents {
             if !own.is_empty() {
                 a.targets = own;
             }
-            let has_password = a.groups.iter().any(|g| g.spec.password.is_some());
+            // the group's password, or any of its devices' from an identities file
+            let has_password = a
+                .groups
+                .iter()
+                .any(|g| g.spec.password.is_some() || g.identities.iter().any(|i| i.password.is_some()));
             if has_password && !agent.secure {
                 return Err(StartError::Invalid(format!(
                     "the scenario has broker passwords and agent `{}` is attached over a plaintext link from {:?}: passwords travel only over TLS (--tls-cert/--tls-key) or loopback",
                     agent.name, agent.peer
+                )));
+            }
+            // one link message carries it: a share of identities past that needs more agents
+            let size = squall_proto::wire::assignment_len(&a);
+            if size > MAX_MESSAGE - (64 << 10) {
+                return Err(StartError::Invalid(format!(
+                    "agent `{}`'s assignment is {:.1} MiB (its share of the groups' identities), more than one link message carries ({} MiB): attach more agents, or give their weights so that each takes less",
+                    agent.name,
+                    size as f64 / (1 << 20) as f64,
+                    MAX_MESSAGE >> 20
                 )));
             }
             // wait briefly for a first clock sample, so the start offset is an estimate

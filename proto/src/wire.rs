@@ -888,6 +888,11 @@ pub fn command_messages(c: &Command) -> Vec<pb::ControllerMessage> {
     }
 }
 
+/// The size of an assignment on the wire (its protobuf encoding), bytes.
+pub fn assignment_len(a: &Assignment) -> usize {
+    prost::Message::encoded_len(&pb::Assignment::from(a))
+}
+
 /// The size of an agent message on the wire (its protobuf encoding), bytes.
 pub fn agent_message_len(m: &pb::AgentMessage) -> usize {
     prost::Message::encoded_len(m)
