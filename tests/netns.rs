@@ -33,7 +33,10 @@ fn ip(args: &[&str]) -> Result<(), String> {
 impl Net {
     /// A bridge at `<prefix>.1/24` and one namespace per name at `<prefix>.2`, `.3`, …
     fn make(prefix: &str, names: &[&str]) -> Result<Net, String> {
-        let tag = format!("sq{}", std::process::id() % 100_000);
+        // one tag per net: the tests of this file run side by side in one process
+        static NETS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("sq{}{n}", std::process::id() % 10_000);
         let bridge = format!("{tag}br");
         let mut net = Net { tag: tag.clone(), namespaces: Vec::new(), bridge: bridge.clone() };
         ip(&["link", "add", &bridge, "type", "bridge"])?;
