@@ -29,6 +29,39 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
     Err(DecodeError::MalformedPacket)
 }
 
+/// Whether a whole PUBLISH at the front of `buf` (`len` bytes) has room in its remaining
+/// length for its topic, packet id and (MQTT 5) properties. ntex-mqtt 9.0 subtracts that header
+/// from the remaining length unchecked, so a client declaring less would overflow it (a panic in
+/// a debug build, a ~4 GiB payload length in a release one).
+fn publish_fits(buf: &[u8], len: usize, v5: bool) -> bool {
+    if buf.first().is_none_or(|b| b >> 4 != 3) {
+        return true;
+    }
+    let mut at = 1;
+    while buf.get(at).is_some_and(|b| b & 0x80 != 0) {
+        at += 1;
+    }
+    at += 1;
+    let Some(topic) = buf.get(at..at + 2).map(|t| u16::from_be_bytes([t[0], t[1]]) as usize) else { return false };
+    at += 2 + topic;
+    if buf[0] & 0b0110 != 0 {
+        at += 2;
+    }
+    if v5 {
+        let mut props = 0usize;
+        for shift in 0..4 {
+            let Some(&b) = buf.get(at) else { return false };
+            at += 1;
+            props |= ((b & 0x7f) as usize) << (7 * shift);
+            if b & 0x80 == 0 {
+                return at + props <= len;
+            }
+        }
+        return false;
+    }
+    at <= len
+}
+
 /// What the first packet says about the protocol: `Ok(None)` until enough is buffered.
 /// `Err(level)` for a CONNECT of a protocol level this broker does not speak.
 pub fn detect(buf: &[u8]) -> Result<Option<Protocol>, DetectError> {
@@ -191,6 +224,9 @@ impl ServerCodec {
         }
         if buf.len() < len {
             return Ok(None);
+        }
+        if !publish_fits(buf, len, self.proto == Protocol::V5) {
+            return Err(DecodeError::MalformedPacket);
         }
         Ok(Some(match self.proto {
             Protocol::V311 => match self.v3.decode(buf)? {
@@ -545,7 +581,20 @@ mod tests {
         assert!(matches!(c.decode(&mut buf), Err(DecodeError::MaxSizeExceeded { .. })));
     }
 
+    #[test]
+    fn a_publish_shorter_than_its_own_header_is_malformed_not_a_panic() {
+        // a topic of 5 bytes in a remaining length of 3, with a client's next packets behind it
+        let behind = [0xC0u8, 0x00, 0xC0, 0x00, 0xC0, 0x00, 0xC0, 0x00, 0xC0, 0x00];
+        for proto in [Protocol::V311, Protocol::V5] {
+            let codec = ServerCodec::new(proto, 1 << 20);
+            let mut buf = BytesMut::from(&[&[0x30, 0x03, 0x00, 0x05, b'a'][..], &behind[..]].concat()[..]);
+            assert!(matches!(codec.decode(&mut buf), Err(DecodeError::MalformedPacket)), "{proto:?}");
+        }
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300), v5: bool) {
             let _ = detect(&bytes);

@@ -174,6 +174,41 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
     Err(DecodeError::MalformedPacket)
 }
 
+/// Whether a whole PUBLISH at the front of `buf` (of `len` bytes) has room in its remaining
+/// length for its own header (topic, packet id, and on MQTT 5 its properties). ntex-mqtt 9.0
+/// subtracts that header from the remaining length unchecked: a PUBLISH declaring less
+/// overflows it (a panic in a debug build, a payload length near 4 GiB in a release one). Found
+/// by `arbitrary_bytes_never_panic`; a hostile broker could send one on purpose.
+fn publish_fits(buf: &[u8], len: usize, v5: bool) -> bool {
+    if buf.first().is_none_or(|b| b >> 4 != 3) {
+        return true; // not a PUBLISH
+    }
+    // the fixed header: one byte, then 1 to 4 of remaining length
+    let Some(fixed) = (1..5).find(|&i| buf.get(i).is_some_and(|b| b & 0x80 == 0)).map(|i| i + 1) else {
+        return false;
+    };
+    let (Some(&hi), Some(&lo)) = (buf.get(fixed), buf.get(fixed + 1)) else { return false };
+    let mut header = fixed + 2 + u16::from_be_bytes([hi, lo]) as usize;
+    if (buf[0] >> 1) & 0b11 != 0 {
+        header += 2; // the packet id
+    }
+    if v5 {
+        // the properties' length, a variable byte integer, and the properties
+        let mut props = 0usize;
+        let mut i = 0;
+        loop {
+            let Some(&b) = buf.get(header + i).filter(|_| i < 4) else { return false };
+            props |= ((b & 0x7f) as usize) << (7 * i);
+            i += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        header += i + props;
+    }
+    header <= len
+}
+
 /// A protocol's codec. Cheap to make; one per connection.
 ///
 /// PUBLISH headers go through a second codec instance of their own: after a PUBLISH header
@@ -245,6 +280,9 @@ impl WireCodec {
         }
         if buf.len() < len {
             return Ok(None);
+        }
+        if !publish_fits(buf, len, matches!(self.main, Inner::V5(_))) {
+            return Err(DecodeError::MalformedPacket);
         }
         match &self.main {
             Inner::V3(c) => match c.decode(buf)? {
@@ -606,7 +644,30 @@ mod tests {
         assert!(matches!(codec.decode(&mut buf), Err(DecodeError::MaxSizeExceeded { .. })));
     }
 
+    #[test]
+    fn a_publish_shorter_than_its_own_header_is_malformed_not_a_panic() {
+        // PUBLISH QoS 0, remaining length 3, a topic said to be 5 bytes long: the header (2 + 5)
+        // does not fit in 3 (ntex-mqtt 9.0 subtracts without a check)
+        // (with the next packets' bytes behind it: ntex subtracts once the header is buffered)
+        let behind = [0xC0u8, 0x00, 0xC0, 0x00, 0xC0, 0x00, 0xC0, 0x00, 0xC0, 0x00];
+        let with = |packet: &[u8]| BytesMut::from(&[packet, &behind[..]].concat()[..]);
+        for proto in [Protocol::V311, Protocol::V5] {
+            let codec = WireCodec::new(proto, 1 << 20);
+            let mut buf = with(&[0x30, 0x03, 0x00, 0x05, b'a']);
+            assert!(matches!(codec.decode(&mut buf), Err(DecodeError::MalformedPacket)), "{proto}");
+            // QoS 1: the packet id counts too
+            let mut buf = with(&[0x32, 0x04, 0x00, 0x02, b'a', b'b']);
+            assert!(matches!(codec.decode(&mut buf), Err(DecodeError::MalformedPacket)), "{proto}");
+        }
+        // MQTT 5: properties said to run past the packet
+        let codec = WireCodec::new(Protocol::V5, 1 << 20);
+        let mut buf = with(&[0x30, 0x05, 0x00, 0x01, b'a', 0x10, 0x00]);
+        assert!(matches!(codec.decode(&mut buf), Err(DecodeError::MalformedPacket)));
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
         /// Arbitrary bytes never panic the decoder; they decode or fail cleanly.
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300), v5 in any::<bool>()) {
