@@ -82,7 +82,12 @@ fn searched(msg_s: Option<f64>) -> Report {
     let mut r = fixture("base");
     r.capacity = Some(CapacityReport {
         slo: vec!["e2e.p99 < 20ms".into()],
-        found: msg_s.map(|m| CapacityStep { stage: 3, rate_percent: m / 10.0, offered_rate: m, receive_rate: m }),
+        found: msg_s.map(|m| CapacityStep {
+            stage: 3,
+            rate_percent: m / 10.0,
+            offered_rate: m,
+            receive_rate: m,
+        }),
         broke: None,
         ended: "converged".into(),
         precision_percent: 5.0,
@@ -106,9 +111,15 @@ fn capacity_searches_compare_by_capacity_and_a_gate_trips_when_it_falls() {
     let w = c.load_warning.expect("a search's whole-run latencies do not compare");
     assert!(w.contains("compare `capacity`"), "{w}");
     // 2 % lower passes a 5 % gate; a side that found none trips it
-    let c = compare::compare(&[side("a", vec![searched(Some(10_000.0))]), side("b", vec![searched(Some(9_800.0))])], &gate);
+    let c = compare::compare(
+        &[side("a", vec![searched(Some(10_000.0))]), side("b", vec![searched(Some(9_800.0))])],
+        &gate,
+    );
     assert!(!c.gates[0].tripped, "{:?}", c.gates);
-    let c = compare::compare(&[side("a", vec![searched(Some(10_000.0))]), side("b", vec![searched(None)])], &gate);
+    let c = compare::compare(
+        &[side("a", vec![searched(Some(10_000.0))]), side("b", vec![searched(None)])],
+        &gate,
+    );
     assert!(c.gates[0].tripped, "no capacity is no pass");
 }
 

@@ -936,7 +936,8 @@ async fn stages_run_across_agents_and_merge_per_stage() {
     let s = Setup::new(&text);
     let (mut controller, url) = s.controller(2, &[]);
     let _agents: Vec<Proc> = (0..2).map(|k| s.agent(&url, &format!("s{k}"), "token", &[])).collect();
-    let (code, stderr) = tokio::task::spawn_blocking(move || (controller.wait(), controller.stderr())).await.unwrap();
+    let (code, stderr) =
+        tokio::task::spawn_blocking(move || (controller.wait(), controller.stderr())).await.unwrap();
     assert_eq!(code, 0, "stderr:\n{stderr}");
     let r = s.report();
     let stages = r["stages"].as_array().unwrap();
@@ -949,7 +950,11 @@ async fn stages_run_across_agents_and_merge_per_stage() {
         assert!(f(st, "measured_s") >= 1.0, "{st}");
     }
     assert!((f(&stages[0], "receive_rate") - 500.0).abs() <= 25.0, "{}", stages[0]);
-    assert!((f(&stages[1], "receive_rate") - LIMIT).abs() <= 0.05 * LIMIT, "at the broker's limit: {}", stages[1]);
+    assert!(
+        (f(&stages[1], "receive_rate") - LIMIT).abs() <= 0.05 * LIMIT,
+        "at the broker's limit: {}",
+        stages[1]
+    );
     // every message of both stages got through in the end: the second stage only queued
     let d = &r["delivery"]["all"];
     assert_eq!(d["lost"], 0, "{d}");

@@ -85,7 +85,11 @@ fn each_device_connects_as_its_row_even_split_over_agent_processes() {
         r["errors"].as_array().unwrap().iter().filter(|e| e["kind"] == "connect_refused").collect();
     assert_eq!(refused.len(), 1, "{:?}", r["errors"]);
     // 3.1.1's "not authorized"
-    assert_eq!((refused[0]["code"].as_u64(), refused[0]["count"].as_u64()), (Some(5), Some(1)), "{refused:?}");
+    assert_eq!(
+        (refused[0]["code"].as_u64(), refused[0]["count"].as_u64()),
+        (Some(5), Some(1)),
+        "{refused:?}"
+    );
     assert_eq!(r["delivery"]["all"]["lost"], 0);
 }
 
@@ -93,7 +97,8 @@ fn each_device_connects_as_its_row_even_split_over_agent_processes() {
 async fn client_ids_come_from_the_file() {
     let broker = support::broker(|c| c.timeline = true).await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("devices.csv"), "client_id\nthermostat-A\nthermostat-B\nlock-C\n").unwrap();
+    std::fs::write(dir.path().join("devices.csv"), "client_id\nthermostat-A\nthermostat-B\nlock-C\n")
+        .unwrap();
     let text = "[run]\nduration = \"500ms\"\n[[group]]\nname = \"d\"\nclients = 3\nidentities = \"devices.csv\"\n[group.publish]\ntopic = \"t/{i}\"\ninterval = \"100ms\"\n";
     let r = support::run(support::plan(text, &support::url(&broker), dir.path())).await;
     assert_eq!(r.counters["connects"], 3);

@@ -38,7 +38,8 @@ async fn until_ready(h: &mut engine::AgentHandle) {
 
 /// Messages published in the snapshots that lie wholly inside `[from, to)`.
 fn published_within(snaps: &[Snapshot], from: u64, to: u64) -> (u64, u64) {
-    let inside: Vec<&Snapshot> = snaps.iter().filter(|s| s.start_unix_ns >= from && s.end_unix_ns <= to).collect();
+    let inside: Vec<&Snapshot> =
+        snaps.iter().filter(|s| s.start_unix_ns >= from && s.end_unix_ns <= to).collect();
     let n = inside.iter().map(|s| s.counters.published()).sum();
     let span = inside.iter().map(|s| s.end_unix_ns - s.start_unix_ns).sum();
     (n, span)
@@ -53,7 +54,10 @@ async fn each_stage_publishes_at_its_share_of_the_rate_and_nothing_between_stage
     let start = clock.now_ns() + 100 * MS;
     let stages = [(0, 1000, 1.0), (1500, 2500, 3.0), (2500, 3000, 0.5)];
     // the window first, then the stages as a capacity search sends them: each before it starts
-    h.commands.send(Command::Publish { start_unix_ns: start, until_unix_ns: start + 3000 * MS }).await.unwrap();
+    h.commands
+        .send(Command::Publish { start_unix_ns: start, until_unix_ns: start + 3000 * MS })
+        .await
+        .unwrap();
     for (i, &(from, to, scale)) in stages.iter().enumerate() {
         let st = StageCommand {
             index: i as u32,
@@ -91,7 +95,11 @@ async fn each_stage_publishes_at_its_share_of_the_rate_and_nothing_between_stage
         if let AgentEvent::Finished(r) = ev {
             let d = r.ledger.all();
             assert_eq!(d.lost, 0);
-            assert_eq!((d.expected, d.received), (sent, sent), "everything sent in every stage was delivered");
+            assert_eq!(
+                (d.expected, d.received),
+                (sent, sent),
+                "everything sent in every stage was delivered"
+            );
             return;
         }
     }
@@ -106,7 +114,10 @@ async fn a_stage_out_of_order_or_beyond_a_clients_rate_stops_all_load() {
         let mut h = engine::start(staged_assignment(&broker), clock.clone()).await.unwrap();
         until_ready(&mut h).await;
         let start = clock.now_ns() + 100 * MS;
-        h.commands.send(Command::Publish { start_unix_ns: start, until_unix_ns: start + 60_000 * MS }).await.unwrap();
+        h.commands
+            .send(Command::Publish { start_unix_ns: start, until_unix_ns: start + 60_000 * MS })
+            .await
+            .unwrap();
         let st = StageCommand { index, start_unix_ns: start, until_unix_ns: start + 60_000 * MS, scale };
         h.commands.send(Command::Stage(st)).await.unwrap();
         let message = loop {
@@ -167,7 +178,11 @@ async fn a_capacity_search_finds_a_brokers_known_capacity() {
         assert_eq!(v.held, p99 < 50_000, "the verdict follows the measured p99 ({p99} µs): {st:?}");
         if !v.held {
             assert!(st.offered_rate > LIMIT, "broke below the limit: {st:?}");
-            assert!((st.receive_rate - LIMIT).abs() <= 0.05 * LIMIT, "delivered {} against the limit", st.receive_rate);
+            assert!(
+                (st.receive_rate - LIMIT).abs() <= 0.05 * LIMIT,
+                "delivered {} against the limit",
+                st.receive_rate
+            );
         }
     }
     // nothing lost: the steps that broke only queued
@@ -211,14 +226,29 @@ fn a_search_answer_is_a_threshold_and_the_report_matches_its_schema() {
         // the HTML report draws the capacity curve: a point per step, in rate order
         let html = dir.path().join("r.html");
         let out = support::squall().arg("report").arg(&report).arg("--html").arg(&html).output().unwrap();
-        assert_eq!(out.status.code(), Some(code), "the verdict again: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "the verdict again: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = std::fs::read_to_string(&html).unwrap();
-        let curve = text.split_once("End-to-end latency by offered rate").expect("the capacity curve is drawn").1;
+        let curve =
+            text.split_once("End-to-end latency by offered rate").expect("the capacity curve is drawn").1;
         let p99 = curve.split("<polyline").nth(2).expect("a p99 line").split("points=\"").nth(1).unwrap();
-        let xs: Vec<f64> = p99.split('"').next().unwrap().split(' ').map(|xy| xy.split(',').next().unwrap().parse().unwrap()).collect();
+        let xs: Vec<f64> = p99
+            .split('"')
+            .next()
+            .unwrap()
+            .split(' ')
+            .map(|xy| xy.split(',').next().unwrap().parse().unwrap())
+            .collect();
         assert_eq!(xs.len(), 3, "{p99}");
         assert!(xs.windows(2).all(|w| w[0] < w[1]), "in rate order: {xs:?}");
-        assert!(text.contains("800 msg/s (400% of the scenario&#39;s rates)") || text.contains("800 msg/s (400% of the scenario's rates)"));
+        assert!(
+            text.contains("800 msg/s (400% of the scenario&#39;s rates)")
+                || text.contains("800 msg/s (400% of the scenario's rates)")
+        );
         // and the Markdown has the steps' table and the answer
         let out = support::squall().arg("report").arg(&report).arg("--md").output().unwrap();
         let md = String::from_utf8_lossy(&out.stdout);

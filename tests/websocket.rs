@@ -55,7 +55,11 @@ fn assert_delivered(r: &Report) {
     let published = r.counters["published_qos1"];
     assert!(published >= 700, "20 clients × 20/s × 2 s: {published}");
     let d = &r.delivery.all;
-    assert_eq!((d.expected, d.delivered, d.lost, d.duplicates), (2 * published, 2 * published, 0, 0), "{d:?}");
+    assert_eq!(
+        (d.expected, d.delivered, d.lost, d.duplicates),
+        (2 * published, 2 * published, 0, 0),
+        "{d:?}"
+    );
     assert!(r.latency["e2e"].raw.as_ref().unwrap().count >= 2 * published);
     assert!(r.errors.is_empty(), "{:?}", r.errors);
 }
@@ -68,12 +72,17 @@ async fn squall_over_ws_and_wss_against_squalls_broker() {
     let r = support::run(support::plan(SCENARIO, &format!("ws://{ws}/mqtt"), dir.path())).await;
     assert_delivered(&r);
     // arrivals are stamped by the kernel under the WebSocket layer too
-    assert!(r.latency.get("read_wait").is_some_and(|l| l.raw.as_ref().is_some_and(|p| p.count > 0)), "read_wait");
+    assert!(
+        r.latency.get("read_wait").is_some_and(|l| l.raw.as_ref().is_some_and(|p| p.count > 0)),
+        "read_wait"
+    );
     let b = broker.stats();
     assert_eq!(b.messages_in[1], r.counters["published_qos1"], "{b:?}");
 
     let with_ca = format!("{SCENARIO}\n[target.tls]\nca = \"{}\"\n", ca_pem.display());
-    let r = support::run(support::plan(&with_ca, &format!("wss://localhost:{}/mqtt", wss.port()), dir.path())).await;
+    let r =
+        support::run(support::plan(&with_ca, &format!("wss://localhost:{}/mqtt", wss.port()), dir.path()))
+            .await;
     assert_delivered(&r);
     assert!(r.counters["tls_handshakes"] >= 22, "every client over TLS: {:?}", r.counters["tls_handshakes"]);
     broker.shutdown().await;
@@ -118,7 +127,9 @@ async fn paho_over_websockets_against_squalls_broker() {
     let dir = support::mosquitto::readable_dir();
     let (broker, ca_pem) = ws_broker(dir.path()).await;
     let (ws, wss) = (broker.addrs()[0], broker.addrs()[1]);
-    for (port, extra) in [(ws.port(), vec![]), (wss.port(), vec!["tls".to_string(), ca_pem.display().to_string()])] {
+    for (port, extra) in
+        [(ws.port(), vec![]), (wss.port(), vec!["tls".to_string(), ca_pem.display().to_string()])]
+    {
         let out = tokio::task::spawn_blocking(move || {
             Command::new("python3")
                 .args(["tests/interop/paho_ws.py", "localhost", &port.to_string(), "/mqtt", "200"])
@@ -168,7 +179,9 @@ fn hostile_server(answer: fn(&str) -> String, then: &'static [u8]) -> u16 {
 
 fn upgrade(key: &str) -> String {
     let accept = squall_agent::mqtt::websocket::accept_key(key);
-    format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n")
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,9 +207,14 @@ async fn a_server_that_breaks_websocket_is_refused_by_kind() {
 /// `squall check` over `ws://`: every check passes against squall's broker, as over TCP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn squall_check_over_ws() {
-    let broker = support::broker(|c| c.listeners = vec![Listener { addr: "127.0.0.1:0".parse().unwrap(), tls: None, ws: true }]).await;
+    let broker = support::broker(|c| {
+        c.listeners = vec![Listener { addr: "127.0.0.1:0".parse().unwrap(), tls: None, ws: true }]
+    })
+    .await;
     let url = format!("ws://{}/mqtt", broker.addrs()[0]);
-    let out = tokio::task::spawn_blocking(move || support::squall().args(["check", &url]).output().unwrap()).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || support::squall().args(["check", &url]).output().unwrap())
+        .await
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains(" 0 failed") && stdout.contains("skipped: plain ws://"), "{stdout}");

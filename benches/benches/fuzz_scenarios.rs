@@ -46,7 +46,9 @@ fn main() {
                     })
                     .map_err(|e| e.to_string()),
                 _ => runner
-                    .run(&scenario_fuzz::staged(), |s| scenario_fuzz::check(s.into_bytes()).map_err(TestCaseError::fail))
+                    .run(&scenario_fuzz::staged(), |s| {
+                        scenario_fuzz::check(s.into_bytes()).map_err(TestCaseError::fail)
+                    })
                     .map_err(|e| e.to_string()),
             };
             if let Err(e) = outcome {

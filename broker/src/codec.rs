@@ -42,7 +42,9 @@ fn publish_fits(buf: &[u8], len: usize, v5: bool) -> bool {
         at += 1;
     }
     at += 1;
-    let Some(topic) = buf.get(at..at + 2).map(|t| u16::from_be_bytes([t[0], t[1]]) as usize) else { return false };
+    let Some(topic) = buf.get(at..at + 2).map(|t| u16::from_be_bytes([t[0], t[1]]) as usize) else {
+        return false;
+    };
     at += 2 + topic;
     if buf[0] & 0b0110 != 0 {
         at += 2;

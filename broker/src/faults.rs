@@ -185,7 +185,8 @@ impl Faults {
     /// connection reads nothing more meanwhile, so publishers feel it as a saturated broker's
     /// backpressure and their messages' latency grows with the queue.
     pub fn limit_publishes(&self, per_sec: Option<f64>) {
-        let ns = per_sec.filter(|r| *r > 0.0 && r.is_finite()).map_or(0, |r| (1e9 / r).round().max(1.0) as u64);
+        let ns =
+            per_sec.filter(|r| *r > 0.0 && r.is_finite()).map_or(0, |r| (1e9 / r).round().max(1.0) as u64);
         self.publish_interval_ns.store(ns, Ordering::Relaxed);
     }
 
@@ -517,7 +518,10 @@ pub fn parse_file(text: &str) -> Result<FaultPlan, FaultFileError> {
         Some(l) if !(l.publishes_per_sec > 0.0 && l.publishes_per_sec <= 1e9) => {
             return Err(FaultFileError {
                 index: 0,
-                message: format!("[limit] publishes_per_sec = {} must be above 0 and at most 1e9", l.publishes_per_sec),
+                message: format!(
+                    "[limit] publishes_per_sec = {} must be above 0 and at most 1e9",
+                    l.publishes_per_sec
+                ),
             });
         }
         l => l.map(|l| l.publishes_per_sec),

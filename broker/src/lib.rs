@@ -502,7 +502,12 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(65_535)
 }
 
-async fn accept_loop(sh: Arc<Shared>, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, ws: bool) {
+async fn accept_loop(
+    sh: Arc<Shared>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    ws: bool,
+) {
     let mut shutdown = sh.shutdown.clone();
     loop {
         let accepted = tokio::select! {

@@ -33,7 +33,10 @@ fn config(max_packet: u32) -> WebSocketConfig {
 }
 
 /// Answers the opening handshake on `stream`.
-pub(crate) async fn accept<S>(stream: S, max_packet: u32) -> Result<WsIo<S>, tokio_tungstenite::tungstenite::Error>
+pub(crate) async fn accept<S>(
+    stream: S,
+    max_packet: u32,
+) -> Result<WsIo<S>, tokio_tungstenite::tungstenite::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -49,7 +52,8 @@ where
         }
         Ok(res)
     };
-    let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config(max_packet))).await?;
+    let ws =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config(max_packet))).await?;
     Ok(WsIo { ws, read: Bytes::new(), at: 0 })
 }
 

@@ -140,7 +140,13 @@ impl Gate {
             .ok_or_else(|| format!("`{s}`: the percentage must be a number ≥ 0; {hint}"))?;
         if path.trim() == CAPACITY {
             // a capacity search's answer: worse is lower
-            return Ok(Gate { written: s.to_string(), metric: CAPACITY.into(), timing: None, stat: String::new(), pct });
+            return Ok(Gate {
+                written: s.to_string(),
+                metric: CAPACITY.into(),
+                timing: None,
+                stat: String::new(),
+                pct,
+            });
         }
         let parts: Vec<&str> = path.split('.').collect();
         let (metric, timing, stat) = match parts.as_slice() {
@@ -440,10 +446,15 @@ pub fn compare(sides: &[Side], gates: &[Gate]) -> Comparison {
         .map(|g| {
             // each side's figure, and which way is worse: a latency up, a capacity down
             let (per, worse_up): (Vec<Option<f64>>, bool) = if g.metric == CAPACITY {
-                (sides.iter().map(|s| median(s.runs.iter().filter_map(capacity_of).collect())).collect(), false)
+                (
+                    sides.iter().map(|s| median(s.runs.iter().filter_map(capacity_of).collect())).collect(),
+                    false,
+                )
             } else {
                 let timing = g.timing.clone().unwrap_or_else(|| {
-                    rows.iter().find(|r| r.metric == g.metric).map_or("corrected".into(), |r| r.timing.clone())
+                    rows.iter()
+                        .find(|r| r.metric == g.metric)
+                        .map_or("corrected".into(), |r| r.timing.clone())
                 });
                 (sides.iter().map(|s| median(figures(s, &g.metric, &timing, &g.stat))).collect(), true)
             };

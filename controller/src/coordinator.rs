@@ -22,9 +22,9 @@ use crate::clock_offset::ClockEstimate;
 use crate::report::live::{self, LiveMode};
 use crate::report::{self, AgentStatus, Inputs, Report, Status};
 use crate::scenario::Plan;
+use crate::segment::segment;
 use crate::stages::AgentInfo;
 use crate::stepper::Stepper;
-use crate::segment::segment;
 
 /// One agent as the coordinator sees it.
 pub struct AgentLink {
@@ -252,17 +252,18 @@ pub async fn run(
 
     // stages, or a search's steps
     let mut stepper = Stepper::new(&plan, start_ns, n_agents, embedded_broker);
-    let open_window =
-        |window: &mut Option<(u64, u64)>, stepper: &mut Option<Stepper>, commands: &[mpsc::Sender<Command>]| {
-            // a little ahead, so every agent has the command before the window opens
-            let start = clock.now_ns() + 100_000_000;
-            let until = start + plan.duration.as_nanos() as u64;
-            *window = Some((start, until));
-            broadcast(commands, Command::Publish { start_unix_ns: start, until_unix_ns: until });
-            if let Some(st) = stepper.as_mut() {
-                st.open(start, commands);
-            }
-        };
+    let open_window = |window: &mut Option<(u64, u64)>,
+                       stepper: &mut Option<Stepper>,
+                       commands: &[mpsc::Sender<Command>]| {
+        // a little ahead, so every agent has the command before the window opens
+        let start = clock.now_ns() + 100_000_000;
+        let until = start + plan.duration.as_nanos() as u64;
+        *window = Some((start, until));
+        broadcast(commands, Command::Publish { start_unix_ns: start, until_unix_ns: until });
+        if let Some(st) = stepper.as_mut() {
+            st.open(start, commands);
+        }
+    };
 
     let failure: Option<(Status, String)> = loop {
         tokio::select! {
@@ -534,7 +535,8 @@ pub(crate) fn broadcast(commands: &[mpsc::Sender<Command>], c: Command) {
 }
 
 /// What the coordinator keeps of each agent: its name, clock, link and cores.
-type AgentEntry = (String, Option<watch::Receiver<ClockEstimate>>, Option<std::sync::Arc<crate::link::LinkStats>>, u32);
+type AgentEntry =
+    (String, Option<watch::Receiver<ClockEstimate>>, Option<std::sync::Arc<crate::link::LinkStats>>, u32);
 
 /// Each agent's name and cores, as the stages' tester health needs them.
 fn agent_infos(info: &[AgentEntry]) -> Vec<AgentInfo<'_>> {

@@ -64,7 +64,14 @@ pub struct Search {
 impl Search {
     /// `0 < from <= to`, `precision > 0`, `max_steps >= 1` (the scenario checks them).
     pub fn new(from: f64, to: f64, precision: f64, max_steps: u32) -> Search {
-        Search { from, to: to.max(from), precision, max_steps: max_steps.max(1), steps: Vec::new(), tester_bound: false }
+        Search {
+            from,
+            to: to.max(from),
+            precision,
+            max_steps: max_steps.max(1),
+            steps: Vec::new(),
+            tester_bound: false,
+        }
     }
 
     /// The outcome of the step at `scale`.

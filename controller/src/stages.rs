@@ -157,10 +157,18 @@ impl StageBook {
         for (i, a) in agents.iter().enumerate() {
             let r = st.agg.agent_report(i as u32, a.name.to_string(), 0);
             if report::cpu_suspect(a.cores, r.cpu_peak_cores, self.embedded_broker) {
-                tester_suspect.push(format!("agent {}: CPU {:.0}%", a.name, 100.0 * r.cpu_peak_cores / a.cores as f64));
+                tester_suspect.push(format!(
+                    "agent {}: CPU {:.0}%",
+                    a.name,
+                    100.0 * r.cpu_peak_cores / a.cores as f64
+                ));
             }
             if let Some(lag) = r.lag_p99_us.filter(|l| report::lag_suspect(*l)) {
-                tester_suspect.push(format!("agent {}: timer lag p99 {}", a.name, report::text::fmt_us(lag as f64)));
+                tester_suspect.push(format!(
+                    "agent {}: timer lag p99 {}",
+                    a.name,
+                    report::text::fmt_us(lag as f64)
+                ));
             }
         }
         let verdict = (!self.slo.is_empty()).then(|| {
@@ -168,8 +176,13 @@ impl StageBook {
                 .slo
                 .iter()
                 .map(|t| {
-                    let value = if measured_s > 0.0 { step_value(&st.agg, measured_s, &t.metric) } else { None };
-                    ThresholdResult { rule: t.expr.clone(), value, pass: value.is_some_and(|v| t.op.holds(v, t.value)) }
+                    let value =
+                        if measured_s > 0.0 { step_value(&st.agg, measured_s, &t.metric) } else { None };
+                    ThresholdResult {
+                        rule: t.expr.clone(),
+                        value,
+                        pass: value.is_some_and(|v| t.op.holds(v, t.value)),
+                    }
                 })
                 .collect();
             StageVerdict { held: rules.iter().all(|r| r.pass), rules }
@@ -225,19 +238,30 @@ mod tests {
             errors: vec![],
             connected: 1,
             wills: vec![],
-            histograms: vec![HistogramBytes { metric: Metric::E2e, timing: Timing::Corrected, v2: l.to_v2(), clamped: 0, group: 0 }],
+            histograms: vec![HistogramBytes {
+                metric: Metric::E2e,
+                timing: Timing::Corrected,
+                v2: l.to_v2(),
+                clamped: 0,
+                group: 0,
+            }],
         }
     }
 
     fn group() -> GroupSpec {
         let text = "[[group]]\nname = \"g\"\nclients = 10\n[group.publish]\ntopic = \"t/{i}\"\ninterval = \"100ms\"\n";
-        let ov = crate::scenario::Overrides { targets: vec!["mqtt://127.0.0.1:1".into()], ..Default::default() };
-        crate::scenario::load_source(&crate::scenario::Source::new("s.toml", text), &ov).unwrap().groups.remove(0)
+        let ov =
+            crate::scenario::Overrides { targets: vec!["mqtt://127.0.0.1:1".into()], ..Default::default() };
+        crate::scenario::load_source(&crate::scenario::Source::new("s.toml", text), &ov)
+            .unwrap()
+            .groups
+            .remove(0)
     }
 
     #[test]
     fn a_stage_takes_the_whole_intervals_after_its_warmup_and_judges_its_slo() {
-        let slo = vec![Threshold::parse("e2e.p99 < 5ms").unwrap(), Threshold::parse("publish.rate >= 90").unwrap()];
+        let slo =
+            vec![Threshold::parse("e2e.p99 < 5ms").unwrap(), Threshold::parse("publish.rate >= 90").unwrap()];
         let mut book = StageBook::new(0, &[group()], 2, S, slo, false);
         // stage 0: [10 s, 15 s) warm-up 1 s; stage 1: [15 s, 20 s) warm-up 2 s
         book.add(0, 1.0, 10 * S, 15 * S, S);

@@ -52,7 +52,9 @@ impl Stepper {
         let (slo, search) = match &plan.shape {
             Shape::Steady => return None,
             Shape::Stages(_) => (Vec::new(), None),
-            Shape::Search(sp) => (sp.slo.clone(), Some(Search::new(sp.from, sp.to, sp.precision, sp.max_steps))),
+            Shape::Search(sp) => {
+                (sp.slo.clone(), Some(Search::new(sp.from, sp.to, sp.precision, sp.max_steps)))
+            }
         };
         let interval_ns = plan.snapshot_interval.as_nanos() as u64;
         Some(Stepper {
@@ -69,11 +71,20 @@ impl Stepper {
     }
 
     /// Tells the agents of a stage and starts measuring it.
-    fn announce(&mut self, commands: &[mpsc::Sender<Command>], scale: f64, (start, until): (u64, u64), warmup: Duration) {
+    fn announce(
+        &mut self,
+        commands: &[mpsc::Sender<Command>],
+        scale: f64,
+        (start, until): (u64, u64),
+        warmup: Duration,
+    ) {
         let index = self.announced.len() as u32;
         self.announced.push((scale, start, until));
         self.book.add(index, scale, start, until, warmup.as_nanos() as u64);
-        broadcast(commands, Command::Stage(StageCommand { index, start_unix_ns: start, until_unix_ns: until, scale }));
+        broadcast(
+            commands,
+            Command::Stage(StageCommand { index, start_unix_ns: start, until_unix_ns: until, scale }),
+        );
     }
 
     /// The publishing window opened at `start`: every stage, back to back, or a search's first
@@ -185,7 +196,10 @@ impl Stepper {
     /// Every stage's figures (what is still open was cut short: an interrupt, an abort rule, a
     /// lost agent; its figures stand on what arrived, and a search does not judge it), what a
     /// search found, and what a reader must know besides.
-    pub fn finish(mut self, agents: &[AgentInfo<'_>]) -> (Vec<StageReport>, Option<CapacityReport>, Vec<String>) {
+    pub fn finish(
+        mut self,
+        agents: &[AgentInfo<'_>],
+    ) -> (Vec<StageReport>, Option<CapacityReport>, Vec<String>) {
         self.reports.extend(self.book.settle(agents, true));
         let capacity = match (&self.search, &self.shape) {
             (Some(sr), Shape::Search(sp)) => {

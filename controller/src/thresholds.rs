@@ -182,7 +182,8 @@ impl MetricRef {
                 let base = name.split('.').next().unwrap_or("");
                 !LEDGER_NAMES.contains(&base)
                     && base != "wills"
-                    && !["publish.rate", "receive.rate", "agents_suspect", "capacity"].contains(&name.as_str())
+                    && !["publish.rate", "receive.rate", "agents_suspect", "capacity"]
+                        .contains(&name.as_str())
             }
         }
     }

@@ -633,7 +633,12 @@ impl Assignment {
 
     /// Checks a stage as it arrives: staged runs only, in order, after the stage before
     /// (`after_ns`: where it ended), a non-empty span, and a scale within bounds.
-    pub fn check_stage(&self, st: &crate::link::StageCommand, index: u32, after_ns: u64) -> Result<(), PlanError> {
+    pub fn check_stage(
+        &self,
+        st: &crate::link::StageCommand,
+        index: u32,
+        after_ns: u64,
+    ) -> Result<(), PlanError> {
         let err = |m: String| Err(PlanError::Run(format!("stage {}: {m}", st.index)));
         if !self.staged {
             return err("the run is not staged".into());

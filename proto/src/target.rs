@@ -28,7 +28,9 @@ pub const DEFAULT_WS_PATH: &str = "/mqtt";
 pub enum UrlError {
     #[error("`{0}` has no scheme; write mqtt://host:port or mqtts://host:port")]
     NoScheme(String),
-    #[error("scheme `{0}` is not supported; use mqtt:// (TCP), mqtts:// (TLS), ws:// or wss:// (MQTT over WebSocket)")]
+    #[error(
+        "scheme `{0}` is not supported; use mqtt:// (TCP), mqtts:// (TLS), ws:// or wss:// (MQTT over WebSocket)"
+    )]
     Scheme(String),
     #[error("path `{0}`: only ws:// and wss:// URLs have a path (printable ASCII, no spaces)")]
     Path(String),

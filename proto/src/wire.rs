@@ -16,8 +16,8 @@ use crate::metrics::{
     Receipts, ShareResult, Snapshot, StormResult, StreamFinal, StreamReceipts, Timing, WillMark, WillRecord,
 };
 use crate::plan::{
-    Assignment, BackoffPolicy, Comeback, EventAction, EventSpec, GroupAssignment, GroupSpec, Jitter,
-    Identity, PayloadSpec, PublishRange, PublishSpec, RateSpec, ReconnectSpec, SubscribeSpec, WillSpec,
+    Assignment, BackoffPolicy, Comeback, EventAction, EventSpec, GroupAssignment, GroupSpec, Identity,
+    Jitter, PayloadSpec, PublishRange, PublishSpec, RateSpec, ReconnectSpec, SubscribeSpec, WillSpec,
 };
 use crate::protocol::Protocol;
 use crate::target::TargetUrl;

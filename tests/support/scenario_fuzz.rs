@@ -141,9 +141,14 @@ fn ordinary(key: &'static str) -> BoxedStrategy<String> {
         "max_inflight" => pick(&["1", "10", "65535"]).boxed(),
         "max_unsent_bytes" => pick(&["65536", "268435456"]).boxed(),
         "max_connecting" => pick(&["1", "64", "4096"]).boxed(),
-        "rate" | "from" | "to" | "precision" => pick(&["\"50%\"", "\"100%\"", "\"250%\"", "\"5%\"", "\"10000%\""]).boxed(),
+        "rate" | "from" | "to" | "precision" => {
+            pick(&["\"50%\"", "\"100%\"", "\"250%\"", "\"5%\"", "\"10000%\""]).boxed()
+        }
         "step" | "warmup" => pick(&["\"2s\"", "\"500ms\"", "\"20s\""]).boxed(),
-        "slo" => pick(&["[\"e2e.p99 < 20ms\"]", "[\"missing == 0\", \"receive.rate >= 10\"]", "[\"lost == 0\"]"]).boxed(),
+        "slo" => {
+            pick(&["[\"e2e.p99 < 20ms\"]", "[\"missing == 0\", \"receive.rate >= 10\"]", "[\"lost == 0\"]"])
+                .boxed()
+        }
         "max_steps" => pick(&["1", "16", "64"]).boxed(),
         _ => pick(&["1", "10", "100", "1000", "0.5"]).boxed(),
     }
@@ -159,7 +164,18 @@ fn edge(key: &'static str) -> BoxedStrategy<String> {
         }
         "protocol" => pick(&["\"3.1.1\"", "\"5\"", "\"4\"", "\"\"", "5"]).boxed(),
         "rate" | "from" | "to" | "precision" => prop_oneof![
-            pick(&["\"0%\"", "\"-5%\"", "\"1e400%\"", "\"nan%\"", "\"inf%\"", "\"%\"", "\"100\"", "5", "\"1e-300%\"", "\"1000000000000%\""]),
+            pick(&[
+                "\"0%\"",
+                "\"-5%\"",
+                "\"1e400%\"",
+                "\"nan%\"",
+                "\"inf%\"",
+                "\"%\"",
+                "\"100\"",
+                "5",
+                "\"1e-300%\"",
+                "\"1000000000000%\""
+            ]),
             (0u64..10_000_000).prop_map(|n| format!("\"{n}%\"")),
         ]
         .boxed(),
@@ -323,13 +339,18 @@ fn stages_pass_the_agents_check(
         // the extremes a search may reach: its top, and the floor it halves down to
         Shape::Search(s) => {
             let floor = s.from / f64::from(1u32 << squall_controller::search::MAX_HALVINGS);
-            vec![(s.to, s.step.as_nanos() as u64), (floor, s.step.as_nanos() as u64), (s.from, s.step.as_nanos() as u64)]
+            vec![
+                (s.to, s.step.as_nanos() as u64),
+                (floor, s.step.as_nanos() as u64),
+                (s.from, s.step.as_nanos() as u64),
+            ]
         }
     };
     let mut at = 1_000_000_000u64;
     for (i, (scale, len)) in scales.into_iter().enumerate() {
         let st = StageCommand { index: i as u32, start_unix_ns: at, until_unix_ns: at + len, scale };
-        a.check_stage(&st, i as u32, at).map_err(|e| format!("the controller accepted a stage the agent refuses: {e}"))?;
+        a.check_stage(&st, i as u32, at)
+            .map_err(|e| format!("the controller accepted a stage the agent refuses: {e}"))?;
         at += len;
     }
     Ok(())

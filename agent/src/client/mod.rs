@@ -333,7 +333,12 @@ impl Client {
         let clients = self.group.assignment.spec.clients;
         if !self.shared.staged {
             let pacer = self.pacer.get_or_insert_with(|| {
-                Pacer::new(start_ns, until_ns, rate.client_interval_ns(), rate.client_offset_ns(self.index, clients))
+                Pacer::new(
+                    start_ns,
+                    until_ns,
+                    rate.client_interval_ns(),
+                    rate.client_offset_ns(self.index, clients),
+                )
             });
             pacer.cut(until_ns);
             return;

@@ -123,7 +123,11 @@ impl WsStream {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_read_stamped(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<Option<u64>>> {
+    fn poll_read_stamped(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<Option<u64>>> {
         loop {
             if self.plain_at < self.plain.len() {
                 let n = buf.remaining().min(self.plain.len() - self.plain_at);
@@ -152,7 +156,10 @@ impl WsStream {
             let n = rb.filled().len();
             if n == 0 {
                 return Poll::Ready(if self.deframer.mid_frame() {
-                    Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the connection ended inside a WebSocket frame"))
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the connection ended inside a WebSocket frame",
+                    ))
                 } else {
                     Ok(None)
                 });
@@ -187,7 +194,11 @@ impl WsStream {
     }
 
     /// Frames what `bufs` hold (at most one frame's worth) once what was framed before is out.
-    fn poll_write_frames(&mut self, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_frames(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         std::task::ready!(self.poll_drain(cx))?;
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         let take = total.min(super::websocket::MAX_OUT_FRAME);
@@ -220,7 +231,9 @@ async fn upgrade(mut inner: Stream, url: &TargetUrl, path: &str) -> Result<Strea
         let mut chunk = [0u8; 1024];
         let n = inner.read(&mut chunk).await.map_err(io)?;
         if n == 0 {
-            return Err(ConnectFailure::WebSocket("WebSocket handshake: the server closed the connection".into()));
+            return Err(ConnectFailure::WebSocket(
+                "WebSocket handshake: the server closed the connection".into(),
+            ));
         }
         got.extend_from_slice(&chunk[..n]);
         match super::websocket::response(&got, &accept) {
@@ -604,7 +617,10 @@ mod tests {
         assert_eq!((u.tls, u.port, u.ws_path.as_deref()), (false, 8080, Some("/mqtt")));
         assert_eq!(u.to_string(), "ws://broker:8080/mqtt");
         let u: TargetUrl = "wss://[::1]/ws/mqtt?x=1".parse().unwrap();
-        assert_eq!((u.tls, u.port, u.host.as_str(), u.ws_path.as_deref()), (true, 443, "::1", Some("/ws/mqtt?x=1")));
+        assert_eq!(
+            (u.tls, u.port, u.host.as_str(), u.ws_path.as_deref()),
+            (true, 443, "::1", Some("/ws/mqtt?x=1"))
+        );
         assert_eq!(u.to_string().parse::<TargetUrl>().unwrap(), u, "round trip");
         assert!(matches!("mqtt://broker:1883/topic".parse::<TargetUrl>(), Err(UrlError::Path(_))));
         assert_eq!("mqtt://broker/".parse::<TargetUrl>().unwrap().ws_path, None);

@@ -43,7 +43,8 @@ fn proto(m: impl Into<String>) -> WsError {
 
 /// The accept key a server must answer `key` with (RFC 6455 §4.2.2).
 pub fn accept_key(key: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, format!("{key}{GUID}").as_bytes());
+    let digest =
+        ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, format!("{key}{GUID}").as_bytes());
     base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
 }
 
@@ -68,7 +69,9 @@ pub fn response(buf: &[u8], accept: &str) -> Result<Option<usize>, WsError> {
     let n = match r.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_RESPONSE => {
-            return Err(WsError::Handshake(format!("no end to the response's headers in {MAX_RESPONSE} bytes")));
+            return Err(WsError::Handshake(format!(
+                "no end to the response's headers in {MAX_RESPONSE} bytes"
+            )));
         }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(WsError::Handshake(format!("not an HTTP response ({e})"))),
@@ -90,7 +93,9 @@ pub fn response(buf: &[u8], accept: &str) -> Result<Option<usize>, WsError> {
         return Err(WsError::Handshake("the answer does not upgrade to websocket".into()));
     }
     if header("sec-websocket-accept").as_deref() != Some(accept) {
-        return Err(WsError::Handshake("the server's Sec-WebSocket-Accept does not match the key sent".into()));
+        return Err(WsError::Handshake(
+            "the server's Sec-WebSocket-Accept does not match the key sent".into(),
+        ));
     }
     // a server that names a subprotocol must name ours; one that names none is tolerated (some
     // brokers leave it out), as most MQTT clients do
@@ -171,7 +176,12 @@ impl Deframer {
 
     /// Moves the data in `raw` (from its start) into `plain`, takes in whole control frames,
     /// and leaves an incomplete header or control frame in `raw` for the next call.
-    pub fn feed(&mut self, raw: &mut Vec<u8>, plain: &mut Vec<u8>, control: &mut Vec<Control>) -> Result<(), WsError> {
+    pub fn feed(
+        &mut self,
+        raw: &mut Vec<u8>,
+        plain: &mut Vec<u8>,
+        control: &mut Vec<Control>,
+    ) -> Result<(), WsError> {
         let mut at = 0;
         while at < raw.len() && !self.closed {
             if self.data_left > 0 {
@@ -183,14 +193,18 @@ impl Deframer {
             }
             let Some((fin, opcode, len, header)) = header(&raw[at..])? else { break };
             match opcode {
-                0x0 if !self.in_message => return Err(proto("a continuation frame with no message under way")),
+                0x0 if !self.in_message => {
+                    return Err(proto("a continuation frame with no message under way"));
+                }
                 0x1 => return Err(proto("a text frame: MQTT is carried in binary frames")),
                 0x0 | 0x2 => {
                     if opcode == 0x2 && self.in_message {
                         return Err(proto("a new message while a fragmented one is under way"));
                     }
                     if len > MAX_FRAME {
-                        return Err(proto(format!("a frame of {len} bytes, more than the {MAX_FRAME} a client accepts")));
+                        return Err(proto(format!(
+                            "a frame of {len} bytes, more than the {MAX_FRAME} a client accepts"
+                        )));
                     }
                     self.in_message = !fin;
                     self.data_left = len;
@@ -282,7 +296,8 @@ mod tests {
             n => (n as usize, 2),
         };
         let mask = &f[at..at + 4];
-        let payload: Vec<u8> = f[at + 4..at + 4 + len].iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
+        let payload: Vec<u8> =
+            f[at + 4..at + 4 + len].iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
         assert_eq!(f.len(), at + 4 + len, "one frame");
         (f[0] & 0x0F, payload)
     }
@@ -297,7 +312,9 @@ mod tests {
     fn a_response_is_checked_before_the_upgrade() {
         let (req, accept) = request("broker", 8080, "/mqtt");
         let req = String::from_utf8(req).unwrap();
-        assert!(req.starts_with("GET /mqtt HTTP/1.1\r\n") && req.contains("Sec-WebSocket-Protocol: mqtt\r\n"));
+        assert!(
+            req.starts_with("GET /mqtt HTTP/1.1\r\n") && req.contains("Sec-WebSocket-Protocol: mqtt\r\n")
+        );
         let ok = format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
         );

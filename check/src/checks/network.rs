@@ -109,7 +109,11 @@ pub(super) async fn network(r: &mut Runner) -> bool {
             }
         }
     } else {
-        let plain = if url.ws_path.is_some() { "plain ws:// (use wss:// or --tls)" } else { "plain mqtt:// (use mqtts:// or --tls)" };
+        let plain = if url.ws_path.is_some() {
+            "plain ws:// (use wss:// or --tls)"
+        } else {
+            "plain mqtt:// (use mqtts:// or --tls)"
+        };
         r.skip("tls", None, &format!("skipped: {plain}"));
         None
     };

@@ -236,7 +236,11 @@ fn stages(o: &mut String, r: &Report) {
         "End-to-end latency by offered rate (corrected)",
         true,
         rate,
-        &[("p50", "#1f77b4", e2e(|p| p.p50_us)), ("p99", "#d62728", e2e(|p| p.p99_us)), ("p99.9", "#9467bd", e2e(|p| p.p999_us))],
+        &[
+            ("p50", "#1f77b4", e2e(|p| p.p50_us)),
+            ("p99", "#d62728", e2e(|p| p.p99_us)),
+            ("p99.9", "#9467bd", e2e(|p| p.p999_us)),
+        ],
     );
     xy_plot(
         o,

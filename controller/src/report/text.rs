@@ -487,7 +487,11 @@ fn stages(o: &mut String, r: &Report) {
             o,
             "  {n:<8} {rate:>8} {offered:>10} {publ:>10} {recv:>10} {missing:>8} {p50:>9} {p99:>9} {p999:>9} {errors:>7}  {}{}",
             step_outcome(st),
-            if st.tester_suspect.is_empty() { String::new() } else { format!(" (tester suspect: {})", st.tester_suspect.join(", ")) }
+            if st.tester_suspect.is_empty() {
+                String::new()
+            } else {
+                format!(" (tester suspect: {})", st.tester_suspect.join(", "))
+            }
         );
     }
     let _ = writeln!(o, "  (each over whole snapshot intervals after its warm-up; e2e corrected)");

@@ -116,7 +116,11 @@ impl Ctx<'_> {
         match s.trim().strip_suffix('%').map(|n| n.trim().parse::<f64>()) {
             Some(Ok(p)) if p > 0.0 && p.is_finite() => p / 100.0,
             _ => {
-                self.err(path, format!("`{s}` is not a share"), "write a percentage above 0, such as \"50%\" or \"250%\"".to_string());
+                self.err(
+                    path,
+                    format!("`{s}` is not a share"),
+                    "write a percentage above 0, such as \"50%\" or \"250%\"".to_string(),
+                );
                 default
             }
         }
@@ -417,12 +421,20 @@ fn read_identities(
     let size = match std::fs::metadata(file) {
         Ok(m) => m.len(),
         Err(e) => {
-            cx.err(at, format!("cannot read {shown}: {e}"), "the path is relative to the scenario file".to_string());
+            cx.err(
+                at,
+                format!("cannot read {shown}: {e}"),
+                "the path is relative to the scenario file".to_string(),
+            );
             return None;
         }
     };
     if size > MAX_IDENTITIES_FILE {
-        cx.err(at, format!("{shown} is {size} bytes, more than the {MAX_IDENTITIES_FILE} an identities file may be"), None);
+        cx.err(
+            at,
+            format!("{shown} is {size} bytes, more than the {MAX_IDENTITIES_FILE} an identities file may be"),
+            None,
+        );
         return None;
     }
     let mut reader = match csv::ReaderBuilder::new().trim(csv::Trim::All).from_path(file) {
@@ -441,17 +453,29 @@ fn read_identities(
         }
     };
     if let Some(bad) = header.iter().find(|h| !columns.contains(&h.as_str())) {
-        cx.err(at, format!("{shown}: unknown column `{bad}`"), format!("the header names any of {}", columns.join(", ")));
+        cx.err(
+            at,
+            format!("{shown}: unknown column `{bad}`"),
+            format!("the header names any of {}", columns.join(", ")),
+        );
         return None;
     }
     let col = |name: &str| header.iter().position(|h| h == name);
     let (c_id, c_user, c_pass) = (col("client_id"), col("username"), col("password"));
     if c_id.is_none() && c_user.is_none() && c_pass.is_none() {
-        cx.err(at, format!("{shown} has no header"), format!("its first line names its columns: {}", columns.join(", ")));
+        cx.err(
+            at,
+            format!("{shown} has no header"),
+            format!("its first line names its columns: {}", columns.join(", ")),
+        );
         return None;
     }
     if c_id.is_some() && g.client_id.is_some() {
-        cx.err(path!["group", gi, "client_id"], "the identities file gives the client ids", "remove client_id".to_string());
+        cx.err(
+            path!["group", gi, "client_id"],
+            "the identities file gives the client ids",
+            "remove client_id".to_string(),
+        );
         return None;
     }
     let mut rows = Vec::new();
@@ -465,19 +489,31 @@ fn read_identities(
                 return None;
             }
         };
-        let cell = |c: Option<usize>| c.and_then(|c| record.get(c)).filter(|v| !v.is_empty()).map(str::to_string);
+        let cell =
+            |c: Option<usize>| c.and_then(|c| record.get(c)).filter(|v| !v.is_empty()).map(str::to_string);
         let id = Identity { client_id: cell(c_id), username: cell(c_user), password: cell(c_pass) };
-        if [&id.client_id, &id.username, &id.password].iter().any(|f| f.as_ref().is_some_and(|v| v.len() > MAX_IDENTITY_FIELD)) {
+        if [&id.client_id, &id.username, &id.password]
+            .iter()
+            .any(|f| f.as_ref().is_some_and(|v| v.len() > MAX_IDENTITY_FIELD))
+        {
             cx.err(at, format!("{shown}, line {row}: a field longer than {MAX_IDENTITY_FIELD} bytes"), None);
             return None;
         }
         match &id.client_id {
             None if c_id.is_some() => {
-                cx.err(at, format!("{shown}, line {row}: no client id"), "every row names its device".to_string());
+                cx.err(
+                    at,
+                    format!("{shown}, line {row}: no client id"),
+                    "every row names its device".to_string(),
+                );
                 return None;
             }
             Some(c) if !seen.insert(c.clone()) => {
-                cx.err(at, format!("{shown}, line {row}: client id `{c}` again"), "client ids are one per device: a second connection takes the first's over".to_string());
+                cx.err(
+                    at,
+                    format!("{shown}, line {row}: client id `{c}` again"),
+                    "client ids are one per device: a second connection takes the first's over".to_string(),
+                );
                 return None;
             }
             _ => {}
@@ -518,11 +554,17 @@ fn resolve_shape(
     // the most any step may scale the rates: the busiest client at one message a microsecond
     let limits: Vec<(f64, &str)> = groups
         .iter()
-        .filter_map(|g| g.publish.as_ref().map(|p| (squall_proto::plan::max_scale_of(g.clients, p.rate), g.name.as_str())))
+        .filter_map(|g| {
+            g.publish.as_ref().map(|p| (squall_proto::plan::max_scale_of(g.clients, p.rate), g.name.as_str()))
+        })
         .collect();
     let Some(&(max_scale, busiest)) = limits.iter().min_by(|a, b| a.0.total_cmp(&b.0)) else {
         let at = if scenario.search.is_some() { path!["search"] } else { path!["stage", 0] };
-        cx.err(at, "stages and searches scale publishing, and no group publishes", "add a [group.publish]".to_string());
+        cx.err(
+            at,
+            "stages and searches scale publishing, and no group publishes",
+            "add a [group.publish]".to_string(),
+        );
         return Shape::Steady;
     };
     let too_fast = |scale: f64| {
@@ -533,7 +575,11 @@ fn resolve_shape(
         )
     };
     // a step's figures come from whole snapshot intervals after its warm-up
-    let step_times = |cx: &mut Ctx<'_>, at: Vec<Seg>, duration: &Option<String>, warmup: &Option<String>, default: Option<Duration>| {
+    let step_times = |cx: &mut Ctx<'_>,
+                      at: Vec<Seg>,
+                      duration: &Option<String>,
+                      warmup: &Option<String>,
+                      default: Option<Duration>| {
         let mut d_at = at.clone();
         d_at.push(Seg::Key(if default.is_some() { "step" } else { "duration" }.into()));
         let d = match (duration, default) {
@@ -561,7 +607,10 @@ fn resolve_shape(
         if w + snapshot_interval > d {
             cx.err(
                 w_at,
-                format!("a warm-up of {} leaves less than one snapshot interval to measure", humantime::format_duration(w)),
+                format!(
+                    "a warm-up of {} leaves less than one snapshot interval to measure",
+                    humantime::format_duration(w)
+                ),
                 "shorten the warm-up".to_string(),
             );
             return None;
@@ -594,7 +643,11 @@ fn resolve_shape(
             cx.err(path!["search", "to"], too_fast(to), "lower it, or publish from more clients".to_string());
         }
         if from > to {
-            cx.err(path!["search", "from"], format!("the search starts above its top ({})", fmt_percent(to)), None);
+            cx.err(
+                path!["search", "from"],
+                format!("the search starts above its top ({})", fmt_percent(to)),
+                None,
+            );
         }
         let precision = cx.percent(path!["search", "precision"], &sr.precision, 0.05);
         if !(0.001..=1.0).contains(&precision) {
@@ -602,7 +655,11 @@ fn resolve_shape(
         }
         let max_steps = sr.max_steps.unwrap_or(16);
         if !(1..=super::MAX_SEARCH_STEPS).contains(&max_steps) {
-            cx.err(path!["search", "max_steps"], format!("a search takes 1 to {} steps", super::MAX_SEARCH_STEPS), None);
+            cx.err(
+                path!["search", "max_steps"],
+                format!("a search takes 1 to {} steps", super::MAX_SEARCH_STEPS),
+                None,
+            );
         }
         let times = step_times(cx, path!["search"], &sr.step, &sr.warmup, Some(Duration::from_secs(20)));
         let Some((step, warmup)) = times else { return Shape::Steady };
@@ -616,7 +673,11 @@ fn resolve_shape(
     for (i, st) in scenario.stages.iter().enumerate() {
         let scale = cx.percent(path!["stage", i, "rate"], &st.rate, 1.0);
         if scale > max_scale {
-            cx.err(path!["stage", i, "rate"], too_fast(scale), "lower it, or publish from more clients".to_string());
+            cx.err(
+                path!["stage", i, "rate"],
+                too_fast(scale),
+                "lower it, or publish from more clients".to_string(),
+            );
         }
         if let Some((duration, warmup)) = step_times(cx, path!["stage", i], &st.duration, &st.warmup, None) {
             stages.push(StagePlan { duration, scale, warmup });
@@ -631,7 +692,11 @@ fn resolve_shape(
 /// A scale as a share, "250%".
 pub fn fmt_percent(scale: f64) -> String {
     let p = scale * 100.0;
-    if (p - p.round()).abs() < 1e-9 { format!("{p:.0}%") } else { format!("{p:.4}%").trim_end_matches('0').to_string() }
+    if (p - p.round()).abs() < 1e-9 {
+        format!("{p:.0}%")
+    } else {
+        format!("{p:.4}%").trim_end_matches('0').to_string()
+    }
 }
 
 fn resolve_tls(cx: &mut Ctx<'_>, tls: Option<&format::Tls>, base: &Path) -> TlsMaterial {

@@ -105,8 +105,9 @@ fn group_spec() -> impl Strategy<Value = GroupSpec> {
 }
 
 fn assignment() -> impl Strategy<Value = Assignment> {
-    let target = (any::<bool>(), "[a-z]{1,8}(\\.[a-z]{1,5})?", any::<u16>())
-        .prop_map(|(tls, host, port)| TargetUrl { tls, host, port, ws_path: tls.then(|| "/mqtt".to_string()) });
+    let target = (any::<bool>(), "[a-z]{1,8}(\\.[a-z]{1,5})?", any::<u16>()).prop_map(|(tls, host, port)| {
+        TargetUrl { tls, host, port, ws_path: tls.then(|| "/mqtt".to_string()) }
+    });
     let tls = (
         proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
         proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
@@ -121,24 +122,15 @@ fn assignment() -> impl Strategy<Value = Assignment> {
             server_name,
             insecure,
         });
-    let identity = (
-        proptest::option::of(".{0,12}"),
-        proptest::option::of(".{0,12}"),
-        proptest::option::of(".{0,12}"),
-    )
-        .prop_map(|(client_id, username, password)| Identity { client_id, username, password });
+    let identity =
+        (proptest::option::of(".{0,12}"), proptest::option::of(".{0,12}"), proptest::option::of(".{0,12}"))
+            .prop_map(|(client_id, username, password)| Identity { client_id, username, password });
     let group = (
         (group_spec(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()),
         proptest::collection::vec(identity, 0..4),
     )
-        .prop_map(|((spec, first, count, stream_base, client_base, group), identities)| GroupAssignment {
-            spec,
-            first,
-            count,
-            stream_base,
-            client_base,
-            group,
-            identities,
+        .prop_map(|((spec, first, count, stream_base, client_base, group), identities)| {
+            GroupAssignment { spec, first, count, stream_base, client_base, group, identities }
         });
     (
         any::<u32>(),
@@ -404,9 +396,11 @@ fn command() -> impl Strategy<Value = Command> {
         (proptest::collection::vec(stream_final(), 0..(STREAMS_PER_CHUNK + 10)), any::<u64>())
             .prop_map(|(streams, drain_ms)| Command::Finish { streams, drain_ms }),
         Just(Command::Abort),
-        (any::<u32>(), any::<u64>(), any::<u64>(), -1e6f64..1e6).prop_map(|(index, start_unix_ns, until_unix_ns, scale)| {
-            Command::Stage(crate::link::StageCommand { index, start_unix_ns, until_unix_ns, scale })
-        }),
+        (any::<u32>(), any::<u64>(), any::<u64>(), -1e6f64..1e6).prop_map(
+            |(index, start_unix_ns, until_unix_ns, scale)| {
+                Command::Stage(crate::link::StageCommand { index, start_unix_ns, until_unix_ns, scale })
+            }
+        ),
     ]
 }
 

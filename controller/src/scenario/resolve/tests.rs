@@ -249,7 +249,10 @@ fn stages_resolve_to_their_sum_with_defaults() {
 
 #[test]
 fn a_search_resolves_with_defaults_and_bounds_its_window() {
-    let plan = load(&format!("{MINIMAL}[search]\nslo = [\"e2e.p99 < 20ms\", \"missing == 0\", \"receive.rate >= 90\"]\n")).unwrap();
+    let plan = load(&format!(
+        "{MINIMAL}[search]\nslo = [\"e2e.p99 < 20ms\", \"missing == 0\", \"receive.rate >= 90\"]\n"
+    ))
+    .unwrap();
     let Shape::Search(s) = &plan.shape else { panic!("{:?}", plan.shape) };
     assert_eq!((s.from, s.to, s.precision, s.max_steps), (1.0, 100.0, 0.05, 16));
     assert_eq!((s.step, s.warmup), (Duration::from_secs(20), Duration::from_secs(4)));
@@ -258,7 +261,12 @@ fn a_search_resolves_with_defaults_and_bounds_its_window() {
     // a rule on the search's answer needs a search
     let d = first_error(&format!("thresholds = [\"capacity >= 1000\"]\n{MINIMAL}"));
     assert!(d.message.contains("needs a capacity search"), "{d}");
-    assert!(load(&format!("thresholds = [\"capacity >= 1000\"]\n{MINIMAL}[search]\nslo = [\"e2e.p99 < 20ms\"]\n")).is_ok());
+    assert!(
+        load(&format!(
+            "thresholds = [\"capacity >= 1000\"]\n{MINIMAL}[search]\nslo = [\"e2e.p99 < 20ms\"]\n"
+        ))
+        .is_ok()
+    );
 }
 
 #[test]
@@ -270,7 +278,7 @@ fn stages_and_searches_are_checked_where_they_are_written() {
         ("[[stage]]\nrate = \"50%\"\n", "needs a duration", 1),
         ("[[stage]]\nduration = \"1500ms\"\n", "fewer than two snapshot intervals", 2),
         ("[[stage]]\nduration = \"10s\"\nwarmup = \"10s\"\n", "leaves less than one snapshot interval", 3),
-        // 10 clients at 100 ms: one message a µs each is 100,000× 
+        // 10 clients at 100 ms: one message a µs each is 100,000×
         ("[[stage]]\nduration = \"10s\"\nrate = \"20000000%\"\n", "more than one message a microsecond", 3),
         ("[search]\nfrom = \"50%\"\n", "needs the rules each step must hold", 1),
         ("[search]\nslo = [\"lost == 0\"]\n", "cannot judge one step", 2),
@@ -285,15 +293,24 @@ fn stages_and_searches_are_checked_where_they_are_written() {
         let d = first_error(&format!("{MINIMAL}{extra}"));
         assert!(d.message.contains(says), "{extra:?}: {d}");
         assert_eq!(d.line, base + line, "{extra:?}: {d}");
-        assert!(d.hint.is_some() || d.message.contains("between") || d.message.contains("steps") || d.message.contains("top"), "{extra:?}: no hint: {d}");
+        assert!(
+            d.hint.is_some()
+                || d.message.contains("between")
+                || d.message.contains("steps")
+                || d.message.contains("top"),
+            "{extra:?}: no hint: {d}"
+        );
     }
     // the window is the stages': run.duration and --duration are refused with them
     let d = first_error(&format!("[run]\nduration = \"30s\"\n{MINIMAL}[[stage]]\nduration = \"10s\"\n"));
     assert!(d.message.contains("publishing window is theirs") && d.hint.is_some(), "{d}");
     let ov = Overrides { duration: Some(Duration::from_secs(5)), ..Default::default() };
-    let e = resolve(&Source::new("s.toml", format!("{MINIMAL}[[stage]]\nduration = \"10s\"\n")), &ov).unwrap_err();
+    let e = resolve(&Source::new("s.toml", format!("{MINIMAL}[[stage]]\nduration = \"10s\"\n")), &ov)
+        .unwrap_err();
     assert!(e.0[0].message.contains("--duration"), "{e}");
     // stages need something to scale
-    let d = first_error("[[group]]\nname = \"s\"\nclients = 1\n[group.subscribe]\nfilters = [\"#\"]\n[[stage]]\nduration = \"10s\"\n");
+    let d = first_error(
+        "[[group]]\nname = \"s\"\nclients = 1\n[group.subscribe]\nfilters = [\"#\"]\n[[stage]]\nduration = \"10s\"\n",
+    );
     assert!(d.message.contains("no group publishes"), "{d}");
 }
