@@ -109,6 +109,23 @@ pub struct WsStream {
 const WS_READ: usize = 16 << 10;
 
 impl WsStream {
+    /// WebSocket over `inner` once the upgrade is done; `raw`: bytes that came after the
+    /// server's answer (the session's: the first read takes them).
+    pub(crate) fn over(inner: Stream, raw: Vec<u8>) -> WsStream {
+        WsStream {
+            inner,
+            unfed: !raw.is_empty(),
+            raw,
+            plain: Vec::new(),
+            plain_at: 0,
+            age: None,
+            deframer: Default::default(),
+            out: Vec::new(),
+            out_at: 0,
+            closing: false,
+        }
+    }
+
     /// Writes what `out` holds to the stream below, as far as it takes it now.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.out_at < self.out.len() {
@@ -243,22 +260,7 @@ async fn upgrade(mut inner: Stream, url: &TargetUrl, path: &str) -> Result<Strea
         }
     };
     // what came after the headers is already WebSocket
-    let raw = got.split_off(taken);
-    let mut ws = WsStream {
-        inner,
-        raw,
-        plain: Vec::new(),
-        plain_at: 0,
-        age: None,
-        deframer: Default::default(),
-        out: Vec::new(),
-        out_at: 0,
-        closing: false,
-        unfed: false,
-    };
-    // frames that came with the answer are the session's: the first read takes them
-    ws.unfed = !ws.raw.is_empty();
-    Ok(Stream::Ws(Box::new(ws)))
+    Ok(Stream::Ws(Box::new(WsStream::over(inner, got.split_off(taken)))))
 }
 
 impl Stream {
@@ -373,6 +375,17 @@ impl Stream {
             // deframed bytes waiting are ready at once
             Stream::Ws(w) if w.plain_at < w.plain.len() => Poll::Ready(Ok(())),
             Stream::Ws(w) => w.inner.poll_read_ready(cx),
+        }
+    }
+
+    /// Whether this layer holds bytes already taken from the caller and not yet handed to the
+    /// socket (TLS records rustls has not written, the rest of a WebSocket frame): then only a
+    /// flush sends them, so the caller keeps flushing until this is false, writes or not.
+    pub fn wants_flush(&self) -> bool {
+        match self {
+            Stream::Tcp(_) => false,
+            Stream::Tls(s) => s.get_ref().1.wants_write(),
+            Stream::Ws(w) => w.out_at < w.out.len() || w.inner.wants_flush(),
         }
     }
 
